@@ -1,0 +1,58 @@
+# tvq — every target bootstraps its own pinned environment on first use (.tools/uv, then .venv).
+SHELL := bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+export DAGSTER_HOME := $(ROOT)/dagster_home
+export UV_PYTHON_DOWNLOADS := never
+UV_VERSION := 0.13.8
+UV := $(ROOT)/.tools/bin/uv
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | cksum | cut -d' ' -f1)
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: setup demo dev test test-slow test-all check bench backfill flow-production clean
+
+setup: $(STAMP)
+
+$(UV):
+	python3 -m venv $(ROOT)/.tools
+	$(ROOT)/.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): $(ROOT)/pyproject.toml $(ROOT)/uv.lock | $(UV)
+	cd $(ROOT) && $(UV) sync --locked --quiet
+	rm -f $(VENV)/.synced-*; touch $@
+
+## demo: refresh the bars and materialise the newest run of every sleeve on the synthetic market
+demo: $(STAMP)
+	$(PY) -m tvq_assets.cli demo
+
+## dev: the Dagster UI (asset graph, partitions, checks) and daemon on http://$(HOST):$(PORT)
+dev: $(STAMP)
+	cd $(ROOT) && $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+## test: the fast suite (what to run often)
+test: $(STAMP)
+	cd $(ROOT) && $(PY) -m pytest -m "not slow" -q
+
+## test-slow: end-to-end tests (whole jobs, the dev server); CI runs them
+test-slow: $(STAMP)
+	cd $(ROOT) && $(PY) -m pytest -m slow -q
+
+test-all: test test-slow
+
+## check: lint, format, definitions load
+check: $(STAMP)
+	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	cd $(ROOT) && $(VENV)/bin/dg check defs
+
+## bench: engine timings at 100 and 1000 symbols
+bench: $(STAMP)
+	cd $(ROOT) && $(PY) -m tests.bench
+
+## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: queue one run per as-of date (needs `make dev`)
+backfill: $(STAMP)
+	$(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
+
+clean:
+	find $(DAGSTER_HOME) -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

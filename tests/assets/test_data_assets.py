@@ -1,0 +1,157 @@
+"""The data layer through Dagster: bars and returns materialised per partition, with their checks."""
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from tests.conftest import AS_OF, resources_for, synthetic_source
+from tvq_assets import data
+from tvq_resources.lake import ParquetLake
+
+KEY = f"{AS_OF}|crypto"
+
+
+@dg.asset(partitions_def=data.sleeve_run)
+def downstream_probe(returns: dict) -> pd.DataFrame:
+    """Stands for the first asset after returns: it must never run on blocked data."""
+    return returns["returns"].tail(1)
+
+
+def materialise(instance, resources, *, partition=KEY, assets=None):
+    sleeve_name = partition.split("|")[-1]
+    bars_result = dg.materialize(
+        [data.bars],
+        partition_key=sleeve_name,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    if not bars_result.success:
+        return bars_result, None
+    targets = assets or [data.returns, downstream_probe]
+    result = dg.materialize(
+        [data.bars, *targets],
+        partition_key=partition,
+        selection=[a.key for a in targets],
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    return bars_result, result
+
+
+def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def materialised(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+def test_a_clean_synthetic_sleeve_passes_every_check(instance, lake_root):
+    resources = resources_for(lake_root, crypto=synthetic_source())
+    bars_result, result = materialise(instance, resources)
+    assert bars_result.success and result.success
+    for evaluation in (
+        bars_result.get_asset_check_evaluations() + result.get_asset_check_evaluations()
+    ):
+        assert evaluation.passed, (evaluation.check_name, evaluation.description)
+    assert check(result, data.RETURNS_CONTRACT).partition == KEY
+    assert materialised(result) == {"returns", "downstream_probe"}
+
+
+def test_a_toxic_spike_under_policy_fail_blocks_everything_downstream(instance, lake_root):
+    resources = resources_for(lake_root, crypto=synthetic_source(faults=[{"kind": "toxic_spike"}]))
+    _, result = materialise(instance, resources)
+    assert not result.success
+    evaluation = check(result, data.RETURNS_CONTRACT)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    table = evaluation.metadata["first_failures"].value
+    assert "toxic_return" in table and "+700%" in table
+    assert "downstream_probe" not in materialised(result)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message
+    assert f"returns[{KEY}]" in message and "+700%" in message and "policy: fail" in message
+
+
+def test_quarantine_drops_the_toxic_symbol_lists_it_and_keeps_the_run_going(
+    instance, lake_root, sleeve_policy
+):
+    sleeve_policy("crypto", toxic_policy="quarantine")
+    resources = resources_for(lake_root, crypto=synthetic_source(faults=[{"kind": "toxic_spike"}]))
+    _, result = materialise(instance, resources)
+    assert result.success
+    evaluation = check(result, data.RETURNS_CONTRACT)
+    [symbol] = evaluation.metadata["quarantined_symbols"].value
+    assert evaluation.passed
+    bundle = ParquetLake(root=lake_root).read(["returns"], KEY)
+    assert symbol not in bundle["returns"].columns
+    assert "quarantine:toxic_return" in set(bundle["excluded"].query("symbol == @symbol")["rule"])
+    assert "downstream_probe" in materialised(result)
+
+
+def test_a_gap_after_genesis_fails_the_returns_contract_naming_symbol_and_date(instance, lake_root):
+    resources = resources_for(
+        lake_root, crypto=synthetic_source(faults=[{"kind": "gap", "date": "2026-05-01"}])
+    )
+    _, result = materialise(instance, resources)
+    evaluation = check(result, data.RETURNS_CONTRACT)
+    assert not evaluation.passed
+    assert "non_null_after_genesis" in evaluation.metadata["first_failures"].value
+    assert "2026-05-01" in evaluation.metadata["first_failures"].value
+
+
+def test_weekend_padding_in_a_weekday_sleeve_fails_the_bars_contract_and_stops_the_run(
+    instance, lake_root
+):
+    source = synthetic_source(calendar="weekday", seed=11, faults=[{"kind": "weekend_padding"}])
+    resources = resources_for(lake_root, tradfi=source)
+    bars_result, result = materialise(instance, resources, partition=f"{AS_OF}|tradfi")
+    assert not bars_result.success and result is None
+    evaluation = check(bars_result, data.BARS_CONTRACT)
+    assert not evaluation.passed
+    assert "no_weekend_rows" in evaluation.metadata["first_failures"].value
+
+
+def test_stalls_and_volume_spikes_are_warnings_that_do_not_block(instance, lake_root):
+    source = synthetic_source(faults=[{"kind": "stall"}, {"kind": "volume_spike"}])
+    resources = resources_for(lake_root, crypto=source)
+    bars_result, result = materialise(instance, resources)
+    assert bars_result.success and result.success
+    evaluation = check(bars_result, data.BARS_QUALITY)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert set(evaluation.metadata["by_rule"].value) == {"price_stall", "volume_spike"}
+
+
+def test_returns_of_run_d_do_not_change_when_bars_after_d_arrive(instance, lake_root):
+    early = resources_for(lake_root, crypto=synthetic_source(end=AS_OF))
+    materialise(instance, early)
+    before = ParquetLake(root=lake_root).read(["returns"], KEY)
+    later = resources_for(lake_root, crypto=synthetic_source(end="2026-08-15"))
+    materialise(instance, later)
+    after = ParquetLake(root=lake_root).read(["returns"], KEY)
+    assert ParquetLake(root=lake_root).read(["bars"], "crypto")["date"].max() > pd.Timestamp(AS_OF)
+    pd.testing.assert_frame_equal(before["returns"], after["returns"])
+    pd.testing.assert_frame_equal(before["excluded"], after["excluded"])
+
+
+def test_a_second_bars_materialisation_adds_exactly_the_new_rows(instance, lake_root):
+    first = dg.materialize(
+        [data.bars],
+        partition_key="crypto",
+        instance=instance,
+        resources=resources_for(lake_root, crypto=synthetic_source(end=AS_OF)),
+    )
+    second = dg.materialize(
+        [data.bars],
+        partition_key="crypto",
+        instance=instance,
+        resources=resources_for(lake_root, crypto=synthetic_source(end="2026-07-10")),
+    )
+    stored = ParquetLake(root=lake_root).read(["bars"], "crypto")
+    added = second.asset_materializations_for_node("bars")[0].metadata["rows_added"].value
+    first_rows = first.asset_materializations_for_node("bars")[0].metadata["rows"].value
+    new_rows = (stored["date"] > pd.Timestamp(AS_OF)).sum()
+    assert added == new_rows == len(stored) - first_rows
+    assert new_rows > 0

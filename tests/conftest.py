@@ -1,0 +1,56 @@
+"""Shared fixtures: a throwaway Dagster instance and lake, and small synthetic sleeves."""
+
+import dataclasses
+import os
+
+import dagster as dg
+import pytest
+
+# The lake and instance of a test never touch the developer's dagster_home.
+os.environ.pop("TVQ_LAKE", None)
+
+AS_OF = "2026-06-30"
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def lake_root(tmp_path):
+    return str(tmp_path / "lake")
+
+
+def synthetic_source(*, symbols: int = 30, end: str = AS_OF, calendar: str = "crypto", **options):
+    from tvq_resources.market_data import FaultConfig, SourceConfig
+
+    faults = [FaultConfig(**f) if isinstance(f, dict) else f for f in options.pop("faults", [])]
+    return SourceConfig(
+        kind="synthetic", symbols=symbols, end=end, calendar=calendar, faults=faults, **options
+    )
+
+
+def resources_for(lake_root: str, **sources):
+    """Definitions' resources with these sources (sleeve name -> SourceConfig)."""
+    from tvq_assets.definitions import build_resources, market_data_from_catalog
+    from tvq_resources.market_data import MarketData
+
+    catalog_sources = dict(market_data_from_catalog().sources)
+    catalog_sources.update(sources)
+    return build_resources(market_data=MarketData(sources=catalog_sources), lake_root=lake_root)
+
+
+@pytest.fixture
+def sleeve_policy(monkeypatch):
+    """Change a catalog sleeve for one test: ``sleeve_policy("crypto", toxic_policy="quarantine")``."""
+    from tvq_assets.partitions import catalog
+
+    def change(name: str, *, policy: dict | None = None, **fields):
+        sleeve = catalog.sleeves[name]
+        if policy:
+            fields["policy"] = dataclasses.replace(sleeve.policy, **policy)
+        monkeypatch.setitem(catalog.sleeves, name, dataclasses.replace(sleeve, **fields))
+
+    return change

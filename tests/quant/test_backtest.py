@@ -1,0 +1,426 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvq_assets.quant import backtest, metrics
+
+
+def make_returns(n_rows: int, n_symbols: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0.0005, 0.02, size=(n_rows, n_symbols))
+    frame = pd.DataFrame(
+        values,
+        index=pd.date_range("2023-01-01", periods=n_rows, name="date"),
+        columns=pd.Index([f"S{i:02d}" for i in range(n_symbols)], name="symbol"),
+    )
+    frame.iloc[:40, 3] = np.nan  # a symbol listing mid-window
+    return frame
+
+
+@pytest.fixture(scope="module")
+def returns() -> pd.DataFrame:
+    return make_returns(200, 6, seed=1)
+
+
+def inverse_volatility(train: pd.DataFrame) -> pd.Series:
+    """Weights proportional to 1 / vol over symbols with a full training history."""
+    complete = train.dropna(axis=1)
+    inverse = 1.0 / complete.std(ddof=1)
+    return inverse / inverse.sum()
+
+
+def equal_weight(train: pd.DataFrame) -> pd.Series:
+    symbols = train.columns[train.notna().all()]
+    return pd.Series(1.0 / len(symbols), index=symbols)
+
+
+def best_momentum(train: pd.DataFrame) -> pd.Series:
+    return pd.Series({train.mean().idxmax(): 1.0})
+
+
+def cash(train: pd.DataFrame) -> pd.Series:
+    return pd.Series(dtype=float)
+
+
+POLICIES = {
+    "inverse_volatility": inverse_volatility,
+    "equal_weight": equal_weight,
+    "best_momentum": best_momentum,
+    "cash": cash,
+}
+
+
+def reference_hold(targets, returns, windows, cost_rate):
+    """Day-by-day loop: rebalance at each window's first test day, drift weight by weight."""
+    symbols = list(returns.columns)
+    weights = dict.fromkeys(symbols, 0.0)
+    net, turnover = {}, {}
+    for k, window in enumerate(windows):
+        stop = window.test.stop
+        if k + 1 < len(windows):
+            stop = min(stop, windows[k + 1].test.start)
+        target = {s: float(targets[window.index].get(s, 0.0)) for s in symbols}
+        traded = 0.5 * sum(abs(target[s] - weights[s]) for s in symbols)
+        turnover[returns.index[window.test.start]] = traded
+        weights = target
+        for row in range(window.test.start, stop):
+            r = {s: returns.iloc[row][s] for s in symbols}
+            r = {s: 0.0 if np.isnan(v) else v for s, v in r.items()}
+            gross = sum(weights[s] * r[s] for s in symbols)
+            if row == window.test.start:
+                gross -= cost_rate * traded
+            net[returns.index[row]] = gross
+            total = sum(weights[s] * (1 + r[s]) for s in symbols)
+            weights = {s: (weights[s] * (1 + r[s]) / total if total > 0 else 0.0) for s in symbols}
+    return pd.Series(net), pd.Series(turnover)
+
+
+# walk_forward_windows
+
+
+def test_windows_train_then_test_and_advance_by_step():
+    windows = backtest.walk_forward_windows(300, train=252, test=20, step=20)
+    assert [(w.train, w.test) for w in windows] == [
+        (slice(0, 252), slice(252, 272)),
+        (slice(20, 272), slice(272, 292)),
+        (slice(40, 292), slice(292, 300)),
+    ]
+    assert [w.index for w in windows] == [0, 1, 2]
+
+
+def test_there_is_no_window_without_a_test_row():
+    assert backtest.walk_forward_windows(252, train=252, test=20, step=20) == []
+    assert backtest.walk_forward_windows(100, train=252) == []
+    assert len(backtest.walk_forward_windows(253, train=252)) == 1
+
+
+def test_non_positive_window_lengths_are_rejected():
+    with pytest.raises(ValueError, match="step"):
+        backtest.walk_forward_windows(300, train=252, test=20, step=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_rows=st.integers(min_value=0, max_value=400),
+    train=st.integers(min_value=1, max_value=120),
+    test=st.integers(min_value=1, max_value=40),
+    step=st.integers(min_value=1, max_value=40),
+)
+def test_windows_never_look_ahead_and_cover_the_out_of_sample_rows(n_rows, train, test, step):
+    windows = backtest.walk_forward_windows(n_rows, train=train, test=test, step=step)
+    assert (len(windows) == 0) == (n_rows <= train)
+    for k, window in enumerate(windows):
+        assert window.index == k
+        assert window.train.stop - window.train.start == train
+        assert window.train.start == k * step
+        assert window.train.stop == window.test.start  # train strictly before test, no overlap
+        assert window.test.start < window.test.stop <= n_rows
+        assert window.test.stop - window.test.start == min(test, n_rows - window.test.start)
+    if windows:
+        covered = set().union(*(range(w.test.start, w.test.stop) for w in windows))
+        assert min(covered) == train
+        if step <= test:
+            assert covered == set(range(train, n_rows))
+        assert windows[-1].test.start + step >= n_rows  # nothing left for another window
+
+
+def test_plan_lists_every_policy_for_every_window_in_order():
+    tasks = backtest.plan(300, ["a", "b"], train=252, test=20, step=20)
+    assert [(t.window.index, t.policy) for t in tasks] == [
+        (0, "a"),
+        (0, "b"),
+        (1, "a"),
+        (1, "b"),
+        (2, "a"),
+        (2, "b"),
+    ]
+
+
+# evaluate
+
+
+def test_targets_never_depend_on_rows_after_the_training_slice(returns):
+    windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
+    rng = np.random.default_rng(5)
+    for window in windows:
+        task = backtest.Task(window=window, policy="inverse_volatility")
+        before = backtest.evaluate(task, returns, inverse_volatility)
+        future = returns.copy()
+        later = future.index[window.train.stop :]
+        future.loc[later] = rng.normal(0.0, 0.5, size=(len(later), future.shape[1]))
+        future.iloc[window.train.stop :: 3, 0] = np.nan
+        after = backtest.evaluate(task, future, inverse_volatility)
+        pd.testing.assert_series_equal(before, after)
+        # and the policy really reacts to the data it is allowed to see
+        past = returns.copy()
+        past.iloc[window.train.start : window.train.stop, 0] *= 3.0
+        assert not backtest.evaluate(task, past, inverse_volatility).equals(before)
+
+
+def test_run_targets_are_unchanged_when_the_future_is_rewritten(returns):
+    result = backtest.run(returns, POLICIES, train=60, test=20, step=20, cost_rate=0.001)
+    cut = result.windows[2].train.stop
+    future = returns.copy()
+    future.iloc[cut:] = -future.iloc[cut:] * 5.0
+    rewritten = backtest.run(future, POLICIES, train=60, test=20, step=20, cost_rate=0.001)
+    for policy in POLICIES:
+        for window in result.windows[:3]:
+            pd.testing.assert_series_equal(
+                result.targets[policy][window.index], rewritten.targets[policy][window.index]
+            )
+
+
+def test_a_policy_cannot_alter_the_callers_returns(returns):
+    def vandal(train: pd.DataFrame) -> pd.Series:
+        train.iloc[:, :] = 0.0
+        return equal_weight(train)
+
+    original = returns.copy()
+    window = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)[0]
+    backtest.evaluate(backtest.Task(window=window, policy="vandal"), returns, vandal)
+    pd.testing.assert_frame_equal(returns, original)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (pd.Series({"S00": 0.5, "S01": 0.4}), "sum to"),
+        (pd.Series({"S00": 1.2, "S01": -0.2}), "long-only"),
+        (pd.Series({"NOPE": 1.0}), "absent"),
+    ],
+)
+def test_weights_that_are_not_long_only_and_fully_invested_are_rejected(returns, weights, message):
+    window = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)[0]
+    task = backtest.Task(window=window, policy="bad")
+    with pytest.raises(ValueError, match=message):
+        backtest.evaluate(task, returns, lambda train: weights)
+
+
+# hold
+
+
+def test_two_asset_drift_and_costs_match_a_hand_computation():
+    returns = pd.DataFrame(
+        {"A": [0.0, 0.0, 0.10, -0.05, 0.02, 0.03], "B": [0.0, 0.0, -0.02, 0.04, 0.01, -0.01]},
+        index=pd.date_range("2024-01-01", periods=6, name="date"),
+    )
+    windows = backtest.walk_forward_windows(6, train=2, test=2, step=2)
+    targets = {0: pd.Series({"A": 0.5, "B": 0.5}), 1: pd.Series({"A": 0.5, "B": 0.5})}
+    net, turnover = backtest.hold(targets, returns, windows, cost_rate=0.01)
+
+    # window 0: build from cash (turnover 0.5); day 1 gross 0.5*0.10 + 0.5*(-0.02) = 0.04
+    w_a, w_b = 0.5 * 1.10 / 1.04, 0.5 * 0.98 / 1.04
+    day_two = w_a * -0.05 + w_b * 0.04
+    total = w_a * 0.95 + w_b * 1.04
+    w_a, w_b = w_a * 0.95 / total, w_b * 1.04 / total
+    # window 1: back to 50/50 from the drifted weights
+    traded = 0.5 * (abs(0.5 - w_a) + abs(0.5 - w_b))
+    expected = [0.04 - 0.01 * 0.5, day_two, 0.5 * 0.02 + 0.5 * 0.01 - 0.01 * traded]
+    w_a, w_b = 0.5 * 1.02 / 1.015, 0.5 * 1.01 / 1.015
+    expected.append(w_a * 0.03 + w_b * -0.01)
+
+    assert net.to_numpy() == pytest.approx(expected, rel=1e-12)
+    assert list(net.index) == list(returns.index[2:])
+    assert turnover.to_numpy() == pytest.approx([0.5, traded], rel=1e-12)
+    assert list(turnover.index) == [returns.index[2], returns.index[4]]
+
+
+def test_hold_matches_a_day_by_day_reference_with_overlaps_and_missing_prices(returns):
+    frame = returns.copy()
+    frame.iloc[120:, 5] = np.nan  # a delisting while held
+    windows = backtest.walk_forward_windows(len(frame), train=60, test=25, step=15)
+    rng = np.random.default_rng(9)
+    targets = {}
+    for window in windows:
+        raw = pd.Series(rng.uniform(0.0, 1.0, frame.shape[1]), index=frame.columns)
+        targets[window.index] = raw / raw.sum()
+    targets[3] = pd.Series(dtype=float)  # one window in cash
+
+    net, turnover = backtest.hold(targets, frame, windows, cost_rate=0.002)
+    expected_net, expected_turnover = reference_hold(targets, frame, windows, 0.002)
+
+    assert net.index.is_unique
+    assert list(net.index) == list(frame.index[60:])
+    np.testing.assert_allclose(net.to_numpy(), expected_net.to_numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(turnover.to_numpy(), expected_turnover.to_numpy(), rtol=1e-10)
+    assert list(turnover.index) == [frame.index[w.test.start] for w in windows]
+
+
+def test_costs_are_cost_rate_times_turnover_on_rebalance_days_only(returns):
+    windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
+    targets = {w.index: inverse_volatility(returns.iloc[w.train]) for w in windows}
+    gross, turnover = backtest.hold(targets, returns, windows, cost_rate=0.0)
+    net, same_turnover = backtest.hold(targets, returns, windows, cost_rate=0.0014)
+
+    pd.testing.assert_series_equal(turnover, same_turnover)
+    charged = gross - net
+    np.testing.assert_allclose(charged[turnover.index], 0.0014 * turnover, rtol=1e-12)
+    assert (charged.drop(turnover.index).abs() < 1e-15).all()
+    assert turnover.iloc[0] == pytest.approx(0.5)
+    assert ((turnover >= 0.0) & (turnover <= 1.0)).all()
+
+
+def test_a_cash_policy_earns_nothing_and_pays_nothing(returns):
+    windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
+    targets = {w.index: pd.Series(dtype=float) for w in windows}
+    net, turnover = backtest.hold(targets, returns, windows, cost_rate=0.01)
+    assert (net == 0.0).all() and (turnover == 0.0).all()
+
+
+# run
+
+
+def test_run_stitches_one_out_of_sample_return_per_date_and_policy(returns):
+    result = backtest.run(returns, POLICIES, train=60, test=20, step=20, cost_rate=0.001)
+    assert list(result.returns.columns) == list(POLICIES)
+    assert list(result.returns.index) == list(returns.index[60:])
+    assert result.returns.notna().all().all()
+    assert list(result.turnover.index) == [returns.index[w.test.start] for w in result.windows]
+    assert set(result.targets) == set(POLICIES)
+    assert all(len(t) == len(result.windows) for t in result.targets.values())
+    table = metrics.metrics_table(result.returns, periods_per_year=365, turnover=result.turnover)
+    assert (table["rebalances"] == len(result.windows)).all()
+
+
+def test_run_in_parallel_gives_the_same_result_as_serial(returns):
+    serial = backtest.run(returns, POLICIES, train=60, test=10, step=7, cost_rate=0.0014)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = backtest.run(
+            returns,
+            POLICIES,
+            train=60,
+            test=10,
+            step=7,
+            cost_rate=0.0014,
+            map_tasks=lambda function, tasks: list(pool.map(function, tasks)),
+        )
+    pd.testing.assert_frame_equal(serial.returns, parallel.returns)
+    pd.testing.assert_frame_equal(serial.turnover, parallel.turnover)
+    assert serial.windows == parallel.windows
+    for policy in POLICIES:
+        for index, weights in serial.targets[policy].items():
+            pd.testing.assert_series_equal(weights, parallel.targets[policy][index])
+
+
+def test_run_refuses_a_history_shorter_than_one_training_window(returns):
+    with pytest.raises(ValueError, match="train=252"):
+        backtest.run(returns, POLICIES, cost_rate=0.001)
+
+
+# champion_verdict
+
+
+@pytest.fixture(scope="module")
+def tournament() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(21)
+    n = 1000
+    noise = rng.normal(0.0, 0.01, size=(n, 4))
+    frame = pd.DataFrame(
+        {
+            "strong": 0.004 + noise[:, 0],
+            "weak": 0.0002 + noise[:, 1],
+            # more return per unit of risk, but levered three times: deeper drawdowns
+            "strong_but_deep": 3.0 * (0.005 + noise[:, 0]),
+            "baseline": 0.01 + 0.1 * noise[:, 3],
+        },
+        index=pd.date_range("2023-01-01", periods=n, name="date"),
+    )
+    return metrics.metrics_table(frame, periods_per_year=365), frame
+
+
+def test_without_an_incumbent_the_challenger_becomes_champion(tournament):
+    table, frame = tournament
+    candidates = ["strong", "weak"]
+    verdict = backtest.champion_verdict(
+        table, frame, incumbent=None, periods_per_year=365, candidates=candidates
+    )
+    assert verdict.challenger == "strong" and verdict.champion == "strong" and verdict.replaced
+
+
+def test_an_incumbent_outside_the_tournament_is_replaced(tournament):
+    table, frame = tournament
+    verdict = backtest.champion_verdict(
+        table, frame, incumbent="retired", periods_per_year=365, candidates=["weak", "strong"]
+    )
+    assert verdict.champion == "strong" and verdict.replaced
+
+
+def test_baselines_excluded_from_candidates_never_win(tournament):
+    table, frame = tournament
+    assert table.loc["baseline", "sharpe"] == table["sharpe"].max()
+    verdict = backtest.champion_verdict(
+        table, frame, incumbent=None, periods_per_year=365, candidates=["weak", "strong"]
+    )
+    assert verdict.challenger == "strong"
+
+
+def test_a_clearly_better_challenger_replaces_the_incumbent(tournament):
+    table, frame = tournament
+    verdict = backtest.champion_verdict(
+        table, frame, incumbent="weak", periods_per_year=365, candidates=["weak", "strong"]
+    )
+    assert verdict.replaced and verdict.champion == "strong"
+    assert verdict.numbers["psr"] >= 0.95
+    assert verdict.numbers["incumbent_sharpe"] == table.loc["weak", "sharpe"]
+    assert "PSR" in verdict.rule
+
+
+def test_a_challenger_with_a_much_deeper_drawdown_does_not_replace(tournament):
+    table, frame = tournament
+    verdict = backtest.champion_verdict(
+        table,
+        frame,
+        incumbent="strong",
+        periods_per_year=365,
+        candidates=["strong", "strong_but_deep"],
+    )
+    assert verdict.challenger == "strong_but_deep"
+    assert verdict.numbers["psr"] >= 0.95
+    numbers = verdict.numbers
+    assert numbers["challenger_max_drawdown"] < 1.1 * numbers["incumbent_max_drawdown"]
+    assert not verdict.replaced and verdict.champion == "strong"
+    lenient = backtest.champion_verdict(
+        table,
+        frame,
+        incumbent="strong",
+        periods_per_year=365,
+        candidates=["strong", "strong_but_deep"],
+        drawdown_tolerance=10.0,
+    )
+    assert lenient.replaced and lenient.champion == "strong_but_deep"
+
+
+def test_a_challenger_that_is_not_significantly_better_does_not_replace(tournament):
+    _, frame = tournament
+    both = pd.DataFrame({"incumbent": frame["weak"], "slightly_better": frame["weak"] + 0.0003})
+    table = metrics.metrics_table(both, periods_per_year=365)
+    verdict = backtest.champion_verdict(table, both, incumbent="incumbent", periods_per_year=365)
+    assert verdict.challenger == "slightly_better"
+    assert 0.5 < verdict.numbers["psr"] < 0.95
+    assert verdict.champion == "incumbent" and not verdict.replaced
+
+
+def test_the_incumbent_keeps_the_title_when_it_is_the_best(tournament):
+    table, frame = tournament
+    verdict = backtest.champion_verdict(
+        table, frame, incumbent="strong", periods_per_year=365, candidates=["strong", "weak"]
+    )
+    assert verdict.champion == "strong" and not verdict.replaced
+
+
+def test_equal_sharpe_ties_are_broken_by_name_whatever_the_column_order(tournament):
+    _, frame = tournament
+    same = pd.DataFrame({"zeta": frame["strong"], "alpha": frame["strong"]})
+    for order in (["zeta", "alpha"], ["alpha", "zeta"]):
+        subset = same[order]
+        verdict = backtest.champion_verdict(
+            metrics.metrics_table(subset, periods_per_year=365),
+            subset,
+            incumbent=None,
+            periods_per_year=365,
+        )
+        assert verdict.challenger == "alpha"

@@ -1,0 +1,125 @@
+"""``tvq``: run the graph from the command line and summarise what it produced.
+
+``tvq demo`` refreshes every sleeve's bars and materialises the newest run partition of every sleeve
+through the real jobs of the code location (the runs appear in ``dagster dev``), then prints a short
+summary per sleeve. ``tvq backfill`` submits a range of run partitions of one sleeve to Dagster's
+backfill machinery (the daemon of ``make dev`` executes them).
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pandas as pd
+
+
+def _checks_line(result: dg.ExecuteInProcessResult) -> tuple[str, list[str]]:
+    evaluations = result.get_asset_check_evaluations()
+    failed = [
+        f"{e.asset_key.to_user_string()}.{e.check_name} ({e.severity.value}): {e.description}"
+        for e in evaluations
+        if not e.passed
+    ]
+    return f"{len(evaluations) - len(failed)} passed, {len(failed)} failed", failed
+
+
+def demo(sleeves: list[str] | None, as_of: str | None) -> int:
+    from tvq_assets.definitions import defs
+    from tvq_assets.partitions import catalog, run
+
+    instance = dg.DagsterInstance.get()
+    lake = defs.resources["lake"]
+    as_of = as_of or run.get_last_partition_key()
+    status = 0
+    for name in sleeves or list(catalog.sleeves):
+        started = time.perf_counter()
+        key = f"{as_of}|{name}"
+        print(f"\n== {name}  (run partition {key})")
+        results = [
+            defs.resolve_job_def("refresh_bars").execute_in_process(
+                partition_key=name, instance=instance, raise_on_error=False
+            )
+        ]
+        if results[0].success:
+            results.append(
+                defs.resolve_job_def("daily").execute_in_process(
+                    partition_key=key, instance=instance, raise_on_error=False
+                )
+            )
+        failed_checks: list[str] = []
+        passed = failed = 0
+        for result in results:
+            line, failures = _checks_line(result)
+            failed_checks += failures
+            passed += int(line.split()[0])
+            failed += len(failures)
+        ok = all(r.success for r in results)
+        status |= 0 if ok else 1
+        print(
+            f"   runs:    {', '.join(r.run_id[:8] for r in results)}  "
+            f"({'success' if ok else 'FAILED'}, {time.perf_counter() - started:.1f}s)"
+        )
+        print(f"   checks:  {passed} passed, {failed} failed")
+        for line in failed_checks:
+            print(f"            - {line}")
+        _summarise(lake, name, key)
+    return status
+
+
+def _summarise(lake, sleeve_name: str, key: str) -> None:
+    if lake.exists(["bars"], sleeve_name):
+        bars = lake.read(["bars"], sleeve_name)
+        print(
+            f"   bars:    {bars['symbol'].nunique()} symbols, {len(bars)} rows, "
+            f"{bars['date'].min():%Y-%m-%d} .. {bars['date'].max():%Y-%m-%d}"
+        )
+    if lake.exists(["returns"], key):
+        bundle = lake.read(["returns"], key)
+        frame: pd.DataFrame = bundle["returns"]
+        print(
+            f"   returns: {frame.shape[1]} symbols x {frame.shape[0]} days, "
+            f"{frame.index.min():%Y-%m-%d} .. {frame.index.max():%Y-%m-%d}; "
+            f"{len(bundle['excluded'])} excluded"
+        )
+    print(f"   files:   {lake.root_path}")
+
+
+def backfill(sleeve_name: str, start: str, end: str) -> int:
+    dates = pd.date_range(start, end, freq="D")
+    keys = ",".join(f"{d:%Y-%m-%d}|{sleeve_name}" for d in dates)
+    command = [
+        "dagster",
+        "job",
+        "backfill",
+        "-m",
+        "tvq_assets.definitions",
+        "-j",
+        "daily",
+        "--partitions",
+        keys,
+        "--noprompt",
+    ]
+    print(f"submitting {len(dates)} run partitions of {sleeve_name} to the backfill daemon")
+    return subprocess.call(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser("demo", help="materialise the newest run of every sleeve")
+    run_demo.add_argument("--sleeve", action="append", help="only this sleeve (repeatable)")
+    run_demo.add_argument("--as-of", help="run partition date (default: the newest)")
+    run_backfill = commands.add_parser("backfill", help="re-run a date range of one sleeve")
+    run_backfill.add_argument("sleeve")
+    run_backfill.add_argument("start")
+    run_backfill.add_argument("end")
+    arguments = parser.parse_args(argv)
+    if arguments.command == "demo":
+        return demo(arguments.sleeve, arguments.as_of)
+    return backfill(arguments.sleeve, arguments.start, arguments.end)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The composition root: every asset, check, job, schedule and resource of the code location."""
+
+import os
+
+import dagster as dg
+
+from tvq_assets import data
+from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
+from tvq_assets.partitions import catalog
+from tvq_resources.lake import ParquetIOManager, ParquetLake
+from tvq_resources.market_data import MarketData, SourceConfig
+
+
+def market_data_from_catalog() -> MarketData:
+    return MarketData(
+        sources={name: SourceConfig(**sleeve.source) for name, sleeve in catalog.sleeves.items()}
+    )
+
+
+def build_resources(*, market_data: MarketData | None = None, lake_root: str | None = None) -> dict:
+    """Resources for a definitions object or a test: the catalog's sources and the Parquet lake."""
+    lake = ParquetLake(root=lake_root)
+    return {
+        "market_data": market_data or market_data_from_catalog(),
+        "lake": lake,
+        "io_manager": ParquetIOManager(lake=lake),
+    }
+
+
+def executor() -> dg.ExecutorDefinition:
+    """``TV_ORCH_MODE=local`` (default): one process; ``production``: a process per step."""
+    mode = os.environ.get("TV_ORCH_MODE", "local")
+    if mode == "local":
+        return dg.in_process_executor
+    if mode == "production":
+        return dg.multiprocess_executor.configured({"max_concurrent": 2})
+    raise ValueError(f"TV_ORCH_MODE={mode!r}: expected 'local' or 'production'")
+
+
+ASSETS = [data.bars, data.returns]
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    jobs=[bars_job, daily_job],
+    schedules=[daily_schedule],
+    sensors=[run_daily_after_bars],
+    resources=build_resources(),
+    executor=executor(),
+)

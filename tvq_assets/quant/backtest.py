@@ -1,0 +1,379 @@
+"""Walk-forward backtest: rolling windows, independent weight tasks, a sequential holding pass.
+
+The engine is split so that the expensive part can be fanned out:
+
+1. :func:`walk_forward_windows` / :func:`plan` cut the returns frame into rolling windows and list
+   one :class:`Task` per (window, policy).
+2. :func:`evaluate` turns one task into target weights from the window's training rows only; tasks
+   are independent, so a caller may run them in any order or in parallel (``run(map_tasks=...)``).
+3. :func:`hold` walks the windows in order, rebalancing to each target and letting the weights
+   drift with prices; it is cheap and sequential because each rebalance depends on the drift of the
+   previous holding.
+
+Returns are simple per-period returns on the sleeve's calendar (dates x symbols, see
+``tvq_assets.quant.metrics`` for the metric conventions). Weights are fractions of portfolio
+value, long-only, summing to 1; an empty weight Series means the policy sits in cash (return 0).
+"""
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tvq_assets.quant.metrics import probabilistic_sharpe_ratio
+
+Policy = Callable[[pd.DataFrame], pd.Series]
+"""Training-slice returns (dates x all symbols) -> target weights (symbols, >= 0, sum 1)."""
+
+TaskMap = Callable[[Callable[["Task"], pd.Series], Sequence["Task"]], Sequence[pd.Series]]
+
+_WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Window:
+    """One walk-forward step: positional row slices of the returns frame (train before test)."""
+
+    index: int
+    train: slice
+    test: slice
+
+
+@dataclass(frozen=True)
+class Task:
+    """Compute one policy's target weights for one window."""
+
+    window: Window
+    policy: str
+
+
+def walk_forward_windows(
+    n_rows: int, *, train: int = 252, test: int = 20, step: int = 20
+) -> list[Window]:
+    """Rolling (fixed-length, not expanding) windows over ``n_rows`` rows.
+
+    Window k trains on rows ``[k·step, k·step + train)`` and tests on the following ``test`` rows;
+    the last test slice is cut at ``n_rows`` and may be shorter. No window when
+    ``n_rows <= train``. With ``step < test`` test slices overlap (see :func:`hold`); with
+    ``step > test`` the rows between test slices are never traded.
+    """
+    for name, value in (("train", train), ("test", test), ("step", step)):
+        if value < 1:
+            raise ValueError(f"walk-forward {name} must be at least 1 row, got {value}")
+    return [
+        Window(
+            index=k,
+            train=slice(start, start + train),
+            test=slice(start + train, min(start + train + test, n_rows)),
+        )
+        for k, start in enumerate(range(0, max(n_rows - train, 0), step))
+    ]
+
+
+def plan(n_rows: int, policies: Sequence[str], *, train: int, test: int, step: int) -> list[Task]:
+    """All (window, policy) tasks, window-major, policies in the given order."""
+    windows = walk_forward_windows(n_rows, train=train, test=test, step=step)
+    return [Task(window=window, policy=policy) for window in windows for policy in policies]
+
+
+def _validated_weights(weights: pd.Series, symbols: pd.Index, where: str) -> pd.Series:
+    """Float weights indexed by symbol, checked long-only and fully invested (or empty = cash)."""
+    if not isinstance(weights, pd.Series):
+        raise TypeError(f"{where}: a policy must return a pandas Series, got {type(weights)}")
+    values = weights.to_numpy(dtype=np.float64)
+    weights = pd.Series(values, index=weights.index.rename("symbol"), name=weights.name)
+    if not len(values):
+        return weights
+    unknown = symbols.get_indexer(weights.index) < 0
+    if unknown.any():
+        raise ValueError(
+            f"{where}: weights for symbols absent from returns: {list(weights.index[unknown][:5])}"
+        )
+    if weights.index.has_duplicates:
+        raise ValueError(f"{where}: duplicate symbols in the weights")
+    if not np.isfinite(values).all() or (values < 0.0).any():
+        raise ValueError(f"{where}: weights must be finite and >= 0 (long-only)")
+    total = float(values.sum())
+    if abs(total - 1.0) > _WEIGHT_SUM_TOLERANCE:
+        raise ValueError(
+            f"{where}: weights sum to {total:.8f}, expected 1 (or an empty Series for cash)"
+        )
+    return weights
+
+
+def evaluate(task: Task, returns: pd.DataFrame, policy: Policy) -> pd.Series:
+    """Target weights of ``task`` from ``returns.iloc[task.window.train]`` only.
+
+    The policy receives a copy of the training rows (every symbol column, NaN included), so it can
+    neither see later rows nor alter the caller's frame. Raises ``ValueError`` when the weights are
+    not long-only and fully invested (tolerance 1e-6) or name unknown symbols.
+    """
+    train_returns = returns.iloc[task.window.train].copy()
+    where = f"policy {task.policy!r}, window {task.window.index}"
+    return _validated_weights(policy(train_returns), returns.columns, where)
+
+
+def hold(
+    targets: Mapping[int, pd.Series],
+    returns: pd.DataFrame,
+    windows: Sequence[Window],
+    *,
+    cost_rate: float,
+) -> tuple[pd.Series, pd.Series]:
+    """Hold each window's target through its test slice; daily net returns and turnover.
+
+    For each window in order: rebalance at the close of the last training day from the drifted
+    previous weights to the target, with one-sided turnover ``½·Σ|w_target − w_drifted|``; the
+    cost ``cost_rate · turnover`` (a fraction of capital, e.g. 0.0014 for 14 bps) is subtracted
+    from the gross return of the first test day. Between rebalances the weights drift,
+    ``w ← w·(1 + r) / Σ w·(1 + r)``.
+
+    Conventions:
+
+    - The book starts in cash, so the first build-up counts as turnover ``½·Σ|w| = 0.5``;
+      moving to cash (an empty target) likewise costs ``½·Σ|w_drifted|``.
+    - Overlapping test slices (``step < test``): the next window rebalances at its own first test
+      row and truncates the previous holding, so each out-of-sample date appears exactly once.
+    - Gaps between test slices (``step > test``) are not traded and absent from the output.
+    - A NaN return inside a test slice (a symbol not yet listed, or delisted) counts as 0 for that
+      day: the position is carried at its last price until the next rebalance.
+
+    Returns ``(net_returns, turnover)``: net simple returns indexed by out-of-sample date, and
+    turnover indexed by each window's first test date.
+    """
+    if cost_rate < 0.0 or not math.isfinite(cost_rate):
+        raise ValueError(f"cost_rate must be a finite number >= 0, got {cost_rate}")
+    ordered = sorted(windows, key=lambda window: window.test.start)
+    symbols = returns.columns
+    values = returns.to_numpy(dtype=np.float64)
+    weights = np.zeros(len(symbols))
+    net_chunks: list[np.ndarray] = []
+    date_chunks: list[np.ndarray] = []
+    rebalance_positions: list[int] = []
+    turnovers: list[float] = []
+    for k, window in enumerate(ordered):
+        start = window.test.start
+        stop = window.test.stop
+        if k + 1 < len(ordered):
+            stop = min(stop, ordered[k + 1].test.start)
+        if stop <= start:
+            continue
+        chosen = targets[window.index]
+        held = symbols.get_indexer(chosen.index)
+        if (held < 0).any():
+            raise ValueError(
+                f"window {window.index}: target weights name symbols absent from returns"
+            )
+        held_weights = chosen.to_numpy(dtype=np.float64)
+        target = np.zeros(len(symbols))
+        target[held] = held_weights
+        turnover = 0.5 * float(np.abs(target - weights).sum())
+        # Only the held columns matter, which keeps a 1000-symbol universe cheap.
+        growth = np.cumprod(1.0 + np.nan_to_num(values[start:stop, held], nan=0.0), axis=0)
+        value = growth @ held_weights  # capital per unit at the rebalance, day by day
+        previous = np.concatenate(([held_weights.sum()], value[:-1]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gross = np.where(previous > 0.0, value / previous - 1.0, 0.0)
+        gross[0] -= cost_rate * turnover
+        weights = np.zeros(len(symbols))
+        if value[-1] > 0.0:
+            weights[held] = held_weights * growth[-1] / value[-1]
+        net_chunks.append(gross)
+        date_chunks.append(np.arange(start, stop))
+        rebalance_positions.append(start)
+        turnovers.append(turnover)
+    positions = np.concatenate(date_chunks) if date_chunks else np.array([], dtype=np.int64)
+    net = pd.Series(
+        np.concatenate(net_chunks) if net_chunks else np.array([], dtype=np.float64),
+        index=returns.index[positions],
+        dtype=np.float64,
+    )
+    traded = pd.Series(turnovers, index=returns.index[rebalance_positions], dtype=np.float64)
+    return net, traded
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Stitched out-of-sample results of every policy over the same windows."""
+
+    returns: pd.DataFrame
+    """Out-of-sample dates x policy, net simple returns."""
+    turnover: pd.DataFrame
+    """Rebalance dates x policy, one-sided turnover."""
+    targets: dict[str, dict[int, pd.Series]] = field(repr=False)
+    """Policy -> window index -> target weights."""
+    windows: tuple[Window, ...]
+
+
+def _serial_map(function: Callable[[Task], pd.Series], tasks: Sequence[Task]) -> list[pd.Series]:
+    return [function(task) for task in tasks]
+
+
+def run(
+    returns: pd.DataFrame,
+    policies: Mapping[str, Policy],
+    *,
+    train: int = 252,
+    test: int = 20,
+    step: int = 20,
+    cost_rate: float,
+    map_tasks: TaskMap | None = None,
+) -> BacktestResult:
+    """Walk-forward backtest of every policy on the same rolling windows.
+
+    ``returns``: dates x symbols simple returns, ascending unique dates. ``cost_rate``: cost per
+    unit of one-sided turnover (crypto 0.0014, tradfi 0.0006). ``map_tasks(function, tasks)``
+    must return ``[function(task) for task in tasks]`` in order and may evaluate them in parallel
+    (threads, processes, Ray); the result is identical to the serial default.
+    Raises ``ValueError`` when there are no policies or too few rows for one window.
+    """
+    if not policies:
+        raise ValueError("run needs at least one policy")
+    if not returns.index.is_monotonic_increasing or returns.index.has_duplicates:
+        raise ValueError("returns must have ascending unique dates")
+    windows = walk_forward_windows(len(returns), train=train, test=test, step=step)
+    if not windows:
+        raise ValueError(
+            f"returns has {len(returns)} rows; the walk-forward needs more than train={train}"
+        )
+    names = list(policies)
+    tasks = plan(len(returns), names, train=train, test=test, step=step)
+
+    def evaluate_task(task: Task) -> pd.Series:
+        return evaluate(task, returns, policies[task.policy])
+
+    results = list((map_tasks or _serial_map)(evaluate_task, tasks))
+    if len(results) != len(tasks):
+        raise ValueError(f"map_tasks returned {len(results)} results for {len(tasks)} tasks")
+    targets: dict[str, dict[int, pd.Series]] = {name: {} for name in names}
+    for task, weights in zip(tasks, results, strict=True):
+        targets[task.policy][task.window.index] = weights
+
+    net: dict[str, pd.Series] = {}
+    traded: dict[str, pd.Series] = {}
+    for name in names:
+        net[name], traded[name] = hold(targets[name], returns, windows, cost_rate=cost_rate)
+    stitched = pd.DataFrame(net)
+    stitched.index.name = returns.index.name or "date"
+    stitched.columns.name = "policy"
+    turnover = pd.DataFrame(traded)
+    turnover.index.name = returns.index.name or "date"
+    turnover.columns.name = "policy"
+    return BacktestResult(
+        returns=stitched, turnover=turnover, targets=targets, windows=tuple(windows)
+    )
+
+
+def _per_period_sharpe(values: np.ndarray) -> float:
+    """mean / std(ddof=1) per period; a riskless series gives 0, +inf or -inf by its mean."""
+    if len(values) < 2:
+        return math.nan
+    mean = float(np.mean(values))
+    if values.max() == values.min():
+        return math.copysign(math.inf, mean) if mean != 0.0 else 0.0
+    return mean / float(np.std(values, ddof=1))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of a champion / challenger comparison."""
+
+    champion: str
+    challenger: str
+    replaced: bool
+    rule: str
+    numbers: dict[str, float]
+
+
+def champion_verdict(
+    metrics: pd.DataFrame,
+    returns: pd.DataFrame,
+    *,
+    incumbent: str | None,
+    periods_per_year: int,
+    candidates: Sequence[str] | None = None,
+    confidence: float = 0.95,
+    drawdown_tolerance: float = 1.1,
+) -> Verdict:
+    """Decide whether the best out-of-sample policy takes the title from the incumbent.
+
+    ``metrics``: :func:`tvq_assets.quant.metrics.metrics_table` of ``returns`` (the out-of-sample
+    returns of every policy on the same windows). The challenger is the candidate with the highest
+    Sharpe (ties broken by name, so the outcome never depends on column order; NaN Sharpe never
+    wins). It replaces the incumbent only if both hold:
+
+    - ``PSR >= confidence``, the probabilistic Sharpe ratio of the challenger's returns against
+      the incumbent's per-period Sharpe as benchmark, on the dates where both have returns;
+    - its max drawdown is not worse than ``drawdown_tolerance`` x the incumbent's.
+
+    With no incumbent, or one absent from this tournament, the challenger becomes champion
+    (``replaced`` is True). When the incumbent is itself the challenger nothing changes.
+    """
+    pool = list(metrics.index if candidates is None else candidates)
+    missing = [name for name in pool if name not in metrics.index]
+    if missing:
+        raise ValueError(f"candidates absent from the metrics table: {missing}")
+    sharpe = metrics["sharpe"]
+    ranked = sorted(
+        (name for name in pool if not math.isnan(float(sharpe[name]))),
+        key=lambda name: (-float(sharpe[name]), str(name)),
+    )
+    if not ranked:
+        raise ValueError(f"no candidate has a Sharpe ratio: {pool}")
+    challenger = ranked[0]
+    rule = (
+        f"the best-Sharpe candidate replaces the incumbent only if PSR(challenger vs the "
+        f"incumbent's per-period Sharpe) >= {confidence:g} and its max drawdown is not worse than "
+        f"{drawdown_tolerance:g} x the incumbent's; without an incumbent the challenger wins"
+    )
+    numbers: dict[str, float] = {
+        "challenger_sharpe": float(sharpe[challenger]),
+        "challenger_max_drawdown": float(metrics.loc[challenger, "max_drawdown"]),
+        "confidence": float(confidence),
+        "drawdown_tolerance": float(drawdown_tolerance),
+    }
+    contested = (
+        incumbent is not None and incumbent in metrics.index and incumbent in returns.columns
+    )
+    if not contested:
+        return Verdict(
+            champion=challenger, challenger=challenger, replaced=True, rule=rule, numbers=numbers
+        )
+    assert incumbent is not None
+    numbers["incumbent_sharpe"] = float(sharpe[incumbent])
+    numbers["incumbent_max_drawdown"] = float(metrics.loc[incumbent, "max_drawdown"])
+    if challenger == incumbent:
+        return Verdict(
+            champion=incumbent, challenger=challenger, replaced=False, rule=rule, numbers=numbers
+        )
+
+    common = returns[[challenger, incumbent]].dropna()
+    benchmark = _per_period_sharpe(common[incumbent].to_numpy())
+    psr = (
+        probabilistic_sharpe_ratio(common[challenger], benchmark_sharpe=benchmark)
+        if not math.isnan(benchmark)
+        else math.nan
+    )
+    numbers.update(
+        {
+            "benchmark_sharpe_per_period": benchmark,
+            "benchmark_sharpe_annualised": benchmark * math.sqrt(periods_per_year),
+            "psr": psr,
+            "psr_of_difference": probabilistic_sharpe_ratio(common[challenger] - common[incumbent]),
+            "common_periods": float(len(common)),
+        }
+    )
+    # Both drawdowns are negative: "not worse" means at most tolerance x as deep.
+    drawdown_ok = bool(
+        numbers["challenger_max_drawdown"] >= drawdown_tolerance * numbers["incumbent_max_drawdown"]
+    )
+    replaced = bool(psr >= confidence) and drawdown_ok
+    return Verdict(
+        champion=challenger if replaced else incumbent,
+        challenger=challenger,
+        replaced=replaced,
+        rule=rule,
+        numbers=numbers,
+    )

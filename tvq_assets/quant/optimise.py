@@ -1,0 +1,749 @@
+"""Portfolio allocation: Ledoit-Wolf covariance, five risk profiles, solver chain and fallbacks.
+
+Conventions shared by every function here:
+
+- Returns are simple per-period returns of the training window (rows = periods, columns =
+  symbols). Covariances, variances and objectives are per period (not annualised); nothing here
+  needs the number of periods per year.
+- Portfolios are long-only and fully invested: weights are non-negative and sum to 1 within 1e-12.
+- The per-asset cap is ``max(cap, 1/n)`` where ``n`` is the number of symbols with at least one
+  finite return, so a small universe is never infeasible.
+- NaN returns (a symbol listed inside the window, or delisted before its end) are treated as a
+  zero return for the covariance and the mean. This understates the variance of short histories,
+  which the selection stage limits with its minimum-history rule. Columns without any finite value
+  get weight 0 and take no part in the optimisation; rows without any finite value are dropped.
+"""
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+import pandas as pd
+import scipy.sparse as sparse
+from scipy.cluster import hierarchy
+from scipy.spatial.distance import squareform
+
+PROFILES: tuple[str, ...] = ("min_variance", "risk_parity", "max_sharpe", "hrp", "equal_weight")
+SOLVERS: tuple[str, ...] = ("CLARABEL", "SCS", "OSQP")
+
+_SOLVED = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
+# Solvers of cvxpy able to handle the exponential cone that log terms compile to.
+_EXPONENTIAL_CONE_SOLVERS = frozenset({"CLARABEL", "SCS", "ECOS", "MOSEK", "COPT"})
+# Interior-point solutions leave weights of ~1e-9 instead of exact zeros: a position below
+# one ten-thousandth of a basis point is not tradeable and is set to zero.
+_DUST = 1e-8
+_CAP_TOLERANCE = 1e-9
+# From a few hundred assets the KKT system is dense (n x n covariance): Clarabel's supernodal faer
+# factorisation needs about half the CPU time of its default QDLDL there.
+_DENSE_FROM = 200
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Portfolio constraints shared by all profiles.
+
+    cap: per-asset maximum weight; the effective cap is ``max(cap, 1/n)``.
+    clusters: symbol -> cluster id. Symbols missing from it form clusters of their own.
+    cluster_cap: maximum total weight per cluster. When it admits no fully invested portfolio
+        (for example 0.01 with 3 clusters) it is raised to the smallest value that does, and the
+        allocation's ``reason`` says so.
+    previous: previous weights (symbols missing = 0) for the L1 turnover penalty; without them
+        every fully invested portfolio has the same turnover and the penalty is skipped.
+    turnover_penalty: λ in ``objective + λ·‖w − w_prev‖₁``, in the units of the profile's
+        objective (per-period variance for min_variance). Ignored by hrp and equal_weight.
+    ridge: L2 regularisation of max_sharpe as a fraction of the average asset variance: the
+        covariance becomes ``Σ + ridge·mean(diag Σ)·I``.
+    """
+
+    cap: float = 0.25
+    clusters: pd.Series | None = None
+    cluster_cap: float | None = None
+    previous: pd.Series | None = None
+    turnover_penalty: float = 0.0
+    ridge: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.cap > 0:
+            raise ValueError(f"Constraints: cap must be > 0, got {self.cap}")
+        if self.cluster_cap is not None and not self.cluster_cap > 0:
+            raise ValueError(f"Constraints: cluster_cap must be > 0, got {self.cluster_cap}")
+        if not self.turnover_penalty >= 0:
+            raise ValueError(
+                f"Constraints: turnover_penalty must be >= 0, got {self.turnover_penalty}"
+            )
+        if not self.ridge >= 0:
+            raise ValueError(f"Constraints: ridge must be >= 0, got {self.ridge}")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The weights of one profile and how they were obtained.
+
+    status: "optimal", "optimal_inaccurate", "closed_form", "empty", or the failing status of the
+        last solver tried when a fallback was used.
+    objective: optimal value of the convex problem solved, in the covariance's per-period units
+        (see ``allocate``); None for closed-form portfolios.
+    fallback: None, or the profile actually used: "hrp" or "equal_weight" when the requested
+        profile could not be solved, "min_variance" when max_sharpe had no positive expected return.
+    reason: why a fallback, an inaccurate status or a raised cluster cap happened.
+    attempts: (solver, status or error) in the order tried.
+    """
+
+    profile: str
+    weights: pd.Series
+    solver: str | None
+    status: str
+    seconds: float
+    objective: float | None
+    fallback: str | None
+    reason: str | None
+    attempts: tuple[tuple[str, str], ...]
+
+
+DEFAULT_CONSTRAINTS = Constraints()
+
+
+def ledoit_wolf(returns: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf (2004) shrinkage towards the scaled identity ``mean(diag S)·I``.
+
+    ``returns`` is a T x N array without NaN. The sample covariance is the biased one (divides by
+    T, data centred on its mean), exactly as ``sklearn.covariance.LedoitWolf()``. Returns the
+    shrunk covariance (N x N) and the shrinkage intensity in [0, 1]. One column gets shrinkage 0;
+    fewer than one row gives an N x N matrix of NaN.
+    """
+    x = np.asarray(returns, dtype=float)
+    if x.ndim != 2:
+        raise ValueError(f"ledoit_wolf: expected a T x N array, got shape {x.shape}")
+    n_samples, n_features = x.shape
+    if n_samples == 0:
+        return np.full((n_features, n_features), np.nan), 0.0
+    x = x - x.mean(axis=0)
+    sample = x.T @ x / n_samples
+    if n_features == 1:
+        return sample, 0.0
+    squared = x**2
+    column_variance = squared.sum(axis=0) / n_samples
+    mu = column_variance.sum() / n_features
+    # Σ_ij Σ_t x_ti² x_tj² = Σ_t (Σ_i x_ti²)², which avoids an N x N product
+    beta_sum = float((squared.sum(axis=1) ** 2).sum())
+    delta_sum = float((sample**2).sum())
+    beta = (beta_sum / n_samples - delta_sum) / (n_features * n_samples)
+    delta = (delta_sum - 2.0 * mu * column_variance.sum() + n_features * mu**2) / n_features
+    beta = min(beta, delta)
+    shrinkage = 0.0 if beta <= 0 or delta <= 0 else float(beta / delta)
+    shrunk = (1.0 - shrinkage) * sample
+    shrunk.flat[:: n_features + 1] += shrinkage * mu
+    return shrunk, shrinkage
+
+
+def hrp_weights(covariance: np.ndarray, *, labels: Sequence[str] | None = None) -> np.ndarray:
+    """Hierarchical risk parity (López de Prado, 2016), long-only, summing to 1, uncapped.
+
+    Ward linkage on the correlation distance ``sqrt(0.5·(1 − ρ))``, assets in the dendrogram's
+    leaf order (quasi-diagonalisation), then recursive bisection of that order into halves, each
+    half weighted by the inverse of its inverse-variance portfolio's variance. Zero variances are
+    floored at 1e-12 x the largest variance (the limit of inverse-variance weighting); an all-zero
+    covariance gives equal weights. ``labels`` only name assets in error messages. Raises
+    ValueError on a non-square or non-finite covariance.
+    """
+    cov = np.asarray(covariance, dtype=float)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"hrp_weights: covariance must be square, got shape {cov.shape}")
+    n = cov.shape[0]
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"hrp_weights: {len(labels)} labels for a {n} x {n} covariance")
+    bad = ~np.isfinite(cov).all(axis=1)
+    if bad.any():
+        names = [labels[i] for i in np.flatnonzero(bad)] if labels is not None else None
+        where = names if names is not None else np.flatnonzero(bad).tolist()
+        raise ValueError(f"hrp_weights: covariance is not finite for {where[:5]}")
+    if n <= 1:
+        return np.ones(n)
+    variance = np.diag(cov).copy()
+    largest = variance.max()
+    if largest <= 0:
+        return np.full(n, 1.0 / n)
+    variance = np.maximum(variance, 1e-12 * largest)
+    cov = cov.copy()
+    np.fill_diagonal(cov, variance)
+
+    volatility = np.sqrt(variance)
+    correlation = np.clip(cov / np.outer(volatility, volatility), -1.0, 1.0)
+    np.fill_diagonal(correlation, 1.0)
+    distance = np.sqrt(np.clip(0.5 * (1.0 - correlation), 0.0, None))
+    np.fill_diagonal(distance, 0.0)
+    linkage = hierarchy.linkage(squareform(distance, checks=False), method="ward")
+    order = hierarchy.leaves_list(linkage)
+
+    ordered = cov[np.ix_(order, order)]
+    inverse_variance = 1.0 / np.diag(ordered)
+    scaled = ordered * np.outer(inverse_variance, inverse_variance)
+    # row-wise prefix sums: a block's sum is a difference of two entries per row, computed for
+    # every segment of one bisection level at once
+    row_prefix = np.zeros((n, n + 1))
+    row_prefix[:, 1:] = np.cumsum(scaled, axis=1)
+    inverse_prefix = np.concatenate([[0.0], np.cumsum(inverse_variance)])
+
+    def segment_variance(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        lengths = ends - starts
+        segment = np.repeat(np.arange(starts.size), lengths)
+        rows = _concatenated_ranges(starts, lengths)
+        row_sums = row_prefix[rows, ends[segment]] - row_prefix[rows, starts[segment]]
+        block = np.bincount(segment, weights=row_sums, minlength=starts.size)
+        total = inverse_prefix[ends] - inverse_prefix[starts]
+        return block / total**2
+
+    weights = np.ones(n)
+    starts, ends = np.array([0]), np.array([n])
+    while starts.size:
+        mids = starts + (ends - starts) // 2
+        left, right = segment_variance(starts, mids), segment_variance(mids, ends)
+        total = left + right
+        alpha = np.divide(right, total, out=np.full(total.size, 0.5), where=total > 0)
+        child_starts = np.concatenate([starts, mids])
+        child_ends = np.concatenate([mids, ends])
+        lengths = child_ends - child_starts
+        positions = _concatenated_ranges(child_starts, lengths)
+        weights[positions] *= np.repeat(np.concatenate([alpha, 1.0 - alpha]), lengths)
+        keep = lengths > 1
+        starts, ends = child_starts[keep], child_ends[keep]
+
+    result = np.empty(n)
+    result[order] = weights
+    return result / result.sum()
+
+
+def allocate(
+    profile: str,
+    returns: pd.DataFrame,
+    *,
+    constraints: Constraints = DEFAULT_CONSTRAINTS,
+    expected_returns: pd.Series | None = None,
+    solvers: Sequence[str] = SOLVERS,
+) -> Allocation:
+    """Weights of one profile for the training window ``returns`` (T x n, simple returns).
+
+    Profiles (Σ = Ledoit-Wolf covariance, per period; λ = turnover_penalty, p = previous weights):
+
+    - min_variance: minimise ``w'Σw + λ‖w − p‖₁`` (covariance form).
+    - risk_parity: equal risk contribution from ``min ½y'Σy − (1/n)Σ log y, y > 0`` with
+      ``w = y / Σy``. When that solution breaks a cap, or a turnover penalty applies, solve
+      ``min ½w'Σw − c·Σ log w + λ‖w − p‖₁`` over the capped simplex with ``c = σ²_erc / n``
+      (σ²_erc the variance of the uncapped solution), a choice under which the uncapped optimum
+      of this problem is exactly the equal-risk portfolio.
+    - max_sharpe: maximise ``μ'w / sqrt(w'(Σ + γI)w)`` with ``γ = ridge·mean(diag Σ)`` through the
+      homogenisation ``y = κw`` (Cornuéjols-Tütüncü): ``min y'(Σ + γI)y + λ‖y − κp‖₁`` subject to
+      ``μ'y = 1, Σy = κ, 0 ≤ y ≤ cap·κ`` and cluster sums ``≤ cluster_cap·κ`` (all linear). The
+      turnover term is thus weighted by ``κ = 1/μ'w``. μ defaults to the window mean with NaN as 0,
+      which shrinks short histories towards 0. When no capped portfolio has ``μ'w > 0`` (all
+      expected returns ≤ 0 in particular) the min_variance problem is solved instead
+      (``fallback="min_variance"``).
+    - hrp: ``hrp_weights`` then the caps; equal_weight: 1/n then the cluster caps.
+
+    Solvers are tried in order; "optimal" and "optimal_inaccurate" are accepted, OSQP is skipped
+    for log (exponential-cone) problems. When none succeeds the profile falls back to hrp, then to
+    equal weight. Every result goes through the same post-processing: negatives and dust
+    (< 1e-8) set to 0, then capped water-filling (clusters first, then assets within clusters,
+    proportional to the solved weights) which sums to 1 and never exceeds a cap.
+    """
+    start = time.perf_counter()
+    _check_profile(profile)
+    universe = _universe(returns, constraints)
+    return _allocate(profile, universe, expected_returns, solvers, start)
+
+
+def allocate_all(
+    returns: pd.DataFrame,
+    *,
+    profiles: Sequence[str] = PROFILES,
+    constraints: Constraints = DEFAULT_CONSTRAINTS,
+    expected_returns: pd.Series | None = None,
+    solvers: Sequence[str] = SOLVERS,
+) -> dict[str, Allocation]:
+    """``allocate`` for several profiles, estimating the covariance (and HRP) once.
+
+    Each allocation's ``seconds`` covers its own solve and post-processing; the shared covariance
+    estimate is counted in the first profile only.
+    """
+    for profile in profiles:
+        _check_profile(profile)
+    start = time.perf_counter()
+    universe = _universe(returns, constraints)
+    result = {}
+    for profile in profiles:
+        result[profile] = _allocate(profile, universe, expected_returns, solvers, start)
+        start = time.perf_counter()
+    return result
+
+
+@dataclass(frozen=True)
+class _Universe:
+    """Everything the profiles need, derived once from the returns window and constraints."""
+
+    symbols: pd.Index
+    usable: np.ndarray
+    covariance: np.ndarray | None
+    mean: np.ndarray
+    cap: float
+    groups: np.ndarray | None
+    cluster_cap: float | None
+    previous: np.ndarray | None
+    turnover_penalty: float
+    ridge: float
+    notes: tuple[str, ...]
+    hrp_cache: dict
+
+    @property
+    def usable_symbols(self) -> pd.Index:
+        return self.symbols[self.usable]
+
+    @property
+    def size(self) -> int:
+        return int(self.usable.sum())
+
+
+@dataclass(frozen=True)
+class _Solved:
+    weights: np.ndarray
+    solver: str
+    status: str
+    objective: float
+
+
+class _NotSolved(Exception):
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+
+
+def _universe(returns: pd.DataFrame, constraints: Constraints) -> _Universe:
+    symbols = pd.Index(returns.columns.astype(str), name="symbol")
+    values = returns.to_numpy(dtype=float, na_value=np.nan)
+    finite = np.isfinite(values)
+    usable = finite.any(axis=0)
+    notes = []
+    if usable.size and not usable.any():
+        notes.append("no finite returns in the window")
+    elif not usable.all():
+        dropped = ", ".join(symbols[~usable][:10])
+        notes.append(f"no finite returns for {dropped}: weight 0")
+    if not usable.any():
+        usable = np.ones(symbols.size, dtype=bool)
+    n = int(usable.sum())
+
+    window = values[:, usable]
+    observed = finite[:, usable]
+    window = np.where(observed, window, 0.0)[observed.any(axis=1)]
+    covariance = ledoit_wolf(window)[0] if window.shape[0] >= 2 else None
+    if covariance is not None and not np.isfinite(covariance).all():
+        covariance = None
+    mean = window.mean(axis=0) if window.shape[0] else np.zeros(n)
+
+    cap = max(constraints.cap, 1.0 / n) if n else constraints.cap
+    groups, cluster_cap = None, None
+    if constraints.clusters is not None and constraints.cluster_cap is not None and n:
+        members = symbols[usable]
+        labels = constraints.clusters.reindex(members)
+        keys = np.where(
+            labels.notna().to_numpy(),
+            ("cluster:" + labels.astype(str)).to_numpy(),
+            ("symbol:" + members).to_numpy(),
+        )
+        groups = pd.factorize(keys)[0]
+        sizes = np.bincount(groups)
+        needed = _smallest_feasible_cluster_cap(sizes, cap)
+        cluster_cap = constraints.cluster_cap
+        if needed > cluster_cap:
+            notes.append(
+                f"cluster cap {cluster_cap:g} admits no fully invested portfolio: raised to "
+                f"{needed:.6g}"
+            )
+            cluster_cap = needed
+        if cluster_cap >= sizes.max() * cap:
+            groups, cluster_cap = None, None
+
+    previous = None
+    if constraints.previous is not None and constraints.turnover_penalty > 0:
+        previous = constraints.previous.reindex(symbols[usable]).fillna(0.0).to_numpy(dtype=float)
+    return _Universe(
+        symbols=symbols,
+        usable=usable,
+        covariance=covariance,
+        mean=mean,
+        cap=cap,
+        groups=groups,
+        cluster_cap=cluster_cap,
+        previous=previous,
+        turnover_penalty=constraints.turnover_penalty,
+        ridge=constraints.ridge,
+        notes=tuple(notes),
+        hrp_cache={},
+    )
+
+
+def _smallest_feasible_cluster_cap(sizes: np.ndarray, cap: float) -> float:
+    """Smallest c with Σ_k min(c, size_k·cap) ≥ 1: below it no fully invested portfolio exists."""
+    capacity = np.sort(sizes * cap)
+    count = capacity.size
+    prefix = np.concatenate([[0.0], np.cumsum(capacity)])[:-1]
+    candidate = (1.0 - prefix) / (count - np.arange(count))
+    first = int(np.argmax(candidate <= capacity * (1 + 1e-12)))
+    return float(candidate[first])
+
+
+def _allocate(
+    profile: str,
+    universe: _Universe,
+    expected_returns: pd.Series | None,
+    solvers: Sequence[str],
+    start: float,
+) -> Allocation:
+    notes = list(universe.notes)
+
+    def finish(
+        weights: np.ndarray,
+        *,
+        solver: str | None,
+        status: str,
+        objective: float | None = None,
+        fallback: str | None = None,
+        attempts: Sequence[tuple[str, str]] = (),
+    ) -> Allocation:
+        full = np.zeros(universe.symbols.size)
+        full[universe.usable] = weights
+        series = pd.Series(full, index=universe.symbols.copy(), name="weight")
+        return Allocation(
+            profile=profile,
+            weights=series,
+            solver=solver,
+            status=status,
+            seconds=time.perf_counter() - start,
+            objective=objective,
+            fallback=fallback,
+            reason="; ".join(notes) or None,
+            attempts=tuple(attempts),
+        )
+
+    n = universe.size
+    if universe.symbols.size == 0:
+        notes.append("no symbols")
+        return finish(np.zeros(0), solver=None, status="empty")
+    if n == 1:
+        return finish(np.ones(1), solver=None, status="closed_form")
+    if profile == "equal_weight":
+        return finish(_apply_caps(np.ones(n), universe), solver=None, status="closed_form")
+    if profile == "hrp":
+        try:
+            return finish(_hrp(universe), solver=None, status="closed_form")
+        except ValueError as error:
+            notes.append(f"hrp failed ({error})")
+            return finish(
+                _apply_caps(np.ones(n), universe),
+                solver=None,
+                status="failed",
+                fallback="equal_weight",
+            )
+
+    attempts: list[tuple[str, str]] = []
+    fallback = None
+    try:
+        if universe.covariance is None:
+            raise _NotSolved("no_covariance", "fewer than two observations: no covariance")
+        if n * universe.cap <= 1.0 + 1e-12:
+            notes.append(f"cap {universe.cap:.6g} with {n} symbols admits only equal weight")
+            return finish(_apply_caps(np.ones(n), universe), solver=None, status="closed_form")
+        if profile == "min_variance":
+            solved = _min_variance(universe, solvers, attempts)
+        elif profile == "risk_parity":
+            solved = _risk_parity(universe, solvers, attempts)
+        else:
+            mu = _expected(universe, expected_returns)
+            if _best_capped_return(mu, universe.cap) <= 0:
+                notes.append(
+                    "no capped portfolio has a positive expected return: min_variance used"
+                )
+                fallback = "min_variance"
+                solved = _min_variance(universe, solvers, attempts)
+            else:
+                solved = _max_sharpe(universe, mu, solvers, attempts)
+    except _NotSolved as failure:
+        notes.append(f"{profile} not solved ({failure.detail}): hrp used")
+        try:
+            weights = _hrp(universe)
+            fallback = "hrp"
+        except ValueError as error:
+            notes.append(f"hrp failed ({error}): equal weight used")
+            weights = _apply_caps(np.ones(n), universe)
+            fallback = "equal_weight"
+        return finish(
+            weights, solver=None, status=failure.status, fallback=fallback, attempts=attempts
+        )
+    if solved.status != cp.OPTIMAL:
+        notes.append(f"{solved.solver} returned {solved.status}")
+    return finish(
+        _apply_caps(solved.weights, universe),
+        solver=solved.solver,
+        status=solved.status,
+        objective=solved.objective,
+        fallback=fallback,
+        attempts=attempts,
+    )
+
+
+def _expected(universe: _Universe, expected_returns: pd.Series | None) -> np.ndarray:
+    if expected_returns is None:
+        return universe.mean
+    aligned = expected_returns.reindex(universe.usable_symbols)
+    missing = aligned.index[~np.isfinite(aligned.to_numpy(dtype=float, na_value=np.nan))]
+    if len(missing):
+        raise ValueError(
+            f"expected_returns: no finite value for {', '.join(missing[:10])}; pass one per symbol"
+        )
+    return aligned.to_numpy(dtype=float)
+
+
+def _best_capped_return(mu: np.ndarray, cap: float) -> float:
+    """Largest μ'w over the capped simplex, ignoring cluster caps: best assets filled to the cap."""
+    ranked = np.sort(mu)[::-1]
+    fill = np.clip(1.0 - cap * np.arange(ranked.size), 0.0, cap)
+    return float(ranked @ fill)
+
+
+def _hrp(universe: _Universe) -> np.ndarray:
+    if "hrp" not in universe.hrp_cache:
+        if universe.covariance is None:
+            raise ValueError("fewer than two observations: no covariance")
+        raw = hrp_weights(universe.covariance, labels=list(universe.usable_symbols))
+        universe.hrp_cache["hrp"] = _apply_caps(raw, universe)
+    return universe.hrp_cache["hrp"]
+
+
+def _scale(universe: _Universe) -> float:
+    """Average variance: dividing by it keeps the solver's data of order one."""
+    assert universe.covariance is not None
+    average = float(np.mean(np.diag(universe.covariance)))
+    return average if average > 0 else 1.0
+
+
+def _linear_constraints(w: cp.Variable, budget: cp.Expression | float, universe: _Universe):
+    constraints = [w >= 0, cp.sum(w) == budget, w <= universe.cap * budget]
+    if universe.groups is not None:
+        n = w.shape[0]
+        sizes = np.bincount(universe.groups)
+        binding = np.flatnonzero(sizes * universe.cap > universe.cluster_cap)
+        member = np.isin(universe.groups, binding)
+        rows = np.searchsorted(binding, universe.groups[member])
+        matrix = sparse.csr_matrix(
+            (np.ones(member.sum()), (rows, np.flatnonzero(member))), shape=(binding.size, n)
+        )
+        constraints.append(matrix @ w <= universe.cluster_cap * budget)
+    return constraints
+
+
+def _min_variance(
+    universe: _Universe, solvers: Sequence[str], attempts: list[tuple[str, str]]
+) -> _Solved:
+    covariance = universe.covariance
+    scale = _scale(universe)
+    n = universe.size
+    w = cp.Variable(n)
+    objective = cp.quad_form(w, cp.psd_wrap(covariance / scale))
+    penalty = universe.previous is not None
+    if penalty:
+        objective = objective + (universe.turnover_penalty / scale) * cp.norm1(
+            w - universe.previous
+        )
+    problem = cp.Problem(cp.Minimize(objective), _linear_constraints(w, 1.0, universe))
+    solver, status = _run(problem, solvers, attempts, exponential_cone=False)
+    weights = w.value
+    value = float(weights @ covariance @ weights)
+    if penalty:
+        value += universe.turnover_penalty * float(np.abs(weights - universe.previous).sum())
+    return _Solved(weights, solver, status, value)
+
+
+def _risk_parity(
+    universe: _Universe, solvers: Sequence[str], attempts: list[tuple[str, str]]
+) -> _Solved:
+    covariance = universe.covariance
+    scale = _scale(universe)
+    n = universe.size
+    y = cp.Variable(n)
+    erc = cp.Problem(
+        cp.Minimize(0.5 * cp.quad_form(y, cp.psd_wrap(covariance / scale)) - cp.sum(cp.log(y)) / n)
+    )
+    solver, status = _run(erc, solvers, attempts, exponential_cone=True)
+    y_value = y.value / math.sqrt(scale)
+    weights = y_value / y_value.sum()
+    within_caps = _within_caps(weights, universe)
+    if within_caps and universe.previous is None:
+        value = (
+            0.5 * float(y_value @ covariance @ y_value)
+            - float(np.log(np.maximum(y_value, 1e-300)).sum()) / n
+        )
+        return _Solved(weights, solver, status, value)
+
+    barrier = float(weights @ covariance @ weights) / n
+    w = cp.Variable(n)
+    objective = 0.5 * cp.quad_form(w, cp.psd_wrap(covariance / scale)) - (barrier / scale) * cp.sum(
+        cp.log(w)
+    )
+    if universe.previous is not None:
+        objective = objective + (universe.turnover_penalty / scale) * cp.norm1(
+            w - universe.previous
+        )
+    capped = cp.Problem(cp.Minimize(objective), _linear_constraints(w, 1.0, universe))
+    solver, status = _run(capped, solvers, attempts, exponential_cone=True)
+    weights = np.clip(w.value, 1e-300, None)
+    value = 0.5 * float(weights @ covariance @ weights) - barrier * float(np.log(weights).sum())
+    if universe.previous is not None:
+        value += universe.turnover_penalty * float(np.abs(weights - universe.previous).sum())
+    return _Solved(w.value, solver, status, value)
+
+
+def _max_sharpe(
+    universe: _Universe,
+    mu: np.ndarray,
+    solvers: Sequence[str],
+    attempts: list[tuple[str, str]],
+) -> _Solved:
+    covariance = universe.covariance
+    scale = _scale(universe)
+    n = universe.size
+    regularised = covariance + universe.ridge * scale * np.eye(n)
+    # μ'y = 1 with daily means of ~1e-3 would make y of ~1e3: normalise μ to a maximum of 1
+    top = float(mu.max())
+    y = cp.Variable(n)
+    kappa = cp.Variable(nonneg=True)
+    objective = cp.quad_form(y, cp.psd_wrap(regularised / scale))
+    if universe.previous is not None:
+        objective = objective + (universe.turnover_penalty * top / scale) * cp.norm1(
+            y - kappa * universe.previous
+        )
+    constraints = [(mu / top) @ y == 1, *_linear_constraints(y, kappa, universe)]
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    solver, status = _run(problem, solvers, attempts, exponential_cone=False)
+    if kappa.value is None or not kappa.value > 0:
+        raise _NotSolved(status, f"{solver} returned a non-positive scale κ")
+    weights = y.value / kappa.value
+    y_value, kappa_value = y.value / top, float(kappa.value) / top
+    value = float(y_value @ regularised @ y_value)
+    if universe.previous is not None:
+        value += universe.turnover_penalty * float(
+            np.abs(y_value - kappa_value * universe.previous).sum()
+        )
+    return _Solved(weights, solver, status, value)
+
+
+def _run(
+    problem: cp.Problem,
+    solvers: Sequence[str],
+    attempts: list[tuple[str, str]],
+    *,
+    exponential_cone: bool,
+) -> tuple[str, str]:
+    """Solve with the first solver that returns an accepted status and finite values."""
+    installed = set(cp.installed_solvers())
+    for solver in solvers:
+        if solver not in installed:
+            attempts.append((solver, "error: solver not installed"))
+            continue
+        if exponential_cone and solver not in _EXPONENTIAL_CONE_SOLVERS:
+            attempts.append((solver, "skipped: no exponential-cone support"))
+            continue
+        options = {}
+        if solver == "CLARABEL" and problem.variables()[0].size >= _DENSE_FROM:
+            options["direct_solve_method"] = "faer"
+        try:
+            problem.solve(solver=solver, **options)
+        except Exception as error:  # solver back ends raise many types; each is one attempt
+            attempts.append((solver, f"error: {type(error).__name__}: {error}"))
+            continue
+        status = problem.status
+        values = [variable.value for variable in problem.variables()]
+        if status in _SOLVED and all(
+            value is not None and np.isfinite(value).all() for value in values
+        ):
+            attempts.append((solver, status))
+            return solver, status
+        attempts.append((solver, status if status not in _SOLVED else f"{status} without values"))
+    tried = ", ".join(f"{solver} {outcome}" for solver, outcome in attempts) or "no solver given"
+    last = attempts[-1][1].split(":")[0] if attempts else "no_solver"
+    raise _NotSolved(last, tried)
+
+
+def _within_caps(weights: np.ndarray, universe: _Universe) -> bool:
+    if weights.max() > universe.cap + _CAP_TOLERANCE:
+        return False
+    if universe.groups is None:
+        return True
+    sums = np.bincount(universe.groups, weights=weights)
+    return bool(sums.max() <= universe.cluster_cap + _CAP_TOLERANCE)
+
+
+def _apply_caps(weights: np.ndarray, universe: _Universe) -> np.ndarray:
+    """Non-negative weights summing to 1 within every cap, proportional to ``weights`` where free.
+
+    Negatives and dust are set to 0. Cluster totals are water-filled first (each at most
+    ``min(cluster_cap, size·cap)``), then assets within each cluster; an excess is shared by the
+    members still below their cap in proportion to their weights. A solver's output that already
+    meets the caps only changes by rounding.
+    """
+    keys = np.where(weights > _DUST, weights, 0.0)
+    n = keys.size
+    caps = np.full(n, universe.cap)
+    if universe.groups is None:
+        return _capped_fill(np.ones(1), keys, caps, np.zeros(n, dtype=int))
+    groups = universe.groups
+    count = int(groups.max()) + 1
+    capacity = np.minimum(universe.cluster_cap, np.bincount(groups, weights=caps, minlength=count))
+    mass = np.bincount(groups, weights=keys, minlength=count)
+    totals = _capped_fill(np.ones(1), mass, capacity, np.zeros(count, dtype=int))
+    return _capped_fill(totals, keys, caps, groups)
+
+
+def _capped_fill(
+    totals: np.ndarray, keys: np.ndarray, caps: np.ndarray, groups: np.ndarray
+) -> np.ndarray:
+    """Split ``totals[g]`` among group g in proportion to ``keys``, none above its cap.
+
+    Members whose share would exceed their cap are fixed at it and the rest share the excess; a
+    group whose free members all have key 0 shares its remainder equally among them. Assumes
+    ``totals[g]`` does not exceed the sum of the caps in group g.
+    """
+    count = totals.size
+    keys = keys.astype(float).copy()
+    fixed = np.zeros(keys.size, dtype=bool)
+    shares = np.zeros(keys.size)
+    for _ in range(keys.size + 1):
+        free = ~fixed
+        remaining = totals - np.bincount(groups[fixed], weights=caps[fixed], minlength=count)
+        key_sum = np.bincount(groups[free], weights=keys[free], minlength=count)
+        starved = (key_sum <= 0) & (remaining > 0)
+        if starved.any():
+            keys[free & starved[groups]] = 1.0
+            key_sum = np.bincount(groups[free], weights=keys[free], minlength=count)
+        ratio = np.divide(
+            np.maximum(remaining, 0.0), key_sum, out=np.zeros(count), where=key_sum > 0
+        )
+        shares = np.where(fixed, caps, ratio[groups] * keys)
+        over = free & (shares > caps)
+        if not over.any():
+            break
+        fixed |= over
+    return shares
+
+
+def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + l) for s, l in zip(starts, lengths)])`` without the loop."""
+    offsets = np.cumsum(lengths) - lengths
+    return np.arange(lengths.sum()) - np.repeat(offsets, lengths) + np.repeat(starts, lengths)

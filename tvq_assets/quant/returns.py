@@ -1,0 +1,131 @@
+"""Returns (L0/L1): the point-in-time simple-return window of a sleeve, and who is left out.
+
+Conventions: simple returns ``close_t / close_{t-1} - 1`` on the sleeve's calendar; a symbol's first
+bar has no return (NaN), so NaN marks "before genesis". Dates are tz-naive UTC calendar dates.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+EXCLUSION_COLUMNS = ("symbol", "rule", "date", "value", "detail")
+
+
+@dataclass(frozen=True)
+class ReturnsWindow:
+    returns: pd.DataFrame  # dates × symbols, simple returns
+    dollar_volume: pd.DataFrame  # same shape: close × volume, NaN where there is no bar
+    excluded: pd.DataFrame  # EXCLUSION_COLUMNS: one row per symbol left out, with the rule
+
+
+def calendar_grid(
+    dates: pd.DatetimeIndex, *, calendar: str, end: pd.Timestamp, rows: int
+) -> pd.DatetimeIndex:
+    """The last ``rows`` dates of the sleeve's calendar up to ``end``.
+
+    ``crypto`` is every calendar day. ``weekday`` is the Monday–Friday dates on which the sleeve
+    traded at all (so exchange holidays are not invented as gaps; weekend rows never enter).
+    """
+    if calendar == "crypto":
+        return pd.date_range(end=end, periods=rows, freq="D", name="date")
+    if calendar == "weekday":
+        traded = dates[(dates <= end) & (dates.dayofweek < 5)].unique().sort_values()
+        return pd.DatetimeIndex(traded[-rows:], name="date")
+    raise ValueError(f"unknown calendar {calendar!r}; expected 'crypto' or 'weekday'")
+
+
+def returns_window(
+    bars: pd.DataFrame,
+    *,
+    as_of: pd.Timestamp,
+    lookback: int,
+    calendar: str,
+    stale_days: int,
+    min_history: int,
+) -> ReturnsWindow:
+    """Simple returns over the ``lookback`` bars ending at ``as_of``, from bars dated ≤ ``as_of``.
+
+    The window ends at the sleeve's last bar on or before ``as_of`` (a run scheduled before the
+    day's bars land still sees a complete last row). Symbols are dropped, and recorded, when their
+    last bar is more than ``stale_days`` calendar days before ``as_of`` (stale or delisted) or when
+    they have fewer than ``min_history`` returns inside the window.
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    known = bars[bars["date"] <= as_of]
+    empty = pd.DataFrame(
+        index=pd.DatetimeIndex([], name="date"), columns=pd.Index([], name="symbol"), dtype=float
+    )
+    if known.empty:
+        return ReturnsWindow(empty, empty.copy(), _exclusions([]))
+    end = known["date"].max()
+    grid = calendar_grid(
+        pd.DatetimeIndex(known["date"].unique()), calendar=calendar, end=end, rows=lookback + 1
+    )
+    inside = known[known["date"].isin(grid)]
+    close = inside.pivot(index="date", columns="symbol", values="close").reindex(grid)
+    volume = inside.pivot(index="date", columns="symbol", values="volume").reindex(grid)
+    close.columns.name = volume.columns.name = "symbol"
+
+    last_bar = known.groupby("symbol")["date"].max()
+    days_silent = (as_of - last_bar).dt.days
+    stale = days_silent[days_silent > stale_days]
+    returns = close.pct_change(fill_method=None).iloc[1:]
+    dollar_volume = (close * volume).iloc[1:]
+    history = returns.notna().sum()
+    short = history[(history < min_history) & ~history.index.isin(stale.index)]
+
+    excluded = [
+        (symbol, "stale_or_delisted", last_bar[symbol], float(days), f"no bar for {days} days")
+        for symbol, days in stale.items()
+    ] + [
+        (symbol, "min_history", returns.index[-1], float(count), f"{count} < {min_history} bars")
+        for symbol, count in short.items()
+    ]
+    keep = returns.columns.difference(stale.index.union(short.index), sort=False)
+    keep = keep.sort_values()
+    return ReturnsWindow(
+        returns=returns[keep], dollar_volume=dollar_volume[keep], excluded=_exclusions(excluded)
+    )
+
+
+def _exclusions(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(EXCLUSION_COLUMNS))
+    frame["date"] = pd.to_datetime(frame["date"])
+    frame["value"] = frame["value"].astype(float)
+    return frame.sort_values(["rule", "symbol"]).reset_index(drop=True)
+
+
+def tidy_returns(returns: pd.DataFrame) -> pd.DataFrame:
+    """Long form of a returns window for contract checks: one row per (symbol, date) after genesis.
+
+    Columns: ``symbol``, ``date``, ``value`` (the return, NaN kept), ``filler_day`` (every listed
+    symbol returned exactly 0 that day: a padded, non-trading row).
+    """
+    values = returns.to_numpy(dtype=float)
+    present = ~np.isnan(values)
+    listed = np.maximum.accumulate(present, axis=0)
+    listed_count = listed.sum(axis=1)
+    zero_count = (values == 0.0).sum(axis=1)
+    filler = (listed_count >= 2) & (zero_count == listed_count)
+    rows, cols = np.nonzero(listed)
+    return pd.DataFrame(
+        {
+            "symbol": returns.columns.to_numpy(dtype=object)[cols],
+            "date": returns.index.to_numpy()[rows],
+            "value": values[rows, cols],
+            "filler_day": filler[rows],
+        }
+    )
+
+
+def drop_symbols(window: ReturnsWindow, offenders: pd.DataFrame) -> ReturnsWindow:
+    """Remove quarantined symbols (rows of ``offenders``: symbol, rule, date, value, detail)."""
+    gone = pd.Index(offenders["symbol"].unique())
+    keep = window.returns.columns.difference(gone, sort=False)
+    excluded = pd.concat([window.excluded, offenders[list(EXCLUSION_COLUMNS)]], ignore_index=True)
+    return ReturnsWindow(
+        returns=window.returns[keep],
+        dollar_volume=window.dollar_volume[keep],
+        excluded=excluded.reset_index(drop=True),
+    )

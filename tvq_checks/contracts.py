@@ -1,0 +1,297 @@
+"""Data contracts (DOMAIN §2) as Pandera schemas, and the violations they find.
+
+Every rule is one named Pandera column check, so each failure comes back from Pandera with the row
+it happened on; ``violations`` turns Pandera's ``SchemaErrors`` into a table of symbol, date, value
+and rule. Rules that concern a whole row or a symbol's history (OHLC consistency, duplicates,
+stalls, volume spikes, padding) are first written as derived columns by ``prepare_bars`` /
+``tidy_returns``, then checked like any other column. Nothing here knows about Dagster.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from tvq_assets.quant import quality
+from tvq_assets.quant.returns import tidy_returns
+
+ERROR = "ERROR"
+WARN = "WARN"
+VIOLATION_COLUMNS = ("symbol", "date", "value", "rule", "message")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    severity: str
+    template: str  # what is wrong, with the offending {value}; prefixed by "SYMBOL on DATE: "
+    value_column: str | None = None  # where the reported value comes from (None: the checked cell)
+
+
+RULES: Mapping[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule("prices_positive_finite", ERROR, "price {value:g} is not finite and positive"),
+        Rule("volume_non_negative", ERROR, "volume {value:g} is not finite and non-negative"),
+        Rule("high_covers_open_close", ERROR, "high {value:g} is below max(open, close)", "high"),
+        Rule("low_covers_open_close", ERROR, "low {value:g} is above min(open, close)", "low"),
+        Rule("one_row_per_symbol_date", ERROR, "has more than one bar (close {value:g})", "close"),
+        Rule("sorted_by_symbol_date", ERROR, "bar is out of (symbol, date) order", "close"),
+        Rule(
+            "no_weekend_rows", ERROR, "weekend bar in a weekday sleeve (close {value:g})", "close"
+        ),
+        Rule(
+            "no_filler_bars",
+            ERROR,
+            "zero-volume copy of the previous bar (close {value:g})",
+            "close",
+        ),
+        Rule("volume_spike", WARN, "last volume is {value:.1f} standard deviations above normal"),
+        Rule("price_stall", WARN, "close {value:g} repeated on the last bars (stalled)", "close"),
+        Rule("non_null_after_genesis", ERROR, "return is missing after the symbol's first bar"),
+        Rule("finite_return", ERROR, "return {value} is not finite"),
+        Rule("return_above_minus_100pct", ERROR, "return {value:+.0%} is below -100%"),
+        Rule("toxic_return", ERROR, "return {value:+.0%} exceeds the toxic threshold"),
+        Rule("no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)"),
+    )
+}
+
+# Symbol-level data faults a `quarantine` policy may exclude instead of failing the run.
+QUARANTINABLE = (
+    "toxic_return",
+    "return_above_minus_100pct",
+    "finite_return",
+    "non_null_after_genesis",
+)
+
+PRICES = ("open", "high", "low", "close")
+
+BARS_STRUCTURE = pa.DataFrameSchema(
+    {
+        "symbol": pa.Column(str, description="ticker, from the source (validated, no paths)"),
+        "date": pa.Column("datetime64[ns]", description="UTC calendar date of the daily bar"),
+        **{p: pa.Column(float, description=f"{p} price") for p in PRICES},
+        "volume": pa.Column(float, description="traded quantity (base units)"),
+    },
+    name="bars",
+    description="Long daily bars: one row per symbol and UTC date.",
+)
+
+
+def _check(rule: str, fn, **options) -> pa.Check:
+    return pa.Check(fn, name=rule, error=rule, **options)
+
+
+def _never(rule: str) -> pa.Check:
+    """A boolean flag column must be False everywhere."""
+    return _check(rule, lambda flag: ~flag.astype(bool))
+
+
+def prepare_bars(
+    bars: pd.DataFrame, *, stall_bars: int = 3, volume_spike_window: int = 21
+) -> pd.DataFrame:
+    """Bars plus the derived columns the bar rules check (row order and index preserved).
+
+    Expects the lake's order (symbol, then date); rows out of that order are themselves flagged.
+    ``volume_z`` and ``stalled`` are set on each symbol's last bar only.
+    """
+    frame = bars.copy()
+    symbols = frame["symbol"].to_numpy()
+    dates = frame["date"].to_numpy()
+    opens, closes = frame["open"].to_numpy(), frame["close"].to_numpy()
+    frame["high_excess"] = frame["high"].to_numpy() - np.maximum(opens, closes)
+    frame["low_excess"] = np.minimum(opens, closes) - frame["low"].to_numpy()
+    same_symbol = np.zeros(len(frame), dtype=bool)
+    same_symbol[1:] = symbols[1:] == symbols[:-1]
+    earlier_symbol = np.zeros(len(frame), dtype=bool)
+    earlier_date = np.zeros(len(frame), dtype=bool)
+    if len(frame) > 1:
+        earlier_symbol[1:] = symbols[1:] < symbols[:-1]
+        earlier_date[1:] = dates[1:] < dates[:-1]
+    frame["out_of_order"] = earlier_symbol | (same_symbol & earlier_date)
+    if frame["out_of_order"].any():
+        frame["duplicate"] = frame.duplicated(["symbol", "date"], keep=False)
+    else:
+        repeated = np.zeros(len(frame), dtype=bool)
+        repeated[1:] = same_symbol[1:] & (dates[1:] == dates[:-1])
+        frame["duplicate"] = repeated | np.append(repeated[1:], False)
+    frame["weekend"] = frame["date"].dt.dayofweek.to_numpy() >= 5
+    frame["filler"] = quality.filler_bars(frame)
+    ends = quality.last_rows(symbols)
+    volumes = quality.trailing(frame["volume"].to_numpy(), symbols, ends, volume_spike_window + 1)
+    before, last = volumes[:, :-1], volumes[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std = before.std(axis=1, ddof=1)
+        excess = last - before.mean(axis=1)
+        z = np.where(std > 0, excess / std, np.where(excess > 0, np.inf, 0.0))
+    z[np.isnan(before).any(axis=1)] = np.nan
+    volume_z = np.full(len(frame), np.nan)
+    volume_z[ends] = z
+    frame["volume_z"] = volume_z
+    tail = quality.trailing(closes, symbols, ends, stall_bars)
+    stalled = np.zeros(len(frame), dtype=bool)
+    stalled[ends] = np.all(tail == tail[:, -1:], axis=1)
+    frame["stalled"] = stalled
+    return frame
+
+
+def bar_violations(
+    bars: pd.DataFrame,
+    *,
+    calendar: str,
+    stall_bars: int = 3,
+    volume_spike_window: int = 21,
+    volume_spike_sigma: float = 10.0,
+    rows: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ERROR violations, WARN violations) of long bars.
+
+    ``rows`` (a boolean mask) limits the ERROR rules to those rows, e.g. the rows a refresh adds
+    to a lake whose stored rows passed before; derived columns still see the whole history.
+    The WARN rules look at each symbol's last bar.
+    """
+    prepared = prepare_bars(bars, stall_bars=stall_bars, volume_spike_window=volume_spike_window)
+    checked = prepared if rows is None else prepared[rows | prepared["duplicate"].to_numpy()]
+    errors = violations(bars_schema(calendar=calendar), checked)
+    last = prepared.iloc[quality.last_rows(prepared["symbol"].to_numpy())]
+    warnings = violations(bars_warning_schema(volume_spike_sigma=volume_spike_sigma), last)
+    return errors, warnings
+
+
+def bars_schema(*, calendar: str) -> pa.DataFrameSchema:
+    """ERROR rules on daily bars; ``calendar='weekday'`` also forbids weekend rows."""
+    price = _check("prices_positive_finite", lambda s: np.isfinite(s) & (s > 0), ignore_na=False)
+    flags = {
+        "duplicate": "one_row_per_symbol_date",
+        "out_of_order": "sorted_by_symbol_date",
+        "filler": "no_filler_bars",
+    }
+    if calendar == "weekday":
+        flags["weekend"] = "no_weekend_rows"
+    return pa.DataFrameSchema(
+        {
+            "symbol": pa.Column(str),
+            "date": pa.Column("datetime64[ns]"),
+            **{column: pa.Column(float, checks=[price], nullable=True) for column in PRICES},
+            "volume": pa.Column(
+                float,
+                checks=[
+                    _check(
+                        "volume_non_negative", lambda s: np.isfinite(s) & (s >= 0), ignore_na=False
+                    )
+                ],
+                nullable=True,
+            ),
+            "high_excess": pa.Column(
+                float, checks=[_check("high_covers_open_close", lambda s: s >= 0)], nullable=True
+            ),
+            "low_excess": pa.Column(
+                float, checks=[_check("low_covers_open_close", lambda s: s >= 0)], nullable=True
+            ),
+            **{column: pa.Column(bool, checks=[_never(rule)]) for column, rule in flags.items()},
+        },
+        name="bars_contract",
+        description="Daily bars: positive finite prices, consistent OHLC, one sorted row per "
+        "symbol and date, no padding.",
+    )
+
+
+def bars_warning_schema(*, volume_spike_sigma: float = 10.0) -> pa.DataFrameSchema:
+    """WARN rules on each symbol's last bar: volume spikes and stalled prices."""
+    return pa.DataFrameSchema(
+        {
+            "volume_z": pa.Column(
+                float,
+                checks=[_check("volume_spike", lambda s: s <= volume_spike_sigma)],
+                nullable=True,
+            ),
+            "stalled": pa.Column(bool, checks=[_never("price_stall")]),
+        },
+        name="bars_quality",
+        description="Last-bar quality: volume spikes and stalled prices (recorded, not blocking).",
+    )
+
+
+def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
+    """ERROR rules on the tidy returns window (``tidy_returns``): one row per listed symbol-day."""
+    return pa.DataFrameSchema(
+        {
+            "symbol": pa.Column(str),
+            "date": pa.Column("datetime64[ns]"),
+            "value": pa.Column(
+                float,
+                nullable=True,
+                checks=[
+                    _check("non_null_after_genesis", lambda s: s.notna(), ignore_na=False),
+                    _check("finite_return", lambda s: ~np.isinf(s)),
+                    _check("return_above_minus_100pct", lambda s: s >= -1.0),
+                    _check("toxic_return", lambda s: s <= toxic_threshold),
+                ],
+            ),
+            "filler_day": pa.Column(bool, checks=[_never("no_padding")]),
+        },
+        name="returns_contract",
+        description=f"Simple daily returns: finite, >= -100%, <= +{toxic_threshold:.0%} (toxic), "
+        "NaN only before genesis, no padded days.",
+    )
+
+
+def returns_violations(returns: pd.DataFrame, *, toxic_threshold: float = 5.0) -> pd.DataFrame:
+    """Violations of the returns contract by a wide returns window (dates × symbols)."""
+    return violations(returns_schema(toxic_threshold=toxic_threshold), tidy_returns(returns))
+
+
+def violations(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
+    """Validate ``frame`` lazily; one row per failing cell: symbol, date, value, rule, message.
+
+    Sorted by rule, date and symbol. Empty when the frame satisfies the schema. Structural errors
+    (a missing column, a wrong dtype) are reported with empty symbol and date.
+    """
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+    else:
+        return _violation_table([])
+    cases = cases.assign(rule=cases["check"].astype(str))
+    located = cases["rule"].isin(list(RULES)) & cases["index"].notna()
+    structural = [
+        (None, pd.NaT, np.nan, case.rule, f"{case.column}: {case.failure_case}")
+        for case in cases[~located].itertuples(index=False)
+    ]
+    tables = [_violation_table(structural)]
+    for rule_name, group in cases[located].groupby("rule", sort=False):
+        rule = RULES[rule_name]
+        rows = frame.loc[group["index"].to_numpy()]
+        if rule.value_column:
+            values = rows[rule.value_column].to_numpy(dtype=float)
+        else:
+            values = pd.to_numeric(group["failure_case"], errors="coerce").to_numpy(dtype=float)
+        table = pd.DataFrame(
+            {
+                "symbol": rows["symbol"].to_numpy(),
+                "date": pd.to_datetime(rows["date"]).to_numpy(),
+                "value": values,
+                "rule": rule.name,
+            }
+        )
+        table["message"] = [
+            _message(rule, *row)
+            for row in table[["symbol", "date", "value"]].itertuples(index=False)
+        ]
+        tables.append(table)
+    return _violation_table(pd.concat(tables, ignore_index=True))
+
+
+def _message(rule: Rule, symbol: str, date: pd.Timestamp, value: float) -> str:
+    day = pd.Timestamp(date).strftime("%Y-%m-%d") if pd.notna(date) else "?"
+    return f"{symbol} on {day}: {rule.template.format(value=value)} [{rule.name}]"
+
+
+def _violation_table(rows: "list[tuple] | pd.DataFrame") -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=list(VIOLATION_COLUMNS))
+    table["date"] = pd.to_datetime(table["date"])
+    table["value"] = table["value"].astype(float)
+    return table.sort_values(["rule", "date", "symbol"], ignore_index=True)

@@ -1,0 +1,151 @@
+"""The Parquet lake: every asset value as Parquet files under one root, written atomically.
+
+A value is either one DataFrame (one file) or a bundle, a ``dict[str, DataFrame]`` of named tables
+(a directory holding one file per table plus a manifest). Writes never leave a half file and never
+replace a good value with a broken one: a table is written to a temporary file in the same folder
+and moved into place with ``os.replace``; a bundle's manifest, replaced last, names the complete
+set of tables, so a crash mid-bundle leaves the previous bundle readable.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+MANIFEST = "manifest.json"
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write one DataFrame to ``path`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            frame.to_parquet(stream, index=True)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bundle(tables: Mapping[str, pd.DataFrame], folder: Path) -> None:
+    """Write named tables as one unit: the manifest is switched only once every table is on disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    files = {name: f"{name}-{token}.parquet" for name in tables}
+    for name, frame in tables.items():
+        write_table(frame, folder / files[name])
+    manifest = folder / MANIFEST
+    previous = _read_manifest(manifest)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump({"tables": files}, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, manifest)
+    for stale in set(previous.values()) - set(files.values()):
+        (folder / stale).unlink(missing_ok=True)
+
+
+def read_bundle(folder: Path) -> dict[str, pd.DataFrame]:
+    files = _read_manifest(folder / MANIFEST)
+    if not files:
+        raise FileNotFoundError(f"no bundle at {folder} (missing {MANIFEST})")
+    return {name: pd.read_parquet(folder / file) for name, file in files.items()}
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())["tables"]
+
+
+class ParquetLake(dg.ConfigurableResource):
+    """Where asset values live: ``{root}/{asset}/{sleeve}[/{run}].parquet`` (or a bundle folder).
+
+    ``root`` defaults to ``$TVQ_LAKE``, else ``$DAGSTER_HOME/lake``, resolved when used (never at
+    import time).
+    """
+
+    root: str | None = None
+
+    @property
+    def root_path(self) -> Path:
+        if self.root:
+            return Path(self.root)
+        if os.environ.get("TVQ_LAKE"):
+            return Path(os.environ["TVQ_LAKE"])
+        if os.environ.get("DAGSTER_HOME"):
+            return Path(os.environ["DAGSTER_HOME"]) / "lake"
+        raise RuntimeError("set TVQ_LAKE or DAGSTER_HOME (the Makefile exports DAGSTER_HOME)")
+
+    def location(self, asset: Sequence[str], partition: str | None) -> Path:
+        path = self.root_path.joinpath(*asset)
+        if partition is None:
+            return path / "value"
+        # Multi-partition keys read "2026-11-20|crypto": sleeve first on disk so one sleeve's
+        # history sits in one folder.
+        parts = partition.split("|")
+        return path.joinpath(*reversed(parts))
+
+    def exists(self, asset: Sequence[str], partition: str | None) -> bool:
+        base = self.location(asset, partition)
+        return base.with_suffix(".parquet").exists() or (base / MANIFEST).exists()
+
+    def write(
+        self, asset: Sequence[str], partition: str | None, value: "pd.DataFrame | dict"
+    ) -> Path:
+        base = self.location(asset, partition)
+        if isinstance(value, pd.DataFrame):
+            path = base.with_suffix(".parquet")
+            write_table(value, path)
+            if (base / MANIFEST).exists():
+                shutil.rmtree(base)
+            return path
+        if isinstance(value, Mapping) and all(isinstance(v, pd.DataFrame) for v in value.values()):
+            write_bundle(value, base)
+            base.with_suffix(".parquet").unlink(missing_ok=True)
+            return base
+        raise TypeError(
+            f"the Parquet lake stores DataFrames or dicts of DataFrames, not {type(value).__name__}"
+        )
+
+    def read(self, asset: Sequence[str], partition: str | None) -> "pd.DataFrame | dict":
+        base = self.location(asset, partition)
+        if base.with_suffix(".parquet").exists():
+            return pd.read_parquet(base.with_suffix(".parquet"))
+        if (base / MANIFEST).exists():
+            return read_bundle(base)
+        raise FileNotFoundError(
+            f"{'/'.join(asset)}[{partition}] has not been materialised (nothing at {base})"
+        )
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """Stores every asset value in the Parquet lake; no pickle anywhere."""
+
+    lake: ParquetLake
+
+    def handle_output(self, context: dg.OutputContext, obj: "pd.DataFrame | dict") -> None:
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        path = self.lake.write(context.asset_key.path, partition, obj)
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+
+    def load_input(self, context: dg.InputContext) -> "pd.DataFrame | dict":
+        asset = context.asset_key.path
+        if not context.has_asset_partitions:
+            return self.lake.read(asset, None)
+        keys = context.asset_partition_keys
+        if len(keys) != 1:
+            raise ValueError(
+                f"{'/'.join(asset)}: one partition per input is supported, got {len(keys)}"
+            )
+        return self.lake.read(asset, keys[0])

@@ -14,7 +14,8 @@ AS_OF = "2026-06-30"
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as test_instance:
+    # In-memory run and event storage: a SQLite instance spends most of a small run in fsync.
+    with dg.DagsterInstance.ephemeral() as test_instance:
         yield test_instance
 
 

@@ -7,7 +7,8 @@ blocking: nothing downstream runs. The glue knows nothing of the rules; it turns
 """
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
@@ -117,3 +118,39 @@ def specs_for(
         spec(asset, name, description=description, blocking=blocking, partitions_def=partitions_def)
         for name, description, blocking in checks
     ]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One check's outcome: its violation table and how severe a violation is."""
+
+    name: str
+    failures: pd.DataFrame
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+    metadata: Mapping[str, object] | None = None
+
+    @property
+    def blocks(self) -> bool:
+        return self.severity == dg.AssetCheckSeverity.ERROR and not self.failures.empty
+
+
+def emit(
+    asset: str,
+    partition: str,
+    value: object,
+    *,
+    metadata: Mapping[str, object],
+    evaluations: Sequence[Evaluation],
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Yield the asset's value, then its check results; stop the run if an ERROR check failed."""
+    yield dg.Output(value, metadata=dict(metadata))
+    for evaluation in evaluations:
+        yield result(
+            evaluation.name,
+            evaluation.failures,
+            severity=evaluation.severity,
+            metadata=evaluation.metadata,
+        )
+    blocking = [e.failures for e in evaluations if e.blocks]
+    if blocking:
+        raise blocking_failure(asset, partition, pd.concat(blocking, ignore_index=True))

@@ -80,13 +80,14 @@ BARS_STRUCTURE = pa.DataFrameSchema(
 )
 
 
-def _check(rule: str, fn, **options) -> pa.Check:
+def rule_check(rule: str, fn, **options) -> pa.Check:
+    """A Pandera check named after its rule (the rule's name is how violations find it)."""
     return pa.Check(fn, name=rule, error=rule, **options)
 
 
-def _never(rule: str) -> pa.Check:
+def never(rule: str) -> pa.Check:
     """A boolean flag column must be False everywhere."""
-    return _check(rule, lambda flag: ~flag.astype(bool))
+    return rule_check(rule, lambda flag: ~flag.astype(bool))
 
 
 def prepare_bars(
@@ -162,7 +163,7 @@ def bar_violations(
 
 def bars_schema(*, calendar: str) -> pa.DataFrameSchema:
     """ERROR rules on daily bars; ``calendar='weekday'`` also forbids weekend rows."""
-    price = _check("prices_positive_finite", lambda s: np.isfinite(s) & (s > 0), ignore_na=False)
+    price = rule_check("prices_positive_finite", lambda s: np.isfinite(s) & (s > 0), ignore_na=False)
     flags = {
         "duplicate": "one_row_per_symbol_date",
         "out_of_order": "sorted_by_symbol_date",
@@ -178,19 +179,19 @@ def bars_schema(*, calendar: str) -> pa.DataFrameSchema:
             "volume": pa.Column(
                 float,
                 checks=[
-                    _check(
+                    rule_check(
                         "volume_non_negative", lambda s: np.isfinite(s) & (s >= 0), ignore_na=False
                     )
                 ],
                 nullable=True,
             ),
             "high_excess": pa.Column(
-                float, checks=[_check("high_covers_open_close", lambda s: s >= 0)], nullable=True
+                float, checks=[rule_check("high_covers_open_close", lambda s: s >= 0)], nullable=True
             ),
             "low_excess": pa.Column(
-                float, checks=[_check("low_covers_open_close", lambda s: s >= 0)], nullable=True
+                float, checks=[rule_check("low_covers_open_close", lambda s: s >= 0)], nullable=True
             ),
-            **{column: pa.Column(bool, checks=[_never(rule)]) for column, rule in flags.items()},
+            **{column: pa.Column(bool, checks=[never(rule)]) for column, rule in flags.items()},
         },
         name="bars_contract",
         description="Daily bars: positive finite prices, consistent OHLC, one sorted row per "
@@ -204,10 +205,10 @@ def bars_warning_schema(*, volume_spike_sigma: float = 10.0) -> pa.DataFrameSche
         {
             "volume_z": pa.Column(
                 float,
-                checks=[_check("volume_spike", lambda s: s <= volume_spike_sigma)],
+                checks=[rule_check("volume_spike", lambda s: s <= volume_spike_sigma)],
                 nullable=True,
             ),
-            "stalled": pa.Column(bool, checks=[_never("price_stall")]),
+            "stalled": pa.Column(bool, checks=[never("price_stall")]),
         },
         name="bars_quality",
         description="Last-bar quality: volume spikes and stalled prices (recorded, not blocking).",
@@ -224,13 +225,13 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
                 float,
                 nullable=True,
                 checks=[
-                    _check("non_null_after_genesis", lambda s: s.notna(), ignore_na=False),
-                    _check("finite_return", lambda s: ~np.isinf(s)),
-                    _check("return_above_minus_100pct", lambda s: s >= -1.0),
-                    _check("toxic_return", lambda s: s <= toxic_threshold),
+                    rule_check("non_null_after_genesis", lambda s: s.notna(), ignore_na=False),
+                    rule_check("finite_return", lambda s: ~np.isinf(s)),
+                    rule_check("return_above_minus_100pct", lambda s: s >= -1.0),
+                    rule_check("toxic_return", lambda s: s <= toxic_threshold),
                 ],
             ),
-            "filler_day": pa.Column(bool, checks=[_never("no_padding")]),
+            "filler_day": pa.Column(bool, checks=[never("no_padding")]),
         },
         name="returns_contract",
         description=f"Simple daily returns: finite, >= -100%, <= +{toxic_threshold:.0%} (toxic), "
@@ -243,7 +244,9 @@ def returns_violations(returns: pd.DataFrame, *, toxic_threshold: float = 5.0) -
     return violations(returns_schema(toxic_threshold=toxic_threshold), tidy_returns(returns))
 
 
-def violations(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
+def violations(
+    schema: pa.DataFrameSchema, frame: pd.DataFrame, *, rules: Mapping[str, Rule] | None = None
+) -> pd.DataFrame:
     """Validate ``frame`` lazily; one row per failing cell: symbol, date, value, rule, message.
 
     Sorted by rule, date and symbol. Empty when the frame satisfies the schema. Structural errors
@@ -256,14 +259,15 @@ def violations(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
     else:
         return _violation_table([])
     cases = cases.assign(rule=cases["check"].astype(str))
-    located = cases["rule"].isin(list(RULES)) & cases["index"].notna()
+    rules = RULES if rules is None else rules
+    located = cases["rule"].isin(list(rules)) & cases["index"].notna()
     structural = [
         (None, pd.NaT, np.nan, case.rule, f"{case.column}: {case.failure_case}")
         for case in cases[~located].itertuples(index=False)
     ]
     tables = [_violation_table(structural)]
     for rule_name, group in cases[located].groupby("rule", sort=False):
-        rule = RULES[rule_name]
+        rule = rules[rule_name]
         rows = frame.loc[group["index"].to_numpy()]
         if rule.value_column:
             values = rows[rule.value_column].to_numpy(dtype=float)

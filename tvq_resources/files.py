@@ -9,6 +9,7 @@ and files are only opened from the directory listing, so a symbol never becomes 
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,6 @@ KLINE_COLUMNS = (
 
 _SYMBOL_CHARACTERS = re.compile(r"[A-Za-z0-9._:-]+")
 _PLACEHOLDER = re.compile(r"(\{[^{}]*\})")
-# A UTC offset (or Z) right after a time of day, e.g. `00:00:00-05:00`, `12:00Z`.
-_UTC_OFFSET = re.compile(r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
 _DAY_NS = 86_400 * 10**9
 # Pandas nanosecond timestamps cover 1677-09-21 .. 2262-04-11, about ±9.22e9 seconds.
 _MAX_EPOCH_SECONDS = 9.2e9
@@ -176,7 +175,7 @@ def normalise_bars(frame: pd.DataFrame, *, symbol: str) -> pd.DataFrame:
     """
     name = validate_symbol(symbol)
     bars, _ = _last_of_each_date(_parse_bars(frame))
-    return _with_symbol(bars, name)
+    return _assemble([(name, bars)])
 
 
 def _read_directory(
@@ -196,7 +195,7 @@ def _read_directory(
     cutoff = _cutoff(since)
     resolved_root = directory.resolve()
 
-    frames: list[pd.DataFrame] = []
+    blocks: list[tuple[str, dict[str, np.ndarray]]] = []
     errors: list[LoadError] = []
     source_of: dict[str, str] = {}
     duplicates = 0
@@ -231,17 +230,18 @@ def _read_directory(
             errors.append(LoadError(file_name, line, reason))
             continue
         if cutoff is not None:
-            parsed = parsed.loc[parsed["date"] > cutoff]
+            kept = parsed["date"] > cutoff.to_datetime64()
+            parsed = {name: values[kept] for name, values in parsed.items()}
         bars, resolved = _last_of_each_date(parsed)
         duplicates += resolved
         source_of[symbol] = file_name
-        frames.append(_with_symbol(bars, symbol))
+        blocks.append((symbol, bars))
 
     return LoadResult(
-        bars=_concatenate(frames),
+        bars=_assemble(blocks),
         errors=tuple(errors),
         duplicates=duplicates,
-        files=len(frames),
+        files=len(blocks),
     )
 
 
@@ -299,7 +299,11 @@ def _load_csv(path: Path) -> pd.DataFrame:
         frame = _read_csv(path, header=None, names=names[: len(frame.columns)])
         first_line = 1
     frame.index = pd.RangeIndex(first_line, first_line + len(frame))
-    frame = frame.dropna(how="all")
+    # A blank line is NaN in every column, so only rows with an empty first cell are checked.
+    first_empty = frame.iloc[:, 0].isna().to_numpy()
+    if first_empty.any():
+        blank = frame.loc[first_empty].isna().all(axis=1)
+        frame = frame.drop(index=blank.index[blank.to_numpy()])
     if frame.empty:
         raise _UnreadableFile("empty file: a header but no bars; remove it or re-export it")
     return frame
@@ -357,41 +361,36 @@ def _parquet_location(error: BarsFormatError) -> tuple[int | None, str]:
     return None, f"row {error.row}: {error.reason}"
 
 
-def _parse_bars(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns `date, open, high, low, close, volume`, stably sorted by full timestamp."""
+def _parse_bars(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Arrays `date, open, high, low, close, volume`, stably sorted by full timestamp."""
     frame = _time_index_as_column(frame)
     columns = _locate_columns(frame)
     nanoseconds = _parse_timestamps(frame[columns["time"]], column=str(columns["time"]))
-    values = {
-        name: _parse_numbers(frame[columns[name]], column=str(columns[name]))
-        for name in VALUE_COLUMNS
-    }
     order = np.argsort(nanoseconds, kind="stable")
-    dates = (nanoseconds[order] // _DAY_NS * _DAY_NS).view("datetime64[ns]")
-    return pd.DataFrame(
-        {"date": dates, **{name: array[order] for name, array in values.items()}},
-    )
+    parsed = {"date": (nanoseconds[order] // _DAY_NS * _DAY_NS).view("datetime64[ns]")}
+    for name in VALUE_COLUMNS:
+        parsed[name] = _parse_numbers(frame[columns[name]], column=str(columns[name]))[order]
+    return parsed
 
 
-def _last_of_each_date(parsed: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    repeated = parsed["date"].duplicated(keep="last").to_numpy()
-    return parsed.loc[~repeated].reset_index(drop=True), int(repeated.sum())
+def _last_of_each_date(parsed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Keep the last row of each date (rows are sorted by timestamp); count the others."""
+    dates = parsed["date"]
+    last = np.ones(len(dates), dtype=bool)
+    last[:-1] = dates[1:] != dates[:-1]
+    return {name: values[last] for name, values in parsed.items()}, int(len(dates) - last.sum())
 
 
-def _with_symbol(bars: pd.DataFrame, symbol: str) -> pd.DataFrame:
-    result = bars.loc[:, ["date", *VALUE_COLUMNS]].reset_index(drop=True)
-    result.insert(0, "symbol", symbol)
-    return result
-
-
-def _concatenate(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    if not frames:
-        empty = {name: pd.Series(dtype="float64") for name in BAR_COLUMNS}
-        empty["symbol"] = pd.Series(dtype="object")
-        empty["date"] = pd.Series(dtype="datetime64[ns]")
-        return pd.DataFrame(empty)
-    bars = pd.concat(frames, ignore_index=True)
-    return bars.sort_values(["symbol", "date"], kind="stable", ignore_index=True)
+def _assemble(blocks: list[tuple[str, dict[str, np.ndarray]]]) -> pd.DataFrame:
+    """Long bars from per-symbol arrays, sorted by (symbol, date) with a RangeIndex."""
+    blocks = sorted(blocks, key=lambda block: block[0])
+    lengths = [len(bars["date"]) for _, bars in blocks]
+    symbols = np.repeat(np.array([symbol for symbol, _ in blocks], dtype=object), lengths)
+    columns: dict[str, np.ndarray] = {"symbol": symbols}
+    for name in ("date", *VALUE_COLUMNS):
+        empty = np.empty(0, dtype="datetime64[ns]" if name == "date" else "float64")
+        columns[name] = np.concatenate([bars[name] for _, bars in blocks] or [empty])
+    return pd.DataFrame(columns, columns=list(BAR_COLUMNS))
 
 
 def _normalised_name(label: Hashable) -> str:
@@ -465,10 +464,15 @@ def _parse_timestamps(series: pd.Series, *, column: str) -> np.ndarray:
         raise BarsFormatError(f"column {column!r} holds booleans, not timestamps")
     if pd.api.types.is_numeric_dtype(series):
         return _epoch_to_nanoseconds(series, column=column)
-    # Text cells are read one by one as an epoch number or else as ISO 8601.
-    text = series.astype(str).str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    is_number = numbers.notna().to_numpy()
+    # Each text cell is read as an epoch number, or else as ISO 8601; a cell with a ':' or a
+    # '-' after its first character (a date) is never a number, which spares most conversions.
+    values = np.strings.strip(series.to_numpy(dtype=str))
+    text = pd.Series(values, index=series.index)
+    is_number = ~((np.strings.find(values, ":") >= 0) | (np.strings.find(values, "-", 1) >= 0))
+    numbers = pd.Series(np.nan, index=series.index)
+    if is_number.any():
+        numbers[is_number] = pd.to_numeric(text[is_number], errors="coerce")
+        is_number &= numbers.notna().to_numpy()
     nanoseconds = np.empty(len(series), dtype=np.int64)
     if is_number.any():
         nanoseconds[is_number] = _epoch_to_nanoseconds(numbers[is_number], column=column)
@@ -478,15 +482,26 @@ def _parse_timestamps(series: pd.Series, *, column: str) -> np.ndarray:
 
 
 def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> np.ndarray:
-    """ISO 8601 strings as UTC nanoseconds; strings without an offset are UTC."""
-    # Pandas reads naive strings in the offset of the first aware string of the same call,
-    # so the two kinds are parsed apart.
-    aware = text.str.contains(_UTC_OFFSET).to_numpy()
-    stamps = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
-    for kind in (aware, ~aware):
-        if kind.any():
-            parsed = pd.to_datetime(text[kind], utc=True, format="ISO8601", errors="coerce")
-            stamps[kind] = parsed.dt.as_unit("ns")
+    """ISO 8601 strings as UTC nanoseconds; strings without an offset are UTC.
+
+    The offset (`Z`, `±HH:MM`, `±HHMM`, `±HH`) is split off with vectorised string operations
+    and the local part parsed on its own: pandas is slow on mixed offsets and reads naive strings
+    in the offset of the first aware string of the same call.
+    """
+    local, minutes = _split_utc_offsets(text.to_numpy(dtype=str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stamps = pd.to_datetime(
+            pd.Series(local, index=text.index), format="ISO8601", errors="coerce"
+        )
+    if not pd.api.types.is_datetime64_dtype(stamps) or isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        aware = np.array([getattr(stamp, "tzinfo", None) is not None for stamp in stamps])
+        label, value = _first_offender(text, aware)
+        raise BarsFormatError(
+            f"timestamp {value!r} in column {column!r} has an unsupported UTC offset; "
+            "write it as Z or ±HH:MM",
+            row=label,
+        )
     unparsed = stamps.isna().to_numpy()
     if unparsed.any():
         label, value = _first_offender(text, unparsed)
@@ -495,7 +510,50 @@ def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> np.ndarray:
             "use ISO 8601 or unix seconds/milliseconds",
             row=label,
         )
-    return pd.DatetimeIndex(stamps).as_unit("ns").asi8
+    return stamps.dt.as_unit("ns").to_numpy().view(np.int64) - minutes * 60 * 10**9
+
+
+def _split_utc_offsets(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local parts and UTC offsets in minutes of ISO strings (offset 0 when absent)."""
+    local = values.copy()
+    minutes = np.zeros(len(values), dtype=np.int64)
+    zulu = np.strings.endswith(values, "Z") | np.strings.endswith(values, "z")
+    # Only a string with a time of day can carry an offset: `2024-01-02` ends in `-02`.
+    pending = np.flatnonzero(np.strings.find(values, ":") >= 0)
+    zulu = zulu[pending]
+    local[pending[zulu]] = np.strings.slice(values[pending[zulu]], 0, -1)
+    pending = pending[~zulu]
+    # Longest form first, so that `-05:00` is never read as `…:00` with offset `-00`.
+    for width in (6, 5, 3):
+        if len(pending) == 0:
+            break
+        # A file has few distinct endings, so they are decoded once each.
+        tails = np.strings.slice(values[pending], -width, None)
+        endings, inverse = np.unique(tails, return_inverse=True)
+        offsets, valid = _offset_minutes(endings, width=width)
+        found = valid[inverse]
+        rows = pending[found]
+        minutes[rows] = offsets[inverse[found]]
+        local[rows] = np.strings.slice(values[rows], 0, -width)
+        pending = pending[~found]
+    return local, minutes
+
+
+def _offset_minutes(endings: np.ndarray, *, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Minutes east of UTC for endings `±HH:MM` (width 6), `±HHMM` (5) or `±HH` (3)."""
+    sign = np.strings.slice(endings, 0, 1)
+    valid = (sign == "+") | (sign == "-")
+    if width == 6:
+        digits = np.strings.add(np.strings.slice(endings, 1, 3), np.strings.slice(endings, 4, 6))
+        valid &= np.strings.slice(endings, 3, 4) == ":"
+    elif width == 5:
+        digits = np.strings.slice(endings, 1, 5)
+    else:
+        digits = np.strings.add(np.strings.slice(endings, 1, 3), "00")
+    valid &= np.strings.isdigit(digits) & (np.strings.str_len(digits) == 4)
+    hours_minutes = np.where(valid, digits, "0").astype(np.int64)
+    direction = np.where(sign == "-", -1, 1)
+    return direction * (hours_minutes // 100 * 60 + hours_minutes % 100), valid
 
 
 def _epoch_to_nanoseconds(series: pd.Series, *, column: str) -> np.ndarray:

@@ -9,7 +9,7 @@ factor, one factor per sector (each symbol loads on exactly one sector) and one 
 component per symbol. Squared loadings sum to one (market 0.15-0.30, sector 0.35-0.50), so the
 expected correlation is about 0.6 inside a sector and about 0.2 across sectors. ``mu_i`` and
 ``sigma_i`` (annualised drift and volatility) differ between symbols; volumes are lognormal in the
-cross-section (median daily dollar volume about $15M crypto, $600M tradfi) and rise with
+cross-section (median daily dollar volume about $10-15M crypto, $500-600M tradfi) and rise with
 volatility.
 
 Conventions: ``calendar="crypto"`` has a row for every calendar day (365 periods a year),

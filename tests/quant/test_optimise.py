@@ -280,11 +280,11 @@ def test_an_infeasible_cluster_cap_is_raised_to_the_smallest_feasible_one():
 def test_symbols_missing_from_the_cluster_labelling_count_as_their_own_cluster():
     returns = market(6, 200)
     clusters = pd.Series([1, 1, 1, 1], index=returns.columns[:4])
-    constraints = Constraints(cap=0.5, clusters=clusters, cluster_cap=0.3)
+    constraints = Constraints(cap=0.5, clusters=clusters, cluster_cap=0.4)
     allocation = allocate("equal_weight", returns, constraints=constraints)
     weights = allocation.weights
-    assert weights.iloc[:4].sum() == pytest.approx(0.3, abs=1e-12)
-    np.testing.assert_allclose(weights.iloc[4:].to_numpy(), 0.35, atol=1e-12)
+    np.testing.assert_allclose(weights.iloc[:4].to_numpy(), 0.1, atol=1e-12)
+    np.testing.assert_allclose(weights.iloc[4:].to_numpy(), 0.3, atol=1e-12)
 
 
 def test_hrp_is_capped_by_redistributing_the_excess_in_proportion():
@@ -477,11 +477,15 @@ def test_hrp_of_two_uncorrelated_assets_is_inverse_variance():
 
 
 def test_hrp_gives_equal_weight_within_equal_blocks():
-    block = 0.02 * (0.5 * np.ones((3, 3)) + 0.5 * np.eye(3))
-    covariance = np.zeros((6, 6))
-    covariance[:3, :3] = block
-    covariance[3:, 3:] = block
-    np.testing.assert_allclose(hrp_weights(covariance), 1 / 6, atol=1e-14)
+    block = 0.02 * (0.5 * np.ones((4, 4)) + 0.5 * np.eye(4))
+    covariance = np.zeros((8, 8))
+    covariance[:4, :4] = block
+    covariance[4:, 4:] = 2 * block
+    weights = hrp_weights(covariance)
+    np.testing.assert_allclose(weights[:4], weights[0], atol=1e-14)
+    np.testing.assert_allclose(weights[4:], weights[4], atol=1e-14)
+    # uncorrelated halves of equal structure split by inverse variance: 2 to 1
+    assert weights[:4].sum() == pytest.approx(2 / 3, abs=1e-14)
 
 
 def test_hrp_gives_zero_variance_assets_the_weight():

@@ -185,7 +185,7 @@ def rank_ic(
             liquidity_baseline=liquidity_baseline,
         )
         probabilities = feature_probabilities(past)[[f"p_{name}" for name in names]]
-        forward = np.expm1(growth[t : t + horizon].sum(axis=0))
+        forward = np.expm1(growth[t + 1 : t + 1 + horizon].sum(axis=0))
         anchor_ics[returns.index[t]] = _spearman_by_column(probabilities.to_numpy(), forward)
     anchor_frame = pd.DataFrame.from_dict(anchor_ics, orient="index", columns=names).astype(
         np.float64

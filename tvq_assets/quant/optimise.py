@@ -41,7 +41,8 @@ _CAP_TOLERANCE = 1e-9
 _DENSE_FROM = 200
 
 
-@dataclass(frozen=True)
+# eq=False: fields hold pandas objects, whose == is element-wise
+@dataclass(frozen=True, eq=False)
 class Constraints:
     """Portfolio constraints shared by all profiles.
 
@@ -78,7 +79,7 @@ class Constraints:
             raise ValueError(f"Constraints: ridge must be >= 0, got {self.ridge}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Allocation:
     """The weights of one profile and how they were obtained.
 
@@ -455,6 +456,7 @@ def _allocate(
 
     attempts: list[tuple[str, str]] = []
     fallback = None
+    mu = _expected(universe, expected_returns) if profile == "max_sharpe" else None
     try:
         if universe.covariance is None:
             raise _NotSolved("no_covariance", "fewer than two observations: no covariance")
@@ -466,7 +468,6 @@ def _allocate(
         elif profile == "risk_parity":
             solved = _risk_parity(universe, solvers, attempts)
         else:
-            mu = _expected(universe, expected_returns)
             if _best_capped_return(mu, universe.cap) <= 0:
                 notes.append(
                     "no capped portfolio has a positive expected return: min_variance used"
@@ -582,7 +583,7 @@ def _risk_parity(
         cp.Minimize(0.5 * cp.quad_form(y, cp.psd_wrap(covariance / scale)) - cp.sum(cp.log(y)) / n)
     )
     solver, status = _run(erc, solvers, attempts, exponential_cone=True)
-    y_value = y.value / math.sqrt(scale)
+    y_value = _polish_equal_risk(covariance / scale, y.value) / math.sqrt(scale)
     weights = y_value / y_value.sum()
     within_caps = _within_caps(weights, universe)
     if within_caps and universe.previous is None:
@@ -608,6 +609,38 @@ def _risk_parity(
     if universe.previous is not None:
         value += universe.turnover_penalty * float(np.abs(weights - universe.previous).sum())
     return _Solved(w.value, solver, status, value)
+
+
+def _polish_equal_risk(covariance: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Damped Newton steps on ``½y'Σy − (1/n)Σ log y`` from a conic solver's solution.
+
+    Conic solvers stop at risk contributions equal to about 1e-5; the problem is smooth and
+    strictly convex near its optimum, so a few Newton steps reach machine precision.
+    """
+    n = start.size
+    y = np.maximum(start, 1e-12)
+
+    def value(point: np.ndarray) -> float:
+        return 0.5 * float(point @ covariance @ point) - float(np.log(point).sum()) / n
+
+    for _ in range(20):
+        gradient = covariance @ y - 1.0 / (n * y)
+        if np.abs(gradient * y).max() < 1e-15:
+            break
+        hessian = covariance + np.diag(1.0 / (n * y**2))
+        try:
+            step = -np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            break
+        size = 1.0
+        while size > 1e-6 and (
+            (y + size * step <= 0).any() or value(y + size * step) > value(y) + 1e-15
+        ):
+            size *= 0.5
+        if size <= 1e-6:
+            break
+        y = y + size * step
+    return y
 
 
 def _max_sharpe(
@@ -661,7 +694,7 @@ def _run(
             attempts.append((solver, "skipped: no exponential-cone support"))
             continue
         options = {}
-        if solver == "CLARABEL" and problem.variables()[0].size >= _DENSE_FROM:
+        if solver == "CLARABEL" and max(v.size for v in problem.variables()) >= _DENSE_FROM:
             options["direct_solve_method"] = "faer"
         try:
             problem.solve(solver=solver, **options)

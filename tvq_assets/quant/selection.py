@@ -59,7 +59,7 @@ class SelectionPolicy:
     - ``max_friction_ratio``: veto when ``friction = volatility * sqrt(1e6 / dollar_volume)`` (the
       square-root-law cost of trading $1M against the median daily dollar volume, in annualised
       return units like momentum) exceeds this multiple of ``|momentum|``: the expected edge must
-      at least pay for the impact.
+      at least pay for the impact. The audit records the ratio ``friction / |momentum|``.
     - ``top_n`` winners per cluster in stages 1-2; ``max_winners`` overall; ``min_winners`` is the
       HTR target.
     """
@@ -130,7 +130,7 @@ def _empty_winners() -> pd.DataFrame:
         }
     )
     frame.index = pd.Index([], dtype=object, name="symbol")
-    return frame
+    return frame[list(WINNER_COLUMNS)]
 
 
 def _audit_frame(rows: list[pd.DataFrame]) -> pd.DataFrame:
@@ -164,6 +164,8 @@ def _rows(
 ) -> pd.DataFrame:
     """Audit rows for ``symbols`` sharing a stage, rule and decision (value/detail per symbol)."""
     index = pd.Index(symbols, dtype=object)
+    if len(index) == 0:
+        return pd.DataFrame(columns=list(AUDIT_COLUMNS))
     if isinstance(value, pd.Series):
         values = value.reindex(index).to_numpy(dtype=np.float64)
     else:
@@ -281,9 +283,8 @@ def _describe_overrides(vetoes: pd.DataFrame, values: pd.DataFrame) -> pd.Series
 @dataclass(frozen=True)
 class _Recruitment:
     admitted: pd.Index
-    rank: (
-        pd.Series
-    )  # 1-based rank within the cluster among the candidates left after de-duplication
+    # 1-based rank within the cluster among the candidates left after de-duplication
+    rank: pd.Series
     duplicates: pd.Series  # symbol -> the symbol holding its economic identity
     no_slot: pd.Index
     over_capacity: pd.Index
@@ -347,7 +348,7 @@ def _eligibility(
     """Symbols present in all three inputs with a finite score and not excluded upstream."""
     in_features = pd.Index(features.index.astype(str))
     in_scores = pd.Index(scores.index.astype(str))
-    in_clusters = pd.Index(clusters.index.astype(str))
+    in_clusters = pd.Index(clusters.dropna().index.astype(str))
     upstream = pd.Index(sorted(excluded), dtype=object)
     everything = in_features.union(in_scores).union(in_clusters)
     rows = [
@@ -407,7 +408,7 @@ def _ranked_table(
     table = pd.DataFrame(
         {
             "score": _last_by_symbol(scores).reindex(universe).astype(np.float64),
-            "cluster": _last_by_symbol(clusters).reindex(universe).astype(np.int64),
+            "cluster": _last_by_symbol(clusters.dropna()).reindex(universe).astype(np.int64),
             "identity": [economic_identity(symbol) for symbol in universe],
         },
         index=pd.Index(universe, name="symbol", dtype=object),
@@ -754,7 +755,7 @@ def _winner_frame(
         },
         index=pd.Index(chosen.index, name="symbol", dtype=object),
     )
-    return frame
+    return frame[list(WINNER_COLUMNS)]
 
 
 def _warnings(

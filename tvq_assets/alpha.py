@@ -1,0 +1,241 @@
+"""Alpha layer: features, conviction scores, clusters and the cluster-aware selection (HTR)."""
+
+import dataclasses
+import time
+
+import dagster as dg
+import pandas as pd
+
+from tvq_assets.partitions import sleeve_and_date, sleeve_run
+from tvq_assets.quant import pipeline, quality
+from tvq_assets.quant.selection import select
+from tvq_assets.settings import alpha_settings
+from tvq_checks import alpha_contracts, checks
+from tvq_checks.checks import Evaluation
+
+FEATURES_CONTRACT = "features_contract"
+INFERENCE_CONTRACT = "inference_contract"
+CLUSTERS_CONTRACT = "clusters_contract"
+SELECTION_CONTRACT = "selection_contract"
+WINNER_COUNT = "winner_count"
+CHALLENGER = "rank_ic"
+
+
+def _spec(asset: str, name: str, description: str, blocking: bool = True):
+    return checks.specs_for(asset, [(name, description, blocking)], sleeve_run)
+
+
+def _parameters(settings: pipeline.AlphaSettings) -> dg.MetadataValue:
+    return dg.MetadataValue.json(
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in _flat(settings).items()}
+    )
+
+
+def _flat(settings: pipeline.AlphaSettings) -> dict:
+    values = dataclasses.asdict(settings)
+    values.update({f"selection.{k}": v for k, v in values.pop("selection").items()})
+    return values
+
+
+@dg.asset(
+    partitions_def=sleeve_run,
+    group_name="alpha",
+    kinds={"pandas", "parquet"},
+    check_specs=_spec(
+        "features", FEATURES_CONTRACT, "Finite where defined, entropy/efficiency/liquidity/"
+        "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`."
+    ),
+)
+def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFrame):
+    """Per-symbol features of the returns window: momentum, risk, entropy, efficiency, Hurst, tails, liquidity."""
+    started = time.perf_counter()
+    sleeve, as_of = sleeve_and_date(context)
+    settings = alpha_settings(sleeve)
+    window = returns["returns"]
+    table = pipeline.compute_features(window, returns["dollar_volume"], settings)
+    stalled = quality.stalled_symbols(bars, stall_bars=settings.stall_bars, as_of=as_of)
+    spikes = quality.volume_spikes(
+        bars, sigma=sleeve.policy.volume_spike_sigma, window=sleeve.policy.volume_spike_window,
+        as_of=as_of,
+    )
+    table["stalled"] = table.index.isin(stalled["symbol"])
+    table["volume_spike"] = table.index.isin(spikes["symbol"])
+    failures = alpha_contracts.features_violations(
+        table, universe=window.columns, as_of=as_of, min_history=settings.min_history
+    )
+    yield from checks.emit(
+        "features",
+        context.partition_key,
+        table,
+        metadata={
+            "symbols": len(table),
+            "stalled": dg.MetadataValue.json(sorted(stalled["symbol"])),
+            "volume_spikes": dg.MetadataValue.json(sorted(spikes["symbol"])),
+            "medians": dg.MetadataValue.md(
+                checks.markdown(table.median(numeric_only=True).to_frame("median").T)
+            ),
+            "parameters": _parameters(settings),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        evaluations=[Evaluation(FEATURES_CONTRACT, failures)],
+    )
+
+
+@dg.asset(
+    partitions_def=sleeve_run,
+    group_name="alpha",
+    kinds={"pandas", "parquet"},
+    check_specs=_spec(
+        "inference", INFERENCE_CONTRACT,
+        "Scores in (0, 1], per-feature probabilities in [0.01, 1], nothing missing.",
+    ),
+)
+def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: dict):
+    """Conviction score per symbol (Log-MPS), its per-feature probabilities, and the challenger's score."""
+    started = time.perf_counter()
+    sleeve, as_of = sleeve_and_date(context)
+    settings = alpha_settings(sleeve)
+    window, volume = returns["returns"][features.index], returns["dollar_volume"][features.index]
+    champion = pipeline.score("log_mps", features, window, volume, settings)
+    challenger = pipeline.score(CHALLENGER, features, window, volume, settings)
+    table = champion.drop(columns="model").assign(
+        model="log_mps", challenger_score=challenger["score"], challenger_model=CHALLENGER
+    )
+    failures = alpha_contracts.inference_violations(table, as_of=as_of)
+    scores = table["score"]
+    yield from checks.emit(
+        "inference",
+        context.partition_key,
+        table,
+        metadata={
+            "model": "log_mps",
+            "weights": dg.MetadataValue.json(dict(champion.attrs.get("weights", {}))),
+            "challenger": CHALLENGER,
+            "challenger_weights": dg.MetadataValue.json(dict(challenger.attrs.get("weights", {}))),
+            "challenger_fallback": str(challenger.attrs.get("fallback")),
+            "score_quantiles": dg.MetadataValue.json(
+                {f"q{int(q * 100)}": round(float(scores.quantile(q)), 4) for q in (0.1, 0.5, 0.9)}
+            ),
+            "rank_agreement": round(float(scores.corr(table["challenger_score"], "spearman")), 3),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        evaluations=[Evaluation(INFERENCE_CONTRACT, failures)],
+    )
+
+
+@dg.asset(
+    partitions_def=sleeve_run,
+    group_name="alpha",
+    kinds={"pandas", "parquet"},
+    check_specs=_spec(
+        "clusters", CLUSTERS_CONTRACT,
+        "Every eligible symbol in exactly one cluster; at most `max_clusters` clusters.",
+    ),
+)
+def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: dict):
+    """Hierarchical cluster of each symbol: multi-lookback correlation distance, Ward, cut at 0.7."""
+    started = time.perf_counter()
+    sleeve, as_of = sleeve_and_date(context)
+    settings = alpha_settings(sleeve)
+    labels = pipeline.cluster(returns["returns"][features.index], settings)
+    failures = alpha_contracts.clusters_violations(
+        labels, universe=features.index, as_of=as_of, max_clusters=settings.max_clusters
+    )
+    sizes = labels.value_counts().sort_index()
+    yield from checks.emit(
+        "clusters",
+        context.partition_key,
+        labels.to_frame(),
+        metadata={
+            "clusters": int(labels.nunique()),
+            "sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        evaluations=[Evaluation(CLUSTERS_CONTRACT, failures)],
+    )
+
+
+@dg.asset(
+    partitions_def=sleeve_run,
+    group_name="alpha",
+    kinds={"pandas", "parquet"},
+    check_specs=[
+        *_spec(
+            "selection", SELECTION_CONTRACT,
+            "No quarantined, stalled or excluded symbol among the winners; every winner has "
+            "features.",
+        ),
+        *_spec(
+            "selection", WINNER_COUNT,
+            "Winner count within [min_winners, max_winners] (WARN with the reason when the "
+            "universe is too small).", blocking=False,
+        ),
+    ],
+)
+def selection(
+    context: dg.AssetExecutionContext,
+    features: pd.DataFrame,
+    inference: pd.DataFrame,
+    clusters: pd.DataFrame,
+    returns: dict,
+):
+    """Winners per cluster with score, direction, cluster and HTR stage, plus the audit of every veto."""
+    started = time.perf_counter()
+    sleeve, as_of = sleeve_and_date(context)
+    settings = alpha_settings(sleeve)
+    excluded = returns["excluded"]
+    quarantined = excluded.loc[excluded["rule"].str.startswith("quarantine:"), "symbol"]
+    stalled = features.index[features["stalled"]]
+    outcome = select(
+        features,
+        inference["score"],
+        clusters["cluster"],
+        policy=settings.selection,
+        stalled=stalled,
+        quarantined=quarantined,
+        excluded=dict(zip(excluded["symbol"], excluded["rule"], strict=True)),
+    )
+    winners = outcome.winners
+    policy = settings.selection
+    yield from checks.emit(
+        "selection",
+        context.partition_key,
+        {"winners": winners, "audit": outcome.audit},
+        metadata={
+            "winners": len(winners),
+            "stage_reached": outcome.stage_reached,
+            "winners_table": dg.MetadataValue.md(checks.markdown(winners.reset_index())),
+            "vetoes": dg.MetadataValue.json(
+                outcome.audit.loc[outcome.audit["decision"] == "vetoed", "rule"]
+                .value_counts()
+                .to_dict()
+            ),
+            "warnings": dg.MetadataValue.json(list(outcome.warnings)),
+            "parameters": _parameters(settings),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        evaluations=[
+            Evaluation(
+                SELECTION_CONTRACT,
+                alpha_contracts.selection_violations(
+                    winners,
+                    as_of=as_of,
+                    features=features.index,
+                    quarantined=quarantined,
+                    stalled=stalled,
+                    excluded=excluded["symbol"],
+                ),
+            ),
+            Evaluation(
+                WINNER_COUNT,
+                alpha_contracts.winner_count_violations(
+                    len(winners),
+                    as_of=as_of,
+                    minimum=policy.min_winners,
+                    maximum=policy.max_winners,
+                    reasons=outcome.warnings,
+                ),
+                severity=dg.AssetCheckSeverity.WARN,
+            ),
+        ],
+    )

@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from tvq_assets import alpha, data
+from tvq_assets import allocation, alpha, data
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake
@@ -37,7 +37,16 @@ def executor() -> dg.ExecutorDefinition:
     raise ValueError(f"TV_ORCH_MODE={mode!r}: expected 'local' or 'production'")
 
 
-ASSETS = [data.bars, data.returns, alpha.features, alpha.inference, alpha.clusters, alpha.selection]
+ASSETS = [
+    data.bars,
+    data.returns,
+    alpha.features,
+    alpha.inference,
+    alpha.clusters,
+    alpha.selection,
+    allocation.weights,
+    allocation.backtest,
+]
 
 defs = dg.Definitions(
     assets=ASSETS,

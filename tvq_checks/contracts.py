@@ -54,7 +54,9 @@ RULES: Mapping[str, Rule] = {
         Rule("finite_return", ERROR, "return {value} is not finite"),
         Rule("return_above_minus_100pct", ERROR, "return {value:+.0%} is below -100%"),
         Rule("toxic_return", ERROR, "return {value:+.0%} exceeds the toxic threshold"),
-        Rule("no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)"),
+        Rule(
+            "no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)", "value"
+        ),
     )
 }
 
@@ -154,11 +156,21 @@ def bar_violations(
     The WARN rules look at each symbol's last bar.
     """
     prepared = prepare_bars(bars, stall_bars=stall_bars, volume_spike_window=volume_spike_window)
-    checked = prepared if rows is None else prepared[rows | prepared["duplicate"].to_numpy()]
+    checked = prepared if rows is None else prepared[_with_duplicate_partners(prepared, rows)]
     errors = violations(bars_schema(calendar=calendar), checked)
     last = prepared.iloc[quality.last_rows(prepared["symbol"].to_numpy())]
     warnings = violations(bars_warning_schema(volume_spike_sigma=volume_spike_sigma), last)
     return errors, warnings
+
+
+def _with_duplicate_partners(prepared: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """``rows`` plus every other row sharing (symbol, date) with a selected duplicate."""
+    selected = np.asarray(rows, dtype=bool)
+    duplicate = prepared["duplicate"].to_numpy()
+    if not (selected & duplicate).any():
+        return selected
+    keys = pd.MultiIndex.from_frame(prepared[["symbol", "date"]])
+    return selected | (duplicate & keys.isin(keys[selected & duplicate]))
 
 
 def bars_schema(*, calendar: str) -> pa.DataFrameSchema:
@@ -227,8 +239,9 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
                 checks=[
                     rule_check("non_null_after_genesis", lambda s: s.notna(), ignore_na=False),
                     rule_check("finite_return", lambda s: ~np.isinf(s)),
-                    rule_check("return_above_minus_100pct", lambda s: s >= -1.0),
-                    rule_check("toxic_return", lambda s: s <= toxic_threshold),
+                    # Infinite returns belong to finite_return alone: one finding per fault.
+                    rule_check("return_above_minus_100pct", lambda s: np.isinf(s) | (s >= -1.0)),
+                    rule_check("toxic_return", lambda s: np.isinf(s) | (s <= toxic_threshold)),
                 ],
             ),
             "filler_day": pa.Column(bool, checks=[never("no_padding")]),

@@ -362,9 +362,7 @@ def test_a_frame_missing_a_column_is_a_structural_failure_not_an_exception():
     assert found["message"].str.contains("volume").any()
 
 
-@pytest.mark.parametrize(
-    ("calendar", "n_symbols", "seed"), [("crypto", 40, 3), ("weekday", 30, 5)]
-)
+@pytest.mark.parametrize(("calendar", "n_symbols", "seed"), [("crypto", 40, 3), ("weekday", 30, 5)])
 def test_a_clean_synthetic_market_passes_every_error_rule(calendar, n_symbols, seed):
     bars = generate_market(
         seed=seed, n_symbols=n_symbols, start="2024-01-01", end="2025-06-30", calendar=calendar

@@ -100,21 +100,24 @@ def tidy_returns(returns: pd.DataFrame) -> pd.DataFrame:
     """Long form of a returns window for contract checks: one row per (symbol, date) after genesis.
 
     Columns: ``symbol``, ``date``, ``value`` (the return, NaN kept), ``filler_day`` (every listed
-    symbol returned exactly 0 that day: a padded, non-trading row).
+    symbol returned exactly 0 that day, at least two of them: a padded, non-trading row). For the
+    padding test a symbol counts as listed from its first to its last return, so one that
+    delisted inside the window neither hides later padded days nor is reported on them.
     """
     values = returns.to_numpy(dtype=float)
     present = ~np.isnan(values)
     listed = np.maximum.accumulate(present, axis=0)
-    listed_count = listed.sum(axis=1)
+    trading = listed & np.maximum.accumulate(present[::-1], axis=0)[::-1]
+    trading_count = trading.sum(axis=1)
     zero_count = (values == 0.0).sum(axis=1)
-    filler = (listed_count >= 2) & (zero_count == listed_count)
+    filler = (trading_count >= 2) & (zero_count == trading_count)
     rows, cols = np.nonzero(listed)
     return pd.DataFrame(
         {
             "symbol": returns.columns.to_numpy(dtype=object)[cols],
             "date": returns.index.to_numpy()[rows],
             "value": values[rows, cols],
-            "filler_day": filler[rows],
+            "filler_day": filler[rows] & trading[rows, cols],
         }
     )
 

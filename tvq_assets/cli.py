@@ -85,20 +85,30 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
         )
     if lake.exists(["selection"], key):
         winners = lake.read(["selection"], key)["winners"]
-        print(f"   winners: {len(winners)} (HTR stage {int(winners['stage'].max())}): "
-              f"{', '.join(winners.index[:25])}")
+        print(
+            f"   winners: {len(winners)} (HTR stage {int(winners['stage'].max())}): "
+            f"{', '.join(winners.index[:25])}"
+        )
     if lake.exists(["backtest"], key):
         bundle = lake.read(["backtest"], key)
         verdict = bundle["verdict"].iloc[0]
-        shown = bundle["metrics"].loc[[verdict["champion"], "baseline_universe", "baseline_winners"]]
-        print(f"   champion: {verdict['champion']} "
-              f"({'replaces ' + verdict['incumbent'] if verdict['replaced'] and verdict['incumbent'] else 'kept' if verdict['incumbent'] else 'first verdict'}; "
-              f"challenger {verdict['challenger']})")
+        shown = bundle["metrics"].loc[
+            [verdict["champion"], "baseline_universe", "baseline_winners"]
+        ]
+        print(
+            f"   champion: {verdict['champion']} "
+            f"({'replaces ' + verdict['incumbent'] if verdict['replaced'] and verdict['incumbent'] else 'kept' if verdict['incumbent'] else 'first verdict'}; "
+            f"challenger {verdict['challenger']})"
+        )
         for policy, row in shown.iterrows():
-            print(f"     {policy:<28} sharpe {row['sharpe']:6.2f}  max drawdown {row['max_drawdown']:7.1%}"
-                  f"  CAGR {row['cagr']:7.1%}")
+            print(
+                f"     {policy:<28} sharpe {row['sharpe']:6.2f}  max drawdown {row['max_drawdown']:7.1%}"
+                f"  CAGR {row['cagr']:7.1%}"
+            )
         weights = bundle["champion_weights"]["weight"].sort_values(ascending=False)
-        print("   champion weights: " + ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0))
+        print(
+            "   champion weights: " + ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0)
+        )
     print(f"   files:   {lake.root_path}")
 
 

@@ -54,9 +54,7 @@ RULES: Mapping[str, Rule] = {
         Rule("finite_return", ERROR, "return {value} is not finite"),
         Rule("return_above_minus_100pct", ERROR, "return {value:+.0%} is below -100%"),
         Rule("toxic_return", ERROR, "return {value:+.0%} exceeds the toxic threshold"),
-        Rule(
-            "no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)", "value"
-        ),
+        Rule("no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)", "value"),
     )
 }
 
@@ -175,7 +173,9 @@ def _with_duplicate_partners(prepared: pd.DataFrame, rows: np.ndarray) -> np.nda
 
 def bars_schema(*, calendar: str) -> pa.DataFrameSchema:
     """ERROR rules on daily bars; ``calendar='weekday'`` also forbids weekend rows."""
-    price = rule_check("prices_positive_finite", lambda s: np.isfinite(s) & (s > 0), ignore_na=False)
+    price = rule_check(
+        "prices_positive_finite", lambda s: np.isfinite(s) & (s > 0), ignore_na=False
+    )
     flags = {
         "duplicate": "one_row_per_symbol_date",
         "out_of_order": "sorted_by_symbol_date",
@@ -198,7 +198,9 @@ def bars_schema(*, calendar: str) -> pa.DataFrameSchema:
                 nullable=True,
             ),
             "high_excess": pa.Column(
-                float, checks=[rule_check("high_covers_open_close", lambda s: s >= 0)], nullable=True
+                float,
+                checks=[rule_check("high_covers_open_close", lambda s: s >= 0)],
+                nullable=True,
             ),
             "low_excess": pa.Column(
                 float, checks=[rule_check("low_covers_open_close", lambda s: s >= 0)], nullable=True

@@ -506,7 +506,8 @@ def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> np.ndarray:
             "write it as Z or ±HH:MM",
             row=label,
         )
-    unparsed = stamps.isna().to_numpy()
+    # Pandas also reads words such as `today` and `now`; a date starts with its year.
+    unparsed = stamps.isna().to_numpy() | ~np.strings.isdigit(np.strings.slice(local, 0, 4))
     if unparsed.any():
         label, value = _first_offender(text, unparsed)
         raise BarsFormatError(

@@ -2,7 +2,6 @@
 
 import dagster as dg
 import pandas as pd
-import pytest
 
 from tests.conftest import AS_OF, resources_for, synthetic_source
 from tvq_assets import data

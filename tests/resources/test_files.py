@@ -214,6 +214,50 @@ def test_seconds_and_milliseconds_of_the_same_instant_may_share_a_file(tmp_path)
     assert bars["date"].tolist() == list(DATES)
 
 
+def test_a_column_of_yyyymmdd_integers_is_read_as_dates(tmp_path):
+    header = ["Date", "Open", "High", "Low", "Close", "Volume"]
+    write_csv(tmp_path / "SPY.csv", header, bar_rows([f"{day:%Y%m%d}" for day in DATES]))
+
+    bars = read_csv_directory(tmp_path).bars
+
+    assert bars["date"].tolist() == list(DATES)
+
+
+@pytest.mark.parametrize(
+    ("raw", "date"),
+    [
+        ("2024-01-02T23:30:00Z", "2024-01-02"),
+        ("2024-01-02T20:00:00-0500", "2024-01-03"),
+        ("2024-01-02T08:00+09", "2024-01-01"),
+        ("2024-01-02 05:30:00+05:30", "2024-01-02"),
+        ("2024-01-02 05:29:00+05:30", "2024-01-01"),
+        ("2024-1-2", "2024-01-02"),
+    ],
+)
+def test_every_iso_offset_form_is_converted_to_the_utc_date(tmp_path, raw, date):
+    header = ["datetime", "open", "high", "low", "close", "volume"]
+    write_csv(tmp_path / "X.csv", header, [[raw, 1, 2, 0.5, 1.5, 10]])
+
+    result = read_csv_directory(tmp_path)
+
+    assert result.errors == ()
+    assert result.bars["date"].tolist() == [pd.Timestamp(date)]
+
+
+@pytest.mark.parametrize("word", ["today", "now", "NaT", "2024-01-02T00:00:00+9:00:00"])
+def test_a_word_in_a_date_column_is_never_read_as_a_date(tmp_path, word):
+    times = [f"{day:%Y-%m-%d}" for day in DATES]
+    times[1] = word
+    write_csv(
+        tmp_path / "X.csv", ["date", "open", "high", "low", "close", "volume"], bar_rows(times)
+    )
+
+    [error] = read_csv_directory(tmp_path).errors
+
+    assert error.line == 3
+    assert repr(word) in error.reason
+
+
 def test_an_intraday_epoch_is_dated_by_its_utc_calendar_day(tmp_path):
     last_millisecond = (SECONDS[1] - 1) * 1000 + 999
     header = ["open_time", "open", "high", "low", "close", "volume"]
@@ -681,17 +725,26 @@ def raw_rows(draw) -> str:
     for _ in range(count):
         minutes = draw(st.integers(min_value=0, max_value=8 * 24 * 60))
         stamp = base + dt.timedelta(minutes=minutes)
-        encoding = draw(st.sampled_from(["seconds", "milliseconds", "iso", "offset"]))
+        encoding = draw(
+            st.sampled_from(
+                ["seconds", "milliseconds", "iso", "date", "zulu", "offset", "compact_offset"]
+            )
+        )
         if encoding == "seconds":
             raw = str(int(stamp.timestamp()))
         elif encoding == "milliseconds":
             raw = str(int(stamp.timestamp()) * 1000)
         elif encoding == "iso":
-            raw = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+            raw = stamp.strftime("%Y-%m-%d %H:%M:%S")
+        elif encoding == "date":
+            raw = stamp.strftime("%Y-%m-%d")
+        elif encoding == "zulu":
+            raw = stamp.strftime("%Y-%m-%dT%H:%MZ")
         else:
-            hours = draw(st.integers(min_value=-11, max_value=12))
-            zone = dt.timezone(dt.timedelta(hours=hours))
-            raw = stamp.astimezone(zone).isoformat()
+            minutes_east = draw(st.integers(min_value=-11 * 4, max_value=14 * 4)) * 15
+            zone = dt.timezone(dt.timedelta(minutes=minutes_east))
+            local = stamp.astimezone(zone)
+            raw = local.isoformat() if encoding == "offset" else f"{local:%Y-%m-%d %H:%M:%S%z}"
         prices = draw(st.lists(st.integers(1, 10_000), min_size=5, max_size=5))
         lines.append(",".join([raw, *(str(p / 4) for p in prices)]))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,92 @@
+"""The code location: it loads, has the documented graph, and respects the dependency rule."""
+
+import ast
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tvq_assets.definitions import defs
+from tvq_assets.partitions import catalog, sleeve, sleeve_run
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = (
+    "bars",
+    "returns",
+    "features",
+    "inference",
+    "clusters",
+    "selection",
+    "weights",
+    "backtest",
+)
+
+
+def test_the_code_location_loads():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_the_graph_has_the_documented_assets_and_partitions():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(ASSETS)
+    assert graph.get(dg.AssetKey("bars")).partitions_def == sleeve
+    for name in ASSETS[1:]:
+        assert graph.get(dg.AssetKey(name)).partitions_def == sleeve_run
+    assert sleeve.get_partition_keys() == list(catalog.sleeves) == ["crypto", "tradfi"]
+
+
+def test_every_asset_has_partition_scoped_checks_and_a_docstring():
+    graph = defs.resolve_asset_graph()
+    for name in ASSETS:
+        node = graph.get(dg.AssetKey(name))
+        assert node.description, name
+        specs = list(node.assets_def.check_specs)
+        assert specs, f"{name} has no checks"
+        assert all(spec.partitions_def == node.partitions_def for spec in specs), name
+
+
+def test_blocking_checks_guard_every_stage_boundary():
+    graph = defs.resolve_asset_graph()
+    for name in ASSETS:
+        specs = graph.get(dg.AssetKey(name)).assets_def.check_specs
+        assert any(spec.blocking for spec in specs), f"{name} has no blocking check"
+
+
+def test_multi_partition_keys_read_run_then_sleeve():
+    key = sleeve_run.get_partition_keys()[0]
+    assert key.keys_by_dimension["sleeve"] in catalog.sleeves
+    assert str(key).startswith(key.keys_by_dimension["run"] + "|")
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    found = {}
+    for path in (ROOT / package.replace(".", "/")).rglob("*.py"):
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+                modules |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules |= {node.module.split(".")[0], node.module}
+        found[str(path.relative_to(ROOT))] = modules
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("tvq_assets.quant", {"dagster", "mlflow", "ray", "pandera", "dagster_pandera"}),
+        ("tvq_resources", {"tvq_assets", "tvq_checks"}),
+    ],
+)
+def test_the_dependency_rule_holds(package, forbidden):
+    offenders = {
+        path: mods & forbidden for path, mods in _imports(package).items() if mods & forbidden
+    }
+    assert not offenders
+
+
+def test_contracts_import_no_dagster():
+    contracts = {p: m for p, m in _imports("tvq_checks").items() if "contracts" in p}
+    assert contracts and not {p: m & {"dagster"} for p, m in contracts.items() if "dagster" in m}

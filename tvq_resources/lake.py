@@ -37,34 +37,48 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_bundle(tables: Mapping[str, pd.DataFrame], folder: Path) -> None:
-    """Write named tables as one unit: the manifest is switched only once every table is on disk."""
+    """Write named tables as one unit: the manifest is switched only once every table is on disk.
+
+    A failure before the switch removes the tables already written for this bundle, so the
+    folder holds exactly the previous bundle.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     files = {name: f"{name}-{token}.parquet" for name in tables}
-    for name, frame in tables.items():
-        write_table(frame, folder / files[name])
     manifest = folder / MANIFEST
-    previous = _read_manifest(manifest)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"tables": files}, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, manifest)
+    previous = _read_manifest(manifest) or {}
+    try:
+        for name, frame in tables.items():
+            write_table(frame, folder / files[name])
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump({"tables": files}, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, manifest)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except BaseException:
+        for file in files.values():
+            (folder / file).unlink(missing_ok=True)
+        raise
     for stale in set(previous.values()) - set(files.values()):
         (folder / stale).unlink(missing_ok=True)
 
 
 def read_bundle(folder: Path) -> dict[str, pd.DataFrame]:
     files = _read_manifest(folder / MANIFEST)
-    if not files:
+    if files is None:
         raise FileNotFoundError(f"no bundle at {folder} (missing {MANIFEST})")
     return {name: pd.read_parquet(folder / file) for name, file in files.items()}
 
 
-def _read_manifest(path: Path) -> dict[str, str]:
+def _read_manifest(path: Path) -> dict[str, str] | None:
+    """The manifest's table files by name; None when there is no manifest (no bundle)."""
     if not path.exists():
-        return {}
+        return None
     return json.loads(path.read_text())["tables"]
 
 

@@ -154,3 +154,27 @@ def test_a_second_bars_materialisation_adds_exactly_the_new_rows(instance, lake_
     new_rows = (stored["date"] > pd.Timestamp(AS_OF)).sum()
     assert added == new_rows == len(stored) - first_rows
     assert new_rows > 0
+
+
+def test_a_csv_sleeve_loads_good_files_and_reports_the_broken_one(instance, lake_root, tmp_path):
+    from tvq_resources.market_data import SourceConfig
+    from tvq_resources.synthetic import generate_market
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    market = generate_market(seed=3, n_symbols=12, end=AS_OF)
+    for symbol, rows in market.groupby("symbol"):
+        layout = rows.drop(columns="symbol").rename(columns={"date": "Date", "volume": "Volume"})
+        layout.to_csv(folder / f"{symbol}.csv", index=False)
+    (folder / "BROKEN.csv").write_text("Date,Open,High,Low,Close,Volume\n2026-01-01,1,2,0.5,oops,10\n")
+    resources = resources_for(lake_root, crypto=SourceConfig(kind="csv", path=str(folder)))
+    result = dg.materialize(
+        [data.bars], partition_key="crypto", resources=resources, instance=instance
+    )
+    readable = check(result, data.SOURCE_READABLE)
+    assert not readable.passed and readable.severity == dg.AssetCheckSeverity.WARN
+    assert "BROKEN.csv" in readable.metadata["load_errors"].value
+    assert "oops" in readable.metadata["load_errors"].value
+    stored = ParquetLake(root=lake_root).read(["bars"], "crypto")
+    assert set(stored["symbol"]) == set(market["symbol"])
+    assert check(result, data.BARS_CONTRACT).passed

@@ -208,7 +208,7 @@ def small_bars(draw) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     bars=small_bars(),
     stall_bars=st.integers(1, 5),

@@ -134,11 +134,12 @@ def test_a_symbol_silent_for_more_than_stale_days_is_excluded_and_recorded():
     assert row.date == pd.Timestamp("2025-01-04") and row.value == 6.0
 
 
-def test_a_symbol_silent_for_exactly_stale_days_stays():
+def test_a_symbol_silent_for_exactly_stale_days_is_not_stale_but_lacks_the_last_bar():
     bars = hand_made_bars()
     silent = bars[~((bars.symbol == "BBB") & (bars.date > "2025-01-05"))]
     result = window(silent, as_of="2025-01-10", lookback=9, min_history=1, stale_days=5)
-    assert "BBB" in result.returns.columns and result.excluded.empty
+    assert "BBB" not in result.returns.columns
+    assert result.excluded["rule"].tolist() == ["no_bar_on_last_day"]
 
 
 def test_a_symbol_with_fewer_returns_than_min_history_is_excluded_and_recorded():
@@ -281,3 +282,19 @@ def test_drop_symbols_removes_their_columns_and_appends_the_exclusions(crypto_wi
     )
     appended = result.excluded.iloc[before:].reset_index(drop=True)
     pd.testing.assert_frame_equal(appended, offenders[list(EXCLUSION_COLUMNS)])
+
+
+def test_a_symbol_without_a_bar_on_the_last_day_is_excluded_not_left_with_a_trailing_gap():
+    from tvq_resources.synthetic import generate_market
+
+    bars = generate_market(seed=5, n_symbols=20, end="2026-06-30")
+    lagging = bars.loc[bars["date"] == "2026-06-30", "symbol"].iloc[0]
+    bars = bars[~((bars["symbol"] == lagging) & (bars["date"] > "2026-06-28"))]
+    window = returns_window(
+        bars, as_of=pd.Timestamp("2026-06-30"), lookback=200, calendar="crypto", stale_days=5,
+        min_history=90,
+    )
+    assert lagging not in window.returns.columns
+    [rule] = window.excluded.loc[window.excluded["symbol"] == lagging, "rule"]
+    assert rule == "no_bar_on_last_day"
+    assert not window.returns.iloc[-1].isna().any()

@@ -48,8 +48,10 @@ def returns_window(
 
     The window ends at the sleeve's last bar on or before ``as_of`` (a run scheduled before the
     day's bars land still sees a complete last row). Symbols are dropped, and recorded, when their
-    last bar is more than ``stale_days`` calendar days before ``as_of`` (stale or delisted) or when
-    they have fewer than ``min_history`` returns inside the window.
+    last bar is more than ``stale_days`` calendar days before ``as_of`` (``stale_or_delisted``),
+    when they lack a bar on the window's last date although they printed within ``stale_days``
+    (``no_bar_on_last_day``: a lagging feed; kept, its trailing gap would reach the optimiser as
+    NaN after genesis), or when they have fewer than ``min_history`` returns inside the window.
     """
     as_of = pd.Timestamp(as_of).normalize()
     known = bars[bars["date"] <= as_of]
@@ -70,19 +72,25 @@ def returns_window(
     last_bar = known.groupby("symbol")["date"].max()
     days_silent = (as_of - last_bar).dt.days
     stale = days_silent[days_silent > stale_days]
+    lagging = last_bar[(last_bar < grid[-1]) & ~last_bar.index.isin(stale.index)]
     returns = close.pct_change(fill_method=None).iloc[1:]
     dollar_volume = (close * volume).iloc[1:]
     history = returns.notna().sum()
-    short = history[(history < min_history) & ~history.index.isin(stale.index)]
+    dropped = stale.index.union(lagging.index)
+    short = history[(history < min_history) & ~history.index.isin(dropped)]
 
     excluded = [
         (symbol, "stale_or_delisted", last_bar[symbol], float(days), f"no bar for {days} days")
         for symbol, days in stale.items()
     ] + [
+        (symbol, "no_bar_on_last_day", date, float((grid[-1] - date).days),
+         f"last bar {date:%Y-%m-%d}, window ends {grid[-1]:%Y-%m-%d}")
+        for symbol, date in lagging.items()
+    ] + [
         (symbol, "min_history", returns.index[-1], float(count), f"{count} < {min_history} bars")
         for symbol, count in short.items()
     ]
-    keep = returns.columns.difference(stale.index.union(short.index), sort=False)
+    keep = returns.columns.difference(dropped.union(short.index), sort=False)
     keep = keep.sort_values()
     return ReturnsWindow(
         returns=returns[keep], dollar_volume=dollar_volume[keep], excluded=_exclusions(excluded)

@@ -1,0 +1,195 @@
+"""Every rule of the allocation contracts, each broken alone by a crafted frame (no Dagster)."""
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvq_checks import allocation_contracts
+
+AS_OF = pd.Timestamp("2026-06-30")
+WINNERS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
+CAP = 0.25
+
+
+def portfolio(min_variance: list[float], symbols: list[str] = WINNERS) -> pd.DataFrame:
+    """Symbols × profiles: the given min-variance column next to a valid equal-weight column."""
+    equal = [1.0 / len(WINNERS) if s in WINNERS else 0.0 for s in symbols]
+    return pd.DataFrame(
+        {"min_variance": min_variance, "equal_weight": equal},
+        index=pd.Index(symbols, name="symbol"),
+    )
+
+
+def weights_violations(table: pd.DataFrame, winners: list[str] = WINNERS) -> pd.DataFrame:
+    return allocation_contracts.weights_violations(table, winners=winners, cap=CAP, as_of=AS_OF)
+
+
+def diagnostics(**changes: dict) -> pd.DataFrame:
+    rows = {
+        profile: {
+            "solver": "CLARABEL",
+            "status": "optimal",
+            "seconds": 0.01,
+            "objective": 1e-4,
+            "fallback": None,
+            "reason": None,
+        }
+        for profile in ("min_variance", "risk_parity", "max_sharpe")
+    }
+    for profile, change in changes.items():
+        rows[profile].update(change)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("profile")
+
+
+# rule -> (violations of a frame breaking only that rule, expected symbol, expected value)
+CASES: dict[str, Callable[[], tuple[pd.DataFrame, str, float]]] = {
+    "weight_finite": lambda: (
+        weights_violations(portfolio([0.25, 0.25, 0.25, 0.25, np.nan])),
+        "min_variance:EEE",
+        np.nan,
+    ),
+    "weight_within_cap": lambda: (
+        weights_violations(portfolio([0.3, 0.25, 0.25, 0.2, 0.0])),
+        "min_variance:AAA",
+        0.3,
+    ),
+    "weights_sum_to_one": lambda: (
+        weights_violations(portfolio([0.2, 0.2, 0.2, 0.2, 0.19])),
+        "min_variance:AAA",
+        0.99,
+    ),
+    "weight_only_winners": lambda: (
+        weights_violations(portfolio([0.25, 0.25, 0.2, 0.2, 0.0, 0.1], [*WINNERS, "OUT"])),
+        "min_variance:OUT",
+        0.1,
+    ),
+    "solver_clean": lambda: (
+        allocation_contracts.solver_violations(
+            diagnostics(
+                max_sharpe={
+                    "solver": None,
+                    "status": "infeasible",
+                    "fallback": "hrp",
+                    "reason": "CLARABEL: infeasible; SCS: infeasible",
+                }
+            ),
+            as_of=AS_OF,
+        ),
+        "max_sharpe",
+        np.nan,
+    ),
+}
+
+
+def test_every_allocation_rule_has_a_crafted_case():
+    assert set(CASES) == set(allocation_contracts.RULES)
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_a_frame_breaking_one_allocation_rule_is_reported_with_rule_symbol_and_value(rule):
+    table, symbol, value = CASES[rule]()
+    assert list(table["rule"]) == [rule], table.to_string()
+    [finding] = table.itertuples(index=False)
+    assert finding.symbol == symbol
+    np.testing.assert_allclose(finding.value, value)
+    assert finding.date == AS_OF
+    assert symbol in finding.message
+
+
+def test_a_negative_weight_breaks_the_cap_rule_even_when_the_sum_is_one():
+    six = [*WINNERS, "FFF"]
+    table = weights_violations(
+        pd.DataFrame({"min_variance": [-0.05, 0.25, 0.25, 0.25, 0.2, 0.1]}, index=six), six
+    )
+    assert list(table["rule"]) == ["weight_within_cap"]
+    assert list(table["symbol"]) == ["min_variance:AAA"]
+
+
+def test_the_sum_rule_is_reported_once_per_profile_with_the_total():
+    table = weights_violations(portfolio([0.1] * 5).assign(equal_weight=0.3))
+    sums = table[table["rule"] == "weights_sum_to_one"]
+    assert sorted(sums["symbol"]) == ["equal_weight:AAA", "min_variance:AAA"]
+    np.testing.assert_allclose(sorted(sums["value"]), [0.5, 1.5])
+    assert "0.500000000" in " ".join(sums["message"])
+
+
+def test_the_cap_is_at_least_one_over_the_number_of_winners():
+    # Two winners cannot be fully invested under a 25% cap: the effective cap is 50%.
+    table = pd.DataFrame({"hrp": [0.5, 0.5]}, index=["AAA", "BBB"])
+    assert weights_violations(table, ["AAA", "BBB"]).empty
+    assert list(weights_violations(table.assign(hrp=[0.6, 0.4]), ["AAA", "BBB"])["rule"]) == [
+        "weight_within_cap"
+    ]
+
+
+def test_a_sum_within_the_tolerance_passes_and_just_outside_fails():
+    inside = portfolio([0.2, 0.2, 0.2, 0.2, 0.2 + 0.9e-6])
+    outside = portfolio([0.2, 0.2, 0.2, 0.2, 0.2 + 1.1e-6])
+    assert weights_violations(inside).empty
+    assert list(weights_violations(outside)["rule"]) == ["weights_sum_to_one"]
+
+
+def test_a_non_winner_with_zero_weight_is_not_a_violation():
+    assert weights_violations(
+        portfolio([0.25, 0.25, 0.25, 0.25, 0.0, 0.0], [*WINNERS, "OUT"])
+    ).empty
+
+
+def test_valid_weights_and_clean_diagnostics_pass():
+    assert weights_violations(portfolio([0.25, 0.25, 0.2, 0.2, 0.1])).empty
+    assert allocation_contracts.solver_violations(diagnostics(), as_of=AS_OF).empty
+
+
+def test_an_inaccurate_solution_is_a_solver_warning_naming_the_status():
+    table = allocation_contracts.solver_violations(
+        diagnostics(risk_parity={"status": "optimal_inaccurate"}), as_of=AS_OF
+    )
+    assert list(table["symbol"]) == ["risk_parity"]
+    assert "optimal_inaccurate" in table["message"].iloc[0]
+    assert allocation_contracts.RULES["solver_clean"].severity == "WARN"
+
+
+WEIGHT = st.one_of(
+    st.floats(min_value=-0.3, max_value=1.2), st.sampled_from([0.0, 0.0, 0.2, 0.25, np.nan])
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    n_symbols=st.integers(min_value=1, max_value=6),
+    n_winners=st.integers(min_value=0, max_value=6),
+)
+def test_weight_findings_match_a_loop_over_profiles_and_symbols(data, n_symbols, n_winners):
+    symbols = [f"S{i}" for i in range(n_symbols)]
+    winners = [f"S{i}" for i in range(n_winners)]
+    profiles = ["min_variance", "hrp"]
+    values = {
+        p: data.draw(st.lists(WEIGHT, min_size=n_symbols, max_size=n_symbols)) for p in profiles
+    }
+    table = pd.DataFrame(values, index=symbols, dtype=float)
+    findings = allocation_contracts.weights_violations(table, winners=winners, cap=CAP, as_of=AS_OF)
+    found = {(row.rule, row.symbol) for row in findings.itertuples(index=False)}
+    cap = max(CAP, 1.0 / max(len(winners), 1))
+    expected = set()
+    for profile in profiles:
+        total = 0.0
+        for symbol in symbols:
+            weight = values[profile][symbols.index(symbol)]
+            name = f"{profile}:{symbol}"
+            if math.isnan(weight):
+                expected.add(("weight_finite", name))
+                continue
+            total += weight
+            if weight < -1e-9 or weight > cap + 1e-9:
+                expected.add(("weight_within_cap", name))
+            if symbol not in winners and weight != 0.0:
+                expected.add(("weight_only_winners", name))
+        if abs(total - 1.0) > 1e-6:
+            expected.add(("weights_sum_to_one", f"{profile}:{symbols[0]}"))
+    assert found == expected

@@ -1,0 +1,217 @@
+"""The Parquet lake: round trips, partition paths, and writes that fail without damage."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tvq_resources.lake import MANIFEST, ParquetLake
+
+KEY = "2026-11-20|crypto"
+
+
+@pytest.fixture
+def lake(tmp_path) -> ParquetLake:
+    return ParquetLake(root=str(tmp_path))
+
+
+def returns_frame(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        rng.normal(0.0, 0.02, (30, 4)),
+        index=pd.date_range("2026-10-22", periods=30, name="date"),
+        columns=pd.Index(["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"], name="symbol"),
+    )
+    frame.iloc[:5, 2] = np.nan
+    return frame
+
+
+def bars_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": ["AAA", "AAA", "BBB"],
+            "date": pd.to_datetime(["2026-11-19", "2026-11-20", "2026-11-20"]),
+            "open": [1.0, 1.1, 20.0],
+            "high": [1.2, 1.2, 21.0],
+            "low": [0.9, 1.0, 19.5],
+            "close": [1.1, 1.15, 20.5],
+            "volume": [1e6, 2e6, 3e4],
+        }
+    )
+
+
+def features_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"momentum": [0.4, -0.1], "history": [500, 120], "stalled": [False, True]},
+        index=pd.Index(["AAA", "BBB"], name="symbol"),
+    )
+
+
+def bundle(seed: int = 0) -> dict[str, pd.DataFrame]:
+    returns = returns_frame(seed)
+    return {"returns": returns, "dollar_volume": returns.abs() * 1e6, "excluded": bars_frame()}
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def temporary_files(root: Path) -> list[str]:
+    return [name for name in files_under(root) if name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("make", [returns_frame, bars_frame, features_frame])
+def test_a_dataframe_comes_back_with_its_index_columns_and_dtypes(lake, make):
+    frame = make()
+    lake.write(["asset"], KEY, frame)
+    back = lake.read(["asset"], KEY)
+    pd.testing.assert_frame_equal(back, frame, check_freq=False)
+    assert back.index.name == frame.index.name
+    assert back.columns.name == frame.columns.name
+    assert list(back.dtypes) == list(frame.dtypes)
+
+
+def test_a_bundle_comes_back_table_by_table(lake):
+    tables = bundle()
+    lake.write(["returns"], KEY, tables)
+    back = lake.read(["returns"], KEY)
+    assert set(back) == set(tables)
+    for name, frame in tables.items():
+        pd.testing.assert_frame_equal(back[name], frame, check_freq=False)
+
+
+def test_an_empty_bundle_comes_back_empty(lake):
+    lake.write(["returns"], KEY, {})
+    assert lake.exists(["returns"], KEY)
+    assert lake.read(["returns"], KEY) == {}
+
+
+def test_a_multi_partition_key_is_stored_sleeve_first(lake, tmp_path):
+    path = lake.write(["returns"], KEY, returns_frame())
+    assert path == tmp_path / "returns" / "crypto" / "2026-11-20.parquet"
+    folder = lake.write(["selection"], KEY, bundle())
+    assert folder == tmp_path / "selection" / "crypto" / "2026-11-20"
+    assert (folder / MANIFEST).exists()
+
+
+def test_single_partition_and_unpartitioned_values_have_their_own_paths(lake, tmp_path):
+    assert lake.write(["bars"], "crypto", bars_frame()) == tmp_path / "bars" / "crypto.parquet"
+    unpartitioned = lake.write(["catalog"], None, features_frame())
+    assert unpartitioned == tmp_path / "catalog" / "value.parquet"
+    assert lake.exists(["bars"], "crypto") and lake.exists(["catalog"], None)
+    assert not lake.exists(["bars"], "weekday")
+
+
+def test_a_later_write_replaces_the_value_whatever_its_kind(lake):
+    lake.write(["returns"], KEY, bundle(seed=1))
+    lake.write(["returns"], KEY, returns_frame(seed=2))
+    pd.testing.assert_frame_equal(
+        lake.read(["returns"], KEY), returns_frame(seed=2), check_freq=False
+    )
+    lake.write(["returns"], KEY, bundle(seed=3))
+    back = lake.read(["returns"], KEY)
+    pd.testing.assert_frame_equal(back["returns"], returns_frame(seed=3), check_freq=False)
+
+
+def test_rewriting_a_bundle_removes_the_tables_of_the_previous_one(lake, tmp_path):
+    lake.write(["returns"], KEY, bundle(seed=1))
+    lake.write(["returns"], KEY, bundle(seed=2))
+    folder = tmp_path / "returns" / "crypto" / "2026-11-20"
+    assert len([p for p in folder.iterdir() if p.suffix == ".parquet"]) == 3
+
+
+def test_a_frame_pyarrow_cannot_serialise_leaves_the_previous_value_intact(lake, tmp_path):
+    lake.write(["features"], KEY, features_frame())
+    broken = features_frame().assign(note=[1, "one"])  # mixed object types
+    with pytest.raises(Exception, match=r"note|Conversion|convert"):
+        lake.write(["features"], KEY, broken)
+    pd.testing.assert_frame_equal(lake.read(["features"], KEY), features_frame())
+    assert temporary_files(tmp_path) == []
+
+
+def test_a_write_that_dies_half_way_leaves_the_previous_value_and_no_temporary_file(
+    lake, tmp_path, monkeypatch
+):
+    lake.write(["returns"], KEY, returns_frame(seed=1))
+    before = files_under(tmp_path)
+
+    def half_write(self, path, **options):
+        path.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        lake.write(["returns"], KEY, returns_frame(seed=2))
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(
+        lake.read(["returns"], KEY), returns_frame(seed=1), check_freq=False
+    )
+    assert files_under(tmp_path) == before
+
+
+def test_a_first_write_that_fails_leaves_nothing_that_looks_materialised(
+    lake, tmp_path, monkeypatch
+):
+    def failing(self, path, **options):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", failing)
+    with pytest.raises(OSError):
+        lake.write(["returns"], KEY, returns_frame())
+    monkeypatch.undo()
+    assert not lake.exists(["returns"], KEY)
+    assert temporary_files(tmp_path) == []
+
+
+def test_a_bundle_whose_second_table_fails_leaves_the_previous_bundle_readable(
+    lake, tmp_path, monkeypatch
+):
+    lake.write(["returns"], KEY, bundle(seed=1))
+    folder = tmp_path / "returns" / "crypto" / "2026-11-20"
+    manifest = (folder / MANIFEST).read_text()
+    before = files_under(tmp_path)
+    original = pd.DataFrame.to_parquet
+    calls = []
+
+    def second_fails(self, path, **options):
+        calls.append(path)
+        if len(calls) == 2:
+            path.write(b"PAR1 half")
+            raise OSError("disk full")
+        return original(self, path, **options)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", second_fails)
+    with pytest.raises(OSError, match="disk full"):
+        lake.write(["returns"], KEY, bundle(seed=2))
+    monkeypatch.undo()
+    assert (folder / MANIFEST).read_text() == manifest
+    back = lake.read(["returns"], KEY)
+    for name, frame in bundle(seed=1).items():
+        pd.testing.assert_frame_equal(back[name], frame, check_freq=False)
+    assert files_under(tmp_path) == before  # neither half nor orphaned tables remain
+    assert set(json.loads(manifest)["tables"]) == set(bundle())
+
+
+def test_reading_an_unmaterialised_partition_names_the_asset_and_partition(lake):
+    lake.write(["returns"], "2026-11-19|crypto", returns_frame())
+    with pytest.raises(FileNotFoundError, match=r"returns\[2026-11-20\|crypto\]"):
+        lake.read(["returns"], KEY)
+
+
+@pytest.mark.parametrize(
+    "value", [[1, 2, 3], pd.Series([1.0, 2.0]), {"returns": [1.0]}, "a string", None]
+)
+def test_writing_something_other_than_dataframes_is_a_type_error(lake, tmp_path, value):
+    with pytest.raises(TypeError, match="DataFrames"):
+        lake.write(["returns"], KEY, value)
+    assert files_under(tmp_path) == []
+
+
+def test_the_root_comes_from_the_environment_when_not_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("TVQ_LAKE", str(tmp_path / "from_env"))
+    assert ParquetLake().root_path == tmp_path / "from_env"
+    monkeypatch.delenv("TVQ_LAKE")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert ParquetLake().root_path == tmp_path / "home" / "lake"

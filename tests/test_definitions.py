@@ -90,3 +90,21 @@ def test_the_dependency_rule_holds(package, forbidden):
 def test_contracts_import_no_dagster():
     contracts = {p: m for p, m in _imports("tvq_checks").items() if "contracts" in p}
     assert contracts and not {p: m & {"dagster"} for p, m in contracts.items() if "dagster" in m}
+
+
+@pytest.mark.parametrize(
+    ("mode", "executor_name"), [("local", "in_process"), ("production", "multiprocess")]
+)
+def test_tv_orch_mode_selects_the_executor(monkeypatch, mode, executor_name):
+    from tvq_assets.definitions import executor
+
+    monkeypatch.setenv("TV_ORCH_MODE", mode)
+    assert executor().name == executor_name
+
+
+def test_an_unknown_orchestration_mode_is_refused_with_the_choices(monkeypatch):
+    from tvq_assets.definitions import executor
+
+    monkeypatch.setenv("TV_ORCH_MODE", "cluster")
+    with pytest.raises(ValueError, match="'local' or 'production'"):
+        executor()

@@ -301,7 +301,8 @@ def violations(
             for row in table[["symbol", "date", "value"]].itertuples(index=False)
         ]
         tables.append(table)
-    return _violation_table(pd.concat(tables, ignore_index=True))
+    found = [table for table in tables if not table.empty]
+    return _violation_table(pd.concat(found, ignore_index=True) if found else [])
 
 
 def _message(rule: Rule, symbol: str, date: pd.Timestamp, value: float) -> str:

@@ -23,7 +23,7 @@ DIAGNOSTIC_COLUMNS = ("solver", "status", "seconds", "objective", "fallback", "r
 
 
 def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timestamp, days: int = 7):
-    """The newest materialised value of ``asset`` for this sleeve in the ``days`` before ``as_of``."""
+    """The newest stored value of ``asset`` for this sleeve in the ``days`` before ``as_of``."""
     for back in range(1, days + 1):
         key = f"{as_of - pd.Timedelta(days=back):%Y-%m-%d}|{sleeve}"
         if lake.exists([asset], key):
@@ -38,18 +38,23 @@ def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timesta
     check_specs=checks.specs_for(
         "weights",
         [
-            (WEIGHTS_CONTRACT, "Per profile: weights finite, in [0, cap], summing to 1 within "
-             "1e-6, winners only.", True),
-            (SOLVER_STATUS, "A profile that fell back (HRP, equal weight) or solved only "
-             "`optimal_inaccurate` is recorded with the reason.", False),
+            (
+                WEIGHTS_CONTRACT,
+                "Per profile: weights finite, in [0, cap], summing to 1 within 1e-6, winners only.",
+                True,
+            ),
+            (
+                SOLVER_STATUS,
+                "A profile that fell back (HRP, equal weight) or solved only "
+                "`optimal_inaccurate` is recorded with the reason.",
+                False,
+            ),
         ],
         sleeve_run,
     ),
 )
-def weights(
-    context: dg.AssetExecutionContext, selection: dict, returns: dict, lake: ParquetLake
-):
-    """Optimised long-only weights of the run's winners under each risk profile, with solver status."""
+def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, lake: ParquetLake):
+    """Optimised long-only weights of the run's winners per risk profile, with solver status."""
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     policy = sleeve.policy
@@ -83,8 +88,7 @@ def weights(
             "weights": dg.MetadataValue.md(checks.markdown(table.reset_index())),
             "diagnostics": dg.MetadataValue.md(checks.markdown(diagnostics.reset_index())),
             "previous_run": previous_key or "none",
-            "covariance": "Ledoit-Wolf over the last "
-            f"{len(window)} bars; cap {policy.cap:.0%}",
+            "covariance": f"Ledoit-Wolf over the last {len(window)} bars; cap {policy.cap:.0%}",
             "seconds": round(time.perf_counter() - started, 3),
         },
         evaluations=[
@@ -117,8 +121,13 @@ def equity_plot(curves: pd.DataFrame, *, champion: str, baselines: list[str], ti
             axes.plot(equity.index, equity[name], color="0.8", linewidth=0.8)
     for name, color in zip(baselines, ("tab:blue", "tab:orange"), strict=False):
         axes.plot(equity.index, equity[name], color=color, linewidth=1.4, label=name)
-    axes.plot(equity.index, equity[champion], color="tab:green", linewidth=2.2,
-              label=f"champion: {champion}")
+    axes.plot(
+        equity.index,
+        equity[champion],
+        color="tab:green",
+        linewidth=2.2,
+        label=f"champion: {champion}",
+    )
     axes.set_title(title)
     axes.set_ylabel("growth of 1 (net of costs)")
     axes.legend(loc="upper left", fontsize=8)
@@ -137,23 +146,36 @@ def equity_plot(curves: pd.DataFrame, *, champion: str, baselines: list[str], ti
     deps=["weights"],
     check_specs=checks.specs_for(
         "backtest",
-        [(BACKTEST_COMPLETE, "Every policy has out-of-sample returns on every window and "
-          "finite metrics.", True)],
+        [
+            (
+                BACKTEST_COMPLETE,
+                "Every policy has out-of-sample returns on every window and finite metrics.",
+                True,
+            )
+        ],
         sleeve_run,
     ),
 )
 def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake):
-    """Walk-forward out-of-sample returns and metrics per policy (scorer × profile, baselines), and the champion verdict."""
+    """Walk-forward out-of-sample returns and metrics per policy, and the champion verdict.
+
+    Policies: every scorer × profile, plus the two equal-weight baselines.
+    """
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     policy = sleeve.policy
     window, volume = returns["returns"], returns["dollar_volume"]
     tournament = pipeline.Tournament(
-        volume, alpha_settings(sleeve), optimise.Constraints(cap=policy.cap,
-                                                             cluster_cap=policy.cluster_cap)
+        volume,
+        alpha_settings(sleeve),
+        optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
     )
     result = walk_forward.run(
-        window, tournament.policies(), train=policy.train, test=policy.test, step=policy.step,
+        window,
+        tournament.policies(),
+        train=policy.train,
+        test=policy.test,
+        step=policy.step,
         cost_rate=policy.cost_rate,
     )
     table = metrics.metrics_table(
@@ -162,18 +184,31 @@ def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake
     _, previous = previous_value(lake, "backtest", sleeve.name, as_of)
     incumbent = str(previous["verdict"]["champion"].iloc[0]) if previous is not None else None
     verdict = walk_forward.champion_verdict(
-        table, result.returns, incumbent=incumbent, periods_per_year=sleeve.periods_per_year,
+        table,
+        result.returns,
+        incumbent=incumbent,
+        periods_per_year=sleeve.periods_per_year,
         candidates=tournament.candidates,
     )
     current = tournament.policies()[verdict.champion](window.tail(policy.train))
     verdict_table = pd.DataFrame(
-        [{"champion": verdict.champion, "challenger": verdict.challenger,
-          "incumbent": incumbent or "", "replaced": verdict.replaced, "rule": verdict.rule,
-          **{k: float(v) for k, v in verdict.numbers.items()}}]
+        [
+            {
+                "champion": verdict.champion,
+                "challenger": verdict.challenger,
+                "incumbent": incumbent or "",
+                "replaced": verdict.replaced,
+                "rule": verdict.rule,
+                **{k: float(v) for k, v in verdict.numbers.items()},
+            }
+        ]
     )
-    png = equity_plot(result.returns, champion=verdict.champion,
-                      baselines=list(pipeline.BASELINES),
-                      title=f"{sleeve.name} walk-forward to {as_of:%Y-%m-%d}")
+    png = equity_plot(
+        result.returns,
+        champion=verdict.champion,
+        baselines=list(pipeline.BASELINES),
+        title=f"{sleeve.name} walk-forward to {as_of:%Y-%m-%d}",
+    )
     plot_path = lake.location(["backtest"], context.partition_key).with_suffix(".png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot_path.write_bytes(png)
@@ -217,6 +252,13 @@ def _incomplete(
         missing = int(result.returns[name].isna().sum())
         sharpe, drawdown = table.loc[name, "sharpe"], table.loc[name, "max_drawdown"]
         if missing or not (np.isfinite(sharpe) and np.isfinite(drawdown)):
-            rows.append((name, as_of, float(missing), "backtest_complete",
-                         f"{name}: {missing} missing days, sharpe {sharpe}, drawdown {drawdown}"))
+            rows.append(
+                (
+                    name,
+                    as_of,
+                    float(missing),
+                    "backtest_complete",
+                    f"{name}: {missing} missing days, sharpe {sharpe}, drawdown {drawdown}",
+                )
+            )
     return pd.DataFrame(rows, columns=["symbol", "date", "value", "rule", "message"])

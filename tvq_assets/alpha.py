@@ -42,12 +42,14 @@ def _flat(settings: pipeline.AlphaSettings) -> dict:
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=_spec(
-        "features", FEATURES_CONTRACT, "Finite where defined, entropy/efficiency/liquidity/"
-        "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`."
+        "features",
+        FEATURES_CONTRACT,
+        "Finite where defined, entropy/efficiency/liquidity/"
+        "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`.",
     ),
 )
 def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFrame):
-    """Per-symbol features of the returns window: momentum, risk, entropy, efficiency, Hurst, tails, liquidity."""
+    """Per-symbol features of the returns window: momentum, risk, entropy, Hurst, liquidity."""
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     settings = alpha_settings(sleeve)
@@ -55,7 +57,9 @@ def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFram
     table = pipeline.compute_features(window, returns["dollar_volume"], settings)
     stalled = quality.stalled_symbols(bars, stall_bars=settings.stall_bars, as_of=as_of)
     spikes = quality.volume_spikes(
-        bars, sigma=sleeve.policy.volume_spike_sigma, window=sleeve.policy.volume_spike_window,
+        bars,
+        sigma=sleeve.policy.volume_spike_sigma,
+        window=sleeve.policy.volume_spike_window,
         as_of=as_of,
     )
     table["stalled"] = table.index.isin(stalled["symbol"])
@@ -86,12 +90,13 @@ def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFram
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=_spec(
-        "inference", INFERENCE_CONTRACT,
+        "inference",
+        INFERENCE_CONTRACT,
         "Scores in (0, 1], per-feature probabilities in [0.01, 1], nothing missing.",
     ),
 )
 def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: dict):
-    """Conviction score per symbol (Log-MPS), its per-feature probabilities, and the challenger's score."""
+    """Conviction score per symbol (Log-MPS), its feature probabilities, the challenger's score."""
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     settings = alpha_settings(sleeve)
@@ -128,12 +133,13 @@ def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=_spec(
-        "clusters", CLUSTERS_CONTRACT,
+        "clusters",
+        CLUSTERS_CONTRACT,
         "Every eligible symbol in exactly one cluster; at most `max_clusters` clusters.",
     ),
 )
 def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: dict):
-    """Hierarchical cluster of each symbol: multi-lookback correlation distance, Ward, cut at 0.7."""
+    """Hierarchical cluster of each symbol: multi-lookback correlation distance, Ward, cut 0.7."""
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     settings = alpha_settings(sleeve)
@@ -161,14 +167,17 @@ def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns:
     kinds={"pandas", "parquet"},
     check_specs=[
         *_spec(
-            "selection", SELECTION_CONTRACT,
+            "selection",
+            SELECTION_CONTRACT,
             "No quarantined, stalled or excluded symbol among the winners; every winner has "
             "features.",
         ),
         *_spec(
-            "selection", WINNER_COUNT,
+            "selection",
+            WINNER_COUNT,
             "Winner count within [min_winners, max_winners] (WARN with the reason when the "
-            "universe is too small).", blocking=False,
+            "universe is too small).",
+            blocking=False,
         ),
     ],
 )
@@ -179,7 +188,7 @@ def selection(
     clusters: pd.DataFrame,
     returns: dict,
 ):
-    """Winners per cluster with score, direction, cluster and HTR stage, plus the audit of every veto."""
+    """Winners per cluster with score, direction, cluster and HTR stage; the audit of every veto."""
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     settings = alpha_settings(sleeve)

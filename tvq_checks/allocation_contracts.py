@@ -14,6 +14,7 @@ from tvq_checks.contracts import ERROR, WARN, Rule, never, rule_check, violation
 
 SUM_TOLERANCE = 1e-6
 CAP_TOLERANCE = 1e-9
+EMPTY_PROFILE = "(no weights)"
 
 RULES: Mapping[str, Rule] = {
     rule.name: rule
@@ -21,7 +22,9 @@ RULES: Mapping[str, Rule] = {
         Rule("weight_finite", ERROR, "weight {value} is not finite"),
         Rule("weight_within_cap", ERROR, "weight {value:.6g} is outside [0, cap]"),
         Rule("weights_sum_to_one", ERROR, "weights sum to {value:.9f}, not 1"),
-        Rule("weight_only_winners", ERROR, "holds weight {value:.6g} but is not a winner", "weight"),
+        Rule(
+            "weight_only_winners", ERROR, "holds weight {value:.6g} but is not a winner", "weight"
+        ),
         Rule("solver_clean", WARN, "needed a fallback or returned an inaccurate status"),
     )
 }
@@ -30,11 +33,19 @@ RULES: Mapping[str, Rule] = {
 def weights_violations(
     weights: pd.DataFrame, *, winners: Collection[str], cap: float, as_of: pd.Timestamp
 ) -> pd.DataFrame:
-    """``weights``: symbols × profiles. Finite, within [0, max(cap, 1/n)], summing to 1, winners only."""
+    """``weights``: symbols × profiles; finite, in [0, max(cap, 1/n)], summing to 1, winners only.
+
+    A profile without any row (no winners) holds nothing: it sums to 0 and is reported as
+    ``PROFILE:(no weights)``, since a portfolio handed on must be fully invested.
+    """
     n = max(len(winners), 1)
     effective_cap = max(cap, 1.0 / n) + CAP_TOLERANCE
     long = weights.rename_axis(index="symbol", columns="profile").stack(future_stack=True)
     frame = long.rename("weight").reset_index()
+    empty = [profile for profile in weights.columns if profile not in set(frame["profile"])]
+    if empty:
+        placeholders = pd.DataFrame({"symbol": EMPTY_PROFILE, "profile": empty, "weight": 0.0})
+        frame = pd.concat([frame, placeholders], ignore_index=True)
     frame["total"] = frame.groupby("profile")["weight"].transform("sum")
     frame["outsider"] = ~frame["symbol"].isin(list(winners)) & (frame["weight"].abs() > 0)
     frame["symbol"] = frame["profile"].astype(str) + ":" + frame["symbol"].astype(str)

@@ -57,7 +57,7 @@ def _float(name: str, *checks: pa.Check) -> pa.Column:
 def features_violations(
     features: pd.DataFrame, *, universe: Collection[str], as_of: pd.Timestamp, min_history: int
 ) -> pd.DataFrame:
-    """Features: finite where defined, bounded ranges, one row per symbol of the returns universe."""
+    """Features: finite where defined, bounded, one row per symbol of the returns universe."""
     frame = _per_symbol(features, as_of)
     frame["unknown"] = ~frame["symbol"].isin(list(universe))
     finite = rule_check("finite_feature", lambda s: ~np.isinf(s))
@@ -140,7 +140,7 @@ def selection_violations(
     stalled: Collection[str],
     excluded: Collection[str],
 ) -> pd.DataFrame:
-    """ERROR: nothing quarantined, stalled or excluded among the winners; every winner has features."""
+    """ERROR: no quarantined, stalled or excluded winner; every winner has features."""
     frame = _per_symbol(winners, as_of)
     frame["quarantined"] = frame["symbol"].isin(list(quarantined))
     frame["stalled"] = frame["symbol"].isin(list(stalled))

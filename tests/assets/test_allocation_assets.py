@@ -1,5 +1,6 @@
 """The synthesis layer through Dagster: weights per risk profile and the walk-forward backtest."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -63,18 +64,44 @@ def clean_resources(lake_root):
     return resources_for(lake_root, crypto=synthetic_source(symbols=30))
 
 
-def test_weights_of_every_profile_are_a_valid_long_only_portfolio_of_the_winners(
-    instance, lake_root, clean_resources
-):
-    refresh_bars(instance, clean_resources)
-    result = run(instance, clean_resources, [data.returns, *ALPHA, allocation.weights])
+@dataclass(frozen=True)
+class WeightsRuns:
+    """Runs D-1 then D of one clean 30-symbol sleeve, and the values they stored (a snapshot)."""
+
+    instance: dg.DagsterInstance
+    resources: dict
+    lake: ParquetLake
+    results: dict[str, dg.ExecuteInProcessResult]  # run key -> result
+    values: dict[tuple[str, str], object]  # (asset, run key) -> stored value
+
+
+@pytest.fixture(scope="module")
+def weights_runs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("weights") / "lake")
+    resources = resources_for(root, crypto=synthetic_source(symbols=30))
+    lake = ParquetLake(root=root)
+    with dg.DagsterInstance.ephemeral() as instance:
+        refresh_bars(instance, resources)
+        results = {
+            key: run(instance, resources, [data.returns, *ALPHA, allocation.weights], partition=key)
+            for key in (run_key(1), KEY)
+        }
+        values = {
+            (asset, key): lake.read([asset], key)
+            for asset in ("returns", "selection", "weights")
+            for key in results
+        }
+        yield WeightsRuns(instance, resources, lake, results, values)
+
+
+def test_weights_of_every_profile_are_a_valid_long_only_portfolio_of_the_winners(weights_runs):
+    result = weights_runs.results[KEY]
     assert result.success
     found = evaluations(result)
     for name in (allocation.WEIGHTS_CONTRACT, allocation.SOLVER_STATUS):
         assert found[name].passed and found[name].partition == KEY, found[name].description
-    lake = ParquetLake(root=lake_root)
-    winners = lake.read(["selection"], KEY)["winners"]
-    stored = lake.read(["weights"], KEY)
+    winners = weights_runs.values["selection", KEY]["winners"]
+    stored = weights_runs.values["weights", KEY]
     table, diagnostics = stored["weights"], stored["diagnostics"]
     assert list(table.columns) == list(optimise.PROFILES)
     assert list(table.index) == list(winners.index)
@@ -89,18 +116,12 @@ def test_weights_of_every_profile_are_a_valid_long_only_portfolio_of_the_winners
     for profile in PENALISED:
         assert diagnostics.loc[profile, "solver"] in optimise.SOLVERS
         assert diagnostics.loc[profile, "status"] == "optimal"
-    assert metadata(result, "weights")["previous_run"] == "none"
 
 
-def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(
-    instance, lake_root, clean_resources
-):
-    refresh_bars(instance, clean_resources)
-    assert run(instance, clean_resources, [data.returns, *ALPHA, allocation.weights]).success
-    lake = ParquetLake(root=lake_root)
-    table = lake.read(["weights"], KEY)["weights"]
+def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(weights_runs):
+    table = weights_runs.values["weights", KEY]["weights"]
     train = catalog.sleeve("crypto").policy.train
-    window = lake.read(["returns"], KEY)["returns"][table.index].tail(train)
+    window = weights_runs.values["returns", KEY]["returns"][table.index].tail(train)
     # The optimiser's documented convention: missing returns count as zero.
     covariance = LedoitWolf().fit(window.fillna(0.0).to_numpy()).covariance_
     variance = {p: table[p].to_numpy() @ covariance @ table[p].to_numpy() for p in table.columns}
@@ -108,34 +129,73 @@ def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(
     assert variance["min_variance"] < variance["equal_weight"]
 
 
+def test_weights_name_the_previous_run_partition_only_when_one_exists(weights_runs):
+    assert metadata(weights_runs.results[run_key(1)], "weights")["previous_run"] == "none"
+    assert metadata(weights_runs.results[KEY], "weights")["previous_run"] == run_key(1)
+
+
 def test_the_turnover_penalty_reads_the_previous_run_and_moves_the_weights_less(
-    instance, lake_root, clean_resources, sleeve_policy
+    weights_runs, sleeve_policy
 ):
-    refresh_bars(instance, clean_resources)
-    targets = [data.returns, *ALPHA, allocation.weights]
-    lake = ParquetLake(root=lake_root)
-    assert run(instance, clean_resources, targets, partition=run_key(1)).success
-    yesterday = lake.read(["weights"], run_key(1))["weights"]
-
-    free = run(instance, clean_resources, targets)
-    assert free.success and metadata(free, "weights")["previous_run"] == run_key(1)
-    free_weights = lake.read(["weights"], KEY)["weights"]
-
+    yesterday = weights_runs.values["weights", run_key(1)]["weights"]
+    free = weights_runs.values["weights", KEY]["weights"]
     sleeve_policy("crypto", policy={"turnover_penalty": 1.0})
-    penalised = run(instance, clean_resources, [allocation.weights])
-    assert penalised.success and metadata(penalised, "weights")["previous_run"] == run_key(1)
-    assert evaluations(penalised)[allocation.WEIGHTS_CONTRACT].passed
-    held = lake.read(["weights"], KEY)["weights"]
+    result = run(weights_runs.instance, weights_runs.resources, [allocation.weights])
+    assert result.success and metadata(result, "weights")["previous_run"] == run_key(1)
+    assert evaluations(result)[allocation.WEIGHTS_CONTRACT].passed
+    held = weights_runs.lake.read(["weights"], KEY)["weights"]
 
-    free_moves = one_norm_moves(free_weights, yesterday)
+    free_moves = one_norm_moves(free, yesterday)
     held_moves = one_norm_moves(held, yesterday)
     for profile in PENALISED:
         assert held_moves[profile] <= free_moves[profile] + 1e-6, profile
     assert held_moves["min_variance"] < free_moves["min_variance"] - 1e-3
     # HRP and equal weight have no objective to penalise: they do not change.
-    pd.testing.assert_frame_equal(
-        held[["hrp", "equal_weight"]], free_weights[["hrp", "equal_weight"]]
+    pd.testing.assert_frame_equal(held[["hrp", "equal_weight"]], free[["hrp", "equal_weight"]])
+
+
+def test_a_profile_without_a_working_solver_falls_back_to_hrp_with_a_warning(
+    weights_runs, monkeypatch
+):
+    monkeypatch.setattr(optimise.cp, "installed_solvers", lambda: [])
+    result = run(weights_runs.instance, weights_runs.resources, [allocation.weights])
+    assert result.success
+    found = evaluations(result)
+    assert found[allocation.WEIGHTS_CONTRACT].passed
+    warning = found[allocation.SOLVER_STATUS]
+    assert not warning.passed and warning.severity == dg.AssetCheckSeverity.WARN
+    assert warning.metadata["failures"].value == len(PENALISED)
+    assert "fallback hrp" in warning.description and "not installed" in warning.description
+    stored = weights_runs.lake.read(["weights"], KEY)
+    diagnostics = stored["diagnostics"]
+    assert list(diagnostics.loc[list(PENALISED), "fallback"]) == ["hrp"] * len(PENALISED)
+    for profile in PENALISED:
+        pd.testing.assert_series_equal(
+            stored["weights"][profile], stored["weights"]["hrp"], check_names=False
+        )
+
+
+def test_an_empty_universe_gives_no_portfolio_and_the_weights_contract_stops_the_run(
+    instance, lake_root, clean_resources
+):
+    # The source stopped at AS_OF: sixty days later every symbol is stale and nothing is eligible.
+    refresh_bars(instance, clean_resources)
+    later = f"{pd.Timestamp(AS_OF) + pd.Timedelta(days=60):%Y-%m-%d}|crypto"
+    result = run(
+        instance,
+        clean_resources,
+        [data.returns, *ALPHA, allocation.weights, allocation.backtest],
+        partition=later,
     )
+    assert not result.success
+    found = evaluations(result)
+    assert not found[alpha.WINNER_COUNT].passed
+    contract = found[allocation.WEIGHTS_CONTRACT]
+    assert not contract.passed and contract.severity == dg.AssetCheckSeverity.ERROR
+    assert contract.metadata["by_rule"].value == {"weights_sum_to_one": len(optimise.PROFILES)}
+    assert "min_variance:(no weights)" in contract.metadata["first_failures"].value
+    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "backtest" not in materialised
 
 
 @pytest.mark.slow

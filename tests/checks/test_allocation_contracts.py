@@ -140,6 +140,15 @@ def test_a_non_winner_with_zero_weight_is_not_a_violation():
     ).empty
 
 
+def test_a_profile_without_any_weight_is_reported_as_not_fully_invested():
+    empty = pd.DataFrame(columns=["min_variance", "equal_weight"], dtype=float)
+    table = weights_violations(empty, [])
+    assert list(table["rule"]) == ["weights_sum_to_one"] * 2
+    assert sorted(table["symbol"]) == ["equal_weight:(no weights)", "min_variance:(no weights)"]
+    assert (table["value"] == 0.0).all()
+    assert "weights sum to 0.000000000" in table["message"].iloc[0]
+
+
 def test_valid_weights_and_clean_diagnostics_pass():
     assert weights_violations(portfolio([0.25, 0.25, 0.2, 0.2, 0.1])).empty
     assert allocation_contracts.solver_violations(diagnostics(), as_of=AS_OF).empty

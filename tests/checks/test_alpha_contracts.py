@@ -84,6 +84,12 @@ def with_cell(table: pd.DataFrame, symbol: str, column: str, value: float) -> pd
     return changed
 
 
+def with_cell_series(labels: pd.Series, symbol: str, value: int) -> pd.Series:
+    changed = labels.copy()
+    changed[symbol] = value
+    return changed
+
+
 def appended_copy(table: pd.DataFrame, symbol: str) -> pd.DataFrame:
     return pd.concat([table, table.loc[[symbol]]])
 
@@ -188,12 +194,6 @@ def _selection_cases() -> dict[str, Case]:
             [3.0],
         ),
     }
-
-
-def with_cell_series(labels: pd.Series, symbol: str, value: int) -> pd.Series:
-    changed = labels.copy()
-    changed[symbol] = value
-    return changed
 
 
 CASES: dict[str, Case] = {

@@ -33,6 +33,7 @@ def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timesta
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="synthesis",
     kinds={"cvxpy", "parquet"},
     check_specs=checks.specs_for(
@@ -141,6 +142,7 @@ def equity_plot(curves: pd.DataFrame, *, champion: str, baselines: list[str], ti
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="synthesis",
     kinds={"pandas", "matplotlib", "parquet"},
     deps=["weights"],

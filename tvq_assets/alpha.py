@@ -39,6 +39,7 @@ def _flat(settings: pipeline.AlphaSettings) -> dict:
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=_spec(
@@ -87,6 +88,7 @@ def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFram
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=_spec(
@@ -130,6 +132,7 @@ def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=_spec(
@@ -163,6 +166,7 @@ def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns:
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
     check_specs=[

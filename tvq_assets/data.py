@@ -116,6 +116,7 @@ def bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: Parqu
 
 @dg.asset(
     partitions_def=sleeve_run,
+    output_required=False,
     group_name="data",
     kinds={"pandas", "parquet"},
     check_specs=checks.specs_for(
@@ -156,20 +157,24 @@ def returns(context: dg.AssetExecutionContext, bars: pd.DataFrame):
             ),
         )
     frame = window.returns
-    yield dg.Output(
-        {"returns": frame, "dollar_volume": window.dollar_volume, "excluded": window.excluded},
-        metadata={
-            "symbols": frame.shape[1],
-            "rows": frame.shape[0],
-            "date_range": _date_range(frame.index),
-            "as_of": f"{as_of:%Y-%m-%d}",
-            "excluded": len(window.excluded),
-            "excluded_symbols": dg.MetadataValue.md(checks.markdown(window.excluded)),
-            "quarantined": dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
-            "parameters": dg.MetadataValue.json(policy_parameters(sleeve_entry)),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-    )
+    # Like every ERROR contract here: a rejected window is never stored (see checks.emit).
+    if failures.empty:
+        yield dg.Output(
+            {"returns": frame, "dollar_volume": window.dollar_volume, "excluded": window.excluded},
+            metadata={
+                "symbols": frame.shape[1],
+                "rows": frame.shape[0],
+                "date_range": _date_range(frame.index),
+                "as_of": f"{as_of:%Y-%m-%d}",
+                "excluded": len(window.excluded),
+                "excluded_symbols": dg.MetadataValue.md(checks.markdown(window.excluded)),
+                "quarantined": dg.MetadataValue.json(
+                    sorted(quarantined["symbol"].unique().tolist())
+                ),
+                "parameters": dg.MetadataValue.json(policy_parameters(sleeve_entry)),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
     threshold = f" (threshold {policy.toxic_threshold:+.0%}, policy: {sleeve_entry.toxic_policy})"
     yield checks.result(
         RETURNS_CONTRACT,

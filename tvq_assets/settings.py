@@ -12,7 +12,7 @@ def alpha_settings(sleeve: Sleeve) -> AlphaSettings:
         liquidity_baseline=policy.liquidity_baseline,
         feature_lookback=policy.feature_lookback,
         min_history=policy.min_history,
-        stale_bars=policy.stale_days,
+        stale_bars=max(1, round(policy.stale_days * sleeve.periods_per_year / 365)),
         stall_bars=policy.stall_bars,
         cluster_lookbacks=policy.cluster_lookbacks,
         cluster_threshold=policy.cluster_threshold,

@@ -142,8 +142,16 @@ def emit(
     metadata: Mapping[str, object],
     evaluations: Sequence[Evaluation],
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Yield the asset's value, then its check results; stop the run if an ERROR check failed."""
-    yield dg.Output(value, metadata=dict(metadata))
+    """Yield the asset's value and its check results; stop the run if an ERROR check failed.
+
+    A value that breaks an ERROR contract is not stored: the lake only ever holds values that
+    passed, so neither a trader nor a later run (previous weights, the incumbent champion) can
+    pick up a rejected one. The failed check, with its table of violations, is still recorded
+    for the partition. Assets using this declare ``output_required=False``.
+    """
+    blocking = [e.failures for e in evaluations if e.blocks]
+    if not blocking:
+        yield dg.Output(value, metadata=dict(metadata))
     for evaluation in evaluations:
         yield result(
             evaluation.name,
@@ -151,6 +159,5 @@ def emit(
             severity=evaluation.severity,
             metadata=evaluation.metadata,
         )
-    blocking = [e.failures for e in evaluations if e.blocks]
     if blocking:
         raise blocking_failure(asset, partition, pd.concat(blocking, ignore_index=True))

@@ -157,14 +157,14 @@ def test_each_winner_is_within_bounds_and_its_stage_and_reason_are_in_the_audit(
         assert winners["cluster"].value_counts().max() <= policy.top_n
 
 
-def test_a_toxic_spike_under_policy_fail_materialises_nothing_after_returns(instance, lake_root):
+def test_a_toxic_spike_under_policy_fail_stores_nothing_from_returns_on(instance, lake_root):
     resources = resources_for(lake_root, crypto=synthetic_source(faults=[{"kind": "toxic_spike"}]))
     result = materialise(instance, resources, targets=(data.returns, *DOWNSTREAM))
     assert not result.success
-    assert materialised(result) == {"returns"}
+    assert materialised(result) == set()
     assert not evaluations(result)[data.RETURNS_CONTRACT].passed
     lake = ParquetLake(root=lake_root)
-    for asset in DOWNSTREAM:
+    for asset in (data.returns, *DOWNSTREAM):
         assert not lake.exists([asset.key.path[-1]], KEY)
 
 

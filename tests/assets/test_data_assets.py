@@ -68,7 +68,8 @@ def test_a_toxic_spike_under_policy_fail_blocks_everything_downstream(instance, 
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     table = evaluation.metadata["first_failures"].value
     assert "toxic_return" in table and "+700%" in table
-    assert "downstream_probe" not in materialised(result)
+    assert materialised(result) == set()
+    assert not ParquetLake(root=lake_root).exists(["returns"], KEY)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.step_failure_data.error.message
     assert f"returns[{KEY}]" in message and "+700%" in message and "policy: fail" in message

@@ -21,7 +21,11 @@ BASELINES: tuple[str, ...] = ("baseline_universe", "baseline_winners")
 
 @dataclass(frozen=True)
 class AlphaSettings:
-    """Parameters of the alpha layer (units: bars of the sleeve's calendar, annualised fractions)."""
+    """Parameters of the alpha layer.
+
+    Units: bars of the sleeve's calendar; volatilities and returns annualised with
+    ``periods_per_year``; ``liquidity_baseline`` in quote currency per day.
+    """
 
     periods_per_year: int
     liquidity_baseline: float
@@ -37,6 +41,8 @@ class AlphaSettings:
 
 @dataclass(frozen=True)
 class Alpha:
+    """Everything the alpha layer decided on one returns window (eligible symbols only)."""
+
     features: pd.DataFrame
     scores: dict[str, pd.DataFrame]  # scorer -> log_mps / rank_ic output
     clusters: pd.Series
@@ -92,7 +98,7 @@ def stalled_in_returns(returns: pd.DataFrame, stall_bars: int) -> list[str]:
 
 
 def eligible(returns: pd.DataFrame, settings: AlphaSettings) -> pd.Index:
-    """Symbols with at least ``min_history`` returns and a return in the last ``stale_bars`` rows."""
+    """Symbols with ``min_history`` returns or more and a return in the last ``stale_bars`` rows."""
     history = returns.notna().sum()
     recent = returns.tail(settings.stale_bars).notna().any()
     return returns.columns[((history >= settings.min_history) & recent).to_numpy()]
@@ -159,12 +165,17 @@ class Tournament:
         return chosen
 
     def alpha_of(self, train: pd.DataFrame) -> Alpha:
-        key = (train.index[0], train.index[-1], train.shape)
+        """The alpha of a training slice, computed once per (dates, symbols) and then shared."""
+        key = (train.index[0], train.index[-1], len(train), tuple(train.columns))
         with self._lock:
             if key in self._memo:
                 return self._memo[key]
-        result = alpha(train, self.dollar_volume.loc[train.index, train.columns], self.settings,
-                       scorers=self.scorers)
+        result = alpha(
+            train,
+            self.dollar_volume.loc[train.index, train.columns],
+            self.settings,
+            scorers=self.scorers,
+        )
         with self._lock:
             self._memo[key] = result
         return result

@@ -64,12 +64,7 @@ def returns_window(
     grid = calendar_grid(
         pd.DatetimeIndex(known["date"].unique()), calendar=calendar, end=end, rows=lookback + 1
     )
-    inside = known[known["date"].isin(grid)]
-    close = inside.pivot(index="date", columns="symbol", values="close").reindex(grid)
-    volume = inside.pivot(index="date", columns="symbol", values="volume").reindex(grid)
-    close.columns.name = volume.columns.name = "symbol"
-
-    last_bar = known.groupby("symbol")["date"].max()
+    close, volume, last_bar = _wide_on_grid(known, grid)
     days_silent = (as_of - last_bar).dt.days
     stale = days_silent[days_silent > stale_days]
     lagging = last_bar[(last_bar < grid[-1]) & ~last_bar.index.isin(stale.index)]
@@ -95,6 +90,44 @@ def returns_window(
     return ReturnsWindow(
         returns=returns[keep], dollar_volume=dollar_volume[keep], excluded=_exclusions(excluded)
     )
+
+
+def _wide_on_grid(
+    known: pd.DataFrame, grid: pd.DatetimeIndex
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Close and volume (grid × symbols with a bar on the grid, sorted), and every symbol's last
+    bar date (Series indexed by the sorted symbols of ``known``).
+
+    Equivalent to pivoting the rows dated on the grid and reindexing to it, without pandas'
+    reshape machinery: symbols are factorised once and the values scattered into place. A
+    repeated (symbol, date) raises ``ValueError`` as a pivot would.
+    """
+    codes, names = pd.factorize(known["symbol"].to_numpy(), sort=True)
+    dates = known["date"].to_numpy(dtype="datetime64[ns]")
+    last = np.full(len(names), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, codes, dates.view(np.int64))
+    last_bar = pd.Series(last.view("datetime64[ns]"), index=pd.Index(names, name="symbol"))
+    last_bar.name = "date"
+
+    rows = grid.get_indexer(dates)
+    on_grid = rows >= 0
+    rows, codes = rows[on_grid], codes[on_grid]
+    present = np.zeros(len(names), dtype=bool)
+    present[codes] = True
+    columns = np.cumsum(present) - 1
+    flat = rows * present.sum() + columns[codes]
+    if len(flat) and np.bincount(flat).max() > 1:
+        raise ValueError("Index contains duplicate entries, cannot reshape")
+    symbols = pd.Index(names[present], name="symbol")
+
+    def wide(values: np.ndarray) -> pd.DataFrame:
+        out = np.full((len(grid), len(symbols)), np.nan)
+        out[rows, columns[codes]] = values[on_grid]
+        return pd.DataFrame(out, index=grid, columns=symbols)
+
+    close = wide(known["close"].to_numpy(dtype=np.float64))
+    volume = wide(known["volume"].to_numpy(dtype=np.float64))
+    return close, volume, last_bar
 
 
 def _exclusions(rows: list[tuple]) -> pd.DataFrame:

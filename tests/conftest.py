@@ -45,7 +45,10 @@ def resources_for(lake_root: str, **sources):
 
 @pytest.fixture
 def sleeve_policy(monkeypatch):
-    """Change a catalog sleeve for one test: ``sleeve_policy("crypto", toxic_policy="quarantine")``."""
+    """Change a catalog sleeve for one test.
+
+    ``sleeve_policy("crypto", toxic_policy="quarantine", policy={"min_winners": 5})``
+    """
     from tvq_assets.partitions import catalog
 
     def change(name: str, *, policy: dict | None = None, **fields):

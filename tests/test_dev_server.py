@@ -1,4 +1,4 @@
-"""`make dev`'s server: the real webserver serves the asset graph with its partition-scoped checks."""
+"""`make dev`'s server serves the asset graph with its partition-scoped checks."""
 
 import json
 import os
@@ -40,8 +40,16 @@ def test_the_dev_server_serves_every_asset_with_its_checks(tmp_path):
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
     port = _free_port()
     server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-         "-p", str(port)],
+        [
+            str(ROOT / ".venv/bin/dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         cwd=ROOT,
         env={**os.environ, "DAGSTER_HOME": str(home)},
         stdout=subprocess.DEVNULL,
@@ -58,12 +66,21 @@ def test_the_dev_server_serves_every_asset_with_its_checks(tmp_path):
                 time.sleep(2)
         assert nodes is not None, "the server did not answer within 3 minutes"
         checks = {
-            "/".join(n["assetKey"]["path"]): {c["name"]: c["blocking"]
-                                              for c in n["assetChecksOrError"]["checks"]}
+            "/".join(n["assetKey"]["path"]): {
+                c["name"]: c["blocking"] for c in n["assetChecksOrError"]["checks"]
+            }
             for n in nodes
         }
-        assert set(checks) == {"bars", "returns", "features", "inference", "clusters",
-                               "selection", "weights", "backtest"}
+        assert set(checks) == {
+            "bars",
+            "returns",
+            "features",
+            "inference",
+            "clusters",
+            "selection",
+            "weights",
+            "backtest",
+        }
         assert all(n["isPartitioned"] for n in nodes)
         assert checks["returns"] == {"returns_contract": True}
         assert checks["selection"] == {"selection_contract": True, "winner_count": False}

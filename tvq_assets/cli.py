@@ -95,15 +95,20 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
         shown = bundle["metrics"].loc[
             [verdict["champion"], "baseline_universe", "baseline_winners"]
         ]
+        if not verdict["incumbent"]:
+            standing = "first verdict"
+        elif verdict["replaced"]:
+            standing = f"replaces {verdict['incumbent']}"
+        else:
+            standing = "incumbent kept"
         print(
-            f"   champion: {verdict['champion']} "
-            f"({'replaces ' + verdict['incumbent'] if verdict['replaced'] and verdict['incumbent'] else 'kept' if verdict['incumbent'] else 'first verdict'}; "
-            f"challenger {verdict['challenger']})"
+            f"   champion: {verdict['champion']} ({standing}; "
+            f"best out-of-sample: {verdict['challenger']})"
         )
         for policy, row in shown.iterrows():
             print(
-                f"     {policy:<28} sharpe {row['sharpe']:6.2f}  max drawdown {row['max_drawdown']:7.1%}"
-                f"  CAGR {row['cagr']:7.1%}"
+                f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
+                f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
         weights = bundle["champion_weights"]["weight"].sort_values(ascending=False)
         print(

@@ -52,7 +52,7 @@ def _date_range(dates: pd.Index) -> str:
     output_required=False,
 )
 def bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake):
-    """Daily OHLCV of every symbol in the sleeve (UTC dates), refreshed incrementally from its source."""
+    """Daily OHLCV of every symbol in the sleeve (UTC dates), refreshed incrementally."""
     started = time.perf_counter()
     sleeve_entry = sleeve_of(context)
     policy = sleeve_entry.policy

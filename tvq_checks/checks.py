@@ -99,7 +99,7 @@ def markdown(table: pd.DataFrame) -> str:
 def blocking_failure(
     asset: str, partition: str, failures: pd.DataFrame, *, suffix: str = ""
 ) -> dg.Failure:
-    """The run-stopping error of a failed blocking check: asset, partition, symbol, date, value, rule."""
+    """The run-stopping error of a failed blocking check, naming asset, partition and rows."""
     lines = [f"{asset}[{partition}]: {message}{suffix}" for message in failures["message"].head(5)]
     more = len(failures) - len(lines)
     if more > 0:

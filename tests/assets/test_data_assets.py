@@ -1,4 +1,4 @@
-"""The data layer through Dagster: bars and returns materialised per partition, with their checks."""
+"""The data layer through Dagster: bars and returns materialised per partition, with checks."""
 
 import dagster as dg
 import pandas as pd
@@ -167,7 +167,9 @@ def test_a_csv_sleeve_loads_good_files_and_reports_the_broken_one(instance, lake
     for symbol, rows in market.groupby("symbol"):
         layout = rows.drop(columns="symbol").rename(columns={"date": "Date", "volume": "Volume"})
         layout.to_csv(folder / f"{symbol}.csv", index=False)
-    (folder / "BROKEN.csv").write_text("Date,Open,High,Low,Close,Volume\n2026-01-01,1,2,0.5,oops,10\n")
+    (folder / "BROKEN.csv").write_text(
+        "Date,Open,High,Low,Close,Volume\n2026-01-01,1,2,0.5,oops,10\n"
+    )
     resources = resources_for(lake_root, crypto=SourceConfig(kind="csv", path=str(folder)))
     result = dg.materialize(
         [data.bars], partition_key="crypto", resources=resources, instance=instance

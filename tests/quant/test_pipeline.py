@@ -17,7 +17,11 @@ MIN_ADJUSTED_RAND = 0.9
 def window(*, symbols: int = 60, faults=(), end: str = "2026-06-30"):
     bars = generate_market(seed=7, n_symbols=symbols, end=end, faults=faults)
     return returns_window(
-        bars, as_of=pd.Timestamp(end), lookback=500, calendar="crypto", stale_days=5,
+        bars,
+        as_of=pd.Timestamp(end),
+        lookback=500,
+        calendar="crypto",
+        stale_days=5,
         min_history=90,
     )
 
@@ -47,23 +51,20 @@ def test_alpha_selects_within_bounds_and_never_a_stalled_symbol():
 
 
 def test_a_policy_sees_only_its_training_slice(market):
-    tournament = pipeline.Tournament(
-        market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25)
-    )
+    tournament = pipeline.Tournament(market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25))
     train = market.returns.iloc[:300]
     before = tournament.policies()["log_mps/min_variance"](train)
     changed = market.returns.copy()
     changed.iloc[300:] = changed.iloc[300:] * -3.0
-    fresh = pipeline.Tournament(changed.abs() * 0 + market.dollar_volume, SETTINGS,
-                                optimise.Constraints(cap=0.25))
+    fresh = pipeline.Tournament(
+        changed.abs() * 0 + market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25)
+    )
     after = fresh.policies()["log_mps/min_variance"](changed.iloc[:300])
     pd.testing.assert_series_equal(before, after)
 
 
 def test_every_profile_of_a_scorer_allocates_the_same_winners(market):
-    tournament = pipeline.Tournament(
-        market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25)
-    )
+    tournament = pipeline.Tournament(market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25))
     train = market.returns.iloc[-252:]
     policies = tournament.policies()
     held = {name: set(policies[name](train).index) for name in tournament.candidates}

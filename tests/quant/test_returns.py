@@ -291,7 +291,11 @@ def test_a_symbol_without_a_bar_on_the_last_day_is_excluded_not_left_with_a_trai
     lagging = bars.loc[bars["date"] == "2026-06-30", "symbol"].iloc[0]
     bars = bars[~((bars["symbol"] == lagging) & (bars["date"] > "2026-06-28"))]
     window = returns_window(
-        bars, as_of=pd.Timestamp("2026-06-30"), lookback=200, calendar="crypto", stale_days=5,
+        bars,
+        as_of=pd.Timestamp("2026-06-30"),
+        lookback=200,
+        calendar="crypto",
+        stale_days=5,
         min_history=90,
     )
     assert lagging not in window.returns.columns

@@ -12,7 +12,7 @@ BAR_COLUMNS = ("symbol", "date", "open", "high", "low", "close", "volume")
 class Refresh:
     bars: pd.DataFrame  # stored rows plus the new ones, sorted by (symbol, date)
     added: int  # rows that were not stored before
-    revised: int  # incoming rows that differ from the stored row of the same (symbol, date): kept as stored
+    revised: int  # incoming rows that differ from the stored (symbol, date) row: stored kept
     new_symbols: tuple[str, ...]
     added_rows: np.ndarray  # boolean mask over ``bars``: the rows this refresh added
 

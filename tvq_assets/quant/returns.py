@@ -74,17 +74,32 @@ def returns_window(
     dropped = stale.index.union(lagging.index)
     short = history[(history < min_history) & ~history.index.isin(dropped)]
 
-    excluded = [
-        (symbol, "stale_or_delisted", last_bar[symbol], float(days), f"no bar for {days} days")
-        for symbol, days in stale.items()
-    ] + [
-        (symbol, "no_bar_on_last_day", date, float((grid[-1] - date).days),
-         f"last bar {date:%Y-%m-%d}, window ends {grid[-1]:%Y-%m-%d}")
-        for symbol, date in lagging.items()
-    ] + [
-        (symbol, "min_history", returns.index[-1], float(count), f"{count} < {min_history} bars")
-        for symbol, count in short.items()
-    ]
+    excluded = (
+        [
+            (symbol, "stale_or_delisted", last_bar[symbol], float(days), f"no bar for {days} days")
+            for symbol, days in stale.items()
+        ]
+        + [
+            (
+                symbol,
+                "no_bar_on_last_day",
+                date,
+                float((grid[-1] - date).days),
+                f"last bar {date:%Y-%m-%d}, window ends {grid[-1]:%Y-%m-%d}",
+            )
+            for symbol, date in lagging.items()
+        ]
+        + [
+            (
+                symbol,
+                "min_history",
+                returns.index[-1],
+                float(count),
+                f"{count} < {min_history} bars",
+            )
+            for symbol, count in short.items()
+        ]
+    )
     keep = returns.columns.difference(dropped.union(short.index), sort=False)
     keep = keep.sort_values()
     return ReturnsWindow(

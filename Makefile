@@ -50,9 +50,13 @@ check: $(STAMP)
 bench: $(STAMP)
 	cd $(ROOT) && $(PY) -m tests.bench
 
+## flow-production: the production flow now (bars, then the newest run; a process per step)
+flow-production: $(STAMP)
+	cd $(ROOT) && PATH=$(VENV)/bin:$$PATH $(PY) -m tvq_assets.cli production
+
 ## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: queue one run per as-of date (needs `make dev`)
 backfill: $(STAMP)
-	$(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
+	cd $(ROOT) && PATH=$(VENV)/bin:$$PATH $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
 
 clean:
 	find $(DAGSTER_HOME) -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

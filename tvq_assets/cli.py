@@ -2,17 +2,24 @@
 
 ``tvq demo`` refreshes every sleeve's bars and materialises the newest run partition of every sleeve
 through the real jobs of the code location (the runs appear in ``dagster dev``), then prints a short
-summary per sleeve. ``tvq backfill`` submits a range of run partitions of one sleeve to Dagster's
+summary per sleeve. ``tvq production`` does the same as production does, a process per step.
+``tvq backfill`` submits a range of run partitions of one sleeve to Dagster's
 backfill machinery (the daemon of ``make dev`` executes them).
 """
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
 
 import dagster as dg
 import pandas as pd
+
+
+# The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _checks_line(result: dg.ExecuteInProcessResult) -> tuple[str, list[str]]:
@@ -39,13 +46,13 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
         print(f"\n== {name}  (run partition {key})")
         results = [
             defs.resolve_job_def("refresh_bars").execute_in_process(
-                partition_key=name, instance=instance, raise_on_error=False
+                partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
             )
         ]
         if results[0].success:
             results.append(
                 defs.resolve_job_def("daily").execute_in_process(
-                    partition_key=key, instance=instance, raise_on_error=False
+                    partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
                 )
             )
         failed_checks: list[str] = []
@@ -117,6 +124,25 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
     print(f"   files:   {lake.root_path}")
 
 
+def production(sleeves: list[str] | None) -> int:
+    """The production flow from the command line: each sleeve's bars, then its newest run, each
+    as a real job run in production mode (a process per step), recorded in ``DAGSTER_HOME``."""
+    from tvq_assets.partitions import catalog, run
+
+    newest = run.get_last_partition_key()
+    environment = {**os.environ, "TV_ORCH_MODE": "production"}
+    base = ["dagster", "job", "execute", "-m", "tvq_assets.definitions"]
+    for name in sleeves or list(catalog.sleeves):
+        for job, partition in (("refresh_bars", name), ("daily", f"{newest}|{name}")):
+            print(f"== {job} [{partition}]", flush=True)
+            tags = json.dumps({"dagster/partition": partition})
+            status = subprocess.call([*base, "-j", job, "--tags", tags], env=environment)
+            if status:
+                print(f"{job} [{partition}] failed; see the run in `make dev`", file=sys.stderr)
+                return status
+    return 0
+
+
 def backfill(sleeve_name: str, start: str, end: str) -> int:
     dates = pd.date_range(start, end, freq="D")
     keys = ",".join(f"{d:%Y-%m-%d}|{sleeve_name}" for d in dates)
@@ -142,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     run_demo = commands.add_parser("demo", help="materialise the newest run of every sleeve")
     run_demo.add_argument("--sleeve", action="append", help="only this sleeve (repeatable)")
     run_demo.add_argument("--as-of", help="run partition date (default: the newest)")
+    run_production = commands.add_parser(
+        "production", help="refresh bars and run the newest partition, in production mode"
+    )
+    run_production.add_argument("--sleeve", action="append", help="only this sleeve (repeatable)")
     run_backfill = commands.add_parser("backfill", help="re-run a date range of one sleeve")
     run_backfill.add_argument("sleeve")
     run_backfill.add_argument("start")
@@ -149,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         return demo(arguments.sleeve, arguments.as_of)
+    if arguments.command == "production":
+        return production(arguments.sleeve)
     return backfill(arguments.sleeve, arguments.start, arguments.end)
 
 

@@ -68,16 +68,19 @@ def feature_probabilities(features: pd.DataFrame) -> pd.DataFrame:
     never rewarded for evidence it cannot show. Columns ``p_<feature>`` for every directional
     feature present in ``features``; index as ``features``.
     """
-    out = {}
-    for name in (*ASCENDING, *DESCENDING):
-        if name not in features.columns:
-            continue
-        values = features[name].astype(np.float64)
+    names = [name for name in (*ASCENDING, *DESCENDING) if name in features.columns]
+    values = features[names].to_numpy(dtype=np.float64, copy=True)
+    for position, name in enumerate(names):
         if name == "skew":
-            values = values.abs()
-        rank = values.rank(method="average", ascending=name in ASCENDING, pct=True)
-        out[f"p_{name}"] = rank.fillna(PROBABILITY_FLOOR).clip(lower=PROBABILITY_FLOOR, upper=1.0)
-    return pd.DataFrame(out, index=features.index, dtype=np.float64)
+            values[:, position] = np.abs(values[:, position])
+        if name in DESCENDING:
+            values[:, position] = -values[:, position]
+    # One ranking call for every feature: negating a descending feature ranks it descending.
+    ranks = pd.DataFrame(values).rank(method="average", pct=True).to_numpy()
+    probabilities = np.clip(np.nan_to_num(ranks, nan=PROBABILITY_FLOOR), PROBABILITY_FLOOR, 1.0)
+    return pd.DataFrame(
+        probabilities, index=features.index, columns=[f"p_{name}" for name in names]
+    )
 
 
 def _normalised(weights: Mapping[str, float]) -> dict[str, float]:

@@ -42,6 +42,7 @@ def _flat(settings: pipeline.AlphaSettings) -> dict:
     output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
+    metadata={"dagster/column_schema": checks.column_schema(alpha_contracts.FEATURES_STRUCTURE)},
     check_specs=_spec(
         "features",
         FEATURES_CONTRACT,
@@ -91,6 +92,7 @@ def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFram
     output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
+    metadata={"dagster/column_schema": checks.column_schema(alpha_contracts.INFERENCE_STRUCTURE)},
     check_specs=_spec(
         "inference",
         INFERENCE_CONTRACT,
@@ -124,6 +126,7 @@ def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns
                 {f"q{int(q * 100)}": round(float(scores.quantile(q)), 4) for q in (0.1, 0.5, 0.9)}
             ),
             "rank_agreement": round(float(scores.corr(table["challenger_score"], "spearman")), 3),
+            "parameters": _parameters(settings),
             "seconds": round(time.perf_counter() - started, 3),
         },
         evaluations=[Evaluation(INFERENCE_CONTRACT, failures)],
@@ -135,6 +138,7 @@ def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns
     output_required=False,
     group_name="alpha",
     kinds={"pandas", "parquet"},
+    metadata={"dagster/column_schema": checks.column_schema(alpha_contracts.CLUSTERS_STRUCTURE)},
     check_specs=_spec(
         "clusters",
         CLUSTERS_CONTRACT,
@@ -158,6 +162,7 @@ def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns:
         metadata={
             "clusters": int(labels.nunique()),
             "sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
+            "parameters": _parameters(settings),
             "seconds": round(time.perf_counter() - started, 3),
         },
         evaluations=[Evaluation(CLUSTERS_CONTRACT, failures)],

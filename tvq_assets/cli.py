@@ -17,7 +17,6 @@ import time
 import dagster as dg
 import pandas as pd
 
-
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -118,9 +117,10 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
                 f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
         weights = bundle["champion_weights"]["weight"].sort_values(ascending=False)
-        print(
-            "   champion weights: " + ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0)
-        )
+        held = ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0)
+        # The champion runs its own scorer on the latest training window, so its holdings may
+        # include symbols outside `selection` (which is the Log-MPS choice on the full window).
+        print(f"   champion's portfolio today: {held}")
     print(f"   files:   {lake.root_path}")
 
 

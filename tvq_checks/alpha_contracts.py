@@ -170,3 +170,52 @@ def winner_count_violations(
         [(None, pd.Timestamp(as_of), float(count), "winner_count_within_bounds", message)],
         columns=["symbol", "date", "value", "rule", "message"],
     )
+
+
+def _described(name: str, description: str, columns: Mapping[str, tuple[object, str]]):
+    return pa.DataFrameSchema(
+        {column: pa.Column(dtype, description=text) for column, (dtype, text) in columns.items()},
+        index=pa.Index(str, name="symbol"),
+        name=name,
+        description=description,
+    )
+
+
+# The shapes of the alpha tables, shown as each asset's columns in the UI.
+FEATURES_STRUCTURE = _described(
+    "features",
+    "One row per eligible symbol; feature window = the last `feature_lookback` bars.",
+    {
+        "momentum": (float, "mean simple return × periods per year"),
+        "volatility": (float, "std (ddof=1) × √periods per year"),
+        "stability": (float, "1 / volatility"),
+        "entropy": (float, "permutation entropy, order 5, normalised to [0, 1]"),
+        "efficiency": (float, "Kaufman efficiency |Σr| / Σ|r|, [0, 1]"),
+        "hurst": (float, "rescaled-range Hurst exponent (Anis-Lloyd corrected)"),
+        "hurst_clean": (float, "1 − 2|H − 0.5|"),
+        "skew": (float, "bias-corrected sample skew"),
+        "kurtosis": (float, "bias-corrected excess kurtosis"),
+        "cvar_95": (float, "historical CVaR 95% as a daily return (negative = loss)"),
+        "dollar_volume": (float, "median daily close × volume"),
+        "liquidity": (float, "min(1, dollar_volume / sleeve baseline)"),
+        "history": (float, "returns observed in the whole window"),
+        "survival": (float, "1 / (1 + (252 / history)²)"),
+        "stalled": (bool, "last closes identical at the as-of date"),
+        "volume_spike": (bool, "last volume z-score above the spike threshold"),
+    },
+)
+INFERENCE_STRUCTURE = _described(
+    "inference",
+    "Conviction per symbol: Log-MPS score, its per-feature probabilities, the challenger.",
+    {
+        "score": (float, "Log-MPS exp(Σ w·log p), in (0, 1]"),
+        "model": (str, "log_mps"),
+        "challenger_score": (float, "rank-IC-weighted score fitted inside the window, (0, 1]"),
+        "challenger_model": (str, "rank_ic"),
+    },
+)
+CLUSTERS_STRUCTURE = _described(
+    "clusters",
+    "Ward cluster of each eligible symbol on multi-lookback correlation distance.",
+    {"cluster": (int, "cluster id, 1 = largest")},
+)

@@ -5,6 +5,13 @@ import os
 
 import dagster as dg
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples every run (a red build must be reproducible); locally each run
+# explores new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # The lake and instance of a test never touch the developer's dagster_home.
 os.environ.pop("TVQ_LAKE", None)

@@ -127,7 +127,7 @@ def prepare_bars(
         std = before.std(axis=1, ddof=1)
         excess = last - before.mean(axis=1)
         z = np.where(std > 0, excess / std, np.where(excess > 0, np.inf, 0.0))
-    z[np.isnan(before).any(axis=1)] = np.nan
+    z[np.isnan(before).any(axis=1) | np.isnan(last)] = np.nan
     volume_z = np.full(len(frame), np.nan)
     volume_z[ends] = z
     frame["volume_z"] = volume_z

@@ -75,7 +75,7 @@ def volume_spikes(
     ends = last_rows(symbols)
     history = trailing(known["volume"].to_numpy(), symbols, ends, window + 1)
     before, last = history[:, :-1], history[:, -1]
-    complete = ~np.isnan(before).any(axis=1)
+    complete = ~np.isnan(before).any(axis=1) & ~np.isnan(last)  # a missing volume is no spike
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = before.mean(axis=1)
         std = before.std(axis=1, ddof=1)

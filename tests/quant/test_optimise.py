@@ -499,3 +499,15 @@ def test_hrp_rejects_a_non_finite_covariance_naming_the_asset():
     covariance[1, 1] = np.nan
     with pytest.raises(ValueError, match="B"):
         hrp_weights(covariance, labels=["A", "B", "C"])
+
+
+def test_max_sharpe_falls_back_to_min_variance_when_cluster_caps_leave_no_positive_return():
+    # Found by the cap property: both assets with positive drift sit in one cluster capped at
+    # 1/3; the asset caps alone would allow +3%, the cluster cap leaves only negative portfolios.
+    returns = market(6, 120, seed=11)
+    expected = pd.Series([0.03, 0.03, -0.02, -0.02, -0.02, -0.02], index=returns.columns)
+    clusters = pd.Series([1, 1, 2, 2, 3, 3], index=returns.columns)
+    constraints = Constraints(cap=0.5, clusters=clusters, cluster_cap=1 / 3)
+    allocation = allocate("max_sharpe", returns, constraints=constraints, expected_returns=expected)
+    assert allocation.fallback == "min_variance"
+    assert_valid(allocation, cap=0.5, clusters=clusters, cluster_cap=1 / 3)

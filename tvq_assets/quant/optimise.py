@@ -23,6 +23,7 @@ import cvxpy as cp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sparse
+from scipy import optimize
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
@@ -468,7 +469,7 @@ def _allocate(
         elif profile == "risk_parity":
             solved = _risk_parity(universe, solvers, attempts)
         else:
-            if _best_capped_return(mu, universe.cap) <= 0:
+            if _best_capped_return(mu, universe) <= 0:
                 notes.append(
                     "no capped portfolio has a positive expected return: min_variance used"
                 )
@@ -512,11 +513,29 @@ def _expected(universe: _Universe, expected_returns: pd.Series | None) -> np.nda
     return aligned.to_numpy(dtype=float)
 
 
-def _best_capped_return(mu: np.ndarray, cap: float) -> float:
-    """Largest μ'w over the capped simplex, ignoring cluster caps: best assets filled to the cap."""
-    ranked = np.sort(mu)[::-1]
-    fill = np.clip(1.0 - cap * np.arange(ranked.size), 0.0, cap)
-    return float(ranked @ fill)
+def _best_capped_return(mu: np.ndarray, universe: _Universe) -> float:
+    """Largest μ'w over the long-only, fully invested portfolios within the asset and cluster caps.
+
+    Without cluster caps the best assets are filled to the cap; with them it is a small linear
+    programme (HiGHS), so a cluster cap that rules out every positive-return portfolio is seen
+    here and max_sharpe falls back to min_variance instead of failing as infeasible.
+    """
+    if universe.groups is None:
+        ranked = np.sort(mu)[::-1]
+        fill = np.clip(1.0 - universe.cap * np.arange(ranked.size), 0.0, universe.cap)
+        return float(ranked @ fill)
+    labels = np.unique(universe.groups)
+    membership = (universe.groups[None, :] == labels[:, None]).astype(float)
+    solution = optimize.linprog(
+        -mu,
+        A_ub=membership,
+        b_ub=np.full(labels.size, universe.cluster_cap),
+        A_eq=np.ones((1, mu.size)),
+        b_eq=[1.0],
+        bounds=(0.0, universe.cap),
+        method="highs",
+    )
+    return float(-solution.fun) if solution.status == 0 else -math.inf
 
 
 def _hrp(universe: _Universe) -> np.ndarray:

@@ -13,9 +13,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+
+# Queued runs must name the code location as the workspace (and so the daemon) knows it.
+WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -150,8 +154,8 @@ def backfill(sleeve_name: str, start: str, end: str) -> int:
         "dagster",
         "job",
         "backfill",
-        "-m",
-        "tvq_assets.definitions",
+        "-w",
+        str(WORKSPACE),
         "-j",
         "daily",
         "--partitions",

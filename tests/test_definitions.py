@@ -1,6 +1,7 @@
 """The code location: it loads, has the documented graph, and respects the dependency rule."""
 
 import ast
+import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -108,3 +109,14 @@ def test_an_unknown_orchestration_mode_is_refused_with_the_choices(monkeypatch):
     monkeypatch.setenv("TV_ORCH_MODE", "cluster")
     with pytest.raises(ValueError, match="'local' or 'production'"):
         executor()
+
+
+def test_the_daily_schedule_refreshes_the_bars_of_every_sleeve():
+    from tvq_assets.jobs import daily_schedule
+
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime.datetime(2026, 11, 27, 0, 15)
+    )
+    requests = list(daily_schedule(context))
+    assert [r.partition_key for r in requests] == list(catalog.sleeves)
+    assert len({r.run_key for r in requests}) == len(requests)

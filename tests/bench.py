@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.catalog import CALENDAR_DEFAULTS, CALENDARS, Policy, Sleeve
-from tvq_assets.quant import backtest, clusters, metrics, optimise, pipeline, quality
+from tvq_assets.quant import clusters, optimise, pipeline, quality
 from tvq_assets.quant import returns as returns_engine
 from tvq_assets.quant.selection import select
 from tvq_assets.settings import alpha_settings
@@ -40,6 +40,7 @@ OPTIMISER_CLUSTER_CAP = 0.08
 # 2.5e-5; 1e-7 per unit of turnover cuts the rebalance by a third without freezing the book.
 OPTIMISER_TURNOVER_PENALTY = 1e-7
 OPTIMISER_SHIFT_BARS = 10
+BACKTEST = "backtest (+ metrics, verdict)"
 
 
 @dataclass(frozen=True)
@@ -166,45 +167,29 @@ def bench_sleeve(
 
     allocations = stage("weights (5 profiles)", weights_asset)
 
-    def walk_forward() -> tuple[pipeline.Tournament, backtest.BacktestResult]:
-        tournament = pipeline.Tournament(
+    def walk_forward() -> pipeline.TournamentOutcome:
+        return pipeline.tournament(
+            returns,
             volume,
             settings,
             optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
-        )
-        result = backtest.run(
-            returns,
-            tournament.policies(),
             train=policy.train,
             test=policy.test,
             step=policy.step,
             cost_rate=policy.cost_rate,
+            incumbent=None,
         )
-        return tournament, result
 
     if profile and n_symbols >= 1000:
         profiler = cProfile.Profile()
         profiler.enable()
-    tournament, result = stage("backtest (walk-forward)", walk_forward, once=True)
+    outcome = stage(BACKTEST, walk_forward, once=True)
+    result = outcome.result
     if profile and n_symbols >= 1000:
         profiler.disable()
         print(f"\ncProfile of the {n_symbols}-symbol backtest (cumulative, top 30):")
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
 
-    def verdict_and_champion() -> pd.Series:
-        table = metrics.metrics_table(
-            result.returns, periods_per_year=sleeve.periods_per_year, turnover=result.turnover
-        )
-        verdict = backtest.champion_verdict(
-            table,
-            result.returns,
-            incumbent=None,
-            periods_per_year=sleeve.periods_per_year,
-            candidates=tournament.candidates,
-        )
-        return tournament.policies()[verdict.champion](returns.tail(policy.train))
-
-    stage("backtest metrics + verdict", verdict_and_champion, once=True)
     facts = {
         "rows": len(bars),
         "universe": returns.shape[1],
@@ -309,7 +294,7 @@ def main() -> None:
     for size in arguments.sizes:
         times = results[size][0]
         layer = sum(t.seconds for n, t in times.items() if n.startswith(alpha))
-        synthesis = times["weights (5 profiles)"].seconds + times["backtest (walk-forward)"].seconds
+        synthesis = times["weights (5 profiles)"].seconds + times[BACKTEST].seconds
         print(
             f"{size} symbols: alpha layer {layer:.2f} s, weights + backtest {synthesis:.2f} s; "
             f"{results[size][1]}"

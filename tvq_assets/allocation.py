@@ -10,11 +10,11 @@ import pandas as pd
 
 from tvq_assets.partitions import sleeve_and_date, sleeve_run
 from tvq_assets.quant import backtest as walk_forward
-from tvq_assets.quant import metrics, optimise, pipeline
+from tvq_assets.quant import optimise, pipeline
 from tvq_assets.settings import alpha_settings
 from tvq_checks import allocation_contracts, checks
 from tvq_checks.checks import Evaluation
-from tvq_resources.lake import ParquetLake
+from tvq_resources.lake import ParquetLake, write_file
 
 WEIGHTS_CONTRACT = "weights_contract"
 SOLVER_STATUS = "solver_status"
@@ -166,33 +166,21 @@ def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     policy = sleeve.policy
-    window, volume = returns["returns"], returns["dollar_volume"]
-    tournament = pipeline.Tournament(
-        volume,
+    window = returns["returns"]
+    _, previous = previous_value(lake, "backtest", sleeve.name, as_of)
+    incumbent = str(previous["verdict"]["champion"].iloc[0]) if previous is not None else None
+    outcome = pipeline.tournament(
+        window,
+        returns["dollar_volume"],
         alpha_settings(sleeve),
         optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
-    )
-    result = walk_forward.run(
-        window,
-        tournament.policies(),
         train=policy.train,
         test=policy.test,
         step=policy.step,
         cost_rate=policy.cost_rate,
-    )
-    table = metrics.metrics_table(
-        result.returns, periods_per_year=sleeve.periods_per_year, turnover=result.turnover
-    )
-    _, previous = previous_value(lake, "backtest", sleeve.name, as_of)
-    incumbent = str(previous["verdict"]["champion"].iloc[0]) if previous is not None else None
-    verdict = walk_forward.champion_verdict(
-        table,
-        result.returns,
         incumbent=incumbent,
-        periods_per_year=sleeve.periods_per_year,
-        candidates=tournament.candidates,
     )
-    current = tournament.policies()[verdict.champion](window.tail(policy.train))
+    result, table, verdict = outcome.result, outcome.metrics, outcome.verdict
     verdict_table = pd.DataFrame(
         [
             {
@@ -212,8 +200,7 @@ def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake
         title=f"{sleeve.name} walk-forward to {as_of:%Y-%m-%d}",
     )
     plot_path = lake.location(["backtest"], context.partition_key).with_suffix(".png")
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    plot_path.write_bytes(png)
+    write_file(png, plot_path)
     incomplete = _incomplete(result, table, as_of)
     shown = table.loc[[verdict.champion, *pipeline.BASELINES]]
     yield from checks.emit(
@@ -224,7 +211,9 @@ def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake
             "turnover": result.turnover,
             "metrics": table,
             "verdict": verdict_table,
-            "champion_weights": current.rename("weight").rename_axis("symbol").to_frame(),
+            "champion_weights": outcome.champion_weights.rename("weight")
+            .rename_axis("symbol")
+            .to_frame(),
         },
         metadata={
             "champion": verdict.champion,

@@ -7,6 +7,7 @@ and moved into place with ``os.replace``; a bundle's manifest, replaced last, na
 set of tables, so a crash mid-bundle leaves the previous bundle readable.
 """
 
+import io
 import json
 import os
 import shutil
@@ -21,19 +22,26 @@ import pandas as pd
 MANIFEST = "manifest.json"
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write one DataFrame to ``path`` atomically (temporary file, fsync, rename)."""
+def write_file(data: bytes, path: Path) -> None:
+    """Write bytes to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            frame.to_parquet(stream, index=True)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write one DataFrame to ``path`` atomically."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=True)
+    write_file(buffer.getvalue(), path)
 
 
 def write_bundle(tables: Mapping[str, pd.DataFrame], folder: Path) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tvq_assets.quant import clusters, features, inference, optimise
+from tvq_assets.quant import backtest, clusters, features, inference, metrics, optimise
 from tvq_assets.quant.selection import Selection, SelectionPolicy, select
 
 SCORERS: tuple[str, ...] = ("log_mps", "rank_ic")
@@ -203,3 +203,54 @@ class Tournament:
     def _equal_winners(self, train: pd.DataFrame) -> pd.Series:
         chosen = self.alpha_of(train).selections[self.scorers[0]].winners.index
         return pd.Series(np.full(len(chosen), 1.0 / max(len(chosen), 1)), index=chosen)
+
+
+@dataclass(frozen=True)
+class TournamentOutcome:
+    """The walk-forward tournament of one run: returns, metrics, verdict, champion's weights now."""
+
+    result: backtest.BacktestResult
+    metrics: pd.DataFrame
+    verdict: backtest.Verdict
+    champion_weights: pd.Series  # the champion's policy applied to the latest training window
+
+
+def tournament(
+    returns: pd.DataFrame,
+    dollar_volume: pd.DataFrame,
+    settings: AlphaSettings,
+    constraints: optimise.Constraints,
+    *,
+    train: int,
+    test: int,
+    step: int,
+    cost_rate: float,
+    incumbent: str | None,
+    map_tasks: backtest.TaskMap | None = None,
+) -> TournamentOutcome:
+    """Every scorer × profile and the baselines, walk-forward over ``returns``; the best candidate
+    challenges ``incumbent`` by the rule of ``backtest.champion_verdict``. Metrics use
+    ``settings.periods_per_year``; ``cost_rate`` is per unit of one-sided turnover."""
+    contest = Tournament(dollar_volume, settings, constraints)
+    policies = contest.policies()
+    result = backtest.run(
+        returns,
+        policies,
+        train=train,
+        test=test,
+        step=step,
+        cost_rate=cost_rate,
+        map_tasks=map_tasks,
+    )
+    table = metrics.metrics_table(
+        result.returns, periods_per_year=settings.periods_per_year, turnover=result.turnover
+    )
+    verdict = backtest.champion_verdict(
+        table,
+        result.returns,
+        incumbent=incumbent,
+        periods_per_year=settings.periods_per_year,
+        candidates=contest.candidates,
+    )
+    current = policies[verdict.champion](returns.tail(train))
+    return TournamentOutcome(result, table, verdict, current)

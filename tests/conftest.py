@@ -65,3 +65,19 @@ def sleeve_policy(monkeypatch):
         monkeypatch.setitem(catalog.sleeves, name, dataclasses.replace(sleeve, **fields))
 
     return change
+
+
+def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    """Check evaluations of a run, by check name."""
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def materialised(result: dg.ExecuteInProcessResult) -> set[str]:
+    """Assets a run stored."""
+    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    """The metadata values of the one materialisation of ``asset`` in a run."""
+    [event] = result.asset_materializations_for_node(asset)
+    return {name: value.value for name, value in event.metadata.items()}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from tests.conftest import AS_OF, resources_for, synthetic_source
+from tests.conftest import AS_OF, evaluations, metadata, resources_for, synthetic_source
 from tvq_assets import allocation, alpha, data
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import optimise, pipeline
@@ -42,15 +42,6 @@ def run(instance, resources, targets, *, partition=KEY) -> dg.ExecuteInProcessRe
         instance=instance,
         raise_on_error=False,
     )
-
-
-def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
-
-
-def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    [event] = result.asset_materializations_for_node(asset)
-    return {name: value.value for name, value in event.metadata.items()}
 
 
 def one_norm_moves(today: pd.DataFrame, yesterday: pd.DataFrame) -> pd.Series:

@@ -5,7 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import AS_OF, resources_for, synthetic_source
+from tests.conftest import (
+    AS_OF,
+    evaluations,
+    materialised,
+    metadata,
+    resources_for,
+    synthetic_source,
+)
 from tvq_assets import allocation, alpha, data
 from tvq_assets.partitions import catalog
 from tvq_assets.quant.features import FEATURE_COLUMNS
@@ -42,19 +49,6 @@ def materialise(instance, resources, *, partition=KEY, targets=(data.returns, *A
         instance=instance,
         raise_on_error=False,
     )
-
-
-def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
-
-
-def materialised(result: dg.ExecuteInProcessResult) -> set[str]:
-    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-
-
-def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    [event] = result.asset_materializations_for_node(asset)
-    return {name: value.value for name, value in event.metadata.items()}
 
 
 def stalled_in_bars(bars: pd.DataFrame, as_of: str, stall_bars: int = 3) -> set[str]:

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from tests.conftest import AS_OF, resources_for, synthetic_source
+from tests.conftest import AS_OF, materialised, resources_for, synthetic_source
 from tvq_assets import data
 from tvq_resources.lake import ParquetLake
 
@@ -42,10 +42,6 @@ def materialise(instance, resources, *, partition=KEY, assets=None):
 def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
     [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
     return evaluation
-
-
-def materialised(result: dg.ExecuteInProcessResult) -> set[str]:
-    return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
 
 
 def test_a_clean_synthetic_sleeve_passes_every_check(instance, lake_root):

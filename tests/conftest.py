@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import signal
+import subprocess
 
 import dagster as dg
 import pytest
@@ -17,6 +19,25 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 os.environ.pop("TVQ_LAKE", None)
 
 AS_OF = "2026-06-30"
+ASSETS = (
+    "bars",
+    "returns",
+    "features",
+    "inference",
+    "clusters",
+    "selection",
+    "weights",
+    "backtest",
+)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGINT, then SIGKILL after 30 s."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

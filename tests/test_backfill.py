@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+
+from tests.conftest import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
@@ -56,11 +57,7 @@ def test_a_cli_backfill_of_two_dates_runs_to_success_under_the_daemon(tmp_path, 
                 time.sleep(3)
             statuses = {r.tags["dagster/partition"]: r.status for r in runs}
     finally:
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop(daemon)
     assert statuses == {
         "2026-06-28|tradfi": dg.DagsterRunStatus.SUCCESS,
         "2026-06-29|tradfi": dg.DagsterRunStatus.SUCCESS,

@@ -7,20 +7,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tests.conftest import ASSETS
 from tvq_assets.definitions import defs
 from tvq_assets.partitions import catalog, sleeve, sleeve_run
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = (
-    "bars",
-    "returns",
-    "features",
-    "inference",
-    "clusters",
-    "selection",
-    "weights",
-    "backtest",
-)
 
 
 def test_the_code_location_loads():

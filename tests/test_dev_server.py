@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -11,6 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import ASSETS, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = """{ assetNodes { assetKey { path } isPartitioned
@@ -71,22 +72,9 @@ def test_the_dev_server_serves_every_asset_with_its_checks(tmp_path):
             }
             for n in nodes
         }
-        assert set(checks) == {
-            "bars",
-            "returns",
-            "features",
-            "inference",
-            "clusters",
-            "selection",
-            "weights",
-            "backtest",
-        }
+        assert set(checks) == set(ASSETS)
         assert all(n["isPartitioned"] for n in nodes)
         assert checks["returns"] == {"returns_contract": True}
         assert checks["selection"] == {"selection_contract": True, "winner_count": False}
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop(server)

@@ -33,7 +33,3 @@ def sleeve_and_date(context: dg.AssetExecutionContext) -> tuple[Sleeve, pd.Times
         )
     as_of, sleeve_name = key.split("|")
     return catalog.sleeve(sleeve_name), pd.Timestamp(as_of)
-
-
-def partition_key(sleeve_name: str, as_of: str) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"run": as_of, "sleeve": sleeve_name})

@@ -8,8 +8,6 @@ group-by, no Python loop over symbols). ``as_of`` restricts them to bars dated o
 import numpy as np
 import pandas as pd
 
-FINDING_COLUMNS = ("symbol", "date", "value")
-
 
 def _known(bars: pd.DataFrame, as_of: pd.Timestamp | None) -> pd.DataFrame:
     return bars if as_of is None else bars[bars["date"] <= as_of]

@@ -1,12 +1,16 @@
 """The Parquet lake: every asset value as Parquet files under one root, written atomically.
 
-A value is either one DataFrame (one file) or a bundle, a ``dict[str, DataFrame]`` of named tables
-(a directory holding one file per table plus a manifest). Writes never leave a half file and never
+A value is either one DataFrame (one file) or a bundle of named tables (a directory holding one
+file per table plus a manifest): a ``dict[str, DataFrame]``, or a typed value — a frozen dataclass
+whose fields are DataFrames or Series, rebuilt as that class on read (the manifest names the class;
+only classes of this project's packages are ever imported). Writes never leave a half file and never
 replace a good value with a broken one: a table is written to a temporary file in the same folder
 and moved into place with ``os.replace``; a bundle's manifest, replaced last, names the complete
 set of tables, so a crash mid-bundle leaves the previous bundle readable.
 """
 
+import dataclasses
+import importlib
 import io
 import json
 import os
@@ -20,6 +24,47 @@ import dagster as dg
 import pandas as pd
 
 MANIFEST = "manifest.json"
+TRUSTED_PACKAGES = ("tvq_assets", "tvq_checks", "tvq_resources")
+
+
+def is_typed_value(value: object) -> bool:
+    """A frozen dataclass instance whose every field is a DataFrame or a Series."""
+    return (
+        dataclasses.is_dataclass(value)
+        and not isinstance(value, type)
+        and all(
+            isinstance(getattr(value, f.name), pd.DataFrame | pd.Series)
+            for f in dataclasses.fields(value)
+        )
+    )
+
+
+def _tables_of(value: object) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Named tables of a bundle plus what the manifest needs to rebuild it."""
+    if isinstance(value, Mapping):
+        return dict(value), {}
+    tables, series = {}, []
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if isinstance(item, pd.Series):
+            series.append(f.name)
+            item = item.to_frame(name=item.name if item.name is not None else f.name)
+        tables[f.name] = item
+    kind = type(value)
+    return tables, {"type": f"{kind.__module__}:{kind.__qualname__}", "series": series}
+
+
+def _rebuild(tables: dict[str, pd.DataFrame], manifest: dict, where: Path) -> object:
+    kind = manifest.get("type")
+    if kind is None:
+        return tables
+    module, _, name = kind.partition(":")
+    if module.split(".")[0] not in TRUSTED_PACKAGES:
+        raise ValueError(f"{where}: refusing to rebuild {kind!r}, not a class of this project")
+    cls = getattr(importlib.import_module(module), name)
+    for column in manifest.get("series", []):
+        tables[column] = tables[column].iloc[:, 0]
+    return cls(**tables)
 
 
 def write_file(data: bytes, path: Path) -> None:
@@ -44,7 +89,9 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     write_file(buffer.getvalue(), path)
 
 
-def write_bundle(tables: Mapping[str, pd.DataFrame], folder: Path) -> None:
+def write_bundle(
+    tables: Mapping[str, pd.DataFrame], folder: Path, *, describe: Mapping | None = None
+) -> None:
     """Write named tables as one unit: the manifest is switched only once every table is on disk.
 
     A failure before the switch removes the tables already written for this bundle, so the
@@ -61,7 +108,7 @@ def write_bundle(tables: Mapping[str, pd.DataFrame], folder: Path) -> None:
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
         try:
             with os.fdopen(handle, "w") as stream:
-                json.dump({"tables": files}, stream)
+                json.dump({"tables": files, **(describe or {})}, stream)
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, manifest)
@@ -76,11 +123,14 @@ def write_bundle(tables: Mapping[str, pd.DataFrame], folder: Path) -> None:
         (folder / stale).unlink(missing_ok=True)
 
 
-def read_bundle(folder: Path) -> dict[str, pd.DataFrame]:
-    files = _read_manifest(folder / MANIFEST)
-    if files is None:
+def read_bundle(folder: Path) -> object:
+    """A bundle as written: a dict of tables, or the typed value its manifest names."""
+    path = folder / MANIFEST
+    if not path.exists():
         raise FileNotFoundError(f"no bundle at {folder} (missing {MANIFEST})")
-    return {name: pd.read_parquet(folder / file) for name, file in files.items()}
+    manifest = json.loads(path.read_text())
+    tables = {name: pd.read_parquet(folder / file) for name, file in manifest["tables"].items()}
+    return _rebuild(tables, manifest, folder)
 
 
 def _read_manifest(path: Path) -> dict[str, str] | None:
@@ -132,12 +182,16 @@ class ParquetLake(dg.ConfigurableResource):
             if (base / MANIFEST).exists():
                 shutil.rmtree(base)
             return path
-        if isinstance(value, Mapping) and all(isinstance(v, pd.DataFrame) for v in value.values()):
-            write_bundle(value, base)
+        if is_typed_value(value) or (
+            isinstance(value, Mapping) and all(isinstance(v, pd.DataFrame) for v in value.values())
+        ):
+            tables, describe = _tables_of(value)
+            write_bundle(tables, base, describe=describe)
             base.with_suffix(".parquet").unlink(missing_ok=True)
             return base
         raise TypeError(
-            f"the Parquet lake stores DataFrames or dicts of DataFrames, not {type(value).__name__}"
+            "the Parquet lake stores DataFrames, dicts of DataFrames or frozen dataclasses of "
+            f"DataFrames/Series, not {type(value).__name__}"
         )
 
     def read(self, asset: Sequence[str], partition: str | None) -> "pd.DataFrame | dict":

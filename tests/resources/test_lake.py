@@ -215,3 +215,48 @@ def test_the_root_comes_from_the_environment_when_not_given(tmp_path, monkeypatc
     monkeypatch.delenv("TVQ_LAKE")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     assert ParquetLake().root_path == tmp_path / "home" / "lake"
+
+
+def test_a_typed_value_round_trips_as_its_own_class(tmp_path):
+    from tvq_assets.quant.returns import ReturnsWindow
+
+    dates = pd.DatetimeIndex(["2026-01-01", "2026-01-02"], name="date")
+    window = ReturnsWindow(
+        returns=pd.DataFrame({"AAA": [0.01, -0.02]}, index=dates),
+        dollar_volume=pd.DataFrame({"AAA": [1e6, 2e6]}, index=dates),
+        excluded=pd.DataFrame({"symbol": ["BBB"], "rule": ["min_history"]}),
+    )
+    lake = ParquetLake(root=str(tmp_path))
+    lake.write(["returns"], "2026-01-02|crypto", window)
+    back = lake.read(["returns"], "2026-01-02|crypto")
+    assert type(back) is ReturnsWindow
+    pd.testing.assert_frame_equal(back.returns, window.returns, check_freq=False)
+    pd.testing.assert_frame_equal(back.excluded, window.excluded)
+
+
+def test_a_series_field_comes_back_as_a_series(tmp_path):
+    import dataclasses
+
+    from tvq_resources import lake as lake_module
+
+    @dataclasses.dataclass(frozen=True)
+    class Pair:
+        weights: pd.Series
+        table: pd.DataFrame
+
+    value = Pair(pd.Series([0.5, 0.5], index=["A", "B"], name="weight"), pd.DataFrame({"x": [1]}))
+    tables, describe = lake_module._tables_of(value)
+    assert describe["series"] == ["weights"]
+    assert list(tables["weights"].columns) == ["weight"]
+
+
+def test_a_manifest_naming_a_foreign_class_is_refused(tmp_path):
+    import json
+
+    lake = ParquetLake(root=str(tmp_path))
+    folder = lake.write(["x"], "2026-01-01|crypto", {"t": pd.DataFrame({"a": [1]})})
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["type"] = "os:system"
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="refusing to rebuild"):
+        lake.read(["x"], "2026-01-01|crypto")

@@ -23,10 +23,8 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.catalog import CALENDAR_DEFAULTS, CALENDARS, Policy, Sleeve
-from tvq_assets.quant import clusters, optimise, pipeline, quality
-from tvq_assets.quant import returns as returns_engine
-from tvq_assets.quant.selection import select
-from tvq_assets.settings import alpha_settings
+from tvq_assets.quant import clusters, optimise, policy, quality
+from tvq_assets.settings import policy_settings
 from tvq_checks import contracts
 from tvq_resources.synthetic import generate_market
 
@@ -80,8 +78,8 @@ def bench_sleeve(
 ) -> tuple[dict[str, Timing], dict[str, Any]]:
     """Timings of every stage for one sleeve size, and a few facts about the run."""
     sleeve = crypto_sleeve()
-    policy = sleeve.policy
-    settings = alpha_settings(sleeve)
+    catalog_policy = sleeve.policy
+    settings = policy_settings(sleeve)
     as_of = pd.Timestamp(END)
     times: dict[str, Timing] = {}
 
@@ -97,35 +95,31 @@ def bench_sleeve(
         lambda: contracts.bar_violations(
             bars,
             calendar=sleeve.calendar,
-            stall_bars=policy.stall_bars,
-            volume_spike_window=policy.volume_spike_window,
-            volume_spike_sigma=policy.volume_spike_sigma,
+            stall_bars=catalog_policy.stall_bars,
+            volume_spike_window=catalog_policy.volume_spike_window,
+            volume_spike_sigma=catalog_policy.volume_spike_sigma,
         ),
     )
     window = stage(
         "returns window",
-        lambda: returns_engine.returns_window(
-            bars,
-            as_of=as_of,
-            lookback=policy.lookback,
-            calendar=sleeve.calendar,
-            stale_days=policy.stale_days,
-            min_history=policy.min_history,
-        ),
+        lambda: policy.point_in_time(bars, as_of=as_of, settings=settings, quarantine=False),
     )
     returns, volume = window.returns, window.dollar_volume
     stage(
         "returns contract",
-        lambda: contracts.returns_violations(returns, toxic_threshold=policy.toxic_threshold),
+        lambda: contracts.returns_violations(
+            returns, toxic_threshold=catalog_policy.toxic_threshold
+        ),
     )
 
     def features_asset() -> pd.DataFrame:
-        table = pipeline.compute_features(returns, volume, settings)
-        stalled = quality.stalled_symbols(bars, stall_bars=settings.stall_bars, as_of=as_of)
+        table = policy.features(returns, volume, settings)
         spikes = quality.volume_spikes(
-            bars, sigma=policy.volume_spike_sigma, window=policy.volume_spike_window, as_of=as_of
+            bars,
+            sigma=catalog_policy.volume_spike_sigma,
+            window=catalog_policy.volume_spike_window,
+            as_of=as_of,
         )
-        table["stalled"] = table.index.isin(stalled["symbol"])
         table["volume_spike"] = table.index.isin(spikes["symbol"])
         return table
 
@@ -133,52 +127,31 @@ def bench_sleeve(
     universe_returns, universe_volume = returns[features.index], volume[features.index]
     champion = stage(
         "inference log_mps",
-        lambda: pipeline.score("log_mps", features, universe_returns, universe_volume, settings),
+        lambda: policy.score("log_mps", features, universe_returns, universe_volume, settings),
     )
     stage(
         "inference rank_ic",
-        lambda: pipeline.score("rank_ic", features, universe_returns, universe_volume, settings),
+        lambda: policy.score("rank_ic", features, universe_returns, universe_volume, settings),
     )
-    labels = stage("clusters", lambda: pipeline.cluster(universe_returns, settings))
-    excluded = window.excluded
+    labels = stage("clusters", lambda: policy.cluster(universe_returns, settings))
     selection = stage(
         "selection",
-        lambda: select(
-            features,
-            champion["score"],
-            labels,
-            policy=settings.selection,
-            stalled=features.index[features["stalled"]],
-            quarantined=(),
-            excluded=dict(zip(excluded["symbol"], excluded["rule"], strict=True)),
+        lambda: policy.select_winners(
+            features, champion["score"], labels, window.excluded, settings
         ),
     )
     winners = selection.winners
 
     def weights_asset() -> dict[str, optimise.Allocation]:
-        train = returns[winners.index].tail(policy.train)
-        constraints = optimise.Constraints(
-            cap=policy.cap, clusters=winners["cluster"], cluster_cap=policy.cluster_cap
-        )
         return {
-            profile: optimise.allocate(profile, train, constraints=constraints)
+            profile: policy.allocate(profile, winners, returns, settings, previous=None)
             for profile in optimise.PROFILES
         }
 
     allocations = stage("weights (5 profiles)", weights_asset)
 
-    def walk_forward() -> pipeline.TournamentOutcome:
-        return pipeline.tournament(
-            returns,
-            volume,
-            settings,
-            optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
-            train=policy.train,
-            test=policy.test,
-            step=policy.step,
-            cost_rate=policy.cost_rate,
-            incumbent=None,
-        )
+    def walk_forward() -> policy.TournamentOutcome:
+        return policy.tournament(window, settings, incumbent=None)
 
     if profile and n_symbols >= 1000:
         profiler = cProfile.Profile()

@@ -1,18 +1,16 @@
 """Synthesis layer: optimised weights of the run's winners, and the walk-forward tournament."""
 
 import base64
-import io
-import time
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
-from tvq_assets.partitions import sleeve_and_date, sleeve_run
-from tvq_assets.quant import backtest as walk_forward
-from tvq_assets.quant import optimise, pipeline
-from tvq_assets.settings import alpha_settings
-from tvq_checks import allocation_contracts, checks
+from tvq_assets.partitions import previous_run, previous_run_key, run_of, sleeve_run
+from tvq_assets.plots import equity_plot
+from tvq_assets.quant import optimise, policy
+from tvq_assets.quant.policy import TournamentRecord
+from tvq_assets.quant.returns import ReturnsWindow
+from tvq_checks import allocation_contracts, backtest_contracts, checks
 from tvq_checks.checks import Evaluation
 from tvq_resources.lake import ParquetLake, write_file
 
@@ -22,13 +20,9 @@ BACKTEST_COMPLETE = "backtest_complete"
 DIAGNOSTIC_COLUMNS = ("solver", "status", "seconds", "objective", "fallback", "reason")
 
 
-def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timestamp, days: int = 7):
-    """The newest stored value of ``asset`` for this sleeve in the ``days`` before ``as_of``."""
-    for back in range(1, days + 1):
-        key = f"{as_of - pd.Timedelta(days=back):%Y-%m-%d}|{sleeve}"
-        if lake.exists([asset], key):
-            return key, lake.read([asset], key)
-    return None, None
+def _previous_metadata(key: str, found: bool) -> str:
+    previous = previous_run_key(key)
+    return previous if found else f"none (first run or gap: {previous} not materialised)"
 
 
 @dg.asset(
@@ -36,6 +30,7 @@ def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timesta
     output_required=False,
     group_name="synthesis",
     kinds={"cvxpy", "parquet"},
+    ins={"previous": previous_run("weights")},
     check_specs=checks.specs_for(
         "weights",
         [
@@ -54,25 +49,31 @@ def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timesta
         sleeve_run,
     ),
 )
-def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, lake: ParquetLake):
-    """Optimised long-only weights of the run's winners per risk profile, with solver status."""
-    started = time.perf_counter()
-    sleeve, as_of = sleeve_and_date(context)
-    policy = sleeve.policy
+def weights(
+    context: dg.AssetExecutionContext,
+    selection: dict,
+    returns: ReturnsWindow,
+    previous: dict | None,
+):
+    """Optimised long-only weights of the run's winners per risk profile, with solver status.
+
+    The previous run's weights (same sleeve, as-of − 1 day, a declared input) are the turnover
+    reference; without them (a first run or a gap) no turnover penalty applies.
+    """
+    run = run_of(context)
+    settings = run.settings
     winners = selection["winners"]
-    window = returns["returns"][winners.index].tail(policy.train)
-    previous_key, previous = previous_value(lake, "weights", sleeve.name, as_of)
-    allocations = {}
-    for profile in optimise.PROFILES:
-        held = previous["weights"][profile] if previous is not None else None
-        constraints = optimise.Constraints(
-            cap=policy.cap,
-            clusters=winners["cluster"],
-            cluster_cap=policy.cluster_cap,
-            previous=held,
-            turnover_penalty=policy.turnover_penalty if held is not None else 0.0,
+    held = previous["weights"] if previous is not None else None
+    allocations = {
+        profile: policy.allocate(
+            profile,
+            winners,
+            returns.returns,
+            settings,
+            previous=held[profile] if held is not None else None,
         )
-        allocations[profile] = optimise.allocate(profile, window, constraints=constraints)
+        for profile in optimise.PROFILES
+    }
     table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
     table = table.fillna(0.0).rename_axis("symbol")
     diagnostics = pd.DataFrame(
@@ -82,62 +83,29 @@ def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, l
     ).astype({"objective": float, "seconds": float})
     yield from checks.emit(
         "weights",
-        context.partition_key,
+        run.key,
         {"weights": table, "diagnostics": diagnostics},
-        metadata={
-            "winners": len(table),
-            "weights": dg.MetadataValue.md(checks.markdown(table.reset_index())),
-            "diagnostics": dg.MetadataValue.md(checks.markdown(diagnostics.reset_index())),
-            "previous_run": previous_key or "none",
-            "covariance": f"Ledoit-Wolf over the last {len(window)} bars; cap {policy.cap:.0%}",
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+        metadata=run.metadata(
+            winners=len(table),
+            weights=dg.MetadataValue.md(checks.markdown(table.reset_index())),
+            diagnostics=dg.MetadataValue.md(checks.markdown(diagnostics.reset_index())),
+            previous_run=_previous_metadata(run.key, held is not None),
+            covariance=f"Ledoit-Wolf over the last {settings.train} bars; cap {settings.cap:.0%}",
+        ),
         evaluations=[
             Evaluation(
                 WEIGHTS_CONTRACT,
                 allocation_contracts.weights_violations(
-                    table, winners=winners.index, cap=policy.cap, as_of=as_of
+                    table, winners=winners.index, cap=settings.cap, as_of=run.as_of
                 ),
             ),
             Evaluation(
                 SOLVER_STATUS,
-                allocation_contracts.solver_violations(diagnostics, as_of=as_of),
+                allocation_contracts.solver_violations(diagnostics, as_of=run.as_of),
                 severity=dg.AssetCheckSeverity.WARN,
             ),
         ],
     )
-
-
-def equity_plot(curves: pd.DataFrame, *, champion: str, baselines: list[str], title: str) -> bytes:
-    """PNG of compounded equity: policies in grey, the champion and the baselines highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(8, 4.2), dpi=90)
-    equity = (1 + curves.fillna(0.0)).cumprod()
-    for name in equity.columns:
-        if name not in baselines and name != champion:
-            axes.plot(equity.index, equity[name], color="0.8", linewidth=0.8)
-    for name, color in zip(baselines, ("tab:blue", "tab:orange"), strict=False):
-        axes.plot(equity.index, equity[name], color=color, linewidth=1.4, label=name)
-    axes.plot(
-        equity.index,
-        equity[champion],
-        color="tab:green",
-        linewidth=2.2,
-        label=f"champion: {champion}",
-    )
-    axes.set_title(title)
-    axes.set_ylabel("growth of 1 (net of costs)")
-    axes.legend(loc="upper left", fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.autofmt_xdate()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    pyplot.close(figure)
-    return buffer.getvalue()
 
 
 @dg.asset(
@@ -145,7 +113,7 @@ def equity_plot(curves: pd.DataFrame, *, champion: str, baselines: list[str], ti
     output_required=False,
     group_name="synthesis",
     kinds={"pandas", "matplotlib", "parquet"},
-    deps=["weights"],
+    ins={"previous": previous_run("backtest")},
     check_specs=checks.specs_for(
         "backtest",
         [
@@ -158,98 +126,61 @@ def equity_plot(curves: pd.DataFrame, *, champion: str, baselines: list[str], ti
         sleeve_run,
     ),
 )
-def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake):
+def backtest(
+    context: dg.AssetExecutionContext,
+    returns: ReturnsWindow,
+    previous: TournamentRecord | None,
+    lake: ParquetLake,
+):
     """Walk-forward out-of-sample returns and metrics per policy, and the champion verdict.
 
-    Policies: every scorer × profile, plus the two equal-weight baselines.
+    Policies: every scorer × profile replaying the production policy on point-in-time windows,
+    plus the two equal-weight baselines. The incumbent is the previous run's champion (same
+    sleeve, as-of − 1 day, a declared input); without it the best candidate becomes champion.
     """
-    started = time.perf_counter()
-    sleeve, as_of = sleeve_and_date(context)
-    policy = sleeve.policy
-    window = returns["returns"]
-    _, previous = previous_value(lake, "backtest", sleeve.name, as_of)
-    incumbent = str(previous["verdict"]["champion"].iloc[0]) if previous is not None else None
-    outcome = pipeline.tournament(
-        window,
-        returns["dollar_volume"],
-        alpha_settings(sleeve),
-        optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
-        train=policy.train,
-        test=policy.test,
-        step=policy.step,
-        cost_rate=policy.cost_rate,
-        incumbent=incumbent,
-    )
-    result, table, verdict = outcome.result, outcome.metrics, outcome.verdict
-    verdict_table = pd.DataFrame(
-        [
-            {
-                "champion": verdict.champion,
-                "challenger": verdict.challenger,
-                "incumbent": incumbent or "",
-                "replaced": verdict.replaced,
-                "rule": verdict.rule,
-                **{k: float(v) for k, v in verdict.numbers.items()},
-            }
-        ]
-    )
+    run = run_of(context)
+    incumbent = previous.champion if previous is not None else None
+    outcome = policy.tournament(returns, run.settings, incumbent=incumbent)
+    stored = policy.record(outcome, incumbent=incumbent, dates=returns.history.index)
+    champion = outcome.verdict.champion
     png = equity_plot(
-        result.returns,
-        champion=verdict.champion,
-        baselines=list(pipeline.BASELINES),
-        title=f"{sleeve.name} walk-forward to {as_of:%Y-%m-%d}",
+        stored.returns,
+        champion=champion,
+        baselines=list(policy.BASELINES),
+        title=f"{run.sleeve.name} walk-forward to {run.as_of:%Y-%m-%d}",
     )
-    plot_path = lake.location(["backtest"], context.partition_key).with_suffix(".png")
+    plot_path = lake.location(["backtest"], run.key).with_suffix(".png")
     write_file(png, plot_path)
-    incomplete = _incomplete(result, table, as_of)
-    shown = table.loc[[verdict.champion, *pipeline.BASELINES]]
+    shown = stored.metrics.loc[[champion, *policy.BASELINES]]
     yield from checks.emit(
         "backtest",
-        context.partition_key,
-        {
-            "returns": result.returns,
-            "turnover": result.turnover,
-            "metrics": table,
-            "verdict": verdict_table,
-            "champion_weights": outcome.champion_weights.rename("weight")
-            .rename_axis("symbol")
-            .to_frame(),
-        },
-        metadata={
-            "champion": verdict.champion,
-            "challenger": verdict.challenger,
-            "replaced_incumbent": verdict.replaced,
-            "rule": verdict.rule,
-            "champion_vs_baselines": dg.MetadataValue.md(checks.markdown(shown.reset_index())),
-            "metrics": dg.MetadataValue.md(checks.markdown(table.reset_index())),
-            "equity_curve": dg.MetadataValue.md(
+        run.key,
+        stored,
+        metadata=run.metadata(
+            champion=champion,
+            challenger=outcome.verdict.challenger,
+            incumbent=incumbent or "none",
+            previous_run=_previous_metadata(run.key, previous is not None),
+            replaced_incumbent=outcome.verdict.replaced,
+            rule=outcome.verdict.rule,
+            sharpe=float(stored.metrics.loc[champion, "sharpe"]),
+            max_drawdown=float(stored.metrics.loc[champion, "max_drawdown"]),
+            champion_vs_baselines=dg.MetadataValue.md(checks.markdown(shown.reset_index())),
+            metrics=dg.MetadataValue.md(checks.markdown(stored.metrics.reset_index())),
+            equity_curve=dg.MetadataValue.md(
                 f"![equity](data:image/png;base64,{base64.b64encode(png).decode()})"
             ),
-            "equity_curve_file": dg.MetadataValue.path(str(plot_path)),
-            "windows": len(result.windows),
-            "out_of_sample_days": len(result.returns),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-        evaluations=[Evaluation(BACKTEST_COMPLETE, incomplete)],
-    )
-
-
-def _incomplete(
-    result: walk_forward.BacktestResult, table: pd.DataFrame, as_of: pd.Timestamp
-) -> pd.DataFrame:
-    """A row per policy with missing out-of-sample days or a non-finite Sharpe/drawdown."""
-    rows = []
-    for name in result.returns.columns:
-        missing = int(result.returns[name].isna().sum())
-        sharpe, drawdown = table.loc[name, "sharpe"], table.loc[name, "max_drawdown"]
-        if missing or not (np.isfinite(sharpe) and np.isfinite(drawdown)):
-            rows.append(
-                (
-                    name,
-                    as_of,
-                    float(missing),
-                    "backtest_complete",
-                    f"{name}: {missing} missing days, sharpe {sharpe}, drawdown {drawdown}",
-                )
+            equity_curve_file=dg.MetadataValue.path(str(plot_path)),
+            windows=len(outcome.result.windows),
+            out_of_sample_days=len(stored.returns),
+            target_rows=len(stored.targets),
+        ),
+        evaluations=[
+            Evaluation(
+                BACKTEST_COMPLETE,
+                backtest_contracts.backtest_violations(
+                    stored.returns, stored.metrics, as_of=run.as_of
+                ),
             )
-    return pd.DataFrame(rows, columns=["symbol", "date", "value", "rule", "message"])
+        ],
+    )

@@ -1,15 +1,11 @@
 """Alpha layer: features, conviction scores, clusters and the cluster-aware selection (HTR)."""
 
-import dataclasses
-import time
-
 import dagster as dg
 import pandas as pd
 
-from tvq_assets.partitions import sleeve_and_date, sleeve_run
-from tvq_assets.quant import pipeline, quality
-from tvq_assets.quant.selection import select
-from tvq_assets.settings import alpha_settings
+from tvq_assets.partitions import run_of, sleeve_run
+from tvq_assets.quant import policy, quality
+from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import alpha_contracts, checks
 from tvq_checks.checks import Evaluation
 
@@ -25,18 +21,6 @@ def _spec(asset: str, name: str, description: str, blocking: bool = True):
     return checks.specs_for(asset, [(name, description, blocking)], sleeve_run)
 
 
-def _parameters(settings: pipeline.AlphaSettings) -> dg.MetadataValue:
-    return dg.MetadataValue.json(
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in _flat(settings).items()}
-    )
-
-
-def _flat(settings: pipeline.AlphaSettings) -> dict:
-    values = dataclasses.asdict(settings)
-    values.update({f"selection.{k}": v for k, v in values.pop("selection").items()})
-    return values
-
-
 @dg.asset(
     partitions_def=sleeve_run,
     output_required=False,
@@ -50,39 +34,33 @@ def _flat(settings: pipeline.AlphaSettings) -> dict:
         "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`.",
     ),
 )
-def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFrame):
+def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: pd.DataFrame):
     """Per-symbol features of the returns window: momentum, risk, entropy, Hurst, liquidity."""
-    started = time.perf_counter()
-    sleeve, as_of = sleeve_and_date(context)
-    settings = alpha_settings(sleeve)
-    window = returns["returns"]
-    table = pipeline.compute_features(window, returns["dollar_volume"], settings)
-    stalled = quality.stalled_symbols(bars, stall_bars=settings.stall_bars, as_of=as_of)
+    run = run_of(context)
+    settings, sleeve = run.settings, run.sleeve
+    table = policy.features(returns.returns, returns.dollar_volume, settings)
     spikes = quality.volume_spikes(
         bars,
         sigma=sleeve.policy.volume_spike_sigma,
         window=sleeve.policy.volume_spike_window,
-        as_of=as_of,
+        as_of=run.as_of,
     )
-    table["stalled"] = table.index.isin(stalled["symbol"])
     table["volume_spike"] = table.index.isin(spikes["symbol"])
     failures = alpha_contracts.features_violations(
-        table, universe=window.columns, as_of=as_of, min_history=settings.min_history
+        table, universe=returns.returns.columns, as_of=run.as_of, min_history=settings.min_history
     )
     yield from checks.emit(
         "features",
-        context.partition_key,
+        run.key,
         table,
-        metadata={
-            "symbols": len(table),
-            "stalled": dg.MetadataValue.json(sorted(stalled["symbol"])),
-            "volume_spikes": dg.MetadataValue.json(sorted(spikes["symbol"])),
-            "medians": dg.MetadataValue.md(
+        metadata=run.metadata(
+            symbols=len(table),
+            stalled=dg.MetadataValue.json(sorted(table.index[table["stalled"]])),
+            volume_spikes=dg.MetadataValue.json(sorted(spikes["symbol"])),
+            medians=dg.MetadataValue.md(
                 checks.markdown(table.median(numeric_only=True).to_frame("median").T)
             ),
-            "parameters": _parameters(settings),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+        ),
         evaluations=[Evaluation(FEATURES_CONTRACT, failures)],
     )
 
@@ -99,36 +77,33 @@ def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFram
         "Scores in (0, 1], per-feature probabilities in [0.01, 1], nothing missing.",
     ),
 )
-def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: dict):
+def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: ReturnsWindow):
     """Conviction score per symbol (Log-MPS), its feature probabilities, the challenger's score."""
-    started = time.perf_counter()
-    sleeve, as_of = sleeve_and_date(context)
-    settings = alpha_settings(sleeve)
-    window, volume = returns["returns"][features.index], returns["dollar_volume"][features.index]
-    champion = pipeline.score("log_mps", features, window, volume, settings)
-    challenger = pipeline.score(CHALLENGER, features, window, volume, settings)
+    run = run_of(context)
+    settings = run.settings
+    window, volume = returns.returns[features.index], returns.dollar_volume[features.index]
+    champion = policy.score("log_mps", features, window, volume, settings)
+    challenger = policy.score(CHALLENGER, features, window, volume, settings)
     table = champion.drop(columns="model").assign(
         model="log_mps", challenger_score=challenger["score"], challenger_model=CHALLENGER
     )
-    failures = alpha_contracts.inference_violations(table, as_of=as_of)
+    failures = alpha_contracts.inference_violations(table, as_of=run.as_of)
     scores = table["score"]
     yield from checks.emit(
         "inference",
-        context.partition_key,
+        run.key,
         table,
-        metadata={
-            "model": "log_mps",
-            "weights": dg.MetadataValue.json(dict(champion.attrs.get("weights", {}))),
-            "challenger": CHALLENGER,
-            "challenger_weights": dg.MetadataValue.json(dict(challenger.attrs.get("weights", {}))),
-            "challenger_fallback": str(challenger.attrs.get("fallback")),
-            "score_quantiles": dg.MetadataValue.json(
+        metadata=run.metadata(
+            model="log_mps",
+            weights=dg.MetadataValue.json(dict(champion.attrs.get("weights", {}))),
+            challenger=CHALLENGER,
+            challenger_weights=dg.MetadataValue.json(dict(challenger.attrs.get("weights", {}))),
+            challenger_fallback=str(challenger.attrs.get("fallback")),
+            score_quantiles=dg.MetadataValue.json(
                 {f"q{int(q * 100)}": round(float(scores.quantile(q)), 4) for q in (0.1, 0.5, 0.9)}
             ),
-            "rank_agreement": round(float(scores.corr(table["challenger_score"], "spearman")), 3),
-            "parameters": _parameters(settings),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+            rank_agreement=round(float(scores.corr(table["challenger_score"], "spearman")), 3),
+        ),
         evaluations=[Evaluation(INFERENCE_CONTRACT, failures)],
     )
 
@@ -145,26 +120,23 @@ def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns
         "Every eligible symbol in exactly one cluster; at most `max_clusters` clusters.",
     ),
 )
-def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: dict):
+def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: ReturnsWindow):
     """Hierarchical cluster of each symbol: multi-lookback correlation distance, Ward, cut 0.7."""
-    started = time.perf_counter()
-    sleeve, as_of = sleeve_and_date(context)
-    settings = alpha_settings(sleeve)
-    labels = pipeline.cluster(returns["returns"][features.index], settings)
+    run = run_of(context)
+    settings = run.settings
+    labels = policy.cluster(returns.returns[features.index], settings)
     failures = alpha_contracts.clusters_violations(
-        labels, universe=features.index, as_of=as_of, max_clusters=settings.max_clusters
+        labels, universe=features.index, as_of=run.as_of, max_clusters=settings.max_clusters
     )
     sizes = labels.value_counts().sort_index()
     yield from checks.emit(
         "clusters",
-        context.partition_key,
+        run.key,
         labels.to_frame(),
-        metadata={
-            "clusters": int(labels.nunique()),
-            "sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
-            "parameters": _parameters(settings),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+        metadata=run.metadata(
+            clusters=int(labels.nunique()),
+            sizes=dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
+        ),
         evaluations=[Evaluation(CLUSTERS_CONTRACT, failures)],
     )
 
@@ -195,52 +167,43 @@ def selection(
     features: pd.DataFrame,
     inference: pd.DataFrame,
     clusters: pd.DataFrame,
-    returns: dict,
+    returns: ReturnsWindow,
 ):
     """Winners per cluster with score, direction, cluster and HTR stage; the audit of every veto."""
-    started = time.perf_counter()
-    sleeve, as_of = sleeve_and_date(context)
-    settings = alpha_settings(sleeve)
-    excluded = returns["excluded"]
-    quarantined = excluded.loc[excluded["rule"].str.startswith("quarantine:"), "symbol"]
-    stalled = features.index[features["stalled"]]
-    outcome = select(
-        features,
-        inference["score"],
-        clusters["cluster"],
-        policy=settings.selection,
-        stalled=stalled,
-        quarantined=quarantined,
-        excluded=dict(zip(excluded["symbol"], excluded["rule"], strict=True)),
+    run = run_of(context)
+    settings = run.settings
+    excluded = returns.excluded
+    outcome = policy.select_winners(
+        features, inference["score"], clusters["cluster"], excluded, settings
     )
     winners = outcome.winners
-    policy = settings.selection
+    rules = settings.selection
     yield from checks.emit(
         "selection",
-        context.partition_key,
+        run.key,
         {"winners": winners, "audit": outcome.audit},
-        metadata={
-            "winners": len(winners),
-            "stage_reached": outcome.stage_reached,
-            "winners_table": dg.MetadataValue.md(checks.markdown(winners.reset_index())),
-            "vetoes": dg.MetadataValue.json(
+        metadata=run.metadata(
+            winners=len(winners),
+            stage_reached=outcome.stage_reached,
+            winners_table=dg.MetadataValue.md(checks.markdown(winners.reset_index())),
+            vetoes=dg.MetadataValue.json(
                 outcome.audit.loc[outcome.audit["decision"] == "vetoed", "rule"]
                 .value_counts()
                 .to_dict()
             ),
-            "warnings": dg.MetadataValue.json(list(outcome.warnings)),
-            "parameters": _parameters(settings),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+            warnings=dg.MetadataValue.json(list(outcome.warnings)),
+        ),
         evaluations=[
             Evaluation(
                 SELECTION_CONTRACT,
                 alpha_contracts.selection_violations(
                     winners,
-                    as_of=as_of,
+                    as_of=run.as_of,
                     features=features.index,
-                    quarantined=quarantined,
-                    stalled=stalled,
+                    quarantined=excluded.loc[
+                        excluded["reason"].isin(policy.QUARANTINE_REASONS), "symbol"
+                    ],
+                    stalled=features.index[features["stalled"]],
                     excluded=excluded["symbol"],
                 ),
             ),
@@ -248,9 +211,9 @@ def selection(
                 WINNER_COUNT,
                 alpha_contracts.winner_count_violations(
                     len(winners),
-                    as_of=as_of,
-                    minimum=policy.min_winners,
-                    maximum=policy.max_winners,
+                    as_of=run.as_of,
+                    minimum=rules.min_winners,
+                    maximum=rules.max_winners,
                     reasons=outcome.warnings,
                 ),
                 severity=dg.AssetCheckSeverity.WARN,

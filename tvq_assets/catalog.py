@@ -39,6 +39,8 @@ class Policy:
     volume_spike_sigma: float = 10.0  # last bar's volume z-score above this is a spike
     volume_spike_window: int = 21  # trailing bars the z-score is measured over (at least)
     stall_bars: int = 3  # this many identical last closes is a stall
+    max_zero_share: float = 0.25  # more zero-return days than this over the feature window: stall
+    min_universe: int = 4  # fewer eligible symbols fails `returns` (4: what a 25% cap can invest)
     # features (L2)
     feature_lookback: int = 120
     liquidity_baseline: float = 10e6  # median daily dollar volume that counts as fully liquid

@@ -87,11 +87,11 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
         )
     if lake.exists(["returns"], key):
         bundle = lake.read(["returns"], key)
-        frame: pd.DataFrame = bundle["returns"]
+        frame: pd.DataFrame = bundle.returns
         print(
             f"   returns: {frame.shape[1]} symbols x {frame.shape[0]} days, "
             f"{frame.index.min():%Y-%m-%d} .. {frame.index.max():%Y-%m-%d}; "
-            f"{len(bundle['excluded'])} excluded"
+            f"{len(bundle.excluded)} excluded"
         )
     if lake.exists(["selection"], key):
         winners = lake.read(["selection"], key)["winners"]
@@ -101,8 +101,8 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
         )
     if lake.exists(["backtest"], key):
         bundle = lake.read(["backtest"], key)
-        verdict = bundle["verdict"].iloc[0]
-        shown = bundle["metrics"].loc[
+        verdict = bundle.verdict.iloc[0]
+        shown = bundle.metrics.loc[
             [verdict["champion"], "baseline_universe", "baseline_winners"]
         ]
         if not verdict["incumbent"]:
@@ -120,7 +120,7 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
                 f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
                 f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
-        weights = bundle["champion_weights"]["weight"].sort_values(ascending=False)
+        weights = bundle.champion_weights["weight"].sort_values(ascending=False)
         held = ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0)
         # The champion runs its own scorer on the latest training window, so its holdings may
         # include symbols outside `selection` (which is the Log-MPS choice on the full window).

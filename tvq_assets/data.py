@@ -5,9 +5,9 @@ import time
 import dagster as dg
 import pandas as pd
 
-from tvq_assets.catalog import policy_parameters
-from tvq_assets.partitions import sleeve, sleeve_and_date, sleeve_of, sleeve_run
+from tvq_assets.partitions import run_of, sleeve, sleeve_of, sleeve_run
 from tvq_assets.quant import bars as bar_lake
+from tvq_assets.quant import policy
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import checks, contracts
 from tvq_resources.lake import ParquetLake
@@ -125,7 +125,8 @@ def bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: Parqu
             (
                 RETURNS_CONTRACT,
                 "Simple returns finite, >= -100%, not toxic (> +500%), NaN only "
-                "before genesis, no padded days. Policy `quarantine` excludes and lists offenders.",
+                "before genesis, no padded days; at least `min_universe` eligible symbols. "
+                "Policy `quarantine` excludes and lists offenders.",
                 True,
             ),
         ],
@@ -133,60 +134,63 @@ def bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: Parqu
     ),
 )
 def returns(context: dg.AssetExecutionContext, bars: pd.DataFrame):
-    """Wide simple-return matrix over the lookback window ending at the run's as-of date."""
-    started = time.perf_counter()
-    sleeve_entry, as_of = sleeve_and_date(context)
-    policy = sleeve_entry.policy
-    window = returns_engine.returns_window(
-        bars,
-        as_of=as_of,
-        lookback=policy.lookback,
-        calendar=sleeve_entry.calendar,
-        stale_days=policy.stale_days,
-        min_history=policy.min_history,
+    """Point-in-time returns: the eligible window ending at the as-of date, and its history."""
+    run = run_of(context)
+    settings = run.settings
+    quarantine = run.sleeve.toxic_policy == "quarantine"
+    window = policy.point_in_time(bars, as_of=run.as_of, settings=settings, quarantine=quarantine)
+    failures = contracts.returns_violations(
+        window.returns, toxic_threshold=settings.toxic_threshold
     )
-    failures = contracts.returns_violations(window.returns, toxic_threshold=policy.toxic_threshold)
-    quarantined = failures.iloc[0:0]
-    if sleeve_entry.toxic_policy == "quarantine":
-        handled = failures["rule"].isin(contracts.QUARANTINABLE)
-        quarantined, failures = failures[handled], failures[~handled]
-        window = returns_engine.drop_symbols(
-            window,
-            quarantined.assign(
-                rule="quarantine:" + quarantined["rule"], detail=quarantined["message"]
+    handled = failures["rule"].isin(contracts.QUARANTINABLE) & quarantine
+    window = returns_engine.drop_symbols(
+        window, failures[handled].rename(columns={"message": "detail"}), reason="quarantine"
+    )
+    failures = pd.concat(
+        [
+            failures[~handled],
+            contracts.universe_violations(
+                window.returns,
+                window.excluded,
+                minimum=settings.min_universe,
+                as_of=run.as_of,
             ),
-        )
+        ],
+        ignore_index=True,
+    )
+    excluded = window.excluded
+    quarantined = excluded[excluded["reason"] != "ineligible"]
     frame = window.returns
     # Like every ERROR contract here: a rejected window is never stored (see checks.emit).
     if failures.empty:
         yield dg.Output(
-            {"returns": frame, "dollar_volume": window.dollar_volume, "excluded": window.excluded},
-            metadata={
-                "symbols": frame.shape[1],
-                "rows": frame.shape[0],
-                "date_range": _date_range(frame.index),
-                "as_of": f"{as_of:%Y-%m-%d}",
-                "excluded": len(window.excluded),
-                "excluded_symbols": dg.MetadataValue.md(checks.markdown(window.excluded)),
-                "quarantined": dg.MetadataValue.json(
-                    sorted(quarantined["symbol"].unique().tolist())
-                ),
-                "parameters": dg.MetadataValue.json(policy_parameters(sleeve_entry)),
-                "seconds": round(time.perf_counter() - started, 3),
-            },
+            window,
+            metadata=run.metadata(
+                symbols=frame.shape[1],
+                rows=frame.shape[0],
+                date_range=_date_range(frame.index),
+                history_symbols=window.history.shape[1],
+                history_range=_date_range(window.history.index),
+                excluded=len(excluded),
+                excluded_symbols=dg.MetadataValue.md(checks.markdown(excluded)),
+                quarantined=dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
+            ),
         )
-    threshold = f" (threshold {policy.toxic_threshold:+.0%}, policy: {sleeve_entry.toxic_policy})"
+    threshold = f" (threshold {settings.toxic_threshold:+.0%}, policy: {run.sleeve.toxic_policy})"
+    reported = quarantined.assign(
+        message=quarantined["symbol"] + ": " + quarantined["detail"] + " [quarantined]"
+    )[["symbol", "date", "value", "rule", "message"]]
     yield checks.result(
         RETURNS_CONTRACT,
-        pd.concat([failures, quarantined], ignore_index=True),
+        pd.concat([failures, reported], ignore_index=True),
         severity=dg.AssetCheckSeverity.ERROR,
         passed=failures.empty,
         metadata={
-            "policy": sleeve_entry.toxic_policy,
+            "policy": run.sleeve.toxic_policy,
             "quarantined_symbols": dg.MetadataValue.json(
                 sorted(quarantined["symbol"].unique().tolist())
             ),
         },
     )
     if not failures.empty:
-        raise checks.blocking_failure("returns", context.partition_key, failures, suffix=threshold)
+        raise checks.blocking_failure("returns", run.key, failures, suffix=threshold)

@@ -4,10 +4,17 @@ Multi-partition keys join the dimension values in alphabetical order of the dime
 ``2026-11-20|crypto`` is run 2026-11-20 of sleeve ``crypto``.
 """
 
+import time
+import warnings
+from dataclasses import dataclass, field
+
 import dagster as dg
 import pandas as pd
 
-from tvq_assets.catalog import Catalog, Sleeve, load_catalog
+from tvq_assets.catalog import Catalog, Sleeve, load_catalog, policy_parameters
+from tvq_assets.quant.policy import PolicySettings
+from tvq_assets.settings import policy_settings
+from tvq_resources.lake import PREVIOUS_RUN
 
 catalog: Catalog = load_catalog()
 
@@ -16,6 +23,40 @@ run = dg.DailyPartitionsDefinition(
     start_date=catalog.first_run.strftime("%Y-%m-%d"), end_offset=1, timezone="UTC"
 )
 sleeve_run = dg.MultiPartitionsDefinition({"run": run, "sleeve": sleeve})
+
+with warnings.catch_warnings():
+    # MultiPartitionMapping and allow_nonexistent_upstream_partitions are beta in Dagster 1.13.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    # The same sleeve's run one day earlier: the state a run carries from the previous one.
+    PREVIOUS_RUN_MAPPING = dg.MultiPartitionMapping(
+        {
+            "run": dg.DimensionPartitionMapping(
+                "run",
+                dg.TimeWindowPartitionMapping(
+                    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+                ),
+            ),
+            "sleeve": dg.DimensionPartitionMapping("sleeve", dg.IdentityPartitionMapping()),
+        }
+    )
+
+
+def previous_run(asset: str) -> dg.AssetIn:
+    """A declared input on ``asset``'s own previous run partition (same sleeve, as-of − 1 day).
+
+    Loads as None when that partition was never materialised (a first run or a gap): the asset
+    then decides without it and says so in its metadata.
+    """
+    return dg.AssetIn(
+        key=asset, partition_mapping=PREVIOUS_RUN_MAPPING, metadata={PREVIOUS_RUN: True}
+    )
+
+
+def previous_run_key(key: str) -> str:
+    """The partition key the previous-run input reads: ``2026-11-19|crypto`` for
+    ``2026-11-20|crypto``."""
+    as_of, sleeve_name = key.split("|")
+    return f"{pd.Timestamp(as_of) - pd.Timedelta(days=1):%Y-%m-%d}|{sleeve_name}"
 
 
 def sleeve_of(context: dg.AssetExecutionContext) -> Sleeve:
@@ -33,3 +74,34 @@ def sleeve_and_date(context: dg.AssetExecutionContext) -> tuple[Sleeve, pd.Times
         )
     as_of, sleeve_name = key.split("|")
     return catalog.sleeve(sleeve_name), pd.Timestamp(as_of)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One sleeve × run materialisation: its partition decoded, its policy, and its clock."""
+
+    key: str
+    sleeve: Sleeve
+    as_of: pd.Timestamp
+    settings: PolicySettings
+    started: float = field(default_factory=time.perf_counter)
+
+    def metadata(self, **values: object) -> dict[str, object]:
+        """``values`` plus what every sleeve × run asset records: as-of, parameters, seconds."""
+        return {
+            **values,
+            "as_of": f"{self.as_of:%Y-%m-%d}",
+            "parameters": dg.MetadataValue.json(
+                {
+                    k: list(v) if isinstance(v, tuple) else v
+                    for k, v in policy_parameters(self.sleeve).items()
+                }
+            ),
+            "seconds": round(time.perf_counter() - self.started, 3),
+        }
+
+
+def run_of(context: dg.AssetExecutionContext) -> Run:
+    """Decode the partition of a sleeve × run asset and start its clock."""
+    sleeve_entry, as_of = sleeve_and_date(context)
+    return Run(str(context.partition_key), sleeve_entry, as_of, policy_settings(sleeve_entry))

@@ -1,19 +1,29 @@
-"""From a sleeve's catalog policy to the engine's parameter objects."""
+"""From a sleeve's catalog policy to the engine's parameter object: the only place it is built."""
 
 from tvq_assets.catalog import Sleeve
-from tvq_assets.quant.pipeline import AlphaSettings
+from tvq_assets.quant.policy import PolicySettings
 from tvq_assets.quant.selection import SelectionPolicy
 
 
-def alpha_settings(sleeve: Sleeve) -> AlphaSettings:
+def policy_settings(sleeve: Sleeve) -> PolicySettings:
+    """The composed policy's parameters, every one of them from the sleeve's catalog entry."""
     policy = sleeve.policy
-    return AlphaSettings(
+    return PolicySettings(
+        calendar=sleeve.calendar,
         periods_per_year=sleeve.periods_per_year,
+        lookback=policy.lookback,
+        train=policy.train,
+        test=policy.test,
+        step=policy.step,
+        cost_rate=policy.cost_rate,
         liquidity_baseline=policy.liquidity_baseline,
         feature_lookback=policy.feature_lookback,
         min_history=policy.min_history,
-        stale_bars=max(1, round(policy.stale_days * sleeve.periods_per_year / 365)),
+        stale_days=policy.stale_days,
         stall_bars=policy.stall_bars,
+        max_zero_share=policy.max_zero_share,
+        min_universe=policy.min_universe,
+        toxic_threshold=policy.toxic_threshold,
         cluster_lookbacks=policy.cluster_lookbacks,
         cluster_threshold=policy.cluster_threshold,
         max_clusters=policy.max_clusters,
@@ -27,4 +37,7 @@ def alpha_settings(sleeve: Sleeve) -> AlphaSettings:
             max_winners=policy.max_winners,
             min_winners=policy.min_winners,
         ),
+        cap=policy.cap,
+        cluster_cap=policy.cluster_cap,
+        turnover_penalty=policy.turnover_penalty,
     )

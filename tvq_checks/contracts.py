@@ -55,6 +55,11 @@ RULES: Mapping[str, Rule] = {
         Rule("return_above_minus_100pct", ERROR, "return {value:+.0%} is below -100%"),
         Rule("toxic_return", ERROR, "return {value:+.0%} exceeds the toxic threshold"),
         Rule("no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)", "value"),
+        Rule(
+            "universe_too_small",
+            ERROR,
+            "{value:.0f} eligible symbol(s), fewer than the policy's min_universe",
+        ),
     )
 }
 
@@ -122,18 +127,11 @@ def prepare_bars(
     frame["filler"] = quality.filler_bars(frame)
     ends = quality.last_rows(symbols)
     volumes = quality.trailing(frame["volume"].to_numpy(), symbols, ends, volume_spike_window + 1)
-    before, last = volumes[:, :-1], volumes[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        std = before.std(axis=1, ddof=1)
-        excess = last - before.mean(axis=1)
-        z = np.where(std > 0, excess / std, np.where(excess > 0, np.inf, 0.0))
-    z[np.isnan(before).any(axis=1) | np.isnan(last)] = np.nan
     volume_z = np.full(len(frame), np.nan)
-    volume_z[ends] = z
+    volume_z[ends] = quality.volume_zscores(volumes)
     frame["volume_z"] = volume_z
-    tail = quality.trailing(closes, symbols, ends, stall_bars)
     stalled = np.zeros(len(frame), dtype=bool)
-    stalled[ends] = np.all(tail == tail[:, -1:], axis=1)
+    stalled[ends] = quality.stalled_closes(frame, stall_bars=stall_bars)
     frame["stalled"] = stalled
     return frame
 
@@ -219,7 +217,14 @@ def bars_warning_schema(*, volume_spike_sigma: float = 10.0) -> pa.DataFrameSche
         {
             "volume_z": pa.Column(
                 float,
-                checks=[rule_check("volume_spike", lambda s: s <= volume_spike_sigma)],
+                checks=[
+                    rule_check(
+                        "volume_spike",
+                        lambda s: pd.Series(
+                            ~quality.is_volume_spike(s.to_numpy(), volume_spike_sigma), s.index
+                        ),
+                    )
+                ],
                 nullable=True,
             ),
             "stalled": pa.Column(bool, checks=[never("price_stall")]),
@@ -243,7 +248,12 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
                     rule_check("finite_return", lambda s: ~np.isinf(s)),
                     # Infinite returns belong to finite_return alone: one finding per fault.
                     rule_check("return_above_minus_100pct", lambda s: np.isinf(s) | (s >= -1.0)),
-                    rule_check("toxic_return", lambda s: np.isinf(s) | (s <= toxic_threshold)),
+                    rule_check(
+                        "toxic_return",
+                        lambda s: pd.Series(
+                            ~quality.is_toxic(s.to_numpy(), toxic_threshold), s.index
+                        ),
+                    ),
                 ],
             ),
             "filler_day": pa.Column(bool, checks=[never("no_padding")]),
@@ -257,6 +267,26 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
 def returns_violations(returns: pd.DataFrame, *, toxic_threshold: float = 5.0) -> pd.DataFrame:
     """Violations of the returns contract by a wide returns window (dates × symbols)."""
     return violations(returns_schema(toxic_threshold=toxic_threshold), tidy_returns(returns))
+
+
+def universe_violations(
+    returns: pd.DataFrame, excluded: pd.DataFrame, *, minimum: int, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """ERROR when fewer than ``minimum`` symbols are left after exclusions; the message lists
+    every exclusion (symbol, rule, reason, detail) so the operator sees why the universe shrank."""
+    count = returns.shape[1]
+    if count >= minimum:
+        return _violation_table([])
+    listed = "; ".join(
+        f"{row.symbol} ({row.rule}, {row.reason}: {row.detail})"
+        for row in excluded.itertuples(index=False)
+    )
+    message = (
+        f"{_message(RULES['universe_too_small'], '(universe)', as_of, float(count))}: "
+        f"{count} < {minimum}; excluded {len(excluded)}: {listed or 'none'}. Lower "
+        "policy.min_universe, widen stale_days/min_history, or fix the excluded symbols' data"
+    )
+    return _violation_table([("(universe)", as_of, float(count), "universe_too_small", message)])
 
 
 def violations(

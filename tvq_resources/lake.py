@@ -25,6 +25,9 @@ import pandas as pd
 
 MANIFEST = "manifest.json"
 TRUSTED_PACKAGES = ("tvq_assets", "tvq_checks", "tvq_resources")
+# Input metadata marking an asset's own previous run partition (a declared self-dependency): a
+# missing one (a first run, a gap) loads as None instead of failing.
+PREVIOUS_RUN = "previous_run"
 
 
 def is_typed_value(value: object) -> bool:
@@ -220,6 +223,10 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if not context.has_asset_partitions:
             return self.lake.read(asset, None)
         keys = context.asset_partition_keys
+        if (context.definition_metadata or {}).get(PREVIOUS_RUN) and (
+            len(keys) != 1 or not self.lake.exists(asset, keys[0])
+        ):
+            return None
         if len(keys) != 1:
             raise ValueError(
                 f"{'/'.join(asset)}: one partition per input is supported, got {len(keys)}"

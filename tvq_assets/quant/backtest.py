@@ -24,7 +24,16 @@ import pandas as pd
 
 from tvq_assets.quant.metrics import probabilistic_sharpe_ratio
 
-Policy = Callable[[pd.DataFrame], pd.Series]
+
+@dataclass(frozen=True)
+class Stateful:
+    """A policy that also receives its own previous target (None at the first window), e.g. for a
+    turnover penalty: ``decide(train, previous) -> target weights``."""
+
+    decide: Callable[[pd.DataFrame, "pd.Series | None"], pd.Series]
+
+
+Policy = Callable[[pd.DataFrame], pd.Series] | Stateful
 """Training-slice returns (dates x all symbols) -> target weights (symbols, >= 0, sum 1)."""
 
 TaskMap = Callable[[Callable[["Task"], pd.Series], Sequence["Task"]], Sequence[pd.Series]]
@@ -103,8 +112,11 @@ def _validated_weights(weights: pd.Series, symbols: pd.Index, where: str) -> pd.
     return weights
 
 
-def evaluate(task: Task, returns: pd.DataFrame, policy: Policy) -> pd.Series:
-    """Target weights of ``task`` from ``returns.iloc[task.window.train]`` only.
+def evaluate(
+    task: Task, returns: pd.DataFrame, policy: Policy, previous: pd.Series | None = None
+) -> pd.Series:
+    """Target weights of ``task`` from ``returns.iloc[task.window.train]`` only (and, for a
+    :class:`Stateful` policy, its ``previous`` target).
 
     The policy receives a copy of the training rows (every symbol column, NaN included), so it can
     neither see later rows nor alter the caller's frame. Raises ``ValueError`` when the weights are
@@ -112,7 +124,12 @@ def evaluate(task: Task, returns: pd.DataFrame, policy: Policy) -> pd.Series:
     """
     train_returns = returns.iloc[task.window.train].copy()
     where = f"policy {task.policy!r}, window {task.window.index}"
-    return _validated_weights(policy(train_returns), returns.columns, where)
+    chosen = (
+        policy.decide(train_returns, previous)
+        if isinstance(policy, Stateful)
+        else policy(train_returns)
+    )
+    return _validated_weights(chosen, returns.columns, where)
 
 
 def hold(
@@ -207,6 +224,30 @@ class BacktestResult:
     windows: tuple[Window, ...]
 
 
+def target_table(result: BacktestResult, dates: pd.Index) -> pd.DataFrame:
+    """Every policy's target weights per rebalance, long: policy, rebalance (the first test date
+    of the window, ``dates`` being the returns' index), window, symbol, weight. Cash is no row."""
+    starts = {window.index: dates[window.test.start] for window in result.windows}
+    rows = [
+        pd.DataFrame(
+            {
+                "policy": name,
+                "rebalance": starts[index],
+                "window": index,
+                "symbol": weights.index.astype(str),
+                "weight": weights.to_numpy(dtype=float),
+            }
+        )
+        for name, by_window in result.targets.items()
+        for index, weights in by_window.items()
+        if len(weights)
+    ]
+    columns = ["policy", "rebalance", "window", "symbol", "weight"]
+    if not rows:
+        return pd.DataFrame(columns=columns).astype({"weight": float, "window": int})
+    return pd.concat(rows, ignore_index=True)[columns]
+
+
 def _serial_map(function: Callable[[Task], pd.Series], tasks: Sequence[Task]) -> list[pd.Series]:
     return [function(task) for task in tasks]
 
@@ -226,7 +267,8 @@ def run(
     ``returns``: dates x symbols simple returns, ascending unique dates. ``cost_rate``: cost per
     unit of one-sided turnover (crypto 0.0014, tradfi 0.0006). ``map_tasks(function, tasks)``
     must return ``[function(task) for task in tasks]`` in order and may evaluate them in parallel
-    (threads, processes, Ray); the result is identical to the serial default.
+    (threads, processes, Ray); it is called once per window, windows in order, so that a
+    :class:`Stateful` policy sees its previous target. The result equals the serial default.
     Raises ``ValueError`` when there are no policies or too few rows for one window.
     """
     if not policies:
@@ -240,16 +282,21 @@ def run(
         )
     names = list(policies)
     tasks = plan(len(returns), names, train=train, test=test, step=step)
+    targets: dict[str, dict[int, pd.Series]] = {name: {} for name in names}
 
     def evaluate_task(task: Task) -> pd.Series:
-        return evaluate(task, returns, policies[task.policy])
+        previous = targets[task.policy].get(task.window.index - 1)
+        return evaluate(task, returns, policies[task.policy], previous)
 
-    results = list((map_tasks or _serial_map)(evaluate_task, tasks))
-    if len(results) != len(tasks):
-        raise ValueError(f"map_tasks returned {len(results)} results for {len(tasks)} tasks")
-    targets: dict[str, dict[int, pd.Series]] = {name: {} for name in names}
-    for task, weights in zip(tasks, results, strict=True):
-        targets[task.policy][task.window.index] = weights
+    # Windows in order (a stateful policy needs its previous target); the policies of one window
+    # are independent and may be mapped in parallel.
+    for window in windows:
+        batch = [task for task in tasks if task.window.index == window.index]
+        results = list((map_tasks or _serial_map)(evaluate_task, batch))
+        if len(results) != len(batch):
+            raise ValueError(f"map_tasks returned {len(results)} results for {len(batch)} tasks")
+        for task, weights in zip(batch, results, strict=True):
+            targets[task.policy][task.window.index] = weights
 
     net: dict[str, pd.Series] = {}
     traded: dict[str, pd.Series] = {}

@@ -43,44 +43,161 @@ def _findings(symbols, dates, values) -> pd.DataFrame:
     )
 
 
-def stalled_symbols(
-    bars: pd.DataFrame, *, stall_bars: int = 3, as_of: pd.Timestamp | None = None
-) -> pd.DataFrame:
-    """Symbols whose last ``stall_bars`` closes are identical (value: the stuck close)."""
-    known = _known(bars, as_of)
-    symbols = known["symbol"].to_numpy()
-    ends = last_rows(symbols)
-    closes = trailing(known["close"].to_numpy(), symbols, ends, stall_bars)
-    stuck = np.all(closes == closes[:, -1:], axis=1)  # NaN (short history) never compares equal
-    return _findings(symbols[ends][stuck], known["date"].to_numpy()[ends][stuck], closes[stuck, -1])
+def is_volume_spike(z: np.ndarray, sigma: float) -> np.ndarray:
+    """The volume-spike rule: a z-score strictly above ``sigma`` (exactly ``sigma`` is no spike)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(z, dtype=float) > sigma
+
+
+def volume_zscores(volumes: np.ndarray) -> np.ndarray:
+    """Z-score of the last column of ``volumes`` (rows: symbols; columns: trailing bars, oldest
+    first) against the mean and standard deviation (ddof=1) of the columns before it.
+
+    A flat trailing volume followed by a higher last volume is an infinite z-score; NaN when any
+    volume of the row is missing (a missing volume is no spike).
+    """
+    before, last = volumes[:, :-1], volumes[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std = before.std(axis=1, ddof=1)
+        excess = last - before.mean(axis=1)
+        z = np.where(std > 0, excess / std, np.where(excess > 0, np.inf, 0.0))
+    z[np.isnan(before).any(axis=1) | np.isnan(last)] = np.nan
+    return z
 
 
 def volume_spikes(
     bars: pd.DataFrame,
     *,
-    sigma: float = 10.0,
-    window: int = 21,
+    sigma: float,
+    window: int,
     as_of: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """Symbols whose last volume is more than ``sigma`` standard deviations (ddof=1) above the
     mean of the ``window`` bars before it (value: the z-score; needs ``window`` trailing bars).
 
-    A flat trailing volume (standard deviation 0) followed by a higher last volume is an infinite
-    z-score, i.e. a spike. ``sigma=-inf`` returns every symbol's z-score.
+    ``sigma=-inf`` returns every symbol's z-score.
     """
     known = _known(bars, as_of)
     symbols = known["symbol"].to_numpy()
     ends = last_rows(symbols)
-    history = trailing(known["volume"].to_numpy(), symbols, ends, window + 1)
-    before, last = history[:, :-1], history[:, -1]
-    complete = ~np.isnan(before).any(axis=1) & ~np.isnan(last)  # a missing volume is no spike
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = before.mean(axis=1)
-        std = before.std(axis=1, ddof=1)
-        excess = last - mean
-        z = np.where(std > 0, excess / std, np.where(excess > 0, np.inf, 0.0))
-    spike = complete & (z > sigma)
+    z = volume_zscores(trailing(known["volume"].to_numpy(), symbols, ends, window + 1))
+    spike = is_volume_spike(z, sigma)
     return _findings(symbols[ends][spike], known["date"].to_numpy()[ends][spike], z[spike])
+
+
+def stall_mask(
+    returns: np.ndarray, *, window: int, max_zero_share: float, stall_bars: int
+) -> np.ndarray:
+    """The stall rule, per column of ``returns`` (rows: dates, oldest first; columns: symbols).
+
+    A symbol is stalled when, over its last ``window`` rows, the share of zero returns among its
+    valid (non-NaN) returns is above ``max_zero_share``, or when its last ``stall_bars − 1``
+    returns are all exactly zero (``stall_bars`` identical closes). A column without valid
+    returns in the window is not stalled (it is ineligible for other reasons).
+    """
+    values = np.asarray(returns, dtype=float)
+    if values.ndim != 2:
+        raise ValueError(f"stall_mask needs a 2-D array (dates × symbols), got {values.shape}")
+    tail = values[-window:] if window > 0 else values[:0]
+    valid = ~np.isnan(tail)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (tail == 0.0).sum(axis=0) / valid.sum(axis=0)
+    by_share = valid.any(axis=0) & (share > max_zero_share)
+    run = max(stall_bars - 1, 1)
+    last = values[-run:]
+    by_run = (len(values) >= run) & (last == 0.0).all(axis=0)
+    return by_share | by_run
+
+
+def stalled(
+    returns: pd.DataFrame, *, window: int, max_zero_share: float, stall_bars: int
+) -> pd.Series:
+    """:func:`stall_mask` of a wide returns frame: a boolean per symbol."""
+    mask = stall_mask(
+        returns.to_numpy(dtype=float),
+        window=window,
+        max_zero_share=max_zero_share,
+        stall_bars=stall_bars,
+    )
+    return pd.Series(mask, index=returns.columns, name="stalled")
+
+
+def stalled_closes(bars: pd.DataFrame, *, stall_bars: int) -> np.ndarray:
+    """Per symbol (rows sorted by symbol), whether its last ``stall_bars`` closes are identical:
+    the run part of :func:`stall_mask` on bars (the bar lake has no feature window)."""
+    symbols = bars["symbol"].to_numpy()
+    ends = last_rows(symbols)
+    closes = trailing(bars["close"].to_numpy(), symbols, ends, stall_bars)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        steps = (closes[:, 1:] / closes[:, :-1] - 1.0).T if stall_bars > 1 else closes.T * np.nan
+    # Short history leaves NaN steps: NaN never equals 0, so it is never a stall.
+    return stall_mask(steps, window=0, max_zero_share=1.0, stall_bars=stall_bars)
+
+
+def is_toxic(values: np.ndarray, threshold: float) -> np.ndarray:
+    """The toxic-return rule: a finite simple return strictly above ``threshold`` (5.0 = +500%)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values > threshold)
+
+
+DEFECT_COLUMNS = ("symbol", "rule", "date", "value", "detail")
+
+
+def return_defects(returns: pd.DataFrame, *, toxic_threshold: float) -> pd.DataFrame:
+    """Every symbol-level return defect of a wide returns frame, dated (DEFECT_COLUMNS).
+
+    The rules of the returns contract a ``quarantine`` policy may exclude: ``toxic_return``
+    (:func:`is_toxic`), ``return_above_minus_100pct`` (below −100%), ``finite_return`` (±inf) and
+    ``non_null_after_genesis`` (a missing return between a symbol's first and last return — a gap;
+    the NaN after a symbol's last return is a delisting, not a defect). Vectorised over symbols;
+    the walk-forward quarantines a symbol in every window whose rows contain one of its defects.
+    """
+    values = returns.to_numpy(dtype=float)
+    present = ~np.isnan(values)
+    listed = np.maximum.accumulate(present, axis=0)
+    alive = listed & np.maximum.accumulate(present[::-1], axis=0)[::-1]
+    with np.errstate(invalid="ignore"):
+        masks = {
+            "toxic_return": is_toxic(values, toxic_threshold),
+            "return_above_minus_100pct": np.isfinite(values) & (values < -1.0),
+            "finite_return": np.isinf(values),
+            "non_null_after_genesis": alive & ~present,
+        }
+    symbols = returns.columns.to_numpy(dtype=object)
+    dates = returns.index.to_numpy()
+    tables = []
+    for rule, mask in masks.items():
+        rows, cols = np.nonzero(mask)
+        if len(rows):
+            tables.append(
+                pd.DataFrame(
+                    {
+                        "symbol": symbols[cols],
+                        "rule": rule,
+                        "date": dates[rows],
+                        "value": values[rows, cols],
+                        "detail": rule,
+                    }
+                )
+            )
+    if not tables:
+        return empty_defects()
+    frame = pd.concat(tables, ignore_index=True)
+    frame["date"] = pd.to_datetime(frame["date"])
+    return frame.sort_values(["date", "symbol", "rule"], ignore_index=True)
+
+
+def empty_defects() -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "symbol": pd.Series(dtype=object),
+            "rule": pd.Series(dtype=object),
+            "date": pd.Series(dtype="datetime64[ns]"),
+            "value": pd.Series(dtype=float),
+            "detail": pd.Series(dtype=object),
+        }
+    )
+    return frame
 
 
 def filler_bars(bars: pd.DataFrame) -> np.ndarray:

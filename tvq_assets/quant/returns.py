@@ -4,19 +4,50 @@ Conventions: simple returns ``close_t / close_{t-1} - 1`` on the sleeve's calend
 bar has no return (NaN), so NaN marks "before genesis". Dates are tz-naive UTC calendar dates.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-EXCLUSION_COLUMNS = ("symbol", "rule", "date", "value", "detail")
+from tvq_assets.quant import quality
+
+EXCLUSION_COLUMNS = ("symbol", "rule", "date", "value", "detail", "reason")
+# Why a symbol left the universe: the eligibility rules (stale, lagging, short history), a return
+# defect under the `quarantine` policy, or a bar defect the bar policy quarantined.
+REASONS = ("ineligible", "quarantine", "bar_defect")
 
 
 @dataclass(frozen=True)
 class ReturnsWindow:
-    returns: pd.DataFrame  # dates × symbols, simple returns
-    dollar_volume: pd.DataFrame  # same shape: close × volume, NaN where there is no bar
-    excluded: pd.DataFrame  # EXCLUSION_COLUMNS: one row per symbol left out, with the rule
+    """The point-in-time data of one run: the decision window and the history the backtest needs.
+
+    ``returns`` / ``dollar_volume``: dates × eligible symbols over the ``lookback`` rows ending at
+    the as-of date. ``excluded``: one row per symbol left out (EXCLUSION_COLUMNS, ``reason`` one
+    of REASONS). ``history`` / ``history_dollar_volume``: every symbol of the sleeve with a bar in
+    the longer history the walk-forward replays (dates × symbols, same conventions; a symbol that
+    died inside it is kept, NaN after its last bar). ``defects``: dated return defects and
+    quarantining bar defects over the history (symbol, rule, date, value, detail), which the
+    walk-forward uses to quarantine a symbol in the windows that contain them.
+    Dollar volume is defined exactly on the dates a symbol has a bar.
+    """
+
+    returns: pd.DataFrame
+    dollar_volume: pd.DataFrame
+    excluded: pd.DataFrame
+    history: pd.DataFrame
+    history_dollar_volume: pd.DataFrame
+    defects: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class History:
+    """Wide returns and dollar volume of every symbol on the calendar grid, and each symbol's last
+    bar date (from all bars up to the as-of date, also those before the grid)."""
+
+    returns: pd.DataFrame
+    dollar_volume: pd.DataFrame
+    last_bar: pd.Series
 
 
 def calendar_grid(
@@ -35,6 +66,109 @@ def calendar_grid(
     raise ValueError(f"unknown calendar {calendar!r}; expected 'crypto' or 'weekday'")
 
 
+def returns_history(
+    bars: pd.DataFrame, *, as_of: pd.Timestamp, rows: int, calendar: str
+) -> History:
+    """Simple returns and dollar volume of every symbol over the ``rows`` grid dates ending at the
+    sleeve's last bar on or before ``as_of`` (from bars dated ≤ ``as_of`` only).
+
+    The grid ends at the last bar on or before ``as_of``: a run scheduled before the day's bars
+    land still sees a complete last row.
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    known = bars[bars["date"] <= as_of]
+    if known.empty:
+        empty = pd.DataFrame(
+            index=pd.DatetimeIndex([], name="date"),
+            columns=pd.Index([], name="symbol"),
+            dtype=float,
+        )
+        last = pd.Series([], index=pd.Index([], name="symbol"), dtype="datetime64[ns]", name="date")
+        return History(empty, empty.copy(), last)
+    end = known["date"].max()
+    grid = calendar_grid(
+        pd.DatetimeIndex(known["date"].unique()), calendar=calendar, end=end, rows=rows + 1
+    )
+    close, volume, last_bar = _wide_on_grid(known, grid)
+    returns = close.pct_change(fill_method=None).iloc[1:]
+    dollar_volume = (close * volume).iloc[1:]
+    return History(returns, dollar_volume, last_bar)
+
+
+def last_bar_dates(dollar_volume: pd.DataFrame) -> pd.Series:
+    """Each column's last date with a bar (a non-NaN dollar volume); NaT for none."""
+    present = dollar_volume.notna().to_numpy()
+    if present.size == 0:
+        return pd.Series(pd.NaT, index=dollar_volume.columns, dtype="datetime64[ns]", name="date")
+    last_row = len(present) - 1 - np.argmax(present[::-1], axis=0)
+    dates = dollar_volume.index.to_numpy()[last_row]
+    values = np.where(present.any(axis=0), dates, np.datetime64("NaT"))
+    return pd.Series(values, index=dollar_volume.columns, dtype="datetime64[ns]", name="date")
+
+
+def eligibility(
+    returns: pd.DataFrame,
+    *,
+    last_bar: pd.Series,
+    as_of: pd.Timestamp,
+    stale_days: int,
+    min_history: int,
+) -> pd.DataFrame:
+    """The eligibility rules of a returns window; one exclusion row per ineligible symbol.
+
+    ``last_bar``: each symbol's last bar date on or before ``as_of`` (NaT: none). A symbol is
+    ``stale_or_delisted`` when its last bar is more than ``stale_days`` calendar days before
+    ``as_of`` (or it has none); ``no_bar_on_last_day`` when it printed within ``stale_days`` but
+    not on the window's last date (a lagging feed: its trailing gap would reach the optimiser as
+    NaN after genesis); ``min_history`` when it has fewer than ``min_history`` returns in the
+    window. The same function decides the universe of the assets and of every walk-forward window.
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    end = returns.index[-1] if len(returns) else as_of
+    days_silent = (as_of - last_bar).dt.days
+    stale = days_silent[~(days_silent <= stale_days)]
+    lagging = last_bar[(last_bar < end) & ~last_bar.index.isin(stale.index)]
+    history = returns.notna().sum()
+    dropped = stale.index.union(lagging.index)
+    short = history[(history < min_history) & ~history.index.isin(dropped)]
+    rows = (
+        [
+            (
+                symbol,
+                "stale_or_delisted",
+                last_bar[symbol],
+                float(days) if pd.notna(days) else np.inf,
+                f"no bar for {days:.0f} days" if pd.notna(days) else "no bar in the window",
+                "ineligible",
+            )
+            for symbol, days in stale.items()
+        ]
+        + [
+            (
+                symbol,
+                "no_bar_on_last_day",
+                date,
+                float((end - date).days),
+                f"last bar {date:%Y-%m-%d}, window ends {end:%Y-%m-%d}",
+                "ineligible",
+            )
+            for symbol, date in lagging.items()
+        ]
+        + [
+            (
+                symbol,
+                "min_history",
+                end,
+                float(count),
+                f"{count} < {min_history} bars",
+                "ineligible",
+            )
+            for symbol, count in short.items()
+        ]
+    )
+    return exclusions(rows)
+
+
 def returns_window(
     bars: pd.DataFrame,
     *,
@@ -43,67 +177,35 @@ def returns_window(
     calendar: str,
     stale_days: int,
     min_history: int,
+    history_rows: int | None = None,
+    toxic_threshold: float = np.inf,
 ) -> ReturnsWindow:
-    """Simple returns over the ``lookback`` bars ending at ``as_of``, from bars dated ≤ ``as_of``.
+    """The eligible returns over the ``lookback`` bars ending at ``as_of``, and the history.
 
-    The window ends at the sleeve's last bar on or before ``as_of`` (a run scheduled before the
-    day's bars land still sees a complete last row). Symbols are dropped, and recorded, when their
-    last bar is more than ``stale_days`` calendar days before ``as_of`` (``stale_or_delisted``),
-    when they lack a bar on the window's last date although they printed within ``stale_days``
-    (``no_bar_on_last_day``: a lagging feed; kept, its trailing gap would reach the optimiser as
-    NaN after genesis), or when they have fewer than ``min_history`` returns inside the window.
+    ``history_rows`` (default ``lookback``) rows of every symbol are kept for the walk-forward;
+    the decision window is their last ``lookback`` rows minus the symbols :func:`eligibility`
+    drops. ``defects`` are the return defects of the history (``quality.return_defects`` with
+    ``toxic_threshold``); nothing is quarantined here (that is the sleeve's policy, applied by the
+    caller through :func:`drop_symbols`).
     """
-    as_of = pd.Timestamp(as_of).normalize()
-    known = bars[bars["date"] <= as_of]
-    empty = pd.DataFrame(
-        index=pd.DatetimeIndex([], name="date"), columns=pd.Index([], name="symbol"), dtype=float
+    rows = max(lookback, history_rows or lookback)
+    history = returns_history(bars, as_of=as_of, rows=rows, calendar=calendar)
+    window = history.returns.tail(lookback)
+    excluded = eligibility(
+        window,
+        last_bar=history.last_bar,
+        as_of=as_of,
+        stale_days=stale_days,
+        min_history=min_history,
     )
-    if known.empty:
-        return ReturnsWindow(empty, empty.copy(), _exclusions([]))
-    end = known["date"].max()
-    grid = calendar_grid(
-        pd.DatetimeIndex(known["date"].unique()), calendar=calendar, end=end, rows=lookback + 1
-    )
-    close, volume, last_bar = _wide_on_grid(known, grid)
-    days_silent = (as_of - last_bar).dt.days
-    stale = days_silent[days_silent > stale_days]
-    lagging = last_bar[(last_bar < grid[-1]) & ~last_bar.index.isin(stale.index)]
-    returns = close.pct_change(fill_method=None).iloc[1:]
-    dollar_volume = (close * volume).iloc[1:]
-    history = returns.notna().sum()
-    dropped = stale.index.union(lagging.index)
-    short = history[(history < min_history) & ~history.index.isin(dropped)]
-
-    excluded = (
-        [
-            (symbol, "stale_or_delisted", last_bar[symbol], float(days), f"no bar for {days} days")
-            for symbol, days in stale.items()
-        ]
-        + [
-            (
-                symbol,
-                "no_bar_on_last_day",
-                date,
-                float((grid[-1] - date).days),
-                f"last bar {date:%Y-%m-%d}, window ends {grid[-1]:%Y-%m-%d}",
-            )
-            for symbol, date in lagging.items()
-        ]
-        + [
-            (
-                symbol,
-                "min_history",
-                returns.index[-1],
-                float(count),
-                f"{count} < {min_history} bars",
-            )
-            for symbol, count in short.items()
-        ]
-    )
-    keep = returns.columns.difference(dropped.union(short.index), sort=False)
-    keep = keep.sort_values()
+    keep = window.columns.difference(pd.Index(excluded["symbol"]), sort=False).sort_values()
     return ReturnsWindow(
-        returns=returns[keep], dollar_volume=dollar_volume[keep], excluded=_exclusions(excluded)
+        returns=window[keep],
+        dollar_volume=history.dollar_volume.tail(lookback)[keep],
+        excluded=excluded,
+        history=history.returns,
+        history_dollar_volume=history.dollar_volume,
+        defects=quality.return_defects(history.returns, toxic_threshold=toxic_threshold),
     )
 
 
@@ -145,10 +247,12 @@ def _wide_on_grid(
     return close, volume, last_bar
 
 
-def _exclusions(rows: list[tuple]) -> pd.DataFrame:
+def exclusions(rows: "list[tuple] | pd.DataFrame") -> pd.DataFrame:
+    """An exclusion table (EXCLUSION_COLUMNS), sorted by rule then symbol."""
     frame = pd.DataFrame(rows, columns=list(EXCLUSION_COLUMNS))
     frame["date"] = pd.to_datetime(frame["date"])
     frame["value"] = frame["value"].astype(float)
+    frame = frame.astype({"symbol": object, "rule": object, "detail": object, "reason": object})
     return frame.sort_values(["rule", "symbol"]).reset_index(drop=True)
 
 
@@ -178,13 +282,19 @@ def tidy_returns(returns: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def drop_symbols(window: ReturnsWindow, offenders: pd.DataFrame) -> ReturnsWindow:
-    """Remove quarantined symbols (rows of ``offenders``: symbol, rule, date, value, detail)."""
+def drop_symbols(window: ReturnsWindow, offenders: pd.DataFrame, *, reason: str) -> ReturnsWindow:
+    """Remove ``offenders`` (rows: symbol, rule, date, value, detail) from the decision window and
+    record them in ``excluded`` with ``reason`` (one of REASONS)."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown exclusion reason {reason!r}; expected one of {REASONS}")
+    if offenders.empty:
+        return window
     gone = pd.Index(offenders["symbol"].unique())
     keep = window.returns.columns.difference(gone, sort=False)
-    excluded = pd.concat([window.excluded, offenders[list(EXCLUSION_COLUMNS)]], ignore_index=True)
-    return ReturnsWindow(
+    added = offenders.assign(reason=reason)[list(EXCLUSION_COLUMNS)]
+    return dataclasses.replace(
+        window,
         returns=window.returns[keep],
         dollar_volume=window.dollar_volume[keep],
-        excluded=excluded.reset_index(drop=True),
+        excluded=exclusions(pd.concat([window.excluded, added], ignore_index=True)),
     )

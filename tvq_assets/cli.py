@@ -102,9 +102,7 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
     if lake.exists(["backtest"], key):
         bundle = lake.read(["backtest"], key)
         verdict = bundle.verdict.iloc[0]
-        shown = bundle.metrics.loc[
-            [verdict["champion"], "baseline_universe", "baseline_winners"]
-        ]
+        shown = bundle.metrics.loc[[verdict["champion"], "baseline_universe", "baseline_winners"]]
         if not verdict["incumbent"]:
             standing = "first verdict"
         elif verdict["replaced"]:

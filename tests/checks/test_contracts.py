@@ -381,6 +381,7 @@ def test_a_clean_synthetic_market_passes_every_error_rule(calendar, n_symbols, s
 
 
 RULES_WITH_THEIR_OWN_TESTS = {
+    "universe_too_small",
     "one_row_per_symbol_date",
     "sorted_by_symbol_date",
     "no_weekend_rows",
@@ -397,3 +398,36 @@ def test_every_rule_has_a_test_that_breaks_it():
         | RULES_WITH_THEIR_OWN_TESTS
     )
     assert covered == set(contracts.RULES)
+
+
+def test_a_universe_below_min_universe_fails_and_lists_every_exclusion():
+    from tvq_assets.quant.returns import exclusions
+
+    dates = pd.date_range("2026-01-01", periods=5, name="date")
+    returns = pd.DataFrame(
+        0.01, index=dates, columns=pd.Index(["AAA", "BBB", "CCC"], name="symbol")
+    )
+    excluded = exclusions(
+        [
+            ("DDD", "stale_or_delisted", dates[0], 9.0, "no bar for 9 days", "ineligible"),
+            ("EEE", "toxic_return", dates[2], 7.0, "return +700%", "quarantine"),
+        ]
+    )
+    assert contracts.universe_violations(returns, excluded, minimum=3, as_of=dates[-1]).empty
+    [row] = contracts.universe_violations(
+        returns, excluded, minimum=4, as_of=dates[-1]
+    ).itertuples()
+    assert row.rule == "universe_too_small" and row.value == 3.0
+    assert "3 < 4" in row.message
+    assert "DDD (stale_or_delisted, ineligible: no bar for 9 days)" in row.message
+    assert "EEE (toxic_return, quarantine: return +700%)" in row.message
+
+
+def test_the_volume_spike_warning_is_strictly_above_sigma():
+    z = np.array([10.0, np.nextafter(10.0, np.inf), np.nan])
+    frame = pd.DataFrame({"volume_z": z, "stalled": [False, False, False]})
+    found = contracts.violations(
+        contracts.bars_warning_schema(volume_spike_sigma=10.0),
+        frame.assign(symbol="S", date=pd.Timestamp("2026-01-01")),
+    )
+    assert list(found["value"]) == [z[1]]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvq_assets.quant.quality import filler_bars, stalled_symbols, volume_spikes
+from tvq_assets.quant.quality import filler_bars, is_volume_spike, stalled_symbols, volume_spikes
 from tvq_resources.synthetic import Fault, generate_market
 
 END = "2025-05-31"
@@ -126,16 +126,22 @@ def test_as_of_restricts_every_rule_to_the_bars_dated_before_it(faulty_crypto, a
 
 
 def test_a_stall_dated_after_as_of_is_not_seen_and_one_before_it_is(faulty_crypto):
-    stalled_later = set(stalled_symbols(faulty_crypto)["symbol"])
-    before = set(stalled_symbols(faulty_crypto, as_of=pd.Timestamp("2025-02-27"))["symbol"])
-    during = set(stalled_symbols(faulty_crypto, as_of=pd.Timestamp("2025-03-05"))["symbol"])
+    stalled_later = set(stalled_symbols(faulty_crypto, stall_bars=3)["symbol"])
+    before = set(
+        stalled_symbols(faulty_crypto, stall_bars=3, as_of=pd.Timestamp("2025-02-27"))["symbol"]
+    )
+    during = set(
+        stalled_symbols(faulty_crypto, stall_bars=3, as_of=pd.Timestamp("2025-03-05"))["symbol"]
+    )
     assert len(stalled_later) == 2
     assert len(during & stalled_later) == 1 and not before & stalled_later
 
 
 def test_the_volume_spike_is_found_on_its_day_only(faulty_crypto):
-    on_the_day = volume_spikes(faulty_crypto, as_of=pd.Timestamp("2025-04-20"))
-    next_day = volume_spikes(faulty_crypto, as_of=pd.Timestamp("2025-04-21"))
+    on_the_day = volume_spikes(
+        faulty_crypto, sigma=10.0, window=21, as_of=pd.Timestamp("2025-04-20")
+    )
+    next_day = volume_spikes(faulty_crypto, sigma=10.0, window=21, as_of=pd.Timestamp("2025-04-21"))
     assert list(on_the_day["date"].unique()) == [pd.Timestamp("2025-04-20")]
     assert next_day.empty
 
@@ -153,7 +159,7 @@ def test_filler_bars_match_a_loop_on_weekend_padding(padded_weekday):
 def test_a_clean_market_has_no_filler_bars_and_no_stalls():
     clean = generate_market(seed=5, n_symbols=15, start="2025-01-01", end=END)
     assert not filler_bars(clean).any()
-    assert stalled_symbols(clean).empty
+    assert stalled_symbols(clean, stall_bars=3).empty
 
 
 def test_the_first_bar_of_a_symbol_is_never_filler_even_if_it_copies_the_previous_symbol():
@@ -174,8 +180,8 @@ def test_the_first_bar_of_a_symbol_is_never_filler_even_if_it_copies_the_previou
 def test_rules_on_an_empty_frame_find_nothing():
     empty = generate_market(seed=5, n_symbols=3, n_clusters=1, start="2025-01-01", end=END)
     empty = empty.iloc[0:0]
-    assert stalled_symbols(empty).empty
-    assert volume_spikes(empty).empty
+    assert stalled_symbols(empty, stall_bars=3).empty
+    assert volume_spikes(empty, sigma=10.0, window=21).empty
     assert filler_bars(empty).shape == (0,)
 
 
@@ -211,7 +217,7 @@ def small_bars(draw) -> pd.DataFrame:
 @settings(max_examples=40, deadline=None)
 @given(
     bars=small_bars(),
-    stall_bars=st.integers(1, 5),
+    stall_bars=st.integers(2, 5),
     window=st.integers(2, 22),
     sigma=st.sampled_from([-np.inf, 0.0, 1.0, 10.0]),
     as_of_day=st.integers(0, 27),
@@ -229,3 +235,15 @@ def test_every_rule_matches_its_loop_reference_on_random_small_frames(
         reference_spikes(bars, sigma=sigma, window=window, as_of=as_of),
     )
     np.testing.assert_array_equal(filler_bars(bars), reference_fillers(bars))
+
+
+def test_a_volume_exactly_at_sigma_is_no_spike_and_one_just_above_is():
+    bars = generate_market(seed=5, n_symbols=3, n_clusters=1, start="2025-01-01", end=END)
+    [z] = volume_spikes(bars[bars["symbol"] == bars["symbol"].iloc[0]], sigma=-np.inf, window=21)[
+        "value"
+    ]
+    symbol_bars = bars[bars["symbol"] == bars["symbol"].iloc[0]]
+    assert volume_spikes(symbol_bars, sigma=z, window=21).empty
+    assert len(volume_spikes(symbol_bars, sigma=np.nextafter(z, -np.inf), window=21)) == 1
+    assert not is_volume_spike(np.array([10.0]), 10.0)[0]
+    assert is_volume_spike(np.array([np.nextafter(10.0, np.inf)]), 10.0)[0]

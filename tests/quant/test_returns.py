@@ -264,14 +264,14 @@ def test_drop_symbols_removes_their_columns_and_appends_the_exclusions(crypto_wi
     offenders = pd.DataFrame(
         {
             "symbol": [victims[0], victims[0], victims[1]],
-            "rule": ["quarantine:toxic_return"] * 3,
+            "rule": ["toxic_return"] * 3,
             "date": pd.to_datetime(["2025-01-02", "2025-01-05", "2025-02-01"]),
             "value": [6.0, 7.5, 9.0],
             "detail": ["spike", "spike", "spike"],
             "message": ["ignored"] * 3,
         }
     )
-    result = drop_symbols(crypto_window, offenders)
+    result = drop_symbols(crypto_window, offenders, reason="quarantine")
     remaining = [s for s in crypto_window.returns.columns if s not in victims]
     assert list(result.returns.columns) == remaining
     assert list(result.dollar_volume.columns) == remaining
@@ -281,7 +281,10 @@ def test_drop_symbols_removes_their_columns_and_appends_the_exclusions(crypto_wi
         result.excluded.iloc[:before], crypto_window.excluded, check_dtype=False
     )
     appended = result.excluded.iloc[before:].reset_index(drop=True)
-    pd.testing.assert_frame_equal(appended, offenders[list(EXCLUSION_COLUMNS)])
+    expected = offenders.assign(reason="quarantine")[list(EXCLUSION_COLUMNS)]
+    pd.testing.assert_frame_equal(appended, expected)
+    with pytest.raises(ValueError, match="unknown exclusion reason"):
+        drop_symbols(crypto_window, offenders, reason="quarantine:toxic_return")
 
 
 def test_a_symbol_without_a_bar_on_the_last_day_is_excluded_not_left_with_a_trailing_gap():

@@ -95,6 +95,8 @@ def stall_mask(
     returns are all exactly zero (``stall_bars`` identical closes). A column without valid
     returns in the window is not stalled (it is ineligible for other reasons).
     """
+    if stall_bars < 2:
+        raise ValueError(f"a stall needs at least 2 identical closes, got stall_bars={stall_bars}")
     values = np.asarray(returns, dtype=float)
     if values.ndim != 2:
         raise ValueError(f"stall_mask needs a 2-D array (dates × symbols), got {values.shape}")
@@ -128,10 +130,26 @@ def stalled_closes(bars: pd.DataFrame, *, stall_bars: int) -> np.ndarray:
     symbols = bars["symbol"].to_numpy()
     ends = last_rows(symbols)
     closes = trailing(bars["close"].to_numpy(), symbols, ends, stall_bars)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        steps = (closes[:, 1:] / closes[:, :-1] - 1.0).T if stall_bars > 1 else closes.T * np.nan
-    # Short history leaves NaN steps: NaN never equals 0, so it is never a stall.
-    return stall_mask(steps, window=0, max_zero_share=1.0, stall_bars=stall_bars)
+    # A step is "no move" (0) exactly when two closes are equal; short history leaves NaN, which
+    # never counts as a stall.
+    earlier, later = closes[:, :-1], closes[:, 1:]
+    steps = np.where(np.isnan(earlier) | np.isnan(later), np.nan, np.where(later == earlier, 0, 1))
+    return stall_mask(steps.T, window=0, max_zero_share=1.0, stall_bars=stall_bars)
+
+
+def stalled_symbols(
+    bars: pd.DataFrame, *, stall_bars: int, as_of: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Symbols whose last ``stall_bars`` closes are identical (value: the stuck close)."""
+    known = _known(bars, as_of)
+    symbols = known["symbol"].to_numpy()
+    ends = last_rows(symbols)
+    stuck = stalled_closes(known, stall_bars=stall_bars)
+    return _findings(
+        symbols[ends][stuck],
+        known["date"].to_numpy()[ends][stuck],
+        known["close"].to_numpy()[ends][stuck],
+    )
 
 
 def is_toxic(values: np.ndarray, threshold: float) -> np.ndarray:

@@ -296,5 +296,5 @@ def drop_symbols(window: ReturnsWindow, offenders: pd.DataFrame, *, reason: str)
         window,
         returns=window.returns[keep],
         dollar_volume=window.dollar_volume[keep],
-        excluded=exclusions(pd.concat([window.excluded, added], ignore_index=True)),
+        excluded=pd.concat([window.excluded, added], ignore_index=True),
     )

@@ -1,0 +1,249 @@
+"""The composed policy: one universe, stall and quarantine rule for the assets and the tournament."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from tvq_assets.catalog import CALENDAR_DEFAULTS, CALENDARS, Policy, Sleeve
+from tvq_assets.quant import backtest, optimise, policy
+from tvq_assets.quant.returns import eligibility
+from tvq_assets.settings import policy_settings
+from tvq_resources.synthetic import Fault, generate_market, planted_clusters
+
+END = "2026-06-30"
+# The documented bar for recovering the planted sectors (stablecoins form their own group).
+MIN_ADJUSTED_RAND = 0.9
+
+
+def settings_for(calendar: str = "crypto", **overrides) -> policy.PolicySettings:
+    """The composed policy's settings of a catalog sleeve (defaults, then ``overrides``)."""
+    sleeve = Sleeve(
+        name="test",
+        source={"kind": "synthetic"},
+        calendar=calendar,
+        periods_per_year=CALENDARS[calendar],
+        toxic_policy="fail",
+        policy=Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides}),
+    )
+    return policy_settings(sleeve)
+
+
+SETTINGS = settings_for()
+# A short walk-forward that still exercises every stage: 3 windows of 20 days.
+SHORT = settings_for(lookback=300, train=240, test=20, step=20)
+
+
+def window(*, symbols: int = 60, faults=(), end: str = END, settings=SETTINGS, bars=None):
+    bars = (
+        generate_market(seed=7, n_symbols=symbols, end=end, faults=faults) if bars is None else bars
+    )
+    return policy.point_in_time(bars, as_of=pd.Timestamp(end), settings=settings, quarantine=True)
+
+
+@pytest.fixture(scope="module")
+def market():
+    return window()
+
+
+def test_clustering_recovers_the_planted_sectors_of_the_synthetic_market(market):
+    labels = policy.cluster(market.returns, SETTINGS)
+    truth = planted_clusters(seed=7, n_symbols=60).reindex(labels.index)
+    assert adjusted_rand_score(truth, labels) > MIN_ADJUSTED_RAND
+
+
+def test_alpha_selects_within_bounds_and_never_a_stalled_symbol():
+    stalled_window = window(faults=[Fault("stall")])
+    table = policy.features(stalled_window.returns, stalled_window.dollar_volume, SETTINGS)
+    stalled = list(table.index[table["stalled"]])
+    assert len(stalled) >= 1
+    history = stalled_window.history.tail(SETTINGS.lookback)
+    result = policy.decide_alpha(
+        history,
+        stalled_window.history_dollar_volume.tail(SETTINGS.lookback),
+        as_of=pd.Timestamp(END),
+        settings=SETTINGS,
+        defects=stalled_window.defects,
+    )
+    for outcome in result.selections.values():
+        winners = outcome.winners
+        assert SETTINGS.selection.min_winners <= len(winners) <= SETTINGS.selection.max_winners
+        assert not set(stalled) & set(winners.index)
+
+
+def test_eligibility_counts_staleness_in_calendar_days_from_the_as_of_date():
+    dates = pd.bdate_range("2026-01-05", periods=100, name="date")
+    returns = pd.DataFrame(0.01, index=dates, columns=["A", "B"])
+    last_bar = pd.Series([dates[-1], dates[-1]], index=returns.columns)
+    # A run on Monday before Monday's bars land: Friday's bars are 3 calendar days old.
+    monday = dates[-1] + pd.Timedelta(days=3)
+    kept = eligibility(returns, last_bar=last_bar, as_of=monday, stale_days=3, min_history=90)
+    assert kept.empty
+    dropped = eligibility(returns, last_bar=last_bar, as_of=monday, stale_days=2, min_history=90)
+    assert list(dropped["rule"]) == ["stale_or_delisted"] * 2
+    assert list(dropped["value"]) == [3.0, 3.0]
+
+
+def test_the_stall_rule_fires_above_its_zero_share_and_not_at_it():
+    rows = 120
+    at_share = np.full((rows, 2), 0.01)
+    at_share[: int(rows * 0.25), 0] = 0.0  # exactly 25% zero returns
+    at_share[: int(rows * 0.25) + 1, 1] = 0.0  # one more: above 25%
+    mask = policy.quality.stall_mask(at_share, window=rows, max_zero_share=0.25, stall_bars=3)
+    assert list(mask) == [False, True]
+
+
+def test_the_stall_rule_also_fires_on_a_run_of_identical_closes():
+    values = np.full((120, 2), 0.01)
+    values[-2:, 0] = 0.0  # three identical closes
+    values[-1:, 1] = 0.0  # two
+    mask = policy.quality.stall_mask(values, window=120, max_zero_share=0.25, stall_bars=3)
+    assert list(mask) == [True, False]
+
+
+def test_a_policy_sees_only_its_training_slice(market):
+    contest = policy.Tournament(market, SHORT)
+    train = market.history.iloc[:400].tail(SHORT.lookback)
+    decide = contest.policies()["log_mps/min_variance"].decide
+    before = decide(train, None)
+    changed = dataclasses.replace(market, history=market.history.copy())
+    changed.history.iloc[400:] = changed.history.iloc[400:] * -3.0
+    fresh = policy.Tournament(changed, SHORT)
+    after = fresh.policies()["log_mps/min_variance"].decide(
+        changed.history.iloc[:400].tail(SHORT.lookback), None
+    )
+    pd.testing.assert_series_equal(before, after)
+
+
+def test_every_profile_of_a_scorer_allocates_the_same_winners(market):
+    contest = policy.Tournament(market, SHORT)
+    train = market.history.tail(SHORT.lookback)
+    policies = contest.policies()
+    held = {name: set(policies[name].decide(train, None).index) for name in contest.candidates}
+    winners = set(contest.alpha_of(train).selections["log_mps"].winners.index)
+    for profile in optimise.PROFILES:
+        assert held[f"log_mps/{profile}"] <= winners
+    assert np.isclose(policies["baseline_winners"](train).sum(), 1.0)
+    assert set(policies["baseline_winners"](train).index) == winners
+
+
+def test_the_tournament_honours_the_cluster_cap_on_every_window(market):
+    capped = dataclasses.replace(SHORT, cluster_cap=0.3)
+    contest = policy.Tournament(market, capped)
+    result = backtest.run(
+        market.history,
+        contest.policies(),
+        train=capped.lookback,
+        test=capped.test,
+        step=capped.step,
+        cost_rate=capped.cost_rate,
+    )
+    checked = 0
+    for name in contest.candidates:
+        for index, weights in result.targets[name].items():
+            if weights.empty:
+                continue
+            window_rows = result.windows[index].train
+            labels = contest.alpha_of(market.history.iloc[window_rows]).clusters
+            by_cluster = weights.groupby(labels.reindex(weights.index)).sum()
+            assert by_cluster.max() <= 0.3 + 1e-6, (name, index, by_cluster.max())
+            checked += 1
+    assert checked >= len(contest.candidates) * len(result.windows) - 2
+
+
+def test_the_tournament_penalises_turnover_against_each_policys_previous_target(market):
+    train = market.history.tail(SHORT.lookback)
+    previous = (
+        policy.Tournament(market, SHORT)
+        .policies()["log_mps/min_variance"]
+        .decide(market.history.iloc[:-20].tail(SHORT.lookback), None)
+    )
+    free = policy.Tournament(market, SHORT).policies()["log_mps/min_variance"].decide(train, None)
+    penalised = dataclasses.replace(SHORT, turnover_penalty=1.0)
+    held = (
+        policy.Tournament(market, penalised)
+        .policies()["log_mps/min_variance"]
+        .decide(train, previous)
+    )
+
+    def moved(weights):
+        symbols = weights.index.union(previous.index)
+        return (
+            (weights.reindex(symbols).fillna(0) - previous.reindex(symbols).fillna(0)).abs().sum()
+        )
+
+    assert moved(held) < moved(free) - 1e-3
+
+
+def test_a_stale_symbol_leaves_the_tournaments_universe_with_its_rule(market):
+    contest = policy.Tournament(market, SHORT)
+    train = market.history.tail(SHORT.lookback).copy()
+    volume = contest.dollar_volume.copy()
+    victim = train.columns[0]
+    volume.loc[train.index[-6:], victim] = np.nan  # no bar for the last 6 days
+    contest.dollar_volume = volume
+    universe = contest.alpha_of(train).universe
+    assert victim not in universe.returns.columns
+    [row] = universe.excluded[universe.excluded["symbol"] == victim].itertuples()
+    assert row.rule == "stale_or_delisted" and row.value == 6.0
+    assert victim not in contest.policies()["baseline_universe"](train).index
+
+
+def test_a_symbol_that_dies_inside_the_backtest_is_held_before_and_leaves_after():
+    bars = generate_market(seed=7, n_symbols=40, end=END)
+    victim = sorted(bars["symbol"].unique())[3]
+    death = pd.Timestamp(END) - pd.Timedelta(days=35)
+    alive = ~((bars["symbol"] == victim) & (bars["date"] > death))
+    data = window(bars=bars[alive].reset_index(drop=True), settings=SHORT)
+    assert victim in data.history.columns and victim not in data.returns.columns
+    assert data.history[victim].loc[:death].notna().iloc[-1]
+    assert data.history[victim].loc[death + pd.Timedelta(days=1) :].isna().all()
+
+    contest = policy.Tournament(data, SHORT)
+    result = backtest.run(
+        data.history,
+        contest.policies(),
+        train=SHORT.lookback,
+        test=SHORT.test,
+        step=SHORT.step,
+        cost_rate=SHORT.cost_rate,
+    )
+    held = result.targets["baseline_universe"]
+    ends = {i: data.history.index[w.train.stop - 1] for i, w in enumerate(result.windows)}
+    before = [i for i, end in ends.items() if end <= death]
+    after = [i for i, end in ends.items() if end > death + pd.Timedelta(days=SHORT.stale_days)]
+    assert before and after
+    assert all(victim in held[i].index for i in before)
+    assert not any(victim in held[i].index for i in after)
+    assert np.isfinite(result.returns["baseline_universe"]).all()
+
+
+def test_a_toxic_print_quarantines_its_symbol_only_in_windows_that_contain_it():
+    bars = generate_market(seed=7, n_symbols=40, end=END)
+    victim = sorted(bars["symbol"].unique())[5]
+    day = pd.Timestamp(END) - pd.Timedelta(days=30)
+    spike = (bars["symbol"] == victim) & (bars["date"] >= day)
+    bars.loc[spike, ["open", "high", "low", "close"]] *= 8.0  # +700% on `day`, then flat
+    data = window(bars=bars, settings=SHORT)
+    assert {"toxic_return"} <= set(data.defects.loc[data.defects["symbol"] == victim, "rule"])
+    contest = policy.Tournament(data, SHORT)
+    before = data.history.loc[: day - pd.Timedelta(days=1)].tail(SHORT.lookback)
+    after = data.history.tail(SHORT.lookback)
+    assert victim in contest.alpha_of(before).universe.returns.columns
+    quarantined = contest.alpha_of(after).universe
+    assert victim in quarantined.quarantined
+    # The production window of the same day quarantines it in the same way.
+    assert victim in data.excluded.loc[data.excluded["reason"] == "quarantine", "symbol"].values
+
+
+def test_a_window_with_too_small_a_universe_holds_cash(market):
+    tiny = dataclasses.replace(SHORT, min_universe=10_000)
+    contest = policy.Tournament(market, tiny)
+    train = market.history.tail(tiny.lookback)
+    for name, chosen in contest.policies().items():
+        weights = (
+            chosen.decide(train, None) if isinstance(chosen, backtest.Stateful) else chosen(train)
+        )
+        assert weights.empty, name

@@ -141,6 +141,16 @@ def backtest(
     run = run_of(context)
     incumbent = previous.champion if previous is not None else None
     outcome = policy.tournament(returns, run.settings, incumbent=incumbent)
+    incomplete = Evaluation(
+        BACKTEST_COMPLETE,
+        backtest_contracts.backtest_violations(
+            outcome.result.returns, outcome.metrics, as_of=run.as_of
+        ),
+    )
+    if outcome.verdict is None:
+        # No candidate ever traded: nothing is stored and the contract stops the run.
+        yield from checks.emit("backtest", run.key, None, metadata={}, evaluations=[incomplete])
+        return
     stored = policy.record(outcome, incumbent=incumbent, dates=returns.history.index)
     champion = outcome.verdict.champion
     png = equity_plot(
@@ -175,12 +185,5 @@ def backtest(
             out_of_sample_days=len(stored.returns),
             target_rows=len(stored.targets),
         ),
-        evaluations=[
-            Evaluation(
-                BACKTEST_COMPLETE,
-                backtest_contracts.backtest_violations(
-                    stored.returns, stored.metrics, as_of=run.as_of
-                ),
-            )
-        ],
+        evaluations=[incomplete],
     )

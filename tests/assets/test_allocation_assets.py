@@ -13,7 +13,7 @@ from sklearn.covariance import LedoitWolf
 from tests.conftest import AS_OF, evaluations, metadata, resources_for, synthetic_source
 from tvq_assets import allocation, alpha, data
 from tvq_assets.partitions import catalog
-from tvq_assets.quant import optimise, pipeline
+from tvq_assets.quant import optimise, policy
 from tvq_resources.lake import ParquetLake
 
 KEY = f"{AS_OF}|crypto"
@@ -112,7 +112,7 @@ def test_weights_of_every_profile_are_a_valid_long_only_portfolio_of_the_winners
 def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(weights_runs):
     table = weights_runs.values["weights", KEY]["weights"]
     train = catalog.sleeve("crypto").policy.train
-    window = weights_runs.values["returns", KEY]["returns"][table.index].tail(train)
+    window = weights_runs.values["returns", KEY].returns[table.index].tail(train)
     # The optimiser's documented convention: missing returns count as zero.
     covariance = LedoitWolf().fit(window.fillna(0.0).to_numpy()).covariance_
     variance = {p: table[p].to_numpy() @ covariance @ table[p].to_numpy() for p in table.columns}
@@ -121,7 +121,8 @@ def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(weight
 
 
 def test_weights_name_the_previous_run_partition_only_when_one_exists(weights_runs):
-    assert metadata(weights_runs.results[run_key(1)], "weights")["previous_run"] == "none"
+    first = metadata(weights_runs.results[run_key(1)], "weights")["previous_run"]
+    assert first == f"none (first run or gap: {run_key(2)} not materialised)"
     assert metadata(weights_runs.results[KEY], "weights")["previous_run"] == run_key(1)
 
 
@@ -166,7 +167,7 @@ def test_a_profile_without_a_working_solver_falls_back_to_hrp_with_a_warning(
         )
 
 
-def test_an_empty_universe_gives_no_portfolio_and_the_weights_contract_stops_the_run(
+def test_an_empty_universe_fails_at_returns_naming_the_exclusions(
     instance, lake_root, clean_resources
 ):
     # The source stopped at AS_OF: sixty days later every symbol is stale and nothing is eligible.
@@ -179,14 +180,13 @@ def test_an_empty_universe_gives_no_portfolio_and_the_weights_contract_stops_the
         partition=later,
     )
     assert not result.success
-    found = evaluations(result)
-    assert not found[alpha.WINNER_COUNT].passed
-    contract = found[allocation.WEIGHTS_CONTRACT]
+    contract = evaluations(result)[data.RETURNS_CONTRACT]
     assert not contract.passed and contract.severity == dg.AssetCheckSeverity.ERROR
-    assert contract.metadata["by_rule"].value == {"weights_sum_to_one": len(optimise.PROFILES)}
-    assert "min_variance:(no weights)" in contract.metadata["first_failures"].value
+    assert contract.metadata["by_rule"].value == {"universe_too_small": 1}
+    assert "0 < 4" in contract.description
+    assert "(stale_or_delisted, ineligible: no bar for 60 days)" in contract.description
     materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "backtest" not in materialised
+    assert not materialised & {"returns", "features", "weights", "backtest"}
 
 
 @pytest.mark.slow
@@ -204,22 +204,23 @@ def test_the_backtest_compares_every_policy_with_the_baselines_and_names_a_champ
     assert evaluations(first)[allocation.BACKTEST_COMPLETE].partition == run_key(1)
     lake = ParquetLake(root=lake_root)
     stored = lake.read(["backtest"], run_key(1))
-    assert {"returns", "turnover", "metrics", "verdict", "champion_weights"} <= set(stored)
+    assert isinstance(stored, policy.TournamentRecord)
 
-    candidates = [f"{s}/{p}" for s in pipeline.SCORERS for p in optimise.PROFILES]
-    metrics = stored["metrics"]
-    assert set(metrics.index) == {*candidates, *pipeline.BASELINES}
-    assert set(stored["returns"].columns) == set(metrics.index)
-    for policy in metrics.index:
-        expected = empyrical.sharpe_ratio(stored["returns"][policy].dropna(), annualization=365)
-        assert metrics.loc[policy, "sharpe"] == pytest.approx(expected, rel=1e-9)
+    candidates = [f"{s}/{p}" for s in policy.SCORERS for p in optimise.PROFILES]
+    metrics = stored.metrics
+    assert set(metrics.index) == {*candidates, *policy.BASELINES}
+    assert set(stored.returns.columns) == set(metrics.index)
+    for name in metrics.index:
+        expected = empyrical.sharpe_ratio(stored.returns[name].dropna(), annualization=365)
+        assert metrics.loc[name, "sharpe"] == pytest.approx(expected, rel=1e-9)
+    assert set(stored.targets["policy"]) == set(metrics.index)
 
-    verdict = stored["verdict"].iloc[0]
+    verdict = stored.verdict.iloc[0]
     assert verdict["champion"] in candidates
     assert verdict["incumbent"] == ""
     best = metrics.loc[candidates, "sharpe"].idxmax()
     assert verdict["challenger"] == best == verdict["champion"]
-    champion_weights = stored["champion_weights"]["weight"]
+    champion_weights = stored.champion_weights["weight"]
     assert abs(champion_weights.sum() - 1) <= 1e-6
 
     shown = metadata(first, "backtest")
@@ -230,6 +231,6 @@ def test_the_backtest_compares_every_policy_with_the_baselines_and_names_a_champ
 
     second = run(instance, clean_resources, [data.returns, allocation.backtest])
     assert second.success
-    follow_up = lake.read(["backtest"], KEY)["verdict"].iloc[0]
+    follow_up = lake.read(["backtest"], KEY).verdict.iloc[0]
     assert follow_up["incumbent"] == verdict["champion"]
     assert follow_up["champion"] in candidates

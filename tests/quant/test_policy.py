@@ -1,4 +1,4 @@
-"""The composed policy: one universe, stall and quarantine rule for the assets and the tournament."""
+"""The composed policy: one universe, stall and quarantine rule for assets and tournament."""
 
 import dataclasses
 

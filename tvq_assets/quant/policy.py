@@ -271,7 +271,10 @@ def constraints(
     settings: PolicySettings, *, clusters: pd.Series, previous: pd.Series | None
 ) -> optimise.Constraints:
     """The optimiser's constraints from the policy: cap, cluster cap on the winners' clusters, and
-    the turnover penalty against ``previous`` (none without previous weights: a first run)."""
+    the turnover penalty against ``previous`` (none without previous weights: a first run, a gap,
+    or a previous run that held nothing)."""
+    if previous is not None and not len(previous):
+        previous = None
     return optimise.Constraints(
         cap=settings.cap,
         clusters=clusters,
@@ -380,31 +383,48 @@ class Tournament:
         chosen["baseline_winners"] = self._equal_winners
         return chosen
 
-    def alpha_of(self, train: pd.DataFrame) -> Alpha:
-        """The alpha of a window's rows (every symbol), computed once and then shared."""
-        key = (train.index[0], train.index[-1], len(train))
+    def alpha_of(self, train: pd.DataFrame, *, as_of: pd.Timestamp | None = None) -> Alpha:
+        """The alpha of a window's rows (every symbol), computed once and then shared.
+
+        ``as_of`` defaults to the window's last date (a walk-forward decision is taken at the
+        close of its last training day); a production run may be dated later than its last bar.
+        """
+        as_of = train.index[-1] if as_of is None else pd.Timestamp(as_of)
+        key = (train.index[0], train.index[-1], len(train), as_of)
         with self._lock:
             if key not in self._memo:
                 self._memo[key] = decide_alpha(
                     train,
                     self.dollar_volume.loc[train.index, train.columns],
-                    as_of=train.index[-1],
+                    as_of=as_of,
                     settings=self.settings,
                     defects=self.defects,
                     scorers=self.scorers,
                 )
             return self._memo[key]
 
+    def decide(
+        self,
+        scorer: str,
+        profile: str,
+        train: pd.DataFrame,
+        previous: pd.Series | None,
+        *,
+        as_of: pd.Timestamp | None = None,
+    ) -> pd.Series:
+        """Target weights of policy ``scorer/profile`` on one window; cash (empty) when the
+        universe is too small or nothing is selected."""
+        alpha = self.alpha_of(train, as_of=as_of)
+        if alpha.too_small or alpha.selections[scorer].winners.empty:
+            return pd.Series(dtype=float)
+        winners = alpha.selections[scorer].winners
+        return allocate(profile, winners, train, self.settings, previous=previous).weights
+
     def _policy(
         self, scorer: str, profile: str
     ) -> Callable[[pd.DataFrame, pd.Series | None], pd.Series]:
         def weights(train: pd.DataFrame, previous: pd.Series | None) -> pd.Series:
-            alpha = self.alpha_of(train)
-            if alpha.too_small or alpha.selections[scorer].winners.empty:
-                return pd.Series(dtype=float)
-            winners = alpha.selections[scorer].winners
-            held = previous if previous is not None and len(previous) else None
-            return allocate(profile, winners, train, self.settings, previous=held).weights
+            return self.decide(scorer, profile, train, previous)
 
         return weights
 
@@ -427,7 +447,7 @@ class TournamentOutcome:
 
     result: backtest.BacktestResult
     metrics: pd.DataFrame
-    verdict: backtest.Verdict
+    verdict: backtest.Verdict | None  # None when no candidate has a Sharpe ratio (never traded)
     champion_weights: pd.Series  # the champion's policy applied to the as-of window
 
 
@@ -452,6 +472,8 @@ class TournamentRecord:
 def record(outcome: "TournamentOutcome", *, incumbent: str | None, dates: pd.Index):
     """The stored form of a tournament outcome (``dates``: the history's index)."""
     verdict = outcome.verdict
+    if verdict is None:
+        raise ValueError("a tournament without a verdict has nothing to record")
     verdict_table = pd.DataFrame(
         [
             {
@@ -504,6 +526,9 @@ def tournament(
     table = metrics.metrics_table(
         result.returns, periods_per_year=settings.periods_per_year, turnover=result.turnover
     )
+    if not np.isfinite(table.loc[contest.candidates, "sharpe"].to_numpy(dtype=float)).any():
+        # Nothing to crown: the backtest_complete contract reports why.
+        return TournamentOutcome(result, table, None, pd.Series(dtype=float))
     verdict = backtest.champion_verdict(
         table,
         result.returns,

@@ -79,6 +79,50 @@ def test_the_dependency_rule_holds(package, forbidden):
     assert not offenders
 
 
+def test_checks_import_only_the_engine_of_tvq_assets():
+    # Contracts and check glue must not reach into assets, partitions or definitions (Dagster-facing
+    # modules that themselves import tvq_checks): only the pure engine and the catalog.
+    allowed = ("tvq_assets.quant", "tvq_assets.catalog")
+    offenders = {
+        path: sorted(m for m in mods if m.startswith("tvq_assets.") and not m.startswith(allowed))
+        for path, mods in _imports("tvq_checks").items()
+    }
+    assert not {path: mods for path, mods in offenders.items() if mods}
+
+
+RESOURCE_CONSTRUCTORS = {"Definitions", "ParquetLake", "ParquetIOManager", "MarketData"}
+
+
+def test_only_definitions_binds_resources():
+    binders = set()
+    for package in ("tvq_assets", "tvq_checks"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                    if name in RESOURCE_CONSTRUCTORS:
+                        binders.add(str(path.relative_to(ROOT)))
+    assert binders == {"tvq_assets/definitions.py"}
+
+
+def test_the_self_dependencies_read_the_previous_run_of_the_same_sleeve():
+    from tvq_assets.partitions import PREVIOUS_RUN_MAPPING
+
+    graph = defs.resolve_asset_graph()
+    for name in ("weights", "backtest"):
+        node = graph.get(dg.AssetKey(name))
+        assert dg.AssetKey(name) in node.parent_keys
+        mapping = node.assets_def.get_partition_mapping(dg.AssetKey(name))
+        assert mapping == PREVIOUS_RUN_MAPPING
+        downstream = dg.MultiPartitionKey({"run": "2026-06-30", "sleeve": "crypto"})
+        upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+            sleeve_run.subset_with_partition_keys([downstream]), sleeve_run, sleeve_run
+        ).partitions_subset.get_partition_keys()
+        assert [str(k) for k in upstream] == ["2026-06-29|crypto"]
+    # The dangling edge from backtest to weights is gone.
+    assert dg.AssetKey("weights") not in graph.get(dg.AssetKey("backtest")).parent_keys
+
+
 def test_contracts_import_no_dagster():
     contracts = {p: m for p, m in _imports("tvq_checks").items() if "contracts" in p}
     assert contracts and not {p: m & {"dagster"} for p, m in contracts.items() if "dagster" in m}

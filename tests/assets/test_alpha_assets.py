@@ -92,7 +92,7 @@ def test_a_clean_sleeve_materialises_the_alpha_layer_with_every_check_passing(cl
 
 def test_features_have_one_row_per_returns_symbol_and_the_contract_columns(clean_run):
     _, values = clean_run
-    table, window = values["features"], values["returns"]["returns"]
+    table, window = values["features"], values["returns"].returns
     assert table.index.name == "symbol"
     assert list(table.index) == list(window.columns)
     assert set(FEATURE_COLUMNS) | {"stalled", "volume_spike"} <= set(table.columns)
@@ -101,7 +101,7 @@ def test_features_have_one_row_per_returns_symbol_and_the_contract_columns(clean
 
 def test_features_are_computed_from_the_last_feature_lookback_rows_of_returns(clean_run):
     _, values = clean_run
-    table, window = values["features"], values["returns"]["returns"]
+    table, window = values["features"], values["returns"].returns
     lookback = catalog.sleeve("crypto").policy.feature_lookback
     for symbol in window.columns:
         recent = window[symbol].iloc[-lookback:].dropna()
@@ -128,7 +128,7 @@ def test_every_returns_symbol_is_in_exactly_one_cluster(clean_run):
     _, values = clean_run
     labels = values["clusters"]["cluster"]
     assert not labels.index.has_duplicates
-    assert set(labels.index) == set(values["returns"]["returns"].columns)
+    assert set(labels.index) == set(values["returns"].returns.columns)
     assert labels.notna().all() and (labels >= 1).all()
     assert labels.nunique() <= catalog.sleeve("crypto").policy.max_clusters
 
@@ -174,7 +174,7 @@ def test_a_quarantined_symbol_is_not_a_winner_and_is_excluded_in_the_audit(
     assert symbol not in selection["winners"].index
     rows = selection["audit"][selection["audit"]["symbol"] == symbol]
     assert list(rows["decision"]) == ["excluded"]
-    assert "quarantine:toxic_return" in rows["detail"].iloc[0]
+    assert "toxic_return" in rows["detail"].iloc[0]
     assert evaluations(result)[alpha.SELECTION_CONTRACT].passed
 
 

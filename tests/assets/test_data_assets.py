@@ -5,15 +5,16 @@ import pandas as pd
 
 from tests.conftest import AS_OF, materialised, resources_for, synthetic_source
 from tvq_assets import data
+from tvq_assets.quant.returns import ReturnsWindow
 from tvq_resources.lake import ParquetLake
 
 KEY = f"{AS_OF}|crypto"
 
 
 @dg.asset(partitions_def=data.sleeve_run)
-def downstream_probe(returns: dict) -> pd.DataFrame:
+def downstream_probe(returns: ReturnsWindow) -> pd.DataFrame:
     """Stands for the first asset after returns: it must never run on blocked data."""
-    return returns["returns"].tail(1)
+    return returns.returns.tail(1)
 
 
 def materialise(instance, resources, *, partition=KEY, assets=None):
@@ -82,8 +83,12 @@ def test_quarantine_drops_the_toxic_symbol_lists_it_and_keeps_the_run_going(
     [symbol] = evaluation.metadata["quarantined_symbols"].value
     assert evaluation.passed
     bundle = ParquetLake(root=lake_root).read(["returns"], KEY)
-    assert symbol not in bundle["returns"].columns
-    assert "quarantine:toxic_return" in set(bundle["excluded"].query("symbol == @symbol")["rule"])
+    assert symbol not in bundle.returns.columns
+    [row] = bundle.excluded.query("symbol == @symbol").itertuples()
+    assert (row.rule, row.reason) == ("toxic_return", "quarantine")
+    # The symbol's history is kept for the walk-forward, with the dated defect.
+    assert symbol in bundle.history.columns
+    assert "toxic_return" in set(bundle.defects.query("symbol == @symbol")["rule"])
     assert "downstream_probe" in materialised(result)
 
 
@@ -128,8 +133,9 @@ def test_returns_of_run_d_do_not_change_when_bars_after_d_arrive(instance, lake_
     materialise(instance, later)
     after = ParquetLake(root=lake_root).read(["returns"], KEY)
     assert ParquetLake(root=lake_root).read(["bars"], "crypto")["date"].max() > pd.Timestamp(AS_OF)
-    pd.testing.assert_frame_equal(before["returns"], after["returns"])
-    pd.testing.assert_frame_equal(before["excluded"], after["excluded"])
+    pd.testing.assert_frame_equal(before.returns, after.returns)
+    pd.testing.assert_frame_equal(before.excluded, after.excluded)
+    pd.testing.assert_frame_equal(before.history, after.history)
 
 
 def test_a_second_bars_materialisation_adds_exactly_the_new_rows(instance, lake_root):

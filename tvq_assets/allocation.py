@@ -8,7 +8,7 @@ import pandas as pd
 from tvq_assets.partitions import previous_run, previous_run_key, run_of, sleeve_run
 from tvq_assets.plots import equity_plot
 from tvq_assets.quant import optimise, policy
-from tvq_assets.quant.policy import TournamentRecord
+from tvq_assets.quant.policy import SelectionRecord, TournamentRecord, WeightsRecord
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import allocation_contracts, backtest_contracts, checks
 from tvq_checks.checks import Evaluation
@@ -51,9 +51,9 @@ def _previous_metadata(key: str, found: bool) -> str:
 )
 def weights(
     context: dg.AssetExecutionContext,
-    selection: dict,
+    selection: SelectionRecord,
     returns: ReturnsWindow,
-    previous: dict | None,
+    previous: WeightsRecord | None,
 ):
     """Optimised long-only weights of the run's winners per risk profile, with solver status.
 
@@ -62,8 +62,8 @@ def weights(
     """
     run = run_of(context)
     settings = run.settings
-    winners = selection["winners"]
-    held = previous["weights"] if previous is not None else None
+    winners = selection.winners
+    held = previous.weights if previous is not None else None
     allocations = {
         profile: policy.allocate(
             profile,
@@ -84,7 +84,7 @@ def weights(
     yield from checks.emit(
         "weights",
         run.key,
-        {"weights": table, "diagnostics": diagnostics},
+        WeightsRecord(weights=table, diagnostics=diagnostics),
         metadata=run.metadata(
             winners=len(table),
             weights=dg.MetadataValue.md(checks.markdown(table.reset_index())),

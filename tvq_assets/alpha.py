@@ -181,7 +181,7 @@ def selection(
     yield from checks.emit(
         "selection",
         run.key,
-        {"winners": winners, "audit": outcome.audit},
+        policy.SelectionRecord(winners=winners, audit=outcome.audit),
         metadata=run.metadata(
             winners=len(winners),
             stage_reached=outcome.stage_reached,

@@ -94,7 +94,7 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
             f"{len(bundle.excluded)} excluded"
         )
     if lake.exists(["selection"], key):
-        winners = lake.read(["selection"], key)["winners"]
+        winners = lake.read(["selection"], key).winners
         print(
             f"   winners: {len(winners)} (HTR stage {int(winners['stage'].max())}): "
             f"{', '.join(winners.index[:25])}"

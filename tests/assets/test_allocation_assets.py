@@ -91,9 +91,9 @@ def test_weights_of_every_profile_are_a_valid_long_only_portfolio_of_the_winners
     found = evaluations(result)
     for name in (allocation.WEIGHTS_CONTRACT, allocation.SOLVER_STATUS):
         assert found[name].passed and found[name].partition == KEY, found[name].description
-    winners = weights_runs.values["selection", KEY]["winners"]
+    winners = weights_runs.values["selection", KEY].winners
     stored = weights_runs.values["weights", KEY]
-    table, diagnostics = stored["weights"], stored["diagnostics"]
+    table, diagnostics = stored.weights, stored.diagnostics
     assert list(table.columns) == list(optimise.PROFILES)
     assert list(table.index) == list(winners.index)
     cap = max(catalog.sleeve("crypto").policy.cap, 1 / len(winners))
@@ -110,7 +110,7 @@ def test_weights_of_every_profile_are_a_valid_long_only_portfolio_of_the_winners
 
 
 def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(weights_runs):
-    table = weights_runs.values["weights", KEY]["weights"]
+    table = weights_runs.values["weights", KEY].weights
     train = catalog.sleeve("crypto").policy.train
     window = weights_runs.values["returns", KEY].returns[table.index].tail(train)
     # The optimiser's documented convention: missing returns count as zero.
@@ -129,13 +129,13 @@ def test_weights_name_the_previous_run_partition_only_when_one_exists(weights_ru
 def test_the_turnover_penalty_reads_the_previous_run_and_moves_the_weights_less(
     weights_runs, sleeve_policy
 ):
-    yesterday = weights_runs.values["weights", run_key(1)]["weights"]
-    free = weights_runs.values["weights", KEY]["weights"]
+    yesterday = weights_runs.values["weights", run_key(1)].weights
+    free = weights_runs.values["weights", KEY].weights
     sleeve_policy("crypto", policy={"turnover_penalty": 1.0})
     result = run(weights_runs.instance, weights_runs.resources, [allocation.weights])
     assert result.success and metadata(result, "weights")["previous_run"] == run_key(1)
     assert evaluations(result)[allocation.WEIGHTS_CONTRACT].passed
-    held = weights_runs.lake.read(["weights"], KEY)["weights"]
+    held = weights_runs.lake.read(["weights"], KEY).weights
 
     free_moves = one_norm_moves(free, yesterday)
     held_moves = one_norm_moves(held, yesterday)
@@ -159,11 +159,11 @@ def test_a_profile_without_a_working_solver_falls_back_to_hrp_with_a_warning(
     assert warning.metadata["failures"].value == len(PENALISED)
     assert "fallback hrp" in warning.description and "not installed" in warning.description
     stored = weights_runs.lake.read(["weights"], KEY)
-    diagnostics = stored["diagnostics"]
+    diagnostics = stored.diagnostics
     assert list(diagnostics.loc[list(PENALISED), "fallback"]) == ["hrp"] * len(PENALISED)
     for profile in PENALISED:
         pd.testing.assert_series_equal(
-            stored["weights"][profile], stored["weights"]["hrp"], check_names=False
+            stored.weights[profile], stored.weights["hrp"], check_names=False
         )
 
 

@@ -135,7 +135,7 @@ def test_every_returns_symbol_is_in_exactly_one_cluster(clean_run):
 
 def test_each_winner_is_within_bounds_and_its_stage_and_reason_are_in_the_audit(clean_run):
     _, values = clean_run
-    winners, audit = values["selection"]["winners"], values["selection"]["audit"]
+    winners, audit = values["selection"].winners, values["selection"].audit
     policy = catalog.sleeve("crypto").policy
     assert policy.min_winners <= len(winners) <= policy.max_winners
     admitted = audit[audit["decision"] == "admitted"].set_index("symbol")
@@ -171,8 +171,8 @@ def test_a_quarantined_symbol_is_not_a_winner_and_is_excluded_in_the_audit(
     assert result.success
     [symbol] = evaluations(result)[data.RETURNS_CONTRACT].metadata["quarantined_symbols"].value
     selection = ParquetLake(root=lake_root).read(["selection"], KEY)
-    assert symbol not in selection["winners"].index
-    rows = selection["audit"][selection["audit"]["symbol"] == symbol]
+    assert symbol not in selection.winners.index
+    rows = selection.audit[selection.audit["symbol"] == symbol]
     assert list(rows["decision"]) == ["excluded"]
     assert "toxic_return" in rows["detail"].iloc[0]
     assert evaluations(result)[alpha.SELECTION_CONTRACT].passed
@@ -190,8 +190,8 @@ def test_a_stalled_symbol_is_listed_in_features_metadata_and_never_a_winner(inst
     assert expected <= set(features.index)
     assert set(features.index[features["stalled"]]) == expected
     selection = lake.read(["selection"], KEY)
-    assert not expected & set(selection["winners"].index)
-    vetoes = selection["audit"].query("rule == 'stalled' and decision == 'vetoed'")
+    assert not expected & set(selection.winners.index)
+    vetoes = selection.audit.query("rule == 'stalled' and decision == 'vetoed'")
     assert set(vetoes["symbol"]) == expected
 
 
@@ -204,7 +204,7 @@ def test_min_winners_above_the_universe_selects_everything_and_warns_without_fai
     assert result.success
     lake = ParquetLake(root=lake_root)
     features = lake.read(["features"], KEY)
-    winners = lake.read(["selection"], KEY)["winners"]
+    winners = lake.read(["selection"], KEY).winners
     # Every eligible economic identity is selected exactly once (twins share one identity).
     identities = {economic_identity(s) for s in features.index}
     assert len(winners) == len(identities) < 25
@@ -235,5 +235,5 @@ def test_scores_and_winners_of_run_d_ignore_bars_that_arrive_after_d(instance, l
     pd.testing.assert_frame_equal(before["features"], after["features"])
     pd.testing.assert_frame_equal(before["inference"], after["inference"])
     pd.testing.assert_frame_equal(before["clusters"], after["clusters"])
-    pd.testing.assert_frame_equal(before["selection"]["winners"], after["selection"]["winners"])
-    pd.testing.assert_frame_equal(before["selection"]["audit"], after["selection"]["audit"])
+    pd.testing.assert_frame_equal(before["selection"].winners, after["selection"].winners)
+    pd.testing.assert_frame_equal(before["selection"].audit, after["selection"].audit)

@@ -81,11 +81,11 @@ def assert_tournament_replays_the_assets(lake: ParquetLake, sleeve_name: str, pa
     sleeve = catalog.sleeve(sleeve_name)
     settings = policy_settings(sleeve)
     window = lake.read(["returns"], partition)
-    stored_winners = lake.read(["selection"], partition)["winners"]
-    stored_weights = lake.read(["weights"], partition)["weights"]
+    stored_winners = lake.read(["selection"], partition).winners
+    stored_weights = lake.read(["weights"], partition).weights
     previous_key = key(sleeve_name, partition.split("|")[0], 1)
     previous = (
-        lake.read(["weights"], previous_key)["weights"]
+        lake.read(["weights"], previous_key).weights
         if lake.exists(["weights"], previous_key)
         else None
     )

@@ -303,6 +303,22 @@ def allocate(
 
 
 @dataclass(frozen=True)
+class SelectionRecord:
+    """What the ``selection`` asset stores: the winners and the audit of every decision."""
+
+    winners: pd.DataFrame
+    audit: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """What the ``weights`` asset stores: weights (winners × profile) and solver diagnostics."""
+
+    weights: pd.DataFrame
+    diagnostics: pd.DataFrame
+
+
+@dataclass(frozen=True)
 class Alpha:
     """Everything the alpha layer decided on one window (before allocation)."""
 

@@ -200,7 +200,11 @@ FEATURES_STRUCTURE = _described(
         "liquidity": (float, "min(1, dollar_volume / sleeve baseline)"),
         "history": (float, "returns observed in the whole window"),
         "survival": (float, "1 / (1 + (252 / history)²)"),
-        "stalled": (bool, "last closes identical at the as-of date"),
+        "stalled": (
+            bool,
+            "stall rule: zero-return share over the feature window above max_zero_share, "
+            "or stall_bars identical last closes",
+        ),
         "volume_spike": (bool, "last volume z-score above the spike threshold"),
     },
 )

@@ -247,3 +247,30 @@ def test_a_window_with_too_small_a_universe_holds_cash(market):
             chosen.decide(train, None) if isinstance(chosen, backtest.Stateful) else chosen(train)
         )
         assert weights.empty, name
+
+
+def test_bar_exclusions_inside_the_window_quarantine_their_symbol_and_older_ones_do_not(market):
+    data = market.history.tail(SETTINGS.lookback)
+    volume = market.history_dollar_volume.tail(SETTINGS.lookback)
+    inside, before = data.columns[0], data.columns[1]
+    bar_exclusions = pd.DataFrame(
+        {
+            "symbol": [inside, before],
+            "rule": ["ohlc_inconsistent", "ohlc_inconsistent"],
+            "date": [data.index[-3], data.index[0] - pd.Timedelta(days=1)],
+            "value": [1.0, 1.0],
+            "detail": ["quarantined by the bar policy"] * 2,
+        }
+    )
+    chosen = policy.universe(
+        data,
+        volume,
+        as_of=data.index[-1],
+        settings=SETTINGS,
+        bar_exclusions=bar_exclusions,
+        quarantine=False,
+    )
+    assert inside not in chosen.returns.columns and before in chosen.returns.columns
+    [row] = chosen.excluded[chosen.excluded["symbol"] == inside].itertuples()
+    assert (row.rule, row.reason) == ("ohlc_inconsistent", "bar_defect")
+    assert inside in chosen.quarantined

@@ -225,6 +225,9 @@ def test_a_typed_value_round_trips_as_its_own_class(tmp_path):
         returns=pd.DataFrame({"AAA": [0.01, -0.02]}, index=dates),
         dollar_volume=pd.DataFrame({"AAA": [1e6, 2e6]}, index=dates),
         excluded=pd.DataFrame({"symbol": ["BBB"], "rule": ["min_history"]}),
+        history=pd.DataFrame({"AAA": [0.01, -0.02], "BBB": [None, 0.03]}, index=dates),
+        history_dollar_volume=pd.DataFrame({"AAA": [1e6, 2e6], "BBB": [None, 1e5]}, index=dates),
+        defects=pd.DataFrame({"symbol": ["BBB"], "date": [dates[1]]}),
     )
     lake = ParquetLake(root=str(tmp_path))
     lake.write(["returns"], "2026-01-02|crypto", window)
@@ -232,6 +235,7 @@ def test_a_typed_value_round_trips_as_its_own_class(tmp_path):
     assert type(back) is ReturnsWindow
     pd.testing.assert_frame_equal(back.returns, window.returns, check_freq=False)
     pd.testing.assert_frame_equal(back.excluded, window.excluded)
+    pd.testing.assert_frame_equal(back.history, window.history, check_freq=False)
 
 
 def test_a_series_field_comes_back_as_a_series(tmp_path):

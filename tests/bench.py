@@ -16,7 +16,7 @@ import platform
 import pstats
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -157,9 +157,7 @@ def bench_sleeve(
 
     def weights_asset() -> dict[str, optimise.Allocation]:
         train = returns[winners.index].tail(policy.train)
-        constraints = optimise.Constraints(
-            cap=policy.cap, clusters=winners["cluster"], cluster_cap=policy.cluster_cap
-        )
+        constraints = optimise.Constraints.of(policy, clusters=winners["cluster"])
         return {
             profile: optimise.allocate(profile, train, constraints=constraints)
             for profile in optimise.PROFILES
@@ -172,7 +170,7 @@ def bench_sleeve(
             returns,
             volume,
             settings,
-            optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
+            optimise.Constraints.of(policy),
             train=policy.train,
             test=policy.test,
             step=policy.step,
@@ -211,9 +209,8 @@ def bench_optimiser(*, repeats: int, cheap: float) -> tuple[Timing, Timing, dict
     labels = clusters.cluster_symbols(
         returns.tail(252), threshold=1e-9, max_clusters=OPTIMISER_CLUSTERS
     )
-    base = optimise.Constraints(
-        cap=OPTIMISER_CAP, clusters=labels, cluster_cap=OPTIMISER_CLUSTER_CAP
-    )
+    policy = replace(crypto_sleeve().policy, cap=OPTIMISER_CAP, cluster_cap=OPTIMISER_CLUSTER_CAP)
+    base = optimise.Constraints.of(policy, clusters=labels)
     held, first = timed(
         lambda: optimise.allocate(
             "min_variance",
@@ -224,12 +221,10 @@ def bench_optimiser(*, repeats: int, cheap: float) -> tuple[Timing, Timing, dict
         repeats=repeats,
         cheap=cheap,
     )
-    constraints = optimise.Constraints(
-        cap=OPTIMISER_CAP,
+    constraints = optimise.Constraints.of(
+        replace(policy, turnover_penalty=OPTIMISER_TURNOVER_PENALTY),
         clusters=labels,
-        cluster_cap=OPTIMISER_CLUSTER_CAP,
         previous=held.weights,
-        turnover_penalty=OPTIMISER_TURNOVER_PENALTY,
     )
     allocation, second = timed(
         lambda: optimise.allocate(

@@ -19,7 +19,10 @@ from tvq_resources.lake import ParquetLake, write_file
 WEIGHTS_CONTRACT = "weights_contract"
 SOLVER_STATUS = "solver_status"
 BACKTEST_COMPLETE = "backtest_complete"
-DIAGNOSTIC_COLUMNS = ("solver", "status", "seconds", "objective", "fallback", "reason")
+DIAGNOSTIC_COLUMNS = (
+    *("solver", "status", "seconds", "objective", "fallback", "reason"),
+    *("cap", "effective_cap", "cluster_cap", "effective_cluster_cap"),
+)
 
 
 def previous_value(lake: ParquetLake, asset: str, sleeve: str, as_of: pd.Timestamp, days: int = 7):
@@ -65,13 +68,7 @@ def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, l
     allocations = {}
     for profile in optimise.PROFILES:
         held = previous["weights"][profile] if previous is not None else None
-        constraints = optimise.Constraints(
-            cap=policy.cap,
-            clusters=winners["cluster"],
-            cluster_cap=policy.cluster_cap,
-            previous=held,
-            turnover_penalty=policy.turnover_penalty if held is not None else 0.0,
-        )
+        constraints = optimise.Constraints.of(policy, clusters=winners["cluster"], previous=held)
         allocations[profile] = optimise.allocate(profile, window, constraints=constraints)
     table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
     table = table.fillna(0.0).rename_axis("symbol")
@@ -79,7 +76,7 @@ def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, l
         [[getattr(a, c) for c in DIAGNOSTIC_COLUMNS] for a in allocations.values()],
         index=pd.Index(list(allocations), name="profile"),
         columns=list(DIAGNOSTIC_COLUMNS),
-    ).astype({"objective": float, "seconds": float})
+    ).astype({"objective": float, "seconds": float, "cluster_cap": float})
     yield from checks.emit(
         "weights",
         context.partition_key,
@@ -96,7 +93,13 @@ def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, l
             Evaluation(
                 WEIGHTS_CONTRACT,
                 allocation_contracts.weights_violations(
-                    table, winners=winners.index, cap=policy.cap, as_of=as_of
+                    table,
+                    winners=winners.index,
+                    cap=policy.cap,
+                    infeasible_cap=policy.infeasible_cap,
+                    clusters=winners["cluster"],
+                    cluster_cap=policy.cluster_cap,
+                    as_of=as_of,
                 ),
             ),
             Evaluation(
@@ -173,7 +176,7 @@ def backtest(context: dg.AssetExecutionContext, returns: dict, lake: ParquetLake
         window,
         returns["dollar_volume"],
         alpha_settings(sleeve),
-        optimise.Constraints(cap=policy.cap, cluster_cap=policy.cluster_cap),
+        optimise.Constraints.of(policy),
         train=policy.train,
         test=policy.test,
         step=policy.step,

@@ -6,6 +6,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from tvq_assets import messages
 from tvq_assets.partitions import sleeve_and_date, sleeve_run
 from tvq_assets.quant import pipeline, quality
 from tvq_assets.quant.selection import select
@@ -204,7 +205,7 @@ def selection(
     excluded = returns["excluded"]
     quarantined = excluded.loc[excluded["rule"].str.startswith("quarantine:"), "symbol"]
     stalled = features.index[features["stalled"]]
-    outcome = select(
+    selected = select(
         features,
         inference["score"],
         clusters["cluster"],
@@ -213,6 +214,7 @@ def selection(
         quarantined=quarantined,
         excluded=dict(zip(excluded["symbol"], excluded["rule"], strict=True)),
     )
+    outcome = messages.render_selection(selected)
     winners = outcome.winners
     policy = settings.selection
     yield from checks.emit(
@@ -221,7 +223,7 @@ def selection(
         {"winners": winners, "audit": outcome.audit},
         metadata={
             "winners": len(winners),
-            "stage_reached": outcome.stage_reached,
+            "stage_reached": selected.stage_reached,
             "winners_table": dg.MetadataValue.md(checks.markdown(winners.reset_index())),
             "vetoes": dg.MetadataValue.json(
                 outcome.audit.loc[outcome.audit["decision"] == "vetoed", "rule"]

@@ -57,9 +57,14 @@ class Policy:
     min_winners: int = 15
     max_winners: int = 25
     # allocation
-    cap: float = 0.25
-    cluster_cap: float | None = None
-    turnover_penalty: float = 0.0
+    cap: float = 0.25  # maximum weight per symbol
+    cluster_cap: float | None = None  # maximum total weight per cluster (None: no cluster cap)
+    turnover_penalty: float = 0.0  # λ of the L1 turnover term, in the profile objective's units
+    ridge: float = 0.1  # max_sharpe covariance ridge, a fraction of the average variance
+    # When cap (or cluster_cap) admits no fully invested portfolio of the winners (cap < 1/n):
+    # "fail" stops the run naming the configured and the minimum feasible cap; "raise" proceeds
+    # with the minimum feasible cap and a WARN naming both. A risk limit never changes silently.
+    infeasible_cap: str = "fail"
     # walk-forward backtest
     train: int = 252
     test: int = 20

@@ -17,14 +17,5 @@ def alpha_settings(sleeve: Sleeve) -> AlphaSettings:
         cluster_lookbacks=policy.cluster_lookbacks,
         cluster_threshold=policy.cluster_threshold,
         max_clusters=policy.max_clusters,
-        selection=SelectionPolicy(
-            max_entropy=policy.max_entropy,
-            min_efficiency=policy.min_efficiency,
-            max_kurtosis=policy.max_kurtosis,
-            max_volatility=policy.max_volatility,
-            max_friction_ratio=policy.max_friction_ratio,
-            top_n=policy.top_n,
-            max_winners=policy.max_winners,
-            min_winners=policy.min_winners,
-        ),
+        selection=SelectionPolicy.of(policy),
     )

@@ -5,11 +5,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from tvq_assets.catalog import Policy
 from tvq_assets.quant import optimise, pipeline
 from tvq_assets.quant.returns import returns_window
+from tvq_assets.quant.selection import SelectionPolicy
 from tvq_resources.synthetic import Fault, generate_market, planted_clusters
 
-SETTINGS = pipeline.AlphaSettings(periods_per_year=365, liquidity_baseline=10e6)
+SETTINGS = pipeline.AlphaSettings(
+    periods_per_year=365, liquidity_baseline=10e6, selection=SelectionPolicy.of(Policy())
+)
 # The documented bar for recovering the planted sectors (stablecoins form their own group).
 MIN_ADJUSTED_RAND = 0.9
 
@@ -51,20 +55,24 @@ def test_alpha_selects_within_bounds_and_never_a_stalled_symbol():
 
 
 def test_a_policy_sees_only_its_training_slice(market):
-    tournament = pipeline.Tournament(market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25))
+    tournament = pipeline.Tournament(
+        market.dollar_volume, SETTINGS, optimise.Constraints.of(Policy())
+    )
     train = market.returns.iloc[:300]
     before = tournament.policies()["log_mps/min_variance"](train)
     changed = market.returns.copy()
     changed.iloc[300:] = changed.iloc[300:] * -3.0
     fresh = pipeline.Tournament(
-        changed.abs() * 0 + market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25)
+        changed.abs() * 0 + market.dollar_volume, SETTINGS, optimise.Constraints.of(Policy())
     )
     after = fresh.policies()["log_mps/min_variance"](changed.iloc[:300])
     pd.testing.assert_series_equal(before, after)
 
 
 def test_every_profile_of_a_scorer_allocates_the_same_winners(market):
-    tournament = pipeline.Tournament(market.dollar_volume, SETTINGS, optimise.Constraints(cap=0.25))
+    tournament = pipeline.Tournament(
+        market.dollar_volume, SETTINGS, optimise.Constraints.of(Policy())
+    )
     train = market.returns.iloc[-252:]
     policies = tournament.policies()
     held = {name: set(policies[name](train).index) for name in tournament.candidates}

@@ -7,7 +7,7 @@ slice, so a policy in the backtest is exactly what production would have done on
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ class AlphaSettings:
     cluster_lookbacks: tuple[int, ...] = (60, 120, 200)
     cluster_threshold: float = 0.7
     max_clusters: int = 25
-    selection: SelectionPolicy = field(default_factory=SelectionPolicy)
+    selection: SelectionPolicy = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -185,12 +185,7 @@ class Tournament:
             chosen = self.alpha_of(train).selections[scorer].winners
             if chosen.empty:
                 return pd.Series(dtype=float)
-            constraints = optimise.Constraints(
-                cap=self.constraints.cap,
-                clusters=chosen["cluster"],
-                cluster_cap=self.constraints.cluster_cap,
-                ridge=self.constraints.ridge,
-            )
+            constraints = replace(self.constraints, clusters=chosen["cluster"], previous=None)
             allocation = optimise.allocate(profile, train[chosen.index], constraints=constraints)
             return allocation.weights
 

@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES
+
 DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
 CALENDARS = {"crypto": 365, "weekday": 252}
 TOXIC_POLICIES = ("fail", "quarantine")
@@ -158,6 +160,11 @@ def _parse_sleeve(name: str, spec: Mapping[str, Any], origin: str) -> Sleeve:
     if "cluster_lookbacks" in overrides:
         overrides["cluster_lookbacks"] = tuple(overrides["cluster_lookbacks"])
     policy = Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides})
+    if policy.infeasible_cap not in INFEASIBLE_CAP_POLICIES:
+        raise CatalogError(
+            f"{where}: policy infeasible_cap {policy.infeasible_cap!r} is not one of "
+            f"{INFEASIBLE_CAP_POLICIES}"
+        )
     return Sleeve(
         name=name,
         source=source,

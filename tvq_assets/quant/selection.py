@@ -176,6 +176,8 @@ class Selection:
     policy: SelectionPolicy
 
 
+# Pure and called for every symbol of every tournament window: remembered per symbol.
+@functools.cache
 def economic_identity(symbol: str) -> str:
     """The traded asset behind a listing: ``BINANCE:BTCUSDT``, ``BTCUSDC``, ``BTC-PERP`` -> ``BTC``.
 
@@ -285,9 +287,12 @@ class _Ranked:
 
 
 def _last_by_symbol(frame: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
-    frame = frame.copy()
-    frame.index = frame.index.astype(str)
-    return frame[~frame.index.duplicated(keep="last")]
+    """``frame`` indexed by symbol text, keeping the last row of a repeated symbol."""
+    if frame.index.inferred_type not in ("string", "empty"):
+        frame = frame.set_axis(frame.index.astype(str))
+    if frame.index.has_duplicates:
+        frame = frame[~frame.index.duplicated(keep="last")]
+    return frame
 
 
 def _eligibility(
@@ -367,7 +372,9 @@ def _ranked(
     # universe is sorted by symbol, so a stable sort on -score breaks ties by symbol ascending
     order = np.argsort(-score, kind="stable")
     symbols, score = symbols[order], score[order]
-    table = _last_by_symbol(features).reindex(symbols)
+    columns = [column for column in FEATURE_COLUMNS if column in features.columns]
+    table = _last_by_symbol(features[columns]).reindex(symbols)
+    block = table.to_numpy(dtype=np.float64, na_value=np.nan)
     cluster = _last_by_symbol(clusters.dropna()).reindex(symbols).to_numpy(dtype=np.int64)
     cluster_code = np.unique(cluster, return_inverse=True)[1].astype(np.int64)
     identity = np.unique(
@@ -376,9 +383,9 @@ def _ranked(
     )[1].astype(np.int64)
 
     def feature(column: str) -> np.ndarray:
-        if column not in table:
+        if column not in columns:
             return np.full(symbols.size, np.nan)
-        return table[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        return block[:, columns.index(column)]
 
     momentum, volatility, dollar_volume = (
         feature("momentum"),
@@ -389,9 +396,10 @@ def _ranked(
         friction = volatility * np.sqrt(FRICTION_NOTIONAL / np.clip(dollar_volume, 0.0, None))
         friction_ratio = friction / np.abs(momentum)
     no_dollar_volume = ~(dollar_volume > 0)
+    listed = pd.Index(symbols)
     safety = {
-        "stalled": np.isin(symbols, np.asarray(list(map(str, stalled)), dtype=object)),
-        "quarantined": np.isin(symbols, np.asarray(list(map(str, quarantined)), dtype=object)),
+        "stalled": listed.isin(list(map(str, stalled))),
+        "quarantined": listed.isin(list(map(str, quarantined))),
         # NaN (unknown volatility or momentum) and infinite friction fail the comparison: illiquid
         "friction": no_dollar_volume | ~(friction_ratio <= policy.max_friction_ratio),
     }
@@ -879,7 +887,7 @@ def _winner_frame(ranked: _Ranked, state: _State) -> pd.DataFrame:
         },
         index=pd.Index(ranked.symbols[chosen], name="symbol", dtype=object),
     )
-    return frame[list(WINNER_COLUMNS)]
+    return frame
 
 
 def _warnings(

@@ -69,7 +69,12 @@ def weights(context: dg.AssetExecutionContext, selection: dict, returns: dict, l
     for profile in optimise.PROFILES:
         held = previous["weights"][profile] if previous is not None else None
         constraints = optimise.Constraints.of(policy, clusters=winners["cluster"], previous=held)
-        allocations[profile] = optimise.allocate(profile, window, constraints=constraints)
+        try:
+            allocations[profile] = optimise.allocate(profile, window, constraints=constraints)
+        except optimise.InfeasibleCap as error:
+            raise optimise.InfeasibleCap(
+                f"weights[{context.partition_key}]: sleeve {sleeve.name!r}: {error}"
+            ) from error
     table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
     table = table.fillna(0.0).rename_axis("symbol")
     diagnostics = pd.DataFrame(

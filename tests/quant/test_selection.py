@@ -642,3 +642,23 @@ def test_friction_exactly_at_the_ratio_passes_and_a_hair_beyond_is_vetoed():
     vetoes = selection.audit[selection.audit["decision"] == "vetoed"]
     assert set(vetoes["symbol"]) == {"S001"} and set(vetoes["rule"]) == {"friction"}
     assert (vetoes["value"] > 1.0).all() and (vetoes["code"] == Code.ABOVE_MAX).all()
+
+
+def test_a_stage_returns_a_new_state_and_leaves_the_one_it_was_given_untouched():
+    from tvq_assets.quant import selection as engine
+
+    features, scores, clusters = _universe([3] * 4)
+    universe, rows = engine._eligibility(features, scores, clusters, {})
+    ranked = engine._ranked(
+        features, scores, clusters, universe, stalled=(), quarantined=(), policy=DEFAULT
+    )
+    start = engine._State.start(ranked, rows)
+
+    after = engine._strict(ranked, start)
+
+    assert start.winners.size == 0 and start.stage_reached == 0 and not start.settled.any()
+    assert after.winners.size == 8 and after.stage_reached == 1
+    for array in (after.winners, after.stages, after.holder, after.settled):
+        assert not array.flags.writeable
+    with pytest.raises(ValueError):
+        after.winners[0] = 0

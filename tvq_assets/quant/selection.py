@@ -6,7 +6,8 @@ are two kinds:
 - **Safety vetoes** (``SAFETY_RULES``) hold in every stage, rescue and fill included: ``stalled``,
   ``quarantined`` and ``friction`` (illiquid: the square-root-law cost of trading $1M,
   ``volatility * sqrt(1e6 / dollar_volume)``, exceeds ``max_friction_ratio * |momentum|``; a zero
-  or missing dollar volume is illiquid too). Nothing ever puts weight into a coin trading $4 a day.
+  or missing dollar volume is illiquid too, and so is an unknown friction: NaN volatility or
+  momentum). Nothing ever puts weight into a coin trading $4 a day.
 - **Feature vetoes** (``FEATURE_RULES``: entropy, efficiency, kurtosis, volatility) bind in stages
   1-2 and are overridden by stages 3-4.
 
@@ -214,12 +215,12 @@ def _rows(
     stage: int,
     rule: str,
     decision: str,
-    code: "Code | np.ndarray",
-    value: "np.ndarray | float" = math.nan,
+    code: Code | np.ndarray,
+    value: np.ndarray | float = math.nan,
     threshold: float = math.nan,
-    cluster: "np.ndarray | float" = math.nan,
-    score: "np.ndarray | float" = math.nan,
-    argument: "np.ndarray | str" = "",
+    cluster: np.ndarray | float = math.nan,
+    score: np.ndarray | float = math.nan,
+    argument: np.ndarray | str = "",
 ) -> _Rows:
     size = len(symbols)
 

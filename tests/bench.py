@@ -16,7 +16,7 @@ import platform
 import pstats
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -184,9 +184,8 @@ def bench_optimiser(*, repeats: int, cheap: float) -> tuple[Timing, Timing, dict
     labels = clusters.cluster_symbols(
         returns.tail(252), threshold=1e-9, max_clusters=OPTIMISER_CLUSTERS
     )
-    base = optimise.Constraints(
-        cap=OPTIMISER_CAP, clusters=labels, cluster_cap=OPTIMISER_CLUSTER_CAP
-    )
+    policy = replace(crypto_sleeve().policy, cap=OPTIMISER_CAP, cluster_cap=OPTIMISER_CLUSTER_CAP)
+    base = optimise.Constraints.of(policy, clusters=labels)
     held, first = timed(
         lambda: optimise.allocate(
             "min_variance",
@@ -197,12 +196,10 @@ def bench_optimiser(*, repeats: int, cheap: float) -> tuple[Timing, Timing, dict
         repeats=repeats,
         cheap=cheap,
     )
-    constraints = optimise.Constraints(
-        cap=OPTIMISER_CAP,
+    constraints = optimise.Constraints.of(
+        replace(policy, turnover_penalty=OPTIMISER_TURNOVER_PENALTY),
         clusters=labels,
-        cluster_cap=OPTIMISER_CLUSTER_CAP,
         previous=held.weights,
-        turnover_penalty=OPTIMISER_TURNOVER_PENALTY,
     )
     allocation, second = timed(
         lambda: optimise.allocate(

@@ -1,5 +1,6 @@
 """One home per default: every engine or contract default that names a policy parameter must equal
-the catalog's ``Policy`` default (the single home); a second home that drifts fails here."""
+the catalog's ``Policy`` default (the single home); a second home that drifts fails here. The
+engine's parameter objects carry no policy default at all (tests/quant/test_policy_homes.py)."""
 
 import dataclasses
 import inspect
@@ -7,7 +8,7 @@ import inspect
 import pytest
 
 from tvq_assets.catalog import Policy
-from tvq_assets.quant import clusters, features, inference, optimise, selection
+from tvq_assets.quant import clusters, features, inference
 from tvq_checks import contracts
 
 POLICY = {f.name: f.default for f in dataclasses.fields(Policy)}
@@ -42,18 +43,3 @@ def test_a_default_outside_the_catalog_equals_the_catalogs(home, name, field):
         return  # no second home: the caller must pass the policy's value
     value = tuple(value) if isinstance(value, list | tuple) else value
     assert value == POLICY[field], f"{home.__name__}({name}={value!r}) vs Policy.{field}"
-
-
-@pytest.mark.parametrize(
-    "home",
-    [
-        # These engine dataclasses are losing their own defaults (built from the catalog only);
-        # until then this reports any that disagree with the catalog.
-        pytest.param(selection.SelectionPolicy, marks=pytest.mark.xfail(strict=False)),
-        pytest.param(optimise.Constraints, marks=pytest.mark.xfail(strict=False)),
-    ],
-)
-def test_engine_policy_dataclasses_have_no_default_that_disagrees(home):
-    for field in dataclasses.fields(home):
-        if field.name in POLICY and field.default is not dataclasses.MISSING:
-            assert field.default == POLICY[field.name], (home.__name__, field.name)

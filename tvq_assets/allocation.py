@@ -17,7 +17,10 @@ from tvq_resources.lake import ParquetLake, write_file
 WEIGHTS_CONTRACT = "weights_contract"
 SOLVER_STATUS = "solver_status"
 BACKTEST_COMPLETE = "backtest_complete"
-DIAGNOSTIC_COLUMNS = ("solver", "status", "seconds", "objective", "fallback", "reason")
+DIAGNOSTIC_COLUMNS = (
+    *("solver", "status", "seconds", "objective", "fallback", "reason"),
+    *("cap", "effective_cap", "cluster_cap", "effective_cluster_cap"),
+)
 
 
 def _previous_metadata(key: str, found: bool) -> str:
@@ -64,23 +67,28 @@ def weights(
     settings = run.settings
     winners = selection.winners
     held = previous.weights if previous is not None else None
-    allocations = {
-        profile: policy.allocate(
-            profile,
-            winners,
-            returns.returns,
-            settings,
-            previous=held[profile] if held is not None else None,
-        )
-        for profile in optimise.PROFILES
-    }
+    try:
+        allocations = {
+            profile: policy.allocate(
+                profile,
+                winners,
+                returns.returns,
+                settings,
+                previous=held[profile] if held is not None else None,
+            )
+            for profile in optimise.PROFILES
+        }
+    except optimise.InfeasibleCap as error:
+        raise optimise.InfeasibleCap(
+            f"weights[{run.key}]: sleeve {run.sleeve.name!r}: {error}"
+        ) from error
     table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
     table = table.fillna(0.0).rename_axis("symbol")
     diagnostics = pd.DataFrame(
         [[getattr(a, c) for c in DIAGNOSTIC_COLUMNS] for a in allocations.values()],
         index=pd.Index(list(allocations), name="profile"),
         columns=list(DIAGNOSTIC_COLUMNS),
-    ).astype({"objective": float, "seconds": float})
+    ).astype({"objective": float, "seconds": float, "cluster_cap": float})
     yield from checks.emit(
         "weights",
         run.key,
@@ -96,7 +104,13 @@ def weights(
             Evaluation(
                 WEIGHTS_CONTRACT,
                 allocation_contracts.weights_violations(
-                    table, winners=winners.index, cap=settings.cap, as_of=run.as_of
+                    table,
+                    winners=winners.index,
+                    cap=settings.cap,
+                    infeasible_cap=settings.infeasible_cap,
+                    clusters=winners["cluster"],
+                    cluster_cap=settings.cluster_cap,
+                    as_of=run.as_of,
                 ),
             ),
             Evaluation(

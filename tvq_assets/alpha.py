@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from tvq_assets import messages
 from tvq_assets.partitions import run_of, sleeve_run
 from tvq_assets.quant import policy, quality
 from tvq_assets.quant.returns import ReturnsWindow
@@ -173,9 +174,10 @@ def selection(
     run = run_of(context)
     settings = run.settings
     excluded = returns.excluded
-    outcome = policy.select_winners(
+    selected = policy.select_winners(
         features, inference["score"], clusters["cluster"], excluded, settings
     )
+    outcome = messages.render_selection(selected)
     winners = outcome.winners
     rules = settings.selection
     yield from checks.emit(
@@ -184,7 +186,7 @@ def selection(
         policy.SelectionRecord(winners=winners, audit=outcome.audit),
         metadata=run.metadata(
             winners=len(winners),
-            stage_reached=outcome.stage_reached,
+            stage_reached=selected.stage_reached,
             winners_table=dg.MetadataValue.md(checks.markdown(winners.reset_index())),
             vetoes=dg.MetadataValue.json(
                 outcome.audit.loc[outcome.audit["decision"] == "vetoed", "rule"]

@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES
+
 DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
 CALENDARS = {"crypto": 365, "weekday": 252}
 TOXIC_POLICIES = ("fail", "quarantine")
@@ -59,9 +61,14 @@ class Policy:
     min_winners: int = 15
     max_winners: int = 25
     # allocation
-    cap: float = 0.25
-    cluster_cap: float | None = None
-    turnover_penalty: float = 0.0
+    cap: float = 0.25  # maximum weight per symbol
+    cluster_cap: float | None = None  # maximum total weight per cluster (None: no cluster cap)
+    turnover_penalty: float = 0.0  # λ of the L1 turnover term, in the profile objective's units
+    ridge: float = 0.1  # max_sharpe covariance ridge, a fraction of the average variance
+    # When cap (or cluster_cap) admits no fully invested portfolio of the winners (cap < 1/n):
+    # "fail" stops the run naming the configured and the minimum feasible cap; "raise" proceeds
+    # with the minimum feasible cap and a WARN naming both. A risk limit never changes silently.
+    infeasible_cap: str = "fail"
     # walk-forward backtest
     train: int = 252
     test: int = 20
@@ -155,6 +162,11 @@ def _parse_sleeve(name: str, spec: Mapping[str, Any], origin: str) -> Sleeve:
     if "cluster_lookbacks" in overrides:
         overrides["cluster_lookbacks"] = tuple(overrides["cluster_lookbacks"])
     policy = Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides})
+    if policy.infeasible_cap not in INFEASIBLE_CAP_POLICIES:
+        raise CatalogError(
+            f"{where}: policy infeasible_cap {policy.infeasible_cap!r} is not one of "
+            f"{INFEASIBLE_CAP_POLICIES}"
+        )
     return Sleeve(
         name=name,
         source=source,

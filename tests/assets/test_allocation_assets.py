@@ -234,3 +234,43 @@ def test_the_backtest_compares_every_policy_with_the_baselines_and_names_a_champ
     follow_up = lake.read(["backtest"], KEY).verdict.iloc[0]
     assert follow_up["incumbent"] == verdict["champion"]
     assert follow_up["champion"] in candidates
+
+
+def test_a_one_percent_cap_stops_weights_naming_the_cap_the_names_and_the_minimum(
+    instance, lake_root, clean_resources, sleeve_policy
+):
+    sleeve_policy("crypto", policy={"cap": 0.01})
+    refresh_bars(instance, clean_resources)
+
+    result = run(instance, clean_resources, [data.returns, *ALPHA, allocation.weights])
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "weights"
+    error, messages = failure.event_specific_data.error, []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    message = " ".join(messages)
+    assert f"weights[{KEY}]" in message and "sleeve 'crypto'" in message
+    assert "cap 0.01 is infeasible for" in message and "a cap of at least" in message
+    assert not ParquetLake(root=lake_root).exists(["weights"], KEY)
+
+
+def test_a_one_percent_cap_under_policy_raise_warns_with_both_caps(
+    instance, lake_root, clean_resources, sleeve_policy
+):
+    sleeve_policy("crypto", policy={"cap": 0.01, "infeasible_cap": "raise"})
+    refresh_bars(instance, clean_resources)
+
+    result = run(instance, clean_resources, [data.returns, *ALPHA, allocation.weights])
+
+    assert result.success
+    found = evaluations(result)
+    assert found[allocation.WEIGHTS_CONTRACT].passed
+    status = found[allocation.SOLVER_STATUS]
+    assert not status.passed and status.severity == dg.AssetCheckSeverity.WARN
+    assert "cap raised from the configured 0.01 to the minimum feasible" in status.description
+    diagnostics = ParquetLake(root=lake_root).read(["weights"], KEY).diagnostics
+    assert (diagnostics["cap"] == 0.01).all()
+    assert (diagnostics["effective_cap"] > 0.01).all()

@@ -43,6 +43,7 @@ def test_policy_overrides_apply_and_are_listed_in_the_parameters():
         ({"source": {"kind": "ftp", "path": "/x"}}, "source kind 'ftp'"),
         ({"policy": {"lookbak": 5}}, "unknown policy parameters ['lookbak']"),
         ({"colour": "red"}, "unknown keys ['colour']"),
+        ({"policy": {"infeasible_cap": "ignore"}}, "infeasible_cap 'ignore'"),
     ],
 )
 def test_a_broken_sleeve_is_refused_naming_the_file_the_sleeve_and_the_field(sleeve, message):

@@ -25,8 +25,11 @@ def portfolio(min_variance: list[float], symbols: list[str] = WINNERS) -> pd.Dat
     )
 
 
-def weights_violations(table: pd.DataFrame, winners: list[str] = WINNERS) -> pd.DataFrame:
-    return allocation_contracts.weights_violations(table, winners=winners, cap=CAP, as_of=AS_OF)
+def weights_violations(
+    table: pd.DataFrame, winners: list[str] = WINNERS, **options
+) -> pd.DataFrame:
+    options = {"cap": CAP, "infeasible_cap": "fail", **options}
+    return allocation_contracts.weights_violations(table, winners=winners, as_of=AS_OF, **options)
 
 
 def diagnostics(**changes: dict) -> pd.DataFrame:
@@ -38,8 +41,12 @@ def diagnostics(**changes: dict) -> pd.DataFrame:
             "objective": 1e-4,
             "fallback": None,
             "reason": None,
+            "cap": CAP,
+            "effective_cap": CAP,
+            "cluster_cap": np.nan,
+            "effective_cluster_cap": np.nan,
         }
-        for profile in ("min_variance", "risk_parity", "max_sharpe")
+        for profile in ("min_variance", "risk_parity", "max_sharpe", "hrp")
     }
     for profile, change in changes.items():
         rows[profile].update(change)
@@ -67,6 +74,29 @@ CASES: dict[str, Callable[[], tuple[pd.DataFrame, str, float]]] = {
         weights_violations(portfolio([0.25, 0.25, 0.2, 0.2, 0.0, 0.1], [*WINNERS, "OUT"])),
         "min_variance:OUT",
         0.1,
+    ),
+    "cluster_within_cap": lambda: (
+        weights_violations(
+            portfolio([0.25, 0.25, 0.2, 0.2, 0.1]),
+            clusters=pd.Series([1, 1, 2, 2, 3], index=WINNERS),
+            cluster_cap=0.45,
+        ),
+        "min_variance:AAA",
+        0.5,
+    ),
+    "cap_not_raised": lambda: (
+        allocation_contracts.solver_violations(
+            diagnostics(
+                hrp={
+                    "cap": 0.01,
+                    "effective_cap": 1 / 3,
+                    "reason": "cap 0.01 is infeasible for 3 names: raised",
+                }
+            ),
+            as_of=AS_OF,
+        ),
+        "hrp",
+        1 / 3,
     ),
     "solver_clean": lambda: (
         allocation_contracts.solver_violations(
@@ -118,13 +148,61 @@ def test_the_sum_rule_is_reported_once_per_profile_with_the_total():
     assert "0.500000000" in " ".join(sums["message"])
 
 
-def test_the_cap_is_at_least_one_over_the_number_of_winners():
-    # Two winners cannot be fully invested under a 25% cap: the effective cap is 50%.
+def test_a_raised_cap_is_accepted_only_when_the_policy_allows_raising():
+    # Two winners cannot be fully invested under a 25% cap: raising makes the cap 50%.
     table = pd.DataFrame({"hrp": [0.5, 0.5]}, index=["AAA", "BBB"])
-    assert weights_violations(table, ["AAA", "BBB"]).empty
-    assert list(weights_violations(table.assign(hrp=[0.6, 0.4]), ["AAA", "BBB"])["rule"]) == [
-        "weight_within_cap"
-    ]
+    assert weights_violations(table, ["AAA", "BBB"], infeasible_cap="raise").empty
+    over = weights_violations(table.assign(hrp=[0.6, 0.4]), ["AAA", "BBB"], infeasible_cap="raise")
+    assert list(over["rule"]) == ["weight_within_cap"]
+    kept = weights_violations(table, ["AAA", "BBB"], infeasible_cap="fail")
+    assert list(kept["rule"]) == ["weight_within_cap"] * 2
+
+
+def test_a_one_percent_cap_with_three_winners_breaks_the_contract_unless_raising_is_allowed():
+    winners = ["AAA", "BBB", "CCC"]
+    table = pd.DataFrame({"min_variance": [1 / 3] * 3}, index=winners)
+
+    strict = weights_violations(table, winners, cap=0.01, infeasible_cap="fail")
+    allowed = weights_violations(table, winners, cap=0.01, infeasible_cap="raise")
+
+    assert list(strict["rule"]) == ["weight_within_cap"] * 3
+    assert sorted(strict["symbol"]) == [f"min_variance:{s}" for s in winners]
+    assert allowed.empty
+
+
+def test_a_raised_cap_is_a_solver_warning_naming_the_configured_and_the_effective_cap():
+    raised = diagnostics(min_variance={"cap": 0.01, "effective_cap": 1 / 3, "reason": "raised"})
+    table = allocation_contracts.solver_violations(raised, as_of=AS_OF)
+    assert list(table["rule"]) == ["cap_not_raised"]
+    message = table["message"].iloc[0]
+    assert "cap raised from the configured 0.01 to the minimum feasible 0.333333" in message
+    assert allocation_contracts.RULES["cap_not_raised"].severity == "WARN"
+    cluster = diagnostics(
+        risk_parity={"cluster_cap": 0.1, "effective_cluster_cap": 0.25, "reason": "raised"}
+    )
+    [message] = allocation_contracts.solver_violations(cluster, as_of=AS_OF)["message"]
+    assert "cluster_cap raised from the configured 0.1 to the minimum feasible 0.25" in message
+
+
+def test_cluster_totals_are_checked_against_the_configured_cluster_cap():
+    clusters = pd.Series([1, 1, 1, 2, 3], index=WINNERS)
+    table = portfolio([0.2, 0.2, 0.2, 0.2, 0.2])
+
+    strict = weights_violations(table, clusters=clusters, cluster_cap=0.5)
+    within = weights_violations(table, clusters=clusters, cluster_cap=0.6)
+    # three clusters need a cluster cap of at least 1/3 under a 25% asset cap: 0.3 is raised
+    raised = weights_violations(
+        table.assign(min_variance=[0.1, 0.1, 0.13, 0.25, 0.25], equal_weight=0.0),
+        clusters=clusters,
+        cluster_cap=0.3,
+        infeasible_cap="raise",
+    )
+
+    assert list(strict["symbol"]) == ["equal_weight:AAA", "min_variance:AAA"]
+    assert list(strict["rule"]) == ["cluster_within_cap"] * 2
+    np.testing.assert_allclose(strict["value"], 0.6)
+    assert within.empty
+    assert set(raised["rule"]) == {"weights_sum_to_one"}
 
 
 def test_a_sum_within_the_tolerance_passes_and_just_outside_fails():
@@ -173,8 +251,11 @@ WEIGHT = st.one_of(
     data=st.data(),
     n_symbols=st.integers(min_value=1, max_value=6),
     n_winners=st.integers(min_value=0, max_value=6),
+    infeasible_cap=st.sampled_from(["fail", "raise"]),
 )
-def test_weight_findings_match_a_loop_over_profiles_and_symbols(data, n_symbols, n_winners):
+def test_weight_findings_match_a_loop_over_profiles_and_symbols(
+    data, n_symbols, n_winners, infeasible_cap
+):
     symbols = [f"S{i}" for i in range(n_symbols)]
     winners = [f"S{i}" for i in range(n_winners)]
     profiles = ["min_variance", "hrp"]
@@ -182,9 +263,9 @@ def test_weight_findings_match_a_loop_over_profiles_and_symbols(data, n_symbols,
         p: data.draw(st.lists(WEIGHT, min_size=n_symbols, max_size=n_symbols)) for p in profiles
     }
     table = pd.DataFrame(values, index=symbols, dtype=float)
-    findings = allocation_contracts.weights_violations(table, winners=winners, cap=CAP, as_of=AS_OF)
+    findings = weights_violations(table, winners, infeasible_cap=infeasible_cap)
     found = {(row.rule, row.symbol) for row in findings.itertuples(index=False)}
-    cap = max(CAP, 1.0 / max(len(winners), 1))
+    cap = max(CAP, 1.0 / max(len(winners), 1)) if infeasible_cap == "raise" else CAP
     expected = set()
     for profile in profiles:
         total = 0.0

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -6,18 +7,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvq_assets import messages
+from tvq_assets.catalog import Policy
 from tvq_assets.quant.selection import (
+    SAFETY_RULES,
     STAGES,
+    Code,
     Selection,
     SelectionPolicy,
+    WarningCode,
     economic_identity,
     select,
 )
 
+
+def selection_policy(**changes) -> SelectionPolicy:
+    """The catalog's default selection policy with ``changes``."""
+    return SelectionPolicy.of(replace(Policy(), **changes))
+
+
+DEFAULT = selection_policy()
+
 BENIGN = {
     "momentum": 0.5,
     "volatility": 0.6,
-    "entropy": 0.9,
+    "entropy": 0.85,
     "efficiency": 0.1,
     "kurtosis": 3.0,
     "dollar_volume": 1e9,
@@ -46,17 +60,27 @@ def _admissions(selection: Selection) -> pd.DataFrame:
 def _assert_every_winner_is_explained(selection: Selection) -> None:
     admissions = _admissions(selection)
     assert sorted(admissions.index) == sorted(selection.winners.index)
-    for symbol, winner in selection.winners.iterrows():
+    rendered = messages.render_selection(selection)
+    for symbol, winner in rendered.winners.iterrows():
         assert admissions.loc[symbol, "stage"] == winner["stage"]
-        assert admissions.loc[symbol, "detail"] == winner["reason"]
         assert winner["stage_name"] == STAGES[winner["stage"] - 1]
         assert winner["reason"].startswith(f"stage {winner['stage']} ({winner['stage_name']})")
+    details = rendered.audit[rendered.audit["decision"] == "admitted"].set_index("symbol")
+    assert (details["detail"].reindex(rendered.winners.index) == rendered.winners["reason"]).all()
+
+
+def _reasons(selection: Selection) -> pd.Series:
+    return messages.render_selection(selection).winners["reason"]
+
+
+def _warnings(selection: Selection) -> tuple[str, ...]:
+    return messages.selection_warnings(selection.warnings)
 
 
 def test_strict_stage_takes_the_best_top_n_of_every_cluster():
     features, scores, clusters = _universe([3] * 10)
 
-    selection = select(features, scores, clusters)
+    selection = select(features, scores, clusters, policy=DEFAULT)
 
     expected = scores.groupby(clusters).nlargest(2).index.get_level_values(-1)
     assert selection.stage_reached == 1
@@ -74,18 +98,11 @@ def test_winners_are_ordered_by_score_and_carry_score_cluster_and_direction():
     features, scores, clusters = _universe([3] * 10)
     features.loc["S004", "momentum"] = -0.4
 
-    winners = select(features, scores, clusters).winners
+    winners = select(features, scores, clusters, policy=DEFAULT).winners
 
     assert winners["score"].is_monotonic_decreasing
     assert winners.index.name == "symbol"
-    assert list(winners.columns) == [
-        "score",
-        "direction",
-        "cluster",
-        "stage",
-        "stage_name",
-        "reason",
-    ]
+    assert list(winners.columns) == ["score", "direction", "cluster", "stage", "stage_name"]
     pd.testing.assert_series_equal(
         winners["cluster"], clusters.loc[winners.index], check_names=False
     )
@@ -96,7 +113,7 @@ def test_winners_are_ordered_by_score_and_carry_score_cluster_and_direction():
 def test_the_selection_is_capped_at_max_winners_by_score():
     features, scores, clusters = _universe([2] * 20)
 
-    selection = select(features, scores, clusters)
+    selection = select(features, scores, clusters, policy=DEFAULT)
 
     assert len(selection.winners) == 25
     assert sorted(selection.winners.index) == sorted(scores.nlargest(25).index)
@@ -115,7 +132,7 @@ def test_relaxed_stage_admits_symbols_vetoed_only_by_strict_entropy_and_efficien
     heavy_tailed = scores.groupby(clusters).nsmallest(1).index.get_level_values(-1)
     features.loc[heavy_tailed, "kurtosis"] = 40.0
 
-    selection = select(features, scores, clusters)
+    selection = select(features, scores, clusters, policy=DEFAULT)
 
     assert selection.stage_reached == 2
     relaxed = selection.winners[selection.winners["stage"] == 2]
@@ -128,10 +145,10 @@ def test_relaxed_stage_admits_symbols_vetoed_only_by_strict_entropy_and_efficien
     ]
     entropy = vetoes[vetoes["rule"] == "entropy"].set_index("symbol")
     assert sorted(entropy.index) == sorted(noisy[::2])
-    assert (entropy["value"] == 0.99).all() and (entropy["threshold"] == 0.98).all()
+    assert (entropy["value"] == 0.99).all() and (entropy["threshold"] == 0.90).all()
     efficiency = vetoes[vetoes["rule"] == "efficiency"]
     assert sorted(efficiency["symbol"]) == sorted(noisy[1::2])
-    assert "relaxed thresholds" in relaxed["reason"].iloc[0]
+    assert "relaxed thresholds" in _reasons(selection)[relaxed.index[0]]
     stage_two_vetoes = selection.audit[
         (selection.audit["decision"] == "vetoed") & (selection.audit["stage"] == 2)
     ]
@@ -145,7 +162,7 @@ def test_cluster_rescue_admits_the_best_non_stalled_member_of_a_fully_vetoed_clu
     features.loc[vetoed_cluster, "kurtosis"] = 35.0
     best, second = scores.loc[vetoed_cluster].sort_values(ascending=False).index[:2]
 
-    policy = SelectionPolicy(min_winners=11)  # five clean clusters give 10 winners at stage 1
+    policy = selection_policy(min_winners=11)  # five clean clusters give 10 winners at stage 1
 
     selection = select(features, scores, clusters, policy=policy, stalled=[best])
 
@@ -153,18 +170,19 @@ def test_cluster_rescue_admits_the_best_non_stalled_member_of_a_fully_vetoed_clu
     rescued = selection.winners[selection.winners["stage"] == 3]
     assert list(rescued.index) == [second]
     assert rescued.loc[second, "stage_name"] == "cluster_rescue"
-    assert "kurtosis=35" in rescued.loc[second, "reason"]
+    assert "kurtosis=35" in _reasons(selection)[second]
     assert best not in selection.winners.index
     admission = _admissions(selection).loc[second]
     assert admission["rule"] == "cluster_rescue" and admission["stage"] == 3
     _assert_every_winner_is_explained(selection)
-    assert any("stage 3" in warning for warning in selection.warnings)
+    assert any("stage 3" in warning for warning in _warnings(selection))
+    assert [w.code for w in selection.warnings] == [WarningCode.RESCUED]
 
 
 def test_global_fill_takes_the_best_remaining_scores_until_min_winners():
     features, scores, clusters = _universe([10] * 3)
 
-    selection = select(features, scores, clusters)
+    selection = select(features, scores, clusters, policy=DEFAULT)
 
     stage_one = scores.groupby(clusters).nlargest(2).index.get_level_values(-1)
     remaining = scores.drop(stage_one).sort_values(ascending=False)
@@ -175,7 +193,8 @@ def test_global_fill_takes_the_best_remaining_scores_until_min_winners():
     fills = _admissions(selection).loc[filled.index]
     assert (fills["rule"] == "global_fill").all()
     assert sorted(fills["value"]) == list(range(1, 10))
-    assert all("feature vetoes overridden: none" in reason for reason in filled["reason"])
+    reasons = _reasons(selection)[filled.index]
+    assert all("feature vetoes overridden: none" in reason for reason in reasons)
     _assert_every_winner_is_explained(selection)
 
 
@@ -184,7 +203,9 @@ def test_global_fill_overrides_feature_vetoes_but_never_stalls_or_quarantines():
     features["volatility"] = 3.0
     top = scores.sort_values(ascending=False).index
 
-    selection = select(features, scores, clusters, stalled=[top[0]], quarantined=[top[1]])
+    selection = select(
+        features, scores, clusters, policy=DEFAULT, stalled=[top[0]], quarantined=[top[1]]
+    )
 
     assert selection.stage_reached == 4
     assert len(selection.winners) == 15
@@ -193,6 +214,7 @@ def test_global_fill_overrides_feature_vetoes_but_never_stalls_or_quarantines():
     hard = selection.audit[selection.audit["rule"].isin(["stalled", "quarantined"])]
     assert sorted(hard["stage"].unique()) == [1, 2, 3, 4]
     assert (hard["decision"] == "vetoed").all()
+    assert set(hard["code"]) == {Code.STALLED, Code.QUARANTINED}
 
 
 def test_one_symbol_per_economic_identity_keeps_the_better_score():
@@ -202,7 +224,7 @@ def test_one_symbol_per_economic_identity_keeps_the_better_score():
         frame.rename(index=renamed) for frame in (features, scores, clusters)
     )
     scores.loc[["BINANCE:BTCUSDT", "BTCUSDT", "ETHUSDT", "BTCUSDC"]] = [0.95, 0.9, 0.5, 0.99]
-    policy = SelectionPolicy(min_winners=0)
+    policy = selection_policy(min_winners=0)
 
     selection = select(features, scores, clusters, policy=policy)
 
@@ -211,9 +233,12 @@ def test_one_symbol_per_economic_identity_keeps_the_better_score():
     assert not {"BTCUSDT", "BINANCE:BTCUSDT"} & set(selection.winners.index)
     assert "ETHUSDT" in selection.winners.index
     assert (selection.winners.groupby("cluster").size() == 2).all()
-    duplicates = selection.audit[selection.audit["decision"] == "duplicate"].set_index("symbol")
-    assert sorted(duplicates.index) == ["BINANCE:BTCUSDT", "BTCUSDT"]
-    assert all("BTC is already held by BTCUSDC" in d for d in duplicates["detail"])
+    duplicates = selection.audit[selection.audit["decision"] == "duplicate"]
+    assert sorted(duplicates["symbol"]) == ["BINANCE:BTCUSDT", "BTCUSDT"]
+    assert set(duplicates["argument"]) == {"BTCUSDC"}
+    assert (duplicates["code"] == Code.DUPLICATE_IDENTITY).all()
+    details = messages.audit_details(duplicates, selection.policy)
+    assert all("BTC is already held by BTCUSDC" in d for d in details)
 
 
 def test_a_duplicate_identity_is_not_readmitted_by_later_stages():
@@ -223,7 +248,7 @@ def test_a_duplicate_identity_is_not_readmitted_by_later_stages():
         for frame in (features, scores, clusters)
     )
 
-    selection = select(features, scores, clusters)
+    selection = select(features, scores, clusters, policy=DEFAULT)
 
     assert len({economic_identity(s) for s in selection.winners.index}) == len(selection.winners)
     assert len(selection.winners) == 3
@@ -253,22 +278,26 @@ def test_economic_identity_strips_venue_prefix_and_quote_suffix(symbol, identity
 
 def test_a_universe_smaller_than_min_winners_is_selected_whole_with_a_warning():
     features, scores, clusters = _universe([3, 2])
-    features.loc["S000", "volatility"] = np.nan
+    features.loc["S000", "kurtosis"] = 50.0  # a feature veto: global fill overrides it
 
-    selection = select(features, scores, clusters, stalled=["S004"])
+    selection = select(features, scores, clusters, policy=DEFAULT, stalled=["S004"])
 
     assert sorted(selection.winners.index) == ["S000", "S001", "S002", "S003"]
     assert selection.stage_reached == 4
-    [warning] = [w for w in selection.warnings if "min_winners" in w]
+    [shortfall] = [w for w in selection.warnings if w.code == WarningCode.SHORTFALL]
+    assert shortfall.numbers["winners"] == 4 and shortfall.numbers["min_winners"] == 15
+    assert shortfall.numbers["universe"] == 5 and shortfall.numbers["vetoed_for_safety"] == 1
+    [warning] = [w for w in _warnings(selection) if "min_winners" in w]
     assert "only 4 winners for min_winners=15" in warning
-    assert "5 symbols" in warning and "1 of them stalled or quarantined" in warning
+    assert "5 symbols" in warning and "1 of them vetoed for safety (1 stalled" in warning
+    assert "kurtosis=50" in _reasons(selection)["S000"]
     _assert_every_winner_is_explained(selection)
 
 
 def test_an_empty_universe_gives_no_winners_and_a_warning():
     features, scores, clusters = _universe([3])
 
-    selection = select(features, scores.rename(lambda s: s + "X"), clusters)
+    selection = select(features, scores.rename(lambda s: s + "X"), clusters, policy=DEFAULT)
 
     assert selection.winners.empty
     assert list(selection.winners.columns) == [
@@ -277,13 +306,14 @@ def test_an_empty_universe_gives_no_winners_and_a_warning():
         "cluster",
         "stage",
         "stage_name",
-        "reason",
     ]
-    assert selection.warnings and "empty" in selection.warnings[0]
+    assert "reason" in messages.render_selection(selection).winners.columns
+    assert [w.code for w in selection.warnings] == [WarningCode.EMPTY_UNIVERSE]
+    assert "empty" in _warnings(selection)[0]
     missing = selection.audit[selection.audit["rule"] == "missing_input"]
     assert len(missing) == 6 and (missing["decision"] == "excluded").all()
 
-    nothing = select(pd.DataFrame(), pd.Series(dtype=float), pd.Series(dtype=int))
+    nothing = select(pd.DataFrame(), pd.Series(dtype=float), pd.Series(dtype=int), policy=DEFAULT)
     assert nothing.winners.empty and nothing.audit.empty and nothing.warnings
 
 
@@ -291,12 +321,16 @@ def test_excluded_symbols_are_audited_and_never_win():
     features, scores, clusters = _universe([5] * 4)
     best = scores.idxmax()
 
-    selection = select(features, scores, clusters, excluded={best: "stale: last bar 9 days ago"})
+    selection = select(
+        features, scores, clusters, policy=DEFAULT, excluded={best: "stale: last bar 9 days ago"}
+    )
 
     assert best not in selection.winners.index
     row = selection.audit[selection.audit["symbol"] == best]
     assert list(row["decision"]) == ["excluded"]
-    assert row["detail"].iloc[0] == "stale: last bar 9 days ago"
+    assert row["argument"].iloc[0] == "stale: last bar 9 days ago"
+    detail = messages.audit_details(row, selection.policy).iloc[0]
+    assert detail == "stale: last bar 9 days ago"
     assert row["stage"].iloc[0] == 0
 
 
@@ -304,23 +338,24 @@ def test_nan_volatility_vetoes_and_nan_entropy_does_not():
     features, scores, clusters = _universe([4])
     features.loc["S000", "volatility"] = np.nan
     features.loc["S001", "entropy"] = np.nan
-    policy = SelectionPolicy(top_n=4, min_winners=0)
+    policy = selection_policy(top_n=4, min_winners=0)
 
     selection = select(features, scores, clusters, policy=policy)
 
     assert sorted(selection.winners.index) == ["S001", "S002", "S003"]
     veto = selection.audit[selection.audit["decision"] == "vetoed"]
-    # Without a volatility the friction is unknown too: both rules veto.
+    # Without a volatility the friction is unknown too: a safety veto, which takes the symbol
+    # out of every stage before the feature vetoes are looked at.
     assert set(veto["symbol"]) == {"S000"}
-    assert sorted(veto["rule"]) == ["friction", "volatility"]
-    assert veto["value"].isna().all()
+    assert sorted(veto["rule"]) == ["friction"]
+    assert veto["value"].isna().all() and (veto["code"] == Code.UNDEFINED).all()
 
 
 def test_friction_veto_compares_impact_cost_with_absolute_momentum():
     features, scores, clusters = _universe([3])
     features.loc["S000", ["volatility", "dollar_volume", "momentum"]] = [0.8, 4e6, -0.3]
     features.loc["S001", ["volatility", "dollar_volume", "momentum"]] = [0.8, 4e6, 0.5]
-    policy = SelectionPolicy(top_n=3, min_winners=0)
+    policy = selection_policy(top_n=3, min_winners=0)
 
     selection = select(features, scores, clusters, policy=policy)
 
@@ -335,7 +370,7 @@ def test_friction_veto_compares_impact_cost_with_absolute_momentum():
 def test_ties_in_score_are_broken_by_symbol():
     features, scores, clusters = _universe([4])
     scores[:] = 0.5
-    policy = SelectionPolicy(min_winners=0)
+    policy = selection_policy(min_winners=0)
 
     winners = select(features, scores, clusters, policy=policy).winners
 
@@ -344,7 +379,7 @@ def test_ties_in_score_are_broken_by_symbol():
 
 def test_an_inconsistent_policy_is_rejected():
     with pytest.raises(ValueError, match="min_winners"):
-        SelectionPolicy(min_winners=30, max_winners=25)
+        selection_policy(min_winners=30, max_winners=25)
 
 
 # --- property tests against a loop-based reference -------------------------------------------
@@ -359,13 +394,14 @@ def _reference_vetoed(row: pd.Series, policy: SelectionPolicy) -> bool:
         return True
     if not row["volatility"] <= policy.max_volatility:
         return True
-    if not np.isnan(row["dollar_volume"]):
-        if row["dollar_volume"] <= 0:
-            return True
-        friction = row["volatility"] * math.sqrt(1e6 / row["dollar_volume"])
-        if not friction <= policy.max_friction_ratio * abs(row["momentum"]):
-            return True
-    return False
+    return _reference_illiquid(row, policy)
+
+
+def _reference_illiquid(row: pd.Series, policy: SelectionPolicy) -> bool:
+    if not row["dollar_volume"] > 0:
+        return True
+    friction = row["volatility"] * math.sqrt(1e6 / row["dollar_volume"])
+    return not friction / abs(row["momentum"]) <= policy.max_friction_ratio
 
 
 def _reference_strict_stage(
@@ -436,7 +472,7 @@ def _random_universe(draw):
     top_n = draw(st.integers(1, 3))
     max_winners = draw(st.integers(1, 30))
     min_winners = draw(st.integers(0, max_winners))
-    policy = SelectionPolicy(top_n=top_n, max_winners=max_winners, min_winners=min_winners)
+    policy = selection_policy(top_n=top_n, max_winners=max_winners, min_winners=min_winners)
     return features, scores, clusters, stalled, quarantined, excluded, policy
 
 
@@ -456,17 +492,20 @@ def test_stalled_quarantined_and_excluded_symbols_never_win_at_any_stage(univers
     )
 
     winners = set(selection.winners.index)
-    assert not winners & (set(stalled) | set(quarantined) | set(excluded))
+    illiquid = {s for s in features.index if _reference_illiquid(features.loc[s], policy)}
+    assert not winners & (set(stalled) | set(quarantined) | set(excluded) | illiquid)
     assert len(winners) <= policy.max_winners
     identities = [economic_identity(s) for s in selection.winners.index]
     assert len(set(identities)) == len(identities)
     admissible = [
-        s for s in scores.index if s not in set(stalled) | set(quarantined) | set(excluded)
+        s
+        for s in scores.index
+        if s not in set(stalled) | set(quarantined) | set(excluded) | illiquid
     ]
     reachable = min(policy.min_winners, len({economic_identity(s) for s in admissible}))
     assert len(winners) >= reachable
     assert (len(winners) < policy.min_winners) == any(
-        "min_winners" in w for w in selection.warnings
+        w.code in (WarningCode.SHORTFALL, WarningCode.EMPTY_UNIVERSE) for w in selection.warnings
     )
     _assert_every_winner_is_explained(selection)
 
@@ -475,7 +514,9 @@ def test_stalled_quarantined_and_excluded_symbols_never_win_at_any_stage(univers
 @given(_random_universe())
 def test_strict_stage_equals_a_greedy_walk_down_the_ranking(universe):
     features, scores, clusters, stalled, quarantined, _, policy = universe
-    strict_only = SelectionPolicy(top_n=policy.top_n, max_winners=policy.max_winners, min_winners=0)
+    strict_only = selection_policy(
+        top_n=policy.top_n, max_winners=policy.max_winners, min_winners=0
+    )
 
     selection = select(
         features, scores, clusters, policy=strict_only, stalled=stalled, quarantined=quarantined
@@ -486,3 +527,138 @@ def test_strict_stage_equals_a_greedy_walk_down_the_ranking(universe):
     )
     assert selection.stage_reached == 1
     assert list(selection.winners.index) == expected
+
+
+# --- safety vetoes hold in every stage --------------------------------------------------------
+
+
+@pytest.mark.parametrize("min_winners", [0, 1, 5, 15])
+def test_a_coin_trading_four_dollars_a_day_is_never_selected_even_as_the_last_candidate(
+    min_winners,
+):
+    # The best score of all, alone in its cluster, its features clean, and every other symbol
+    # stalled: each stage would take it (strict, relaxed, rescue of its cluster, global fill)
+    # but for its dollar volume.
+    features, scores, clusters = _universe([1, 3])
+    features.loc["S000", "dollar_volume"] = 4.0
+    scores.loc["S000"] = 2.0
+    policy = selection_policy(min_winners=min_winners)
+
+    selection = select(features, scores, clusters, policy=policy, stalled=["S001", "S002", "S003"])
+
+    assert selection.winners.empty
+    vetoes = selection.audit[selection.audit["symbol"] == "S000"]
+    assert set(vetoes["decision"]) == {"vetoed"} and set(vetoes["rule"]) == {"friction"}
+    assert sorted(vetoes["stage"]) == list(range(1, selection.stage_reached + 1))
+    # friction = 0.6 * sqrt(1e6 / 4) = 300, against |momentum| 0.5
+    assert vetoes["value"].iloc[0] == pytest.approx(600.0)
+    if min_winners:
+        assert selection.stage_reached == 4
+        [shortfall] = selection.warnings
+        assert shortfall.code == WarningCode.SHORTFALL
+        assert shortfall.numbers["friction"] == 1 and shortfall.numbers["stalled"] == 3
+        assert shortfall.numbers["winners"] == 0 and shortfall.numbers["admissible"] == 0
+        assert "1 illiquid" in _warnings(selection)[0]
+
+
+def test_when_only_illiquid_symbols_are_left_the_selection_is_empty_with_a_shortfall():
+    features, scores, clusters = _universe([2, 2])
+    features["dollar_volume"] = [4.0, 0.0, np.nan, 100.0]
+
+    selection = select(features, scores, clusters, policy=DEFAULT)
+
+    assert selection.winners.empty
+    assert selection.stage_reached == 4
+    [shortfall] = selection.warnings
+    assert shortfall.code == WarningCode.SHORTFALL
+    assert shortfall.numbers["friction"] == 4 and shortfall.numbers["admissible"] == 0
+    codes = selection.audit.drop_duplicates("symbol").set_index("symbol")["code"]
+    assert codes["S001"] == Code.NO_DOLLAR_VOLUME and codes["S002"] == Code.NO_DOLLAR_VOLUME
+    assert codes["S000"] == Code.ABOVE_MAX and codes["S003"] == Code.ABOVE_MAX
+
+
+@pytest.mark.parametrize("rule", SAFETY_RULES)
+def test_a_safety_veto_holds_in_cluster_rescue_and_global_fill(rule):
+    # Cluster 2's only member would be rescued at stage 3, then filled at stage 4.
+    features, scores, clusters = _universe([4, 1])
+    features.loc[clusters.index[clusters == 1], "kurtosis"] = 40.0
+    [target] = clusters.index[clusters == 2]
+    marks = {"stalled": [], "quarantined": []}
+    if rule == "friction":
+        features.loc[target, "dollar_volume"] = 4.0
+    else:
+        marks[rule] = [target]
+
+    selection = select(features, scores, clusters, policy=DEFAULT, **marks)
+
+    assert selection.stage_reached == 4
+    assert target not in selection.winners.index
+    assert sorted(selection.winners.index) == sorted(clusters.index[clusters == 1])
+    vetoes = selection.audit[(selection.audit["symbol"] == target)]
+    assert list(vetoes["stage"]) == [1, 2, 3, 4] and set(vetoes["rule"]) == {rule}
+
+
+# --- every threshold rule at its boundary: the boundary passes, a hair beyond is vetoed --------
+
+BOUNDARIES = {
+    # rule: (feature column, value exactly at the default threshold, a hair beyond it)
+    "entropy": ("entropy", 0.90, np.nextafter(0.90, 1.0)),
+    "efficiency": ("efficiency", 0.02, np.nextafter(0.02, 0.0)),
+    "kurtosis": ("kurtosis", 20.0, np.nextafter(20.0, 21.0)),
+    "volatility": ("volatility", 2.5, np.nextafter(2.5, 3.0)),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(BOUNDARIES))
+def test_a_feature_exactly_at_its_threshold_passes_and_a_hair_beyond_is_vetoed(rule):
+    column, at, beyond = BOUNDARIES[rule]
+    features, scores, clusters = _universe([3])
+    features.loc["S000", column] = at
+    features.loc["S001", column] = beyond
+    strict = selection_policy(top_n=3, min_winners=0)
+    assert getattr(strict, "max_" + rule if rule != "efficiency" else "min_efficiency") == at
+
+    selection = select(features, scores, clusters, policy=strict)
+
+    assert sorted(selection.winners.index) == ["S000", "S002"]
+    [veto] = selection.audit[selection.audit["decision"] == "vetoed"].itertuples()
+    assert (veto.symbol, veto.rule, veto.threshold) == ("S001", rule, at)
+    assert veto.code == (Code.BELOW_MIN if rule == "efficiency" else Code.ABOVE_MAX)
+
+
+def test_friction_exactly_at_the_ratio_passes_and_a_hair_beyond_is_vetoed():
+    features, scores, clusters = _universe([3])
+    # friction = 0.5 * sqrt(1e6 / 4e6) = 0.25 exactly, so friction / |momentum| = 1.0 exactly
+    features.loc[["S000", "S001"], ["volatility", "dollar_volume"]] = [0.5, 4e6]
+    features.loc["S000", "momentum"] = 0.25
+    features.loc["S001", "momentum"] = np.nextafter(0.25, 0.0)
+    policy = selection_policy(top_n=3, min_winners=3)
+    assert policy.max_friction_ratio == 1.0
+
+    selection = select(features, scores, clusters, policy=policy)
+
+    # min_winners=3 runs every stage: the vetoed symbol stays out of the fill as well
+    assert sorted(selection.winners.index) == ["S000", "S002"]
+    vetoes = selection.audit[selection.audit["decision"] == "vetoed"]
+    assert set(vetoes["symbol"]) == {"S001"} and set(vetoes["rule"]) == {"friction"}
+    assert (vetoes["value"] > 1.0).all() and (vetoes["code"] == Code.ABOVE_MAX).all()
+
+
+def test_a_stage_returns_a_new_state_and_leaves_the_one_it_was_given_untouched():
+    from tvq_assets.quant import selection as engine
+
+    features, scores, clusters = _universe([3] * 4)
+    universe, rows = engine._eligibility(features, scores, clusters, {})
+    ranked = engine._ranked(
+        features, scores, clusters, universe, stalled=(), quarantined=(), policy=DEFAULT
+    )
+    start = engine._State.start(ranked, rows)
+
+    after = engine._strict(ranked, start)
+
+    assert start.winners.size == 0 and start.stage_reached == 0 and not start.settled.any()
+    assert after.winners.size == 8 and after.stage_reached == 1
+    for array in (after.winners, after.stages, after.holder, after.settled):
+        assert not array.flags.writeable
+    with pytest.raises(ValueError):
+        after.winners[0] = 0

@@ -1,4 +1,4 @@
-"""Portfolio allocation: Ledoit-Wolf covariance, five risk profiles, solver chain and fallbacks.
+"""Portfolio allocation: Ledoit-Wolf covariance, a registry of risk profiles, solver fallbacks.
 
 Conventions shared by every function here:
 
@@ -6,8 +6,11 @@ Conventions shared by every function here:
   symbols). Covariances, variances and objectives are per period (not annualised); nothing here
   needs the number of periods per year.
 - Portfolios are long-only and fully invested: weights are non-negative and sum to 1 within 1e-12.
-- The per-asset cap is ``max(cap, 1/n)`` where ``n`` is the number of symbols with at least one
-  finite return, so a small universe is never infeasible.
+- Risk limits are never changed silently. A per-asset ``cap`` below ``1/n`` (``n`` = symbols with
+  at least one finite return), or a cluster cap below the smallest one admitting a fully invested
+  portfolio, is infeasible: ``Constraints.infeasible_cap`` either raises :class:`InfeasibleCap`
+  ("fail") or proceeds with the minimum feasible cap ("raise"), and the :class:`Allocation`
+  records the configured and the effective caps.
 - NaN returns (a symbol listed inside the window, or delisted before its end) are treated as a
   zero return for the covariance and the mean. This understates the variance of short histories,
   which the selection stage limits with its minimum-history rule. Columns without any finite value
@@ -16,8 +19,10 @@ Conventions shared by every function here:
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
+from typing import Any
 
 import cvxpy as cp
 import numpy as np
@@ -27,8 +32,20 @@ from scipy import optimize
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-PROFILES: tuple[str, ...] = ("min_variance", "risk_parity", "max_sharpe", "hrp", "equal_weight")
+
+class Profile(StrEnum):
+    """The risk profiles; each is a function of :data:`PROFILE_FUNCTIONS` with one signature."""
+
+    MIN_VARIANCE = "min_variance"
+    RISK_PARITY = "risk_parity"
+    MAX_SHARPE = "max_sharpe"
+    HRP = "hrp"
+    EQUAL_WEIGHT = "equal_weight"
+
+
+PROFILES: tuple[str, ...] = tuple(profile.value for profile in Profile)
 SOLVERS: tuple[str, ...] = ("CLARABEL", "SCS", "OSQP")
+INFEASIBLE_CAP_POLICIES: tuple[str, ...] = ("fail", "raise")
 
 _SOLVED = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
 # Solvers of cvxpy able to handle the exponential cone that log terms compile to.
@@ -42,30 +59,38 @@ _CAP_TOLERANCE = 1e-9
 _DENSE_FROM = 200
 
 
-# eq=False: fields hold pandas objects, whose == is element-wise
-@dataclass(frozen=True, eq=False)
-class Constraints:
-    """Portfolio constraints shared by all profiles.
+class InfeasibleCap(ValueError):
+    """A configured cap admits no fully invested portfolio and the policy says ``fail``."""
 
-    cap: per-asset maximum weight; the effective cap is ``max(cap, 1/n)``.
-    clusters: symbol -> cluster id. Symbols missing from it form clusters of their own.
-    cluster_cap: maximum total weight per cluster. When it admits no fully invested portfolio
-        (for example 0.01 with 3 clusters) it is raised to the smallest value that does, and the
-        allocation's ``reason`` says so.
-    previous: previous weights (symbols missing = 0) for the L1 turnover penalty; without them
-        every fully invested portfolio has the same turnover and the penalty is skipped.
+
+# eq=False: fields hold pandas objects, whose == is element-wise
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Constraints:
+    """Portfolio constraints shared by all profiles, without policy defaults of their own.
+
+    Build them from the sleeve's catalog policy with :meth:`of` (``catalog.Policy`` is the one
+    home of every default).
+
+    cap: per-asset maximum weight.
+    cluster_cap: maximum total weight per cluster, or None. Needs ``clusters``.
     turnover_penalty: λ in ``objective + λ·‖w − w_prev‖₁``, in the units of the profile's
         objective (per-period variance for min_variance). Ignored by hrp and equal_weight.
     ridge: L2 regularisation of max_sharpe as a fraction of the average asset variance: the
         covariance becomes ``Σ + ridge·mean(diag Σ)·I``.
+    infeasible_cap: "fail" or "raise": what to do when ``cap < 1/n`` or the cluster cap admits no
+        fully invested portfolio (see the module docstring).
+    clusters: symbol -> cluster id. Symbols missing from it form clusters of their own.
+    previous: previous weights (symbols missing = 0) for the L1 turnover penalty; without them
+        every fully invested portfolio has the same turnover and the penalty is skipped.
     """
 
-    cap: float = 0.25
+    cap: float
+    cluster_cap: float | None
+    turnover_penalty: float
+    ridge: float
+    infeasible_cap: str
     clusters: pd.Series | None = None
-    cluster_cap: float | None = None
     previous: pd.Series | None = None
-    turnover_penalty: float = 0.0
-    ridge: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.cap > 0:
@@ -78,6 +103,24 @@ class Constraints:
             )
         if not self.ridge >= 0:
             raise ValueError(f"Constraints: ridge must be >= 0, got {self.ridge}")
+        if self.infeasible_cap not in INFEASIBLE_CAP_POLICIES:
+            raise ValueError(
+                f"Constraints: infeasible_cap must be one of {INFEASIBLE_CAP_POLICIES}, got "
+                f"{self.infeasible_cap!r}"
+            )
+
+    @classmethod
+    def of(
+        cls,
+        policy: Any,
+        *,
+        clusters: pd.Series | None = None,
+        previous: pd.Series | None = None,
+    ) -> "Constraints":
+        """The policy-valued fields read by name from a sleeve policy (``catalog.Policy``)."""
+        names = [f.name for f in fields(cls) if f.name not in ("clusters", "previous")]
+        values = {name: getattr(policy, name) for name in names}
+        return cls(**values, clusters=clusters, previous=previous)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,8 +133,10 @@ class Allocation:
         (see ``allocate``); None for closed-form portfolios.
     fallback: None, or the profile actually used: "hrp" or "equal_weight" when the requested
         profile could not be solved, "min_variance" when max_sharpe had no positive expected return.
-    reason: why a fallback, an inaccurate status or a raised cluster cap happened.
+    reason: why a fallback, an inaccurate status or a raised cap happened.
     attempts: (solver, status or error) in the order tried.
+    cap, cluster_cap: the configured limits; effective_cap, effective_cluster_cap: the limits the
+        weights were built under. They differ only when ``infeasible_cap="raise"`` raised them.
     """
 
     profile: str
@@ -103,9 +148,19 @@ class Allocation:
     fallback: str | None
     reason: str | None
     attempts: tuple[tuple[str, str], ...]
+    cap: float
+    effective_cap: float
+    cluster_cap: float | None
+    effective_cluster_cap: float | None
 
-
-DEFAULT_CONSTRAINTS = Constraints()
+    @property
+    def cap_raised(self) -> bool:
+        raised_cluster = (
+            self.cluster_cap is not None
+            and self.effective_cluster_cap is not None
+            and self.effective_cluster_cap > self.cluster_cap
+        )
+        return self.effective_cap > self.cap or raised_cluster
 
 
 def ledoit_wolf(returns: np.ndarray) -> tuple[np.ndarray, float]:
@@ -222,7 +277,7 @@ def allocate(
     profile: str,
     returns: pd.DataFrame,
     *,
-    constraints: Constraints = DEFAULT_CONSTRAINTS,
+    constraints: Constraints,
     expected_returns: pd.Series | None = None,
     solvers: Sequence[str] = SOLVERS,
 ) -> Allocation:
@@ -249,39 +304,41 @@ def allocate(
     for log (exponential-cone) problems. When none succeeds the profile falls back to hrp, then to
     equal weight. Every result goes through the same post-processing: negatives and dust
     (< 1e-8) set to 0, then capped water-filling (clusters first, then assets within clusters,
-    proportional to the solved weights) which sums to 1 and never exceeds a cap.
+    proportional to the solved weights) which sums to 1 and never exceeds a cap. Raises
+    :class:`InfeasibleCap` when a cap is infeasible and ``constraints.infeasible_cap == "fail"``.
     """
     start = time.perf_counter()
-    _check_profile(profile)
+    chosen = _profile(profile)
     universe = _universe(returns, constraints)
-    return _allocate(profile, universe, expected_returns, solvers, start)
+    request = _request(universe, expected_returns, solvers)
+    return _allocate(chosen, universe, request, start)
 
 
 def allocate_all(
     returns: pd.DataFrame,
     *,
+    constraints: Constraints,
     profiles: Sequence[str] = PROFILES,
-    constraints: Constraints = DEFAULT_CONSTRAINTS,
     expected_returns: pd.Series | None = None,
     solvers: Sequence[str] = SOLVERS,
 ) -> dict[str, Allocation]:
-    """``allocate`` for several profiles, estimating the covariance (and HRP) once.
+    """``allocate`` for several profiles, estimating the covariance once.
 
     Each allocation's ``seconds`` covers its own solve and post-processing; the shared covariance
     estimate is counted in the first profile only.
     """
-    for profile in profiles:
-        _check_profile(profile)
+    chosen = [_profile(profile) for profile in profiles]
     start = time.perf_counter()
     universe = _universe(returns, constraints)
+    request = _request(universe, expected_returns, solvers)
     result = {}
-    for profile in profiles:
-        result[profile] = _allocate(profile, universe, expected_returns, solvers, start)
+    for profile in chosen:
+        result[profile.value] = _allocate(profile, universe, request, start)
         start = time.perf_counter()
     return result
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Universe:
     """Everything the profiles need, derived once from the returns window and constraints."""
 
@@ -289,14 +346,16 @@ class _Universe:
     usable: np.ndarray
     covariance: np.ndarray | None
     mean: np.ndarray
-    cap: float
-    groups: np.ndarray | None
-    cluster_cap: float | None
+    cap: float  # effective
+    groups: np.ndarray | None  # cluster index per usable symbol, None when no cluster cap binds
+    cluster_cap: float | None  # effective, None when it does not bind
     previous: np.ndarray | None
     turnover_penalty: float
     ridge: float
     notes: tuple[str, ...]
-    hrp_cache: dict
+    configured_cap: float
+    configured_cluster_cap: float | None
+    effective_cluster_cap: float | None
 
     @property
     def usable_symbols(self) -> pd.Index:
@@ -308,23 +367,44 @@ class _Universe:
 
 
 @dataclass(frozen=True)
-class _Solved:
+class _Request:
+    """What a profile is asked for besides the universe: solvers and expected returns."""
+
+    solvers: tuple[str, ...]
+    expected: np.ndarray  # per usable symbol
+
+
+@dataclass(frozen=True, eq=False)
+class _Solution:
+    """A profile's weights before the caps' post-processing, and how they were found."""
+
     weights: np.ndarray
-    solver: str
+    solver: str | None
     status: str
-    objective: float
+    objective: float | None = None
+    attempts: tuple[tuple[str, str], ...] = ()
+    fallback: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 class _NotSolved(Exception):
-    def __init__(self, status: str, detail: str) -> None:
+    def __init__(self, status: str, detail: str, attempts: tuple[tuple[str, str], ...] = ()):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.attempts = attempts
 
 
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+ProfileFunction = Callable[[_Universe, _Request], _Solution]
+
+
+def _profile(profile: str) -> Profile:
+    try:
+        return Profile(profile)
+    except ValueError:
+        raise ValueError(
+            f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}"
+        ) from None
 
 
 def _universe(returns: pd.DataFrame, constraints: Constraints) -> _Universe:
@@ -350,8 +430,8 @@ def _universe(returns: pd.DataFrame, constraints: Constraints) -> _Universe:
         covariance = None
     mean = window.mean(axis=0) if window.shape[0] else np.zeros(n)
 
-    cap = max(constraints.cap, 1.0 / n) if n else constraints.cap
-    groups, cluster_cap = None, None
+    cap = _feasible_cap(constraints, n, notes)
+    groups, cluster_cap, effective_cluster_cap = None, None, constraints.cluster_cap
     if constraints.clusters is not None and constraints.cluster_cap is not None and n:
         members = symbols[usable]
         labels = constraints.clusters.reindex(members)
@@ -362,14 +442,8 @@ def _universe(returns: pd.DataFrame, constraints: Constraints) -> _Universe:
         )
         groups = pd.factorize(keys)[0]
         sizes = np.bincount(groups)
-        needed = _smallest_feasible_cluster_cap(sizes, cap)
-        cluster_cap = constraints.cluster_cap
-        if needed > cluster_cap:
-            notes.append(
-                f"cluster cap {cluster_cap:g} admits no fully invested portfolio: raised to "
-                f"{needed:.6g}"
-            )
-            cluster_cap = needed
+        cluster_cap = _feasible_cluster_cap(constraints, sizes, cap, notes)
+        effective_cluster_cap = cluster_cap
         if cluster_cap >= sizes.max() * cap:
             groups, cluster_cap = None, None
 
@@ -388,212 +462,168 @@ def _universe(returns: pd.DataFrame, constraints: Constraints) -> _Universe:
         turnover_penalty=constraints.turnover_penalty,
         ridge=constraints.ridge,
         notes=tuple(notes),
-        hrp_cache={},
+        configured_cap=constraints.cap,
+        configured_cluster_cap=constraints.cluster_cap,
+        effective_cluster_cap=effective_cluster_cap,
     )
 
 
-def _smallest_feasible_cluster_cap(sizes: np.ndarray, cap: float) -> float:
-    """Smallest c with Σ_k min(c, size_k·cap) ≥ 1: below it no fully invested portfolio exists."""
-    capacity = np.sort(sizes * cap)
-    count = capacity.size
-    prefix = np.concatenate([[0.0], np.cumsum(capacity)])[:-1]
-    candidate = (1.0 - prefix) / (count - np.arange(count))
-    first = int(np.argmax(candidate <= capacity * (1 + 1e-12)))
-    return float(candidate[first])
-
-
-def _allocate(
-    profile: str,
-    universe: _Universe,
-    expected_returns: pd.Series | None,
-    solvers: Sequence[str],
-    start: float,
-) -> Allocation:
-    notes = list(universe.notes)
-
-    def finish(
-        weights: np.ndarray,
-        *,
-        solver: str | None,
-        status: str,
-        objective: float | None = None,
-        fallback: str | None = None,
-        attempts: Sequence[tuple[str, str]] = (),
-    ) -> Allocation:
-        full = np.zeros(universe.symbols.size)
-        full[universe.usable] = weights
-        series = pd.Series(full, index=universe.symbols.copy(), name="weight")
-        return Allocation(
-            profile=profile,
-            weights=series,
-            solver=solver,
-            status=status,
-            seconds=time.perf_counter() - start,
-            objective=objective,
-            fallback=fallback,
-            reason="; ".join(notes) or None,
-            attempts=tuple(attempts),
+def _feasible_cap(constraints: Constraints, n: int, notes: list[str]) -> float:
+    """The per-asset cap in force: the configured one, or 1/n when it is below and may be raised."""
+    needed = 1.0 / n if n else 0.0
+    if constraints.cap >= needed * (1 - 1e-12):
+        return constraints.cap
+    if constraints.infeasible_cap == "fail":
+        raise InfeasibleCap(
+            f"cap {constraints.cap:g} is infeasible for {n} names: a fully invested long-only "
+            f"portfolio needs a cap of at least {needed:.6g} (1/{n}); raise `cap` to at least "
+            f"{needed:.6g}, or set `infeasible_cap: raise` to proceed with it under a WARN"
         )
-
-    n = universe.size
-    if universe.symbols.size == 0:
-        notes.append("no symbols")
-        return finish(np.zeros(0), solver=None, status="empty")
-    if n == 1:
-        return finish(np.ones(1), solver=None, status="closed_form")
-    if profile == "equal_weight":
-        return finish(_apply_caps(np.ones(n), universe), solver=None, status="closed_form")
-    if profile == "hrp":
-        try:
-            return finish(_hrp(universe), solver=None, status="closed_form")
-        except ValueError as error:
-            notes.append(f"hrp failed ({error})")
-            return finish(
-                _apply_caps(np.ones(n), universe),
-                solver=None,
-                status="failed",
-                fallback="equal_weight",
-            )
-
-    attempts: list[tuple[str, str]] = []
-    fallback = None
-    mu = _expected(universe, expected_returns) if profile == "max_sharpe" else None
-    try:
-        if universe.covariance is None:
-            raise _NotSolved("no_covariance", "fewer than two observations: no covariance")
-        if n * universe.cap <= 1.0 + 1e-12:
-            notes.append(f"cap {universe.cap:.6g} with {n} symbols admits only equal weight")
-            return finish(_apply_caps(np.ones(n), universe), solver=None, status="closed_form")
-        if profile == "min_variance":
-            solved = _min_variance(universe, solvers, attempts)
-        elif profile == "risk_parity":
-            solved = _risk_parity(universe, solvers, attempts)
-        else:
-            if _best_capped_return(mu, universe) <= 0:
-                notes.append(
-                    "no capped portfolio has a positive expected return: min_variance used"
-                )
-                fallback = "min_variance"
-                solved = _min_variance(universe, solvers, attempts)
-            else:
-                solved = _max_sharpe(universe, mu, solvers, attempts)
-    except _NotSolved as failure:
-        notes.append(f"{profile} not solved ({failure.detail}): hrp used")
-        try:
-            weights = _hrp(universe)
-            fallback = "hrp"
-        except ValueError as error:
-            notes.append(f"hrp failed ({error}): equal weight used")
-            weights = _apply_caps(np.ones(n), universe)
-            fallback = "equal_weight"
-        return finish(
-            weights, solver=None, status=failure.status, fallback=fallback, attempts=attempts
-        )
-    if solved.status != cp.OPTIMAL:
-        notes.append(f"{solved.solver} returned {solved.status}")
-    return finish(
-        _apply_caps(solved.weights, universe),
-        solver=solved.solver,
-        status=solved.status,
-        objective=solved.objective,
-        fallback=fallback,
-        attempts=attempts,
+    notes.append(
+        f"cap {constraints.cap:g} is infeasible for {n} names: raised to the minimum feasible "
+        f"cap {needed:.6g} (infeasible_cap: raise)"
     )
+    return needed
 
 
-def _expected(universe: _Universe, expected_returns: pd.Series | None) -> np.ndarray:
+def _feasible_cluster_cap(
+    constraints: Constraints, sizes: np.ndarray, cap: float, notes: list[str]
+) -> float:
+    """The cluster cap in force: the configured one, or the smallest feasible one when allowed."""
+    configured = constraints.cluster_cap
+    assert configured is not None
+    needed = smallest_feasible_cluster_cap(sizes, cap)
+    if needed <= configured * (1 + 1e-12):
+        return configured
+    if constraints.infeasible_cap == "fail":
+        raise InfeasibleCap(
+            f"cluster_cap {configured:g} is infeasible for {sizes.size} clusters of sizes "
+            f"{sorted(sizes.tolist(), reverse=True)} under the asset cap {cap:g}: a fully "
+            f"invested portfolio needs a cluster cap of at least {needed:.6g}; raise "
+            f"`cluster_cap`, or set `infeasible_cap: raise` to proceed with it under a WARN"
+        )
+    notes.append(
+        f"cluster_cap {configured:g} is infeasible for {sizes.size} clusters: raised to the "
+        f"minimum feasible cluster cap {needed:.6g} (infeasible_cap: raise)"
+    )
+    return needed
+
+
+def _request(
+    universe: _Universe, expected_returns: pd.Series | None, solvers: Sequence[str]
+) -> _Request:
     if expected_returns is None:
-        return universe.mean
+        return _Request(tuple(solvers), universe.mean)
     aligned = expected_returns.reindex(universe.usable_symbols)
     missing = aligned.index[~np.isfinite(aligned.to_numpy(dtype=float, na_value=np.nan))]
     if len(missing):
         raise ValueError(
             f"expected_returns: no finite value for {', '.join(missing[:10])}; pass one per symbol"
         )
-    return aligned.to_numpy(dtype=float)
+    return _Request(tuple(solvers), aligned.to_numpy(dtype=float))
 
 
-def _best_capped_return(mu: np.ndarray, universe: _Universe) -> float:
-    """Largest μ'w over the long-only, fully invested portfolios within the asset and cluster caps.
-
-    Without cluster caps the best assets are filled to the cap; with them it is a small linear
-    programme (HiGHS), so a cluster cap that rules out every positive-return portfolio is seen
-    here and max_sharpe falls back to min_variance instead of failing as infeasible.
-    """
-    if universe.groups is None:
-        ranked = np.sort(mu)[::-1]
-        fill = np.clip(1.0 - universe.cap * np.arange(ranked.size), 0.0, universe.cap)
-        return float(ranked @ fill)
-    labels = np.unique(universe.groups)
-    membership = (universe.groups[None, :] == labels[:, None]).astype(float)
-    solution = optimize.linprog(
-        -mu,
-        A_ub=membership,
-        b_ub=np.full(labels.size, universe.cluster_cap),
-        A_eq=np.ones((1, mu.size)),
-        b_eq=[1.0],
-        bounds=(0.0, universe.cap),
-        method="highs",
+def _allocate(profile: Profile, universe: _Universe, request: _Request, start: float) -> Allocation:
+    n = universe.size
+    if universe.symbols.size == 0:
+        solution = _Solution(np.zeros(0), None, "empty", notes=("no symbols",))
+    elif n == 1:
+        solution = _Solution(np.ones(1), None, "closed_form")
+    else:
+        solution = _solve(profile, universe, request)
+        if solution.solver is not None and solution.status != cp.OPTIMAL:
+            solution = replace(
+                solution, notes=(*solution.notes, f"{solution.solver} returned {solution.status}")
+            )
+        solution = replace(solution, weights=_apply_caps(solution.weights, universe))
+    full = np.zeros(universe.symbols.size)
+    full[universe.usable] = solution.weights
+    notes = (*universe.notes, *solution.notes)
+    return Allocation(
+        profile=profile.value,
+        weights=pd.Series(full, index=universe.symbols.copy(), name="weight"),
+        solver=solution.solver,
+        status=solution.status,
+        seconds=time.perf_counter() - start,
+        objective=solution.objective,
+        fallback=solution.fallback,
+        reason="; ".join(notes) or None,
+        attempts=solution.attempts,
+        cap=universe.configured_cap,
+        effective_cap=universe.cap,
+        cluster_cap=universe.configured_cluster_cap,
+        effective_cluster_cap=universe.effective_cluster_cap,
     )
-    return float(-solution.fun) if solution.status == 0 else -math.inf
 
 
-def _hrp(universe: _Universe) -> np.ndarray:
-    if "hrp" not in universe.hrp_cache:
-        if universe.covariance is None:
-            raise ValueError("fewer than two observations: no covariance")
-        raw = hrp_weights(universe.covariance, labels=list(universe.usable_symbols))
-        universe.hrp_cache["hrp"] = _apply_caps(raw, universe)
-    return universe.hrp_cache["hrp"]
-
-
-def _scale(universe: _Universe) -> float:
-    """Average variance: dividing by it keeps the solver's data of order one."""
-    assert universe.covariance is not None
-    average = float(np.mean(np.diag(universe.covariance)))
-    return average if average > 0 else 1.0
-
-
-def _linear_constraints(w: cp.Variable, budget: cp.Expression | float, universe: _Universe):
-    constraints = [w >= 0, cp.sum(w) == budget, w <= universe.cap * budget]
-    if universe.groups is not None:
-        n = w.shape[0]
-        sizes = np.bincount(universe.groups)
-        binding = np.flatnonzero(sizes * universe.cap > universe.cluster_cap)
-        member = np.isin(universe.groups, binding)
-        rows = np.searchsorted(binding, universe.groups[member])
-        matrix = sparse.csr_matrix(
-            (np.ones(member.sum()), (rows, np.flatnonzero(member))), shape=(binding.size, n)
+def _solve(profile: Profile, universe: _Universe, request: _Request) -> _Solution:
+    """The profile's solution, or its fallback's (hrp, then equal weight) when it is not solved."""
+    try:
+        return PROFILE_FUNCTIONS[profile](universe, request)
+    except _NotSolved as failure:
+        fallback = _FALLBACKS[profile]
+        rescue = _solve(fallback, universe, request)
+        return _Solution(
+            weights=rescue.weights,
+            solver=None,
+            status=failure.status,
+            attempts=failure.attempts,
+            fallback=rescue.fallback or fallback.value,
+            notes=(f"{profile} not solved ({failure.detail}): {fallback} used", *rescue.notes),
         )
-        constraints.append(matrix @ w <= universe.cluster_cap * budget)
-    return constraints
 
 
-def _min_variance(
-    universe: _Universe, solvers: Sequence[str], attempts: list[tuple[str, str]]
-) -> _Solved:
+def _optimised(function: ProfileFunction) -> ProfileFunction:
+    """A solver-based profile: needs a covariance; a cap of exactly 1/n leaves only equal weight."""
+
+    def profile(universe: _Universe, request: _Request) -> _Solution:
+        if universe.covariance is None:
+            raise _NotSolved("no_covariance", "fewer than two observations: no covariance")
+        n = universe.size
+        if n * universe.cap <= 1.0 + 1e-12:
+            note = f"cap {universe.cap:.6g} with {n} symbols admits only equal weight"
+            return _Solution(np.ones(n), None, "closed_form", notes=(note,))
+        return function(universe, request)
+
+    return profile
+
+
+def _equal_weight(universe: _Universe, request: _Request) -> _Solution:
+    return _Solution(np.ones(universe.size), None, "closed_form")
+
+
+def _hrp(universe: _Universe, request: _Request) -> _Solution:
+    if universe.covariance is None:
+        raise _NotSolved("failed", "fewer than two observations: no covariance")
+    raw = hrp_weights(universe.covariance, labels=list(universe.usable_symbols))
+    return _Solution(raw, None, "closed_form")
+
+
+def _turnover(universe: _Universe, weights, *, budget=1.0, norm1=cp.norm1):
+    """The L1 turnover term ``λ·‖w − budget·p‖₁``: a cvxpy expression, or with ``norm1=_l1`` its
+    value; 0 without previous weights. ``budget`` is κ in max_sharpe's homogenised variables."""
+    if universe.previous is None:
+        return 0.0
+    return universe.turnover_penalty * norm1(weights - budget * universe.previous)
+
+
+def _l1(values: np.ndarray) -> float:
+    return float(np.abs(values).sum())
+
+
+def _min_variance(universe: _Universe, request: _Request) -> _Solution:
     covariance = universe.covariance
     scale = _scale(universe)
-    n = universe.size
-    w = cp.Variable(n)
-    objective = cp.quad_form(w, cp.psd_wrap(covariance / scale))
-    penalty = universe.previous is not None
-    if penalty:
-        objective = objective + (universe.turnover_penalty / scale) * cp.norm1(
-            w - universe.previous
-        )
+    w = cp.Variable(universe.size)
+    objective = cp.quad_form(w, cp.psd_wrap(covariance / scale)) + _turnover(universe, w) / scale
     problem = cp.Problem(cp.Minimize(objective), _linear_constraints(w, 1.0, universe))
-    solver, status = _run(problem, solvers, attempts, exponential_cone=False)
+    solver, status, attempts = _run(problem, request.solvers, exponential_cone=False)
     weights = w.value
-    value = float(weights @ covariance @ weights)
-    if penalty:
-        value += universe.turnover_penalty * float(np.abs(weights - universe.previous).sum())
-    return _Solved(weights, solver, status, value)
+    value = float(weights @ covariance @ weights) + _turnover(universe, weights, norm1=_l1)
+    return _Solution(weights, solver, status, value, attempts)
 
 
-def _risk_parity(
-    universe: _Universe, solvers: Sequence[str], attempts: list[tuple[str, str]]
-) -> _Solved:
+def _risk_parity(universe: _Universe, request: _Request) -> _Solution:
     covariance = universe.covariance
     scale = _scale(universe)
     n = universe.size
@@ -601,33 +631,90 @@ def _risk_parity(
     erc = cp.Problem(
         cp.Minimize(0.5 * cp.quad_form(y, cp.psd_wrap(covariance / scale)) - cp.sum(cp.log(y)) / n)
     )
-    solver, status = _run(erc, solvers, attempts, exponential_cone=True)
+    solver, status, attempts = _run(erc, request.solvers, exponential_cone=True)
     y_value = _polish_equal_risk(covariance / scale, y.value) / math.sqrt(scale)
     weights = y_value / y_value.sum()
-    within_caps = _within_caps(weights, universe)
-    if within_caps and universe.previous is None:
+    if _within_caps(weights, universe) and universe.previous is None:
         value = (
             0.5 * float(y_value @ covariance @ y_value)
             - float(np.log(np.maximum(y_value, 1e-300)).sum()) / n
         )
-        return _Solved(weights, solver, status, value)
+        return _Solution(weights, solver, status, value, attempts)
 
     barrier = float(weights @ covariance @ weights) / n
     w = cp.Variable(n)
-    objective = 0.5 * cp.quad_form(w, cp.psd_wrap(covariance / scale)) - (barrier / scale) * cp.sum(
-        cp.log(w)
+    objective = (
+        0.5 * cp.quad_form(w, cp.psd_wrap(covariance / scale))
+        - (barrier / scale) * cp.sum(cp.log(w))
+        + _turnover(universe, w) / scale
     )
-    if universe.previous is not None:
-        objective = objective + (universe.turnover_penalty / scale) * cp.norm1(
-            w - universe.previous
-        )
     capped = cp.Problem(cp.Minimize(objective), _linear_constraints(w, 1.0, universe))
-    solver, status = _run(capped, solvers, attempts, exponential_cone=True)
-    weights = np.clip(w.value, 1e-300, None)
-    value = 0.5 * float(weights @ covariance @ weights) - barrier * float(np.log(weights).sum())
-    if universe.previous is not None:
-        value += universe.turnover_penalty * float(np.abs(weights - universe.previous).sum())
-    return _Solved(w.value, solver, status, value)
+    solver, status, attempts = _run(
+        capped, request.solvers, exponential_cone=True, attempts=attempts
+    )
+    # The log barrier keeps the solution interior; a solver may still return tiny negatives.
+    clipped = np.clip(w.value, 0.0, None)
+    value = (
+        0.5 * float(clipped @ covariance @ clipped)
+        - barrier * float(np.log(np.maximum(clipped, 1e-300)).sum())
+        + _turnover(universe, clipped, norm1=_l1)
+    )
+    return _Solution(clipped, solver, status, value, attempts)
+
+
+def _max_sharpe(universe: _Universe, request: _Request) -> _Solution:
+    mu = request.expected
+    if _best_capped_return(mu, universe) <= 0:
+        solution = _min_variance(universe, request)
+        note = "no capped portfolio has a positive expected return: min_variance used"
+        return replace(solution, fallback=Profile.MIN_VARIANCE.value, notes=(note,))
+    covariance = universe.covariance
+    scale = _scale(universe)
+    n = universe.size
+    regularised = covariance + universe.ridge * scale * np.eye(n)
+    # μ'y = 1 with daily means of ~1e-3 would make y of ~1e3: normalise μ to a maximum of 1
+    top = float(mu.max())
+    y = cp.Variable(n)
+    kappa = cp.Variable(nonneg=True)
+    objective = cp.quad_form(y, cp.psd_wrap(regularised / scale)) + (top / scale) * _turnover(
+        universe, y, budget=kappa
+    )
+    constraints = [(mu / top) @ y == 1, *_linear_constraints(y, kappa, universe)]
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    solver, status, attempts = _run(problem, request.solvers, exponential_cone=False)
+    if kappa.value is None or not kappa.value > 0:
+        raise _NotSolved(status, f"{solver} returned a non-positive scale κ", attempts)
+    weights = y.value / kappa.value
+    y_value, kappa_value = y.value / top, float(kappa.value) / top
+    value = float(y_value @ regularised @ y_value) + _turnover(
+        universe, y_value, budget=kappa_value, norm1=_l1
+    )
+    return _Solution(weights, solver, status, value, attempts)
+
+
+PROFILE_FUNCTIONS: Mapping[Profile, ProfileFunction] = {
+    Profile.MIN_VARIANCE: _optimised(_min_variance),
+    Profile.RISK_PARITY: _optimised(_risk_parity),
+    Profile.MAX_SHARPE: _optimised(_max_sharpe),
+    Profile.HRP: _hrp,
+    Profile.EQUAL_WEIGHT: _equal_weight,
+}
+_FALLBACKS: Mapping[Profile, Profile] = {
+    Profile.MIN_VARIANCE: Profile.HRP,
+    Profile.RISK_PARITY: Profile.HRP,
+    Profile.MAX_SHARPE: Profile.HRP,
+    Profile.HRP: Profile.EQUAL_WEIGHT,
+}
+
+
+def smallest_feasible_cluster_cap(sizes: np.ndarray, cap: float) -> float:
+    """Smallest c with Σ_k min(c, size_k·cap) ≥ 1: below it no fully invested portfolio exists."""
+    capacity = np.sort(sizes * cap)
+    count = capacity.size
+    prefix = np.concatenate([[0.0], np.cumsum(capacity)])[:-1]
+    candidate = (1.0 - prefix) / (count - np.arange(count))
+    first = int(np.argmax(candidate <= capacity * (1 + 1e-12)))
+    return float(candidate[first])
 
 
 def _polish_equal_risk(covariance: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -662,55 +749,73 @@ def _polish_equal_risk(covariance: np.ndarray, start: np.ndarray) -> np.ndarray:
     return y
 
 
-def _max_sharpe(
-    universe: _Universe,
-    mu: np.ndarray,
-    solvers: Sequence[str],
-    attempts: list[tuple[str, str]],
-) -> _Solved:
-    covariance = universe.covariance
-    scale = _scale(universe)
-    n = universe.size
-    regularised = covariance + universe.ridge * scale * np.eye(n)
-    # μ'y = 1 with daily means of ~1e-3 would make y of ~1e3: normalise μ to a maximum of 1
-    top = float(mu.max())
-    y = cp.Variable(n)
-    kappa = cp.Variable(nonneg=True)
-    objective = cp.quad_form(y, cp.psd_wrap(regularised / scale))
-    if universe.previous is not None:
-        objective = objective + (universe.turnover_penalty * top / scale) * cp.norm1(
-            y - kappa * universe.previous
+def _best_capped_return(mu: np.ndarray, universe: _Universe) -> float:
+    """Largest μ'w over the long-only, fully invested portfolios within the asset and cluster caps.
+
+    Without cluster caps the best assets are filled to the cap; with them it is a small linear
+    programme (HiGHS), so a cluster cap that rules out every positive-return portfolio is seen
+    here and max_sharpe falls back to min_variance instead of failing as infeasible.
+    """
+    if universe.groups is None:
+        ranked = np.sort(mu)[::-1]
+        fill = np.clip(1.0 - universe.cap * np.arange(ranked.size), 0.0, universe.cap)
+        return float(ranked @ fill)
+    labels = np.unique(universe.groups)
+    membership = (universe.groups[None, :] == labels[:, None]).astype(float)
+    solution = optimize.linprog(
+        -mu,
+        A_ub=membership,
+        b_ub=np.full(labels.size, universe.cluster_cap),
+        A_eq=np.ones((1, mu.size)),
+        b_eq=[1.0],
+        bounds=(0.0, universe.cap),
+        method="highs",
+    )
+    return float(-solution.fun) if solution.status == 0 else -math.inf
+
+
+def _scale(universe: _Universe) -> float:
+    """Average variance: dividing by it keeps the solver's data of order one."""
+    assert universe.covariance is not None
+    average = float(np.mean(np.diag(universe.covariance)))
+    return average if average > 0 else 1.0
+
+
+def _linear_constraints(w: cp.Variable, budget: cp.Expression | float, universe: _Universe):
+    constraints = [w >= 0, cp.sum(w) == budget, w <= universe.cap * budget]
+    if universe.groups is not None:
+        n = w.shape[0]
+        sizes = np.bincount(universe.groups)
+        binding = np.flatnonzero(sizes * universe.cap > universe.cluster_cap)
+        member = np.isin(universe.groups, binding)
+        rows = np.searchsorted(binding, universe.groups[member])
+        matrix = sparse.csr_matrix(
+            (np.ones(member.sum()), (rows, np.flatnonzero(member))), shape=(binding.size, n)
         )
-    constraints = [(mu / top) @ y == 1, *_linear_constraints(y, kappa, universe)]
-    problem = cp.Problem(cp.Minimize(objective), constraints)
-    solver, status = _run(problem, solvers, attempts, exponential_cone=False)
-    if kappa.value is None or not kappa.value > 0:
-        raise _NotSolved(status, f"{solver} returned a non-positive scale κ")
-    weights = y.value / kappa.value
-    y_value, kappa_value = y.value / top, float(kappa.value) / top
-    value = float(y_value @ regularised @ y_value)
-    if universe.previous is not None:
-        value += universe.turnover_penalty * float(
-            np.abs(y_value - kappa_value * universe.previous).sum()
-        )
-    return _Solved(weights, solver, status, value)
+        constraints.append(matrix @ w <= universe.cluster_cap * budget)
+    return constraints
 
 
 def _run(
     problem: cp.Problem,
     solvers: Sequence[str],
-    attempts: list[tuple[str, str]],
     *,
     exponential_cone: bool,
-) -> tuple[str, str]:
-    """Solve with the first solver that returns an accepted status and finite values."""
+    attempts: tuple[tuple[str, str], ...] = (),
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """Solve with the first solver that returns an accepted status and finite values.
+
+    Returns the solver, its status and every attempt so far (``attempts`` first); raises
+    ``_NotSolved`` with all of them when no solver succeeds.
+    """
+    tried = list(attempts)
     installed = set(cp.installed_solvers())
     for solver in solvers:
         if solver not in installed:
-            attempts.append((solver, "error: solver not installed"))
+            tried.append((solver, "error: solver not installed"))
             continue
         if exponential_cone and solver not in _EXPONENTIAL_CONE_SOLVERS:
-            attempts.append((solver, "skipped: no exponential-cone support"))
+            tried.append((solver, "skipped: no exponential-cone support"))
             continue
         options = {}
         if solver == "CLARABEL" and max(v.size for v in problem.variables()) >= _DENSE_FROM:
@@ -718,19 +823,19 @@ def _run(
         try:
             problem.solve(solver=solver, **options)
         except Exception as error:  # solver back ends raise many types; each is one attempt
-            attempts.append((solver, f"error: {type(error).__name__}: {error}"))
+            tried.append((solver, f"error: {type(error).__name__}: {error}"))
             continue
         status = problem.status
         values = [variable.value for variable in problem.variables()]
         if status in _SOLVED and all(
             value is not None and np.isfinite(value).all() for value in values
         ):
-            attempts.append((solver, status))
-            return solver, status
-        attempts.append((solver, status if status not in _SOLVED else f"{status} without values"))
-    tried = ", ".join(f"{solver} {outcome}" for solver, outcome in attempts) or "no solver given"
-    last = attempts[-1][1].split(":")[0] if attempts else "no_solver"
-    raise _NotSolved(last, tried)
+            tried.append((solver, status))
+            return solver, status, tuple(tried)
+        tried.append((solver, status if status not in _SOLVED else f"{status} without values"))
+    detail = ", ".join(f"{solver} {outcome}" for solver, outcome in tried) or "no solver given"
+    last = tried[-1][1].split(":")[0] if tried else "no_solver"
+    raise _NotSolved(last, detail, tuple(tried))
 
 
 def _within_caps(weights: np.ndarray, universe: _Universe) -> bool:

@@ -67,6 +67,8 @@ class PolicySettings:
     cap: float
     cluster_cap: float | None
     turnover_penalty: float
+    ridge: float
+    infeasible_cap: str
 
     @property
     def history_rows(self) -> int:
@@ -281,6 +283,8 @@ def constraints(
         cluster_cap=settings.cluster_cap,
         previous=previous,
         turnover_penalty=settings.turnover_penalty if previous is not None else 0.0,
+        ridge=settings.ridge,
+        infeasible_cap=settings.infeasible_cap,
     )
 
 

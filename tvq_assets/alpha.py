@@ -8,6 +8,7 @@ import pandas as pd
 
 from tvq_assets.partitions import sleeve_and_date, sleeve_run
 from tvq_assets.quant import pipeline, quality
+from tvq_assets.quant.bars import BarHistory
 from tvq_assets.quant.selection import select
 from tvq_assets.settings import alpha_settings
 from tvq_checks import alpha_contracts, checks
@@ -50,13 +51,14 @@ def _flat(settings: pipeline.AlphaSettings) -> dict:
         "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`.",
     ),
 )
-def features(context: dg.AssetExecutionContext, returns: dict, bars: pd.DataFrame):
+def features(context: dg.AssetExecutionContext, returns: dict, bars: BarHistory):
     """Per-symbol features of the returns window: momentum, risk, entropy, Hurst, liquidity."""
     started = time.perf_counter()
     sleeve, as_of = sleeve_and_date(context)
     settings = alpha_settings(sleeve)
     window = returns["returns"]
     table = pipeline.compute_features(window, returns["dollar_volume"], settings)
+    bars = bars.bars
     stalled = quality.stalled_symbols(bars, stall_bars=settings.stall_bars, as_of=as_of)
     spikes = quality.volume_spikes(
         bars,

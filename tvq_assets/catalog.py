@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tvq_assets.quant.bars import BarPolicy
+
 DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
 CALENDARS = {"crypto": 365, "weekday": 252}
 TOXIC_POLICIES = ("fail", "quarantine")
@@ -39,6 +41,10 @@ class Policy:
     volume_spike_sigma: float = 10.0  # last bar's volume z-score above this is a spike
     volume_spike_window: int = 21  # trailing bars the z-score is measured over (at least)
     stall_bars: int = 3  # this many identical last closes is a stall
+    # bar defects (see tvq_assets/quant/bars.py): action per rule overriding DEFAULT_ACTIONS
+    # (repair | drop | quarantine), and the relative OHLC miss that is always repaired
+    bar_actions: Mapping[str, str] = field(default_factory=dict)
+    ohlc_tolerance: float = BarPolicy.ohlc_tolerance
     # features (L2)
     feature_lookback: int = 120
     liquidity_baseline: float = 10e6  # median daily dollar volume that counts as fully liquid
@@ -66,6 +72,11 @@ class Policy:
     step: int = 20
     slippage_bps: float = 10.0
     commission_bps: float = 4.0
+
+    @property
+    def bar_policy(self) -> BarPolicy:
+        """The bar-defect policy of the sleeve."""
+        return BarPolicy.of(self.bar_actions, self.ohlc_tolerance)
 
     @property
     def cost_rate(self) -> float:
@@ -153,6 +164,10 @@ def _parse_sleeve(name: str, spec: Mapping[str, Any], origin: str) -> Sleeve:
     if "cluster_lookbacks" in overrides:
         overrides["cluster_lookbacks"] = tuple(overrides["cluster_lookbacks"])
     policy = Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides})
+    try:
+        BarPolicy.of(policy.bar_actions, policy.ohlc_tolerance)
+    except ValueError as exc:
+        raise CatalogError(f"{where}: policy.bar_actions: {exc}") from exc
     return Sleeve(
         name=name,
         source=source,

@@ -80,7 +80,8 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
 
 def _summarise(lake, sleeve_name: str, key: str) -> None:
     if lake.exists(["bars"], sleeve_name):
-        bars = lake.read(["bars"], sleeve_name)
+        history = lake.read(["bars"], sleeve_name)
+        bars = getattr(history, "bars", history)
         print(
             f"   bars:    {bars['symbol'].nunique()} symbols, {len(bars)} rows, "
             f"{bars['date'].min():%Y-%m-%d} .. {bars['date'].max():%Y-%m-%d}"

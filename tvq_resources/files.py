@@ -4,9 +4,10 @@ Both readers return long daily bars (`symbol, date, open, high, low, close, volu
 the bar's SESSION date as tz-naive midnight (the calendar date in the stamp's own UTC offset, or
 the UTC date of an epoch or offset-free stamp), prices and volume are float64, rows are sorted by
 (symbol, date) with one row per pair; the rows a duplicate date superseded are kept aside in
-`LoadResult.superseded` so that the bar cleaning can record them. A broken file becomes a `LoadError` naming the file, the
-line and what to do; the other files still load. Symbols come from file names and are validated,
-and files are only opened from the directory listing, so a symbol never becomes a path.
+`LoadResult.superseded` so that the bar cleaning can record them. A broken file becomes a
+`LoadError` naming the file, the line and what to do; the other files still load. Symbols come
+from file names and are validated, and files are only opened from the directory listing, so a
+symbol never becomes a path.
 """
 
 import os
@@ -145,7 +146,8 @@ def read_csv_directory(
     (`2024-01-04 00:00+09:00` is 2024-01-04), the UTC date for epochs and naive strings. Several
     bars on one date keep the one with the latest timestamp (file order breaks ties); the others
     are counted in `duplicates` and returned in `superseded`. A first line without a comma (a
-    vendor URL such as CryptoDataDownload's) is skipped; `.csv.gz` files are read decompressed. Empty cells are kept as NaN for the bars contract to judge; blank lines are
+    vendor URL such as CryptoDataDownload's) is skipped; `.csv.gz` files are read decompressed.
+    Empty cells are kept as NaN for the bar cleaning to judge; blank lines are
     skipped without shifting reported line numbers. With `since`, only bars dated after it are
     kept (and counted), but every file is still fully validated.
 

@@ -180,7 +180,9 @@ def reject_future_bars(raw: pd.DataFrame, *, now: pd.Timestamp) -> None:
     if ahead.empty:
         return
     first = ahead.sort_values(["date", "symbol"]).head(5)
-    named = ", ".join(f"{s} on {d:%Y-%m-%d}" for s, d in zip(first["symbol"], first["date"]))
+    named = ", ".join(
+        f"{s} on {d:%Y-%m-%d}" for s, d in zip(first["symbol"], first["date"], strict=True)
+    )
     raise FutureBarError(
         f"{len(ahead)} bar(s) dated after {limit:%Y-%m-%d} (now {now:%Y-%m-%d %H:%M} UTC plus "
         f"one day) were refused and nothing was stored: {named}; fix the source's timestamps"
@@ -238,7 +240,10 @@ def clean(
     if calendar == "weekday":
         weekend = frame["date"].dt.dayofweek.to_numpy() >= 5
         handle(
-            weekend, "weekend_row", frame["close"].to_numpy(), frame["date"].dt.day_name().to_numpy()
+            weekend,
+            "weekend_row",
+            frame["close"].to_numpy(),
+            frame["date"].dt.day_name().to_numpy(),
         )
     prices = frame[list(PRICES)].to_numpy(dtype=float)
     missing = np.isnan(prices).any(axis=1)
@@ -275,7 +280,10 @@ def _ohlc(frame: pd.DataFrame, policy: BarPolicy, defects: list[pd.DataFrame]) -
     large = bad & ~small
     action = policy.action("ohlc_inconsistent")
     detail = np.array(
-        [f"open {a:g} high {b:g} low {x:g} close {y:g}" for a, b, x, y in zip(o, h, low, c)],
+        [
+            f"open {a:g} high {b:g} low {x:g} close {y:g}"
+            for a, b, x, y in zip(o, h, low, c, strict=True)
+        ],
         dtype=object,
     )
     if small.any():
@@ -290,7 +298,9 @@ def _ohlc(frame: pd.DataFrame, policy: BarPolicy, defects: list[pd.DataFrame]) -
             )
         )
     if large.any():
-        defects.append(_found(frame[large], "ohlc_inconsistent", action, miss[large], detail[large]))
+        defects.append(
+            _found(frame[large], "ohlc_inconsistent", action, miss[large], detail[large])
+        )
     repaired = small | (large & (action == "repair"))
     frame = frame.copy()
     frame.loc[repaired, "high"] = np.maximum.reduce([h, top, low])[repaired]
@@ -345,7 +355,9 @@ def _duplicates(
         first = clash[["symbol", "date"]].merge(first, on=["symbol", "date"], how="left")
         detail = [
             f"close {a:g} (kept, last reported) vs {b:g}"
-            for a, b in zip(clash["close"].to_numpy(float), first["close"].to_numpy(float))
+            for a, b in zip(
+                clash["close"].to_numpy(float), first["close"].to_numpy(float), strict=True
+            )
         ]
         out.append(
             _found(
@@ -423,7 +435,9 @@ def refresh(
         .sort_values(keys, ignore_index=True, kind="stable")[list(BAR_COLUMNS)]
         .reset_index(drop=True)
     )
-    defects = _defect_table([old_defects, cleaned.defects])
+    # Unfinished bars are held back, not history: they are reported by the delivery only.
+    found = cleaned.defects[cleaned.defects["rule"] != UNFINISHED]
+    defects = _defect_table([old_defects, found])
     defects = defects.drop_duplicates(["symbol", "date", "rule"], keep="last").reset_index(
         drop=True
     )

@@ -130,6 +130,16 @@ def empty_bars() -> pd.DataFrame:
     return frame
 
 
+def _typed(bars: pd.DataFrame) -> pd.DataFrame:
+    """BAR_COLUMNS with the lake's dtypes (an empty frame may come in untyped)."""
+    frame = bars[list(BAR_COLUMNS)].copy()
+    frame["symbol"] = frame["symbol"].astype(object)
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    for column in VALUE_COLUMNS:
+        frame[column] = frame[column].astype(float)
+    return frame
+
+
 def empty_defects() -> pd.DataFrame:
     return _defect_table([])
 
@@ -385,7 +395,7 @@ def refresh(
     rule), the newest finding winning.
     """
     keys = ["symbol", "date"]
-    incoming = cleaned.bars[list(BAR_COLUMNS)]
+    incoming = _typed(cleaned.bars)
     seen = _utc_naive(seen_at)
     if stored is None or stored.bars.empty:
         base = empty_bars()
@@ -395,7 +405,7 @@ def refresh(
             else (stored.defects, stored.revisions)
         )
     else:
-        base, old_defects, old_revisions = stored.bars, stored.defects, stored.revisions
+        base, old_defects, old_revisions = _typed(stored.bars), stored.defects, stored.revisions
     joined = incoming.merge(base, on=keys, how="left", suffixes=("", "_old"), indicator=True)
     overlap = joined[joined["_merge"] == "both"]
     revisions = []

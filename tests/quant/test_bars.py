@@ -1,4 +1,4 @@
-"""The bar lake: dirty history cleaned under a policy and recorded; the source's newest value wins."""
+"""The bar lake: dirty history cleaned under a policy and recorded; newest source value wins."""
 
 import numpy as np
 import pandas as pd

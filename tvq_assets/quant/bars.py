@@ -47,6 +47,9 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
     "volume_invalid": "drop",  # empty, infinite or negative volume
     "ohlc_inconsistent": "drop",  # high/low miss open/close by more than the tolerance
     "filler_bar": "drop",  # a zero-volume copy of the previous bar (padding)
+    # a symbol's last bar trading under a tenth of its usual volume: a snapshot taken while the
+    # session was open (held back; a later delivery with newer bars brings it in final)
+    "partial_last_bar": "drop",
 }
 # Rules with an unambiguous fix; `repair` is refused for the others.
 REPAIRABLE = ("duplicate_exact", "duplicate_conflict", "ohlc_inconsistent")
@@ -55,6 +58,12 @@ UNFINISHED = "unfinished_bar"
 # A session date may be one day ahead of the UTC date (venues east of UTC); beyond that it is
 # a bar from the future.
 FUTURE_TOLERANCE = pd.Timedelta(days=1)
+# partial_last_bar: last volume below this share of the median of the previous bars (at least
+# PARTIAL_WINDOW of them).
+PARTIAL_VOLUME_RATIO = 0.1
+PARTIAL_WINDOW = 30
+# Findings about a bar that is not final yet: they leave the history once the bar is stored.
+TRANSIENT = (UNFINISHED, "partial_last_bar")
 
 
 class FutureBarError(ValueError):
@@ -273,9 +282,36 @@ def clean(
     frame = _ohlc(frame, policy, defects)
     filler = quality.filler_bars(frame)
     handle(filler, "filler_bar", frame["close"].to_numpy(), "zero-volume copy of the previous bar")
+    partial, usual = _partial_last_bars(frame)
+    handle(
+        partial,
+        "partial_last_bar",
+        frame["volume"].to_numpy(dtype=float),
+        np.char.add("last volume vs median ", usual.astype(str)),
+    )
 
     found = _defect_table(defects)
     return Cleaned(bars=frame[list(BAR_COLUMNS)].reset_index(drop=True), defects=found)
+
+
+def _partial_last_bars(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each symbol's last bar when its volume is under PARTIAL_VOLUME_RATIO of the median of
+    the PARTIAL_WINDOW bars before it; and that median (NaN elsewhere)."""
+    symbols = frame["symbol"].to_numpy()
+    flagged = np.zeros(len(frame), dtype=bool)
+    usual = np.full(len(frame), np.nan)
+    if len(frame) == 0:
+        return flagged, usual
+    ends = quality.last_rows(symbols)
+    volumes = quality.trailing(frame["volume"].to_numpy(), symbols, ends, PARTIAL_WINDOW + 1)
+    before, last = volumes[:, :-1], volumes[:, -1]
+    full = ~np.isnan(before).any(axis=1)
+    median = np.full(len(ends), np.nan)
+    median[full] = np.median(before[full], axis=1)
+    partial = full & (last < PARTIAL_VOLUME_RATIO * median)
+    flagged[ends[partial]] = True
+    usual[ends] = median
+    return flagged, usual
 
 
 def _ohlc(frame: pd.DataFrame, policy: BarPolicy, defects: list[pd.DataFrame]) -> pd.DataFrame:
@@ -455,6 +491,11 @@ def refresh(
         [frame for frame in (old_revisions, new_revisions) if len(frame)] or [empty_revisions()],
         ignore_index=True,
     )
+    # A bar once held back as not final leaves the defect history when it is stored final.
+    transient = defects["rule"].isin(TRANSIENT).to_numpy()
+    if transient.any():
+        settled = transient & _key_mask(defects, bars)
+        defects = defects[~settled].reset_index(drop=True)
     new_symbols = tuple(sorted(set(incoming["symbol"]) - set(base["symbol"])))
     return Refresh(
         history=BarHistory(bars=bars, defects=defects, revisions=all_revisions),

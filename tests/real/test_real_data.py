@@ -344,3 +344,11 @@ def test_each_real_folder_runs_from_bars_to_backtest_under_quarantine(
         message = failure.step_failure_data.error.message
         assert failure.step_key in {"returns", "selection", "weights"}, message
         assert "symbol" in message or "eligible" in message or "winner" in message, message
+
+
+def test_a_source_start_date_leaves_older_history_unread():
+    config = source(PERP, start="2025-06-01")
+    bars = MarketData(sources={"p": config}).fetch("p").bars
+    assert bars["date"].min() == day("2025-06-01")
+    everything = MarketData(sources={"p": source(PERP)}).fetch("p").bars
+    assert everything["date"].min() < day("2025-06-01")

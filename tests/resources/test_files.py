@@ -769,3 +769,27 @@ def test_normalised_bars_match_a_row_by_row_reference_reading(text):
     values = bars[["open", "high", "low", "close", "volume"]].itertuples(index=False, name=None)
     assert list(values) == [reference[day] for day in sorted(reference)]
     assert (bars["symbol"] == "BTC").all()
+
+
+def test_a_file_named_like_an_option_is_reported_and_never_read(tmp_path):
+    tradingview_seconds(tmp_path)
+    (tmp_path / "-rf.csv").write_text("time,open,high,low,close,volume\n1704067200,1,2,0.5,1,1\n")
+
+    result = read_csv_directory(tmp_path)
+
+    assert "-RF" not in set(result.bars["symbol"])
+    [error] = result.errors
+    assert error.file == "-rf.csv" and "starts with a dash" in error.reason
+
+
+def test_a_vendor_url_line_before_the_header_is_skipped_and_lines_still_count_from_it(tmp_path):
+    (tmp_path / "X.csv").write_text(
+        "https://www.CryptoDataDownload.com\n"
+        "unix,date,symbol,open,high,low,close,Volume X,Volume USDT\n"
+        "1704153600000,2024-01-02,X/USDT,1,2,0.5,1.5,10,15\n"
+        "1704067200,2024-01-01,X/USDT,1,2,0.5,oops,10,15\n"
+    )
+
+    [error] = read_csv_directory(tmp_path).errors
+
+    assert error.line == 4 and "oops" in error.reason

@@ -127,8 +127,67 @@ def defect_table() -> pd.DataFrame:
     return table[columns].sort_values(["folder", "rule"], ignore_index=True)
 
 
+def run_folder(folder: Folder, lake_root: str) -> str:
+    """Materialise bars, then returns .. backtest at the folder's as-of date, as a `quarantine`
+    sleeve allowing 3 to 10 winners; the outcome: the champion, or the failing step's error."""
+    import dataclasses
+
+    import dagster as dg
+
+    from tests.conftest import resources_for
+    from tvq_assets import allocation, alpha, data
+    from tvq_assets.partitions import catalog
+
+    assets = [
+        data.bars,
+        data.returns,
+        alpha.features,
+        alpha.inference,
+        alpha.clusters,
+        alpha.selection,
+        allocation.weights,
+        allocation.backtest,
+    ]
+    name = "crypto" if folder.calendar == "crypto" else "tradfi"
+    entry = catalog.sleeves[name]
+    policy = dataclasses.replace(entry.policy, min_winners=3, max_winners=10)
+    catalog.sleeves[name] = dataclasses.replace(entry, toxic_policy="quarantine", policy=policy)
+    try:
+        resources = resources_for(lake_root, **{name: source(folder)})
+        with dg.DagsterInstance.ephemeral() as instance:
+            dg.materialize([data.bars], partition_key=name, resources=resources, instance=instance)
+            result = dg.materialize(
+                assets,
+                partition_key=f"{folder.as_of}|{name}",
+                selection=[asset.key for asset in assets[1:]],
+                resources=resources,
+                instance=instance,
+                raise_on_error=False,
+            )
+            if not result.success:
+                [failure] = [e for e in result.all_events if e.is_step_failure]
+                error = failure.step_failure_data.error.message.strip().splitlines()[0]
+                return f"FAILED at {failure.step_key}: {error[:160]}"
+        from tvq_resources.lake import ParquetLake
+
+        bundle = ParquetLake(root=lake_root).read(["backtest"], f"{folder.as_of}|{name}")
+        verdict = bundle["verdict"].iloc[0]
+        sharpe = bundle["metrics"].loc[verdict["champion"], "sharpe"]
+        return f"champion {verdict['champion']} (sharpe {sharpe:.2f})"
+    finally:
+        catalog.sleeves[name] = entry
+
+
 if __name__ == "__main__":
+    import sys
+    import tempfile
+
     pd.set_option("display.width", 200)
     table = defect_table()
     table["detail"] = table["detail"].str.slice(0, 90)
     print(table.to_string(index=False))
+    if "--run" in sys.argv:
+        for folder in FOLDERS:
+            if folder.name != "tradfi_skfolio":
+                with tempfile.TemporaryDirectory() as lake:
+                    print(f"{folder.name} @ {folder.as_of}: {run_folder(folder, lake)}", flush=True)

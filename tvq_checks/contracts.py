@@ -71,7 +71,7 @@ PRICES = ("open", "high", "low", "close")
 BARS_STRUCTURE = pa.DataFrameSchema(
     {
         "symbol": pa.Column(str, description="ticker, from the source (validated, no paths)"),
-        "date": pa.Column("datetime64[ns]", description="session date of the daily bar (venue-local)"),
+        "date": pa.Column("datetime64[ns]", description="session date of the bar (venue-local)"),
         **{p: pa.Column(float, description=f"{p} price") for p in PRICES},
         "volume": pa.Column(float, description="traded quantity (base units)"),
     },

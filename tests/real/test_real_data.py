@@ -352,3 +352,29 @@ def test_a_source_start_date_leaves_older_history_unread():
     assert bars["date"].min() == day("2025-06-01")
     everything = MarketData(sources={"p": source(PERP)}).fetch("p").bars
     assert everything["date"].min() < day("2025-06-01")
+
+
+def test_an_illiquid_real_name_reaches_the_features_with_zero_liquidity(every_folder):
+    from tvq_assets.partitions import catalog
+    from tvq_assets.quant import pipeline
+    from tvq_assets.settings import alpha_settings
+
+    folder = BY_NAME["tradfi_yfinance_testdata"]
+    _, yahoo = every_folder[folder.name]
+    window = returns_engine.returns_window(
+        yahoo.bars,
+        as_of=day(folder.as_of),
+        lookback=500,
+        calendar="weekday",
+        stale_days=5,
+        min_history=90,
+    )
+    table = pipeline.compute_features(
+        window.returns, window.dollar_volume, alpha_settings(catalog.sleeves["tradfi"])
+    )
+    # A mutual fund reports volume 0 on every row: zero traded value, whatever its NAV path.
+    fund = "VWILX-1D-CG-DOUBLE-COUNT"
+    assert window.returns[fund].notna().sum() >= 90  # eligible by history ...
+    assert window.dollar_volume[fund].fillna(0).max() == 0.0
+    assert table.loc[fund, "liquidity"] == 0.0  # ... but never liquid
+    assert table.loc["HSBK-IL-1D-NO-BAD-DIVS", "liquidity"] > 0.0

@@ -325,13 +325,12 @@ def _ohlc(frame: pd.DataFrame, policy: BarPolicy, defects: list[pd.DataFrame]) -
     small = bad & (miss <= policy.ohlc_tolerance)
     large = bad & ~small
     action = policy.action("ohlc_inconsistent")
-    detail = np.array(
-        [
-            f"open {a:g} high {b:g} low {x:g} close {y:g}"
-            for a, b, x, y in zip(o, h, low, c, strict=True)
-        ],
-        dtype=object,
-    )
+    # Text only for the flagged rows (a long history has few of them).
+    detail = np.full(len(frame), "", dtype=object)
+    detail[bad] = [
+        f"open {a:g} high {b:g} low {x:g} close {y:g}"
+        for a, b, x, y in zip(o[bad], h[bad], low[bad], c[bad], strict=True)
+    ]
     if small.any():
         rows = frame[small]
         defects.append(

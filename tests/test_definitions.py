@@ -25,7 +25,9 @@ def test_the_graph_has_the_documented_assets_and_partitions():
     assert graph.get(dg.AssetKey("bars")).partitions_def == sleeve
     for name in ASSETS[1:]:
         assert graph.get(dg.AssetKey(name)).partitions_def == sleeve_run
-    assert sleeve.get_partition_keys() == list(catalog.sleeves) == ["crypto", "tradfi"]
+    assert (
+        sleeve.get_partition_keys() == list(catalog.sleeves) == ["crypto", "tradfi", "binance_perp"]
+    )
 
 
 def test_every_asset_has_partition_scoped_checks_and_a_docstring():

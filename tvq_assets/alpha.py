@@ -6,6 +6,7 @@ import pandas as pd
 from tvq_assets import messages
 from tvq_assets.partitions import run_of, sleeve_run
 from tvq_assets.quant import policy, quality
+from tvq_assets.quant.bars import BarHistory
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import alpha_contracts, checks
 from tvq_checks.checks import Evaluation
@@ -35,13 +36,13 @@ def _spec(asset: str, name: str, description: str, blocking: bool = True):
         "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`.",
     ),
 )
-def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: pd.DataFrame):
+def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: BarHistory):
     """Per-symbol features of the returns window: momentum, risk, entropy, Hurst, liquidity."""
     run = run_of(context)
     settings, sleeve = run.settings, run.sleeve
     table = policy.features(returns.returns, returns.dollar_volume, settings)
     spikes = quality.volume_spikes(
-        bars,
+        bars.bars,
         sigma=sleeve.policy.volume_spike_sigma,
         window=sleeve.policy.volume_spike_window,
         as_of=run.as_of,

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tvq_assets.quant.bars import BarPolicy
 from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES
 
 DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
@@ -43,6 +44,10 @@ class Policy:
     stall_bars: int = 3  # this many identical last closes is a stall
     max_zero_share: float = 0.25  # more zero-return days than this over the feature window: stall
     min_universe: int = 4  # fewer eligible symbols fails `returns` (4: what a 25% cap can invest)
+    # bar defects (see tvq_assets/quant/bars.py): action per rule overriding DEFAULT_ACTIONS
+    # (repair | drop | quarantine), and the relative OHLC miss that is always repaired
+    bar_actions: Mapping[str, str] = field(default_factory=dict)
+    ohlc_tolerance: float = BarPolicy.ohlc_tolerance
     # features (L2)
     feature_lookback: int = 120
     liquidity_baseline: float = 10e6  # median daily dollar volume that counts as fully liquid
@@ -75,6 +80,11 @@ class Policy:
     step: int = 20
     slippage_bps: float = 10.0
     commission_bps: float = 4.0
+
+    @property
+    def bar_policy(self) -> BarPolicy:
+        """The bar-defect policy of the sleeve."""
+        return BarPolicy.of(self.bar_actions, self.ohlc_tolerance)
 
     @property
     def cost_rate(self) -> float:
@@ -167,6 +177,10 @@ def _parse_sleeve(name: str, spec: Mapping[str, Any], origin: str) -> Sleeve:
             f"{where}: policy infeasible_cap {policy.infeasible_cap!r} is not one of "
             f"{INFEASIBLE_CAP_POLICIES}"
         )
+    try:
+        BarPolicy.of(policy.bar_actions, policy.ohlc_tolerance)
+    except ValueError as exc:
+        raise CatalogError(f"{where}: policy.bar_actions: {exc}") from exc
     return Sleeve(
         name=name,
         source=source,

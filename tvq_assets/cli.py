@@ -41,17 +41,17 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
 
     instance = dg.DagsterInstance.get()
     lake = defs.resources["lake"]
-    as_of = as_of or run.get_last_partition_key()
+    newest = run.get_last_partition_key()
     status = 0
     for name in sleeves or list(catalog.sleeves):
         started = time.perf_counter()
-        key = f"{as_of}|{name}"
-        print(f"\n== {name}  (run partition {key})")
         results = [
             defs.resolve_job_def("refresh_bars").execute_in_process(
                 partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
             )
         ]
+        key = f"{as_of or _last_session(lake, name, newest)}|{name}"
+        print(f"\n== {name}  (run partition {key})")
         if results[0].success:
             results.append(
                 defs.resolve_job_def("daily").execute_in_process(
@@ -78,9 +78,22 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
     return status
 
 
+def _last_session(lake, sleeve_name: str, newest: str) -> str:
+    """The newest run partition, or the sleeve's last stored session when its data (e.g. a
+    fixed export) ends earlier: a run after it would find every symbol stale."""
+    if not lake.exists(["bars"], sleeve_name):
+        return newest
+    history = lake.read(["bars"], sleeve_name)
+    bars = getattr(history, "bars", history)
+    if bars.empty:
+        return newest
+    return min(pd.Timestamp(newest), bars["date"].max()).strftime("%Y-%m-%d")
+
+
 def _summarise(lake, sleeve_name: str, key: str) -> None:
     if lake.exists(["bars"], sleeve_name):
-        bars = lake.read(["bars"], sleeve_name)
+        history = lake.read(["bars"], sleeve_name)
+        bars = history.bars
         print(
             f"   bars:    {bars['symbol'].nunique()} symbols, {len(bars)} rows, "
             f"{bars['date'].min():%Y-%m-%d} .. {bars['date'].max():%Y-%m-%d}"

@@ -19,8 +19,9 @@ from tvq_resources.lake import PREVIOUS_RUN
 catalog: Catalog = load_catalog()
 
 sleeve = dg.StaticPartitionsDefinition(list(catalog.sleeves))
+# The newest run is the last complete UTC day: today's bars are unfinished and never stored.
 run = dg.DailyPartitionsDefinition(
-    start_date=catalog.first_run.strftime("%Y-%m-%d"), end_offset=1, timezone="UTC"
+    start_date=catalog.first_run.strftime("%Y-%m-%d"), end_offset=0, timezone="UTC"
 )
 sleeve_run = dg.MultiPartitionsDefinition({"run": run, "sleeve": sleeve})
 

@@ -76,12 +76,12 @@ PRICES = ("open", "high", "low", "close")
 BARS_STRUCTURE = pa.DataFrameSchema(
     {
         "symbol": pa.Column(str, description="ticker, from the source (validated, no paths)"),
-        "date": pa.Column("datetime64[ns]", description="UTC calendar date of the daily bar"),
+        "date": pa.Column("datetime64[ns]", description="session date of the bar (venue-local)"),
         **{p: pa.Column(float, description=f"{p} price") for p in PRICES},
         "volume": pa.Column(float, description="traded quantity (base units)"),
     },
     name="bars",
-    description="Long daily bars: one row per symbol and UTC date.",
+    description="Long daily bars: one row per symbol and session date.",
 )
 
 

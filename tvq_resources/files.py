@@ -1,10 +1,13 @@
 """File-based market data: a directory of CSV files or a Parquet lake, one file per symbol.
 
 Both readers return long daily bars (`symbol, date, open, high, low, close, volume`): `date` is
-the UTC calendar date as tz-naive midnight, prices and volume are float64, rows are sorted by
-(symbol, date) with one row per pair. A broken file becomes a `LoadError` naming the file, the
-line and what to do; the other files still load. Symbols come from file names and are validated,
-and files are only opened from the directory listing, so a symbol never becomes a path.
+the bar's SESSION date as tz-naive midnight (the calendar date in the stamp's own UTC offset, or
+the UTC date of an epoch or offset-free stamp), prices and volume are float64, rows are sorted by
+(symbol, date) with one row per pair; the rows a duplicate date superseded are kept aside in
+`LoadResult.superseded` so that the bar cleaning can record them. A broken file becomes a
+`LoadError` naming the file, the line and what to do; the other files still load. Symbols come
+from file names and are validated, and files are only opened from the directory listing, so a
+symbol never becomes a path.
 """
 
 import os
@@ -87,6 +90,8 @@ class LoadResult:
     errors: tuple[LoadError, ...]
     duplicates: int
     files: int
+    # BAR_COLUMNS rows that a later row of the same (symbol, date) superseded, in file order.
+    superseded: pd.DataFrame | None = None
 
 
 class _UnreadableFile(Exception):
@@ -99,8 +104,9 @@ class _UnreadableFile(Exception):
 def validate_symbol(name: str) -> str:
     """Return `name` upper-cased, or raise `SymbolError` if it is not a safe ticker.
 
-    Accepted characters are `A-Z a-z 0-9 . _ : -` (`:` for `EXCHANGE:SYMBOL`); path
-    separators, `..`, NUL, a leading dot and empty names are rejected.
+    Accepted characters are letters `A-Z a-z`, digits and the punctuation `. _ : -` (`:` for
+    `EXCHANGE:SYMBOL`); path separators, `..`, NUL, a leading dot, a leading dash (a file
+    `-rf.csv` would read as a command-line option) and empty names are rejected.
     """
     if not isinstance(name, str):
         raise SymbolError(f"symbol {name!r} is not a string")
@@ -114,6 +120,8 @@ def validate_symbol(name: str) -> str:
         raise SymbolError(f"symbol {name!r} contains '..'")
     if name.startswith("."):
         raise SymbolError(f"symbol {name!r} starts with a dot")
+    if name.startswith("-"):
+        raise SymbolError(f"symbol {name!r} starts with a dash")
     if not _SYMBOL_CHARACTERS.fullmatch(name):
         raise SymbolError(f"symbol {name!r} has characters outside A-Z a-z 0-9 . _ : -")
     return name.upper()
@@ -134,9 +142,12 @@ def read_csv_directory(
     ISO 8601 strings (offsets converted to UTC; naive strings are UTC) or unix epochs whose unit
     is read per value from its magnitude (< 1e11 seconds, < 1e14 ms, < 1e17 µs, else ns); a
     column of `YYYYMMDD` integers only is read as dates.
-    Each bar's date is the UTC calendar date of its timestamp; several bars on one date keep
-    the one with the latest timestamp (file order breaks ties) and the others are counted in
-    `duplicates`. Empty cells are kept as NaN for the bars contract to judge; blank lines are
+    Each bar's date is its session date: the calendar date of the stamp in its own UTC offset
+    (`2024-01-04 00:00+09:00` is 2024-01-04), the UTC date for epochs and naive strings. Several
+    bars on one date keep the one with the latest timestamp (file order breaks ties); the others
+    are counted in `duplicates` and returned in `superseded`. A first line without a comma (a
+    vendor URL such as CryptoDataDownload's) is skipped; `.csv.gz` files are read decompressed.
+    Empty cells are kept as NaN for the bar cleaning to judge; blank lines are
     skipped without shifting reported line numbers. With `since`, only bars dated after it are
     kept (and counted), but every file is still fully validated.
 
@@ -175,7 +186,7 @@ def normalise_bars(frame: pd.DataFrame, *, symbol: str) -> pd.DataFrame:
     bad symbol and `BarsFormatError` (with the offending index label) for a bad table.
     """
     name = validate_symbol(symbol)
-    bars, _ = _last_of_each_date(_parse_bars(frame))
+    bars, _, _ = _last_of_each_date(_parse_bars(frame))
     return _assemble([(name, bars)])
 
 
@@ -197,6 +208,7 @@ def _read_directory(
     resolved_root = directory.resolve()
 
     blocks: list[tuple[str, dict[str, np.ndarray]]] = []
+    superseded: list[tuple[str, dict[str, np.ndarray]]] = []
     errors: list[LoadError] = []
     source_of: dict[str, str] = {}
     duplicates = 0
@@ -233,16 +245,18 @@ def _read_directory(
         if cutoff is not None:
             kept = parsed["date"] > cutoff.to_datetime64()
             parsed = {name: values[kept] for name, values in parsed.items()}
-        bars, resolved = _last_of_each_date(parsed)
+        bars, resolved, older = _last_of_each_date(parsed)
         duplicates += resolved
         source_of[symbol] = file_name
         blocks.append((symbol, bars))
+        superseded.append((symbol, older))
 
     return LoadResult(
         bars=_assemble(blocks),
         errors=tuple(errors),
         duplicates=duplicates,
         files=len(blocks),
+        superseded=_assemble(superseded),
     )
 
 
@@ -292,13 +306,14 @@ def _cutoff(since: pd.Timestamp | None) -> pd.Timestamp | None:
 
 def _load_csv(path: Path) -> pd.DataFrame:
     """Raw CSV table indexed by file line number (header = line 1), blank lines dropped."""
-    frame = _read_csv(path, header=0)
-    first_line = 2
+    skip = 1 if _has_preamble(path) else 0
+    frame = _read_csv(path, header=0, skip=skip)
+    first_line = 2 + skip
     if len(frame.columns) >= 6 and _is_number(frame.columns[0]):
         # A header that starts with a number is a headerless kline dump.
         names = [*KLINE_COLUMNS, *(f"extra_{i}" for i in range(len(frame.columns)))]
-        frame = _read_csv(path, header=None, names=names[: len(frame.columns)])
-        first_line = 1
+        frame = _read_csv(path, header=None, names=names[: len(frame.columns)], skip=skip)
+        first_line = 1 + skip
     frame.index = pd.RangeIndex(first_line, first_line + len(frame))
     # A blank line is NaN in every column, so only rows with an empty first cell are checked.
     first_empty = frame.iloc[:, 0].isna().to_numpy()
@@ -310,12 +325,28 @@ def _load_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_csv(path: Path, *, header: int | None, names: list[str] | None = None) -> pd.DataFrame:
+def _has_preamble(path: Path) -> bool:
+    """True when the first line holds no comma but the second does (a vendor URL or title)."""
+    try:
+        import gzip
+
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
+            first, second = handle.readline(), handle.readline()
+    except (OSError, EOFError):
+        return False
+    return bool(first.strip()) and "," not in first and "," in second
+
+
+def _read_csv(
+    path: Path, *, header: int | None, names: list[str] | None = None, skip: int = 0
+) -> pd.DataFrame:
     try:
         return pd.read_csv(
             path,
             header=header,
             names=names,
+            skiprows=skip,
             skip_blank_lines=False,
             encoding="utf-8-sig",
             low_memory=False,
@@ -366,20 +397,33 @@ def _parse_bars(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Arrays `date, open, high, low, close, volume`, stably sorted by full timestamp."""
     frame = _time_index_as_column(frame)
     columns = _locate_columns(frame)
-    nanoseconds = _parse_timestamps(frame[columns["time"]], column=str(columns["time"]))
+    nanoseconds, local = _parse_timestamps(frame[columns["time"]], column=str(columns["time"]))
     order = np.argsort(nanoseconds, kind="stable")
-    parsed = {"date": (nanoseconds[order] // _DAY_NS * _DAY_NS).view("datetime64[ns]")}
+    # The session date is the local calendar date of the stamp (its own UTC offset), so a
+    # `00:00+01:00` London bar is that day's bar, not the previous UTC day's.
+    parsed = {"date": (local[order] // _DAY_NS * _DAY_NS).view("datetime64[ns]")}
     for name in VALUE_COLUMNS:
         parsed[name] = _parse_numbers(frame[columns[name]], column=str(columns[name]))[order]
     return parsed
 
 
-def _last_of_each_date(parsed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """Keep the last row of each date (rows are sorted by timestamp); count the others."""
+def _last_of_each_date(
+    parsed: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]]:
+    """Keep the last row of each date (rows are sorted by timestamp); count and return the others.
+
+    Session dates of rows sorted by UTC stamp can go backwards only when offsets change inside a
+    file, so the rows are first stably sorted by date.
+    """
+    dates = parsed["date"]
+    order = np.argsort(dates, kind="stable")
+    parsed = {name: values[order] for name, values in parsed.items()}
     dates = parsed["date"]
     last = np.ones(len(dates), dtype=bool)
     last[:-1] = dates[1:] != dates[:-1]
-    return {name: values[last] for name, values in parsed.items()}, int(len(dates) - last.sum())
+    kept = {name: values[last] for name, values in parsed.items()}
+    older = {name: values[~last] for name, values in parsed.items()}
+    return kept, int(len(dates) - last.sum()), older
 
 
 def _assemble(blocks: list[tuple[str, dict[str, np.ndarray]]]) -> pd.DataFrame:
@@ -415,6 +459,11 @@ def _locate_columns(frame: pd.DataFrame) -> dict[str, Hashable]:
     for label in frame.columns:
         labels_of.setdefault(_normalised_name(label), []).append(label)
     time_name = next((name for name in TIME_COLUMNS if name in labels_of), None)
+    if "volume" not in labels_of:
+        # CryptoDataDownload writes `Volume BTC, Volume USDT`: the first (base) one is the volume.
+        named = [name for name in labels_of if name.startswith("volume_")]
+        if named:
+            labels_of["volume"] = labels_of[named[0]]
     missing = [name for name in VALUE_COLUMNS if name not in labels_of]
     if time_name is None or missing:
         problems = []
@@ -423,6 +472,12 @@ def _locate_columns(frame: pd.DataFrame) -> dict[str, Hashable]:
         if missing:
             problems.append(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
         found = ", ".join(str(label) for label in frame.columns) or "none"
+        if time_name is not None and set(missing) >= {"open", "high", "low", "volume"}:
+            raise BarsFormatError(
+                f"a wide close-only layout (one column per symbol: {found}) is not supported; "
+                "export one file per symbol with time, open, high, low, close and volume",
+                in_header=True,
+            )
         raise BarsFormatError(
             f"{'; '.join(problems)}; found columns: {found}; "
             "export time, open, high, low, close and volume",
@@ -446,8 +501,11 @@ def _first_offender(series: pd.Series, mask: np.ndarray) -> tuple[Hashable, obje
     return series.index[position], series.iloc[position]
 
 
-def _parse_timestamps(series: pd.Series, *, column: str) -> np.ndarray:
-    """UTC timestamps as int64 nanoseconds since the epoch."""
+def _parse_timestamps(series: pd.Series, *, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(UTC, local wall-clock) timestamps as int64 nanoseconds since the epoch.
+
+    The local time is the stamp in its own UTC offset (the UTC time when it has none).
+    """
     missing = series.isna().to_numpy()
     if missing.any():
         raise BarsFormatError(
@@ -456,15 +514,17 @@ def _parse_timestamps(series: pd.Series, *, column: str) -> np.ndarray:
         )
     if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series):
         stamps = pd.DatetimeIndex(series)
-        stamps = stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
         try:
-            return stamps.as_unit("ns").asi8
+            local = stamps.tz_localize(None) if stamps.tz is not None else stamps
+            stamps = stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
+            return stamps.as_unit("ns").asi8, local.as_unit("ns").asi8
         except (pd.errors.OutOfBoundsDatetime, OverflowError) as exc:
             raise BarsFormatError(f"timestamps in column {column!r} are out of range") from exc
     if pd.api.types.is_bool_dtype(series):
         raise BarsFormatError(f"column {column!r} holds booleans, not timestamps")
     if pd.api.types.is_numeric_dtype(series):
-        return _epoch_to_nanoseconds(series, column=column)
+        utc = _epoch_to_nanoseconds(series, column=column)
+        return utc, utc
     # Each text cell is read as an epoch number, or else as ISO 8601; a cell with a ':' or a
     # '-' after its first character (a date) is never a number, which spares most conversions.
     values = np.strings.strip(series.to_numpy(dtype=str))
@@ -475,15 +535,18 @@ def _parse_timestamps(series: pd.Series, *, column: str) -> np.ndarray:
         numbers[is_number] = pd.to_numeric(text[is_number], errors="coerce")
         is_number &= numbers.notna().to_numpy()
     nanoseconds = np.empty(len(series), dtype=np.int64)
+    local = np.empty(len(series), dtype=np.int64)
     if is_number.any():
         nanoseconds[is_number] = _epoch_to_nanoseconds(numbers[is_number], column=column)
+        local[is_number] = nanoseconds[is_number]
     if not is_number.all():
-        nanoseconds[~is_number] = _iso_to_nanoseconds(text[~is_number], column=column)
-    return nanoseconds
+        utc, wall = _iso_to_nanoseconds(text[~is_number], column=column)
+        nanoseconds[~is_number], local[~is_number] = utc, wall
+    return nanoseconds, local
 
 
-def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> np.ndarray:
-    """ISO 8601 strings as UTC nanoseconds; strings without an offset are UTC.
+def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """ISO 8601 strings as (UTC, local wall-clock) nanoseconds; strings without an offset are UTC.
 
     The offset (`Z`, `±HH:MM`, `±HHMM`, `±HH`) is split off with vectorised string operations
     and the local part parsed on its own: pandas is slow on mixed offsets and reads naive strings
@@ -492,7 +555,8 @@ def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> np.ndarray:
     local, minutes = _split_utc_offsets(text.to_numpy(dtype=str))
     fast = _numpy_local_times(local)
     if fast is not None:
-        return fast.view(np.int64) - minutes * 60 * 10**9
+        wall = fast.view(np.int64)
+        return wall - minutes * 60 * 10**9, wall
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stamps = pd.to_datetime(
@@ -515,7 +579,8 @@ def _iso_to_nanoseconds(text: pd.Series, *, column: str) -> np.ndarray:
             "use ISO 8601 or unix seconds/milliseconds",
             row=label,
         )
-    return stamps.dt.as_unit("ns").to_numpy().view(np.int64) - minutes * 60 * 10**9
+    wall = stamps.dt.as_unit("ns").to_numpy().view(np.int64)
+    return wall - minutes * 60 * 10**9, wall
 
 
 def _numpy_local_times(local: np.ndarray) -> np.ndarray | None:

@@ -6,13 +6,19 @@ Three kinds of source share one interface, ``MarketData.fetch(sleeve, since=...)
 (symbol, UTC date, OHLCV) plus the files it could not read, so one broken file never hides the rest.
 """
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 import pandas as pd
 
 from tvq_resources import files, synthetic
+
+SYNTHETIC_START = "2023-11-01"
+REPOSITORY = Path(__file__).resolve().parent.parent
+_DEFAULT_CATALOG = REPOSITORY / "tvq_assets" / "sleeves.yaml"
 
 
 class FaultConfig(dg.Config):
@@ -28,16 +34,22 @@ class SourceConfig(dg.Config):
 
     kind: Literal["synthetic", "csv", "parquet"] = "synthetic"
     calendar: Literal["crypto", "weekday"] = "crypto"
+    # all kinds: the first date of the sleeve's history (synthetic: the market's first day,
+    # default 2023-11-01; csv/parquet: older bars are not read; None keeps all of them)
+    start: str | None = None
     # synthetic
     seed: int = 7
     symbols: int = 100
     clusters: int = 8
-    start: str = "2023-11-01"
     end: str | None = None  # None: today (UTC)
     faults: list[FaultConfig] = []
     # csv and parquet
     path: str | None = None
     pattern: str | None = None
+    # the unit of the files' `volume` column: `base` (coins, shares) or `quote` (currency, e.g.
+    # Yahoo crypto in USD); quote volume is divided by the close so that close x volume is the
+    # traded value either way
+    volume: Literal["base", "quote"] = "base"
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Batch:
     errors: tuple[files.LoadError, ...] = ()
     duplicates: int = 0
     files: int = 0
+    superseded: pd.DataFrame | None = None  # earlier reports of duplicated (symbol, date) rows
 
 
 class MarketData(dg.ConfigurableResource):
@@ -67,7 +80,7 @@ class MarketData(dg.ConfigurableResource):
                 seed=source.seed,
                 n_symbols=source.symbols,
                 n_clusters=source.clusters,
-                start=source.start,
+                start=source.start or SYNTHETIC_START,
                 end=source.end or pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d"),
                 calendar=source.calendar,
                 faults=[synthetic.Fault(f.kind, f.symbol, f.date) for f in source.faults],
@@ -77,14 +90,41 @@ class MarketData(dg.ConfigurableResource):
             return Batch(bars=bars)
         if source.path is None:
             raise ValueError(f"sleeve {sleeve!r}: a {source.kind} source needs a `path`")
+        if source.start is not None:
+            first = pd.Timestamp(source.start) - pd.Timedelta(days=1)
+            since = first if since is None else max(since, first)
+        path = resolve_path(source.path)
         if source.kind == "csv":
             loaded = files.read_csv_directory(
-                source.path, pattern=source.pattern or "{symbol}.csv", since=since
+                path, pattern=source.pattern or "{symbol}.csv", since=since
             )
         else:
             loaded = files.read_parquet_lake(
-                source.path, pattern=source.pattern or "{exchange}_{symbol}_1d.parquet", since=since
+                path, pattern=source.pattern or "{exchange}_{symbol}_1d.parquet", since=since
             )
+        bars, superseded = loaded.bars, loaded.superseded
+        if source.volume == "quote":
+            bars = bars.assign(volume=bars["volume"] / bars["close"])
+            if superseded is not None:
+                superseded = superseded.assign(volume=superseded["volume"] / superseded["close"])
         return Batch(
-            bars=loaded.bars, errors=loaded.errors, duplicates=loaded.duplicates, files=loaded.files
+            bars=bars,
+            errors=loaded.errors,
+            duplicates=loaded.duplicates,
+            files=loaded.files,
+            superseded=superseded,
         )
+
+
+def resolve_path(path: str) -> Path:
+    """A source path as written in the catalog: absolute, or relative to the catalog file's
+    folder when it exists there, else relative to the repository root (where `../shared` is
+    the fixtures folder beside the checkout)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    catalog_dir = Path(os.environ.get("TVQ_SLEEVES") or _DEFAULT_CATALOG).resolve().parent
+    for base in (catalog_dir, REPOSITORY):
+        if (base / candidate).exists():
+            return base / candidate
+    return REPOSITORY / candidate

@@ -183,7 +183,7 @@ def test_a_stalled_symbol_is_listed_in_features_metadata_and_never_a_winner(inst
     result = materialise(instance, resources)
     assert result.success
     lake = ParquetLake(root=lake_root)
-    expected = stalled_in_bars(lake.read(["bars"], "crypto"), AS_OF)
+    expected = stalled_in_bars(lake.read(["bars"], "crypto").bars, AS_OF)
     assert expected, "the stall fault should stall one symbol"
     assert set(metadata(result, "features")["stalled"]) == expected
     features = lake.read(["features"], KEY)
@@ -232,7 +232,7 @@ def test_scores_and_winners_of_run_d_ignore_bars_that_arrive_after_d(instance, l
     later_end = f"{pd.Timestamp(AS_OF) + pd.Timedelta(days=45):%Y-%m-%d}"
     later = resources_for(lake_root, crypto=synthetic_source(end=later_end))
     assert materialise(instance, later).success
-    assert lake.read(["bars"], "crypto")["date"].max() == pd.Timestamp(later_end)
+    assert lake.read(["bars"], "crypto").bars["date"].max() == pd.Timestamp(later_end)
     after = {
         name: lake.read([name], KEY) for name in ("features", "inference", "selection", "clusters")
     }

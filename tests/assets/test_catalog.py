@@ -9,13 +9,15 @@ def catalog_with(**sleeve):
     return parse_catalog({"sleeves": {"mine": sleeve}}, origin="test.yaml")
 
 
-def test_the_shipped_catalog_has_a_crypto_and_a_tradfi_sleeve_on_the_synthetic_market():
+def test_the_shipped_catalog_has_synthetic_crypto_and_tradfi_sleeves_and_a_real_one():
     catalog = load_catalog()
-    assert list(catalog.sleeves) == ["crypto", "tradfi"]
+    assert list(catalog.sleeves) == ["crypto", "tradfi", "binance_perp"]
     crypto, tradfi = catalog.sleeve("crypto"), catalog.sleeve("tradfi")
     assert (crypto.calendar, crypto.periods_per_year) == ("crypto", 365)
     assert (tradfi.calendar, tradfi.periods_per_year) == ("weekday", 252)
     assert crypto.source["kind"] == tradfi.source["kind"] == "synthetic"
+    real = catalog.sleeve("binance_perp")
+    assert real.source["kind"] == "csv" and real.toxic_policy == "quarantine"
 
 
 def test_calendar_defaults_follow_the_domain_conventions():

@@ -103,16 +103,22 @@ def test_a_gap_after_genesis_fails_the_returns_contract_naming_symbol_and_date(i
     assert "2026-05-01" in evaluation.metadata["first_failures"].value
 
 
-def test_weekend_padding_in_a_weekday_sleeve_fails_the_bars_contract_and_stops_the_run(
+def test_weekend_padding_in_a_weekday_sleeve_is_dropped_recorded_and_never_blocks(
     instance, lake_root
 ):
     source = synthetic_source(calendar="weekday", seed=11, faults=[{"kind": "weekend_padding"}])
     resources = resources_for(lake_root, tradfi=source)
     bars_result, result = materialise(instance, resources, partition=f"{AS_OF}|tradfi")
-    assert not bars_result.success and result is None
-    evaluation = check(bars_result, data.BARS_CONTRACT)
-    assert not evaluation.passed
-    assert "no_weekend_rows" in evaluation.metadata["first_failures"].value
+    assert bars_result.success and result.success
+    assert check(bars_result, data.BARS_CONTRACT).passed
+    defects = check(bars_result, data.BARS_DEFECTS)
+    assert not defects.passed and defects.severity == dg.AssetCheckSeverity.WARN
+    assert "weekend_row" in defects.metadata["by_rule"].value
+    history = ParquetLake(root=lake_root).read(["bars"], "tradfi")
+    assert (history.bars["date"].dt.dayofweek < 5).all()
+    weekend = history.defects[history.defects["rule"] == "weekend_row"]
+    assert len(weekend) > 0 and set(weekend["action"]) == {"dropped"}
+    assert (weekend["date"].dt.dayofweek >= 5).all()
 
 
 def test_stalls_and_volume_spikes_are_warnings_that_do_not_block(instance, lake_root):
@@ -132,7 +138,8 @@ def test_returns_of_run_d_do_not_change_when_bars_after_d_arrive(instance, lake_
     later = resources_for(lake_root, crypto=synthetic_source(end="2026-08-15"))
     materialise(instance, later)
     after = ParquetLake(root=lake_root).read(["returns"], KEY)
-    assert ParquetLake(root=lake_root).read(["bars"], "crypto")["date"].max() > pd.Timestamp(AS_OF)
+    stored = ParquetLake(root=lake_root).read(["bars"], "crypto").bars
+    assert stored["date"].max() > pd.Timestamp(AS_OF)
     pd.testing.assert_frame_equal(before.returns, after.returns)
     pd.testing.assert_frame_equal(before.excluded, after.excluded)
     pd.testing.assert_frame_equal(before.history, after.history)
@@ -151,7 +158,7 @@ def test_a_second_bars_materialisation_adds_exactly_the_new_rows(instance, lake_
         instance=instance,
         resources=resources_for(lake_root, crypto=synthetic_source(end="2026-07-10")),
     )
-    stored = ParquetLake(root=lake_root).read(["bars"], "crypto")
+    stored = ParquetLake(root=lake_root).read(["bars"], "crypto").bars
     added = second.asset_materializations_for_node("bars")[0].metadata["rows_added"].value
     first_rows = first.asset_materializations_for_node("bars")[0].metadata["rows"].value
     new_rows = (stored["date"] > pd.Timestamp(AS_OF)).sum()
@@ -180,6 +187,6 @@ def test_a_csv_sleeve_loads_good_files_and_reports_the_broken_one(instance, lake
     assert not readable.passed and readable.severity == dg.AssetCheckSeverity.WARN
     assert "BROKEN.csv" in readable.metadata["load_errors"].value
     assert "oops" in readable.metadata["load_errors"].value
-    stored = ParquetLake(root=lake_root).read(["bars"], "crypto")
+    stored = ParquetLake(root=lake_root).read(["bars"], "crypto").bars
     assert set(stored["symbol"]) == set(market["symbol"])
     assert check(result, data.BARS_CONTRACT).passed

@@ -1,4 +1,4 @@
-"""The bar lake's refresh: stored rows are kept as they are, only new (symbol, date) rows added."""
+"""The bar lake: dirty history cleaned under a policy and recorded; newest source value wins."""
 
 import numpy as np
 import pandas as pd
@@ -6,154 +6,264 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvq_assets.quant.bars import BAR_COLUMNS, refresh
+from tvq_assets.quant.bars import (
+    BAR_COLUMNS,
+    DEFAULT_ACTIONS,
+    BarHistory,
+    BarPolicy,
+    Cleaned,
+    FutureBarError,
+    bar_exclusions,
+    clean,
+    defect_summary,
+    empty_defects,
+    refresh,
+)
 from tvq_resources.synthetic import generate_market
 
+NOW = pd.Timestamp("2025-06-11 15:00", tz="UTC")
 KEYS = ["symbol", "date"]
-OPTIONS = {"seed": 21, "n_symbols": 20, "start": "2024-10-01"}
+
+
+def bar(symbol, date, o, h, low, c, v=100.0):
+    return (symbol, pd.Timestamp(date), float(o), float(h), float(low), float(c), float(v))
+
+
+def frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(BAR_COLUMNS))
+
+
+def defect(cleaned: Cleaned, symbol: str, date: str) -> dict:
+    rows = cleaned.defects[
+        (cleaned.defects["symbol"] == symbol) & (cleaned.defects["date"] == pd.Timestamp(date))
+    ]
+    return dict(zip(rows["rule"], rows["action"], strict=True))
+
+
+@pytest.fixture
+def dirty() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One symbol per defect, each next to clean bars (Mon 2025-06-02 .. Fri 06-06)."""
+    rows = [bar("OK", f"2025-06-0{d}", 10, 11, 9, 10.5) for d in range(2, 7)]
+    rows += [
+        bar("DUP", "2025-06-02", 10, 11, 9, 10),
+        bar("CONFLICT", "2025-06-02", 10, 11, 9, 10.2),
+        bar("WEEKEND", "2025-06-07", 10, 11, 9, 10),  # a Saturday
+        bar("WEEKEND", "2025-06-06", 10, 11, 9, 10),
+        bar("EMPTY", "2025-06-03", np.nan, np.nan, np.nan, np.nan, np.nan),
+        bar("ZERO", "2025-06-03", 0, 0, 0, 0),
+        bar("NEGVOL", "2025-06-03", 10, 11, 9, 10, -5),
+        bar("SMALL", "2025-06-03", 10, 10.5, 9, 10.55),  # high 0.5% under the close
+        bar("LARGE", "2025-06-03", 10, 11, 9, 12),  # high 8% under the close
+        bar("FILL", "2025-06-02", 10, 11, 9, 10),
+        bar("FILL", "2025-06-03", 10, 10, 10, 10, 0),  # zero-volume copy of the close
+    ]
+    superseded = frame(
+        [bar("DUP", "2025-06-02", 10, 11, 9, 10), bar("CONFLICT", "2025-06-02", 10, 11, 9, 10.1)]
+    )
+    return frame(rows), superseded
+
+
+def test_every_defect_is_recorded_per_symbol_date_and_rule_with_its_default_action(dirty):
+    raw, superseded = dirty
+    cleaned = clean(raw, calendar="weekday", policy=BarPolicy(), now=NOW, superseded=superseded)
+
+    assert defect(cleaned, "DUP", "2025-06-02") == {"duplicate_exact": "repaired"}
+    assert defect(cleaned, "CONFLICT", "2025-06-02") == {"duplicate_conflict": "repaired"}
+    assert defect(cleaned, "WEEKEND", "2025-06-07") == {"weekend_row": "dropped"}
+    assert defect(cleaned, "EMPTY", "2025-06-03") == {"price_missing": "dropped"}
+    assert defect(cleaned, "ZERO", "2025-06-03") == {"price_non_positive": "dropped"}
+    assert defect(cleaned, "NEGVOL", "2025-06-03") == {"volume_invalid": "dropped"}
+    assert defect(cleaned, "SMALL", "2025-06-03") == {"ohlc_inconsistent": "repaired"}
+    assert defect(cleaned, "LARGE", "2025-06-03") == {"ohlc_inconsistent": "dropped"}
+    assert defect(cleaned, "FILL", "2025-06-03") == {"filler_bar": "dropped"}
+    assert not (cleaned.defects["symbol"] == "OK").any()
+    kept = cleaned.bars.set_index(KEYS)
+    assert not kept.index.duplicated().any()
+    assert kept.loc[("CONFLICT", pd.Timestamp("2025-06-02")), "close"] == 10.2  # last report
+    assert kept.loc[("SMALL", pd.Timestamp("2025-06-03")), "high"] == 10.55  # widened
+    for symbol in ("EMPTY", "ZERO", "NEGVOL", "LARGE"):
+        assert symbol not in kept.index.get_level_values("symbol")
+    assert ("FILL", pd.Timestamp("2025-06-03")) not in kept.index
+    assert (cleaned.bars["date"].dt.dayofweek < 5).all()
+    assert cleaned.bars.equals(cleaned.bars.sort_values(KEYS, ignore_index=True))
+
+
+def test_weekend_rows_are_normal_on_a_crypto_calendar(dirty):
+    raw, _ = dirty
+    cleaned = clean(raw, calendar="crypto", policy=BarPolicy(), now=NOW)
+    assert "weekend_row" not in set(cleaned.defects["rule"])
+    assert (cleaned.bars["date"] == pd.Timestamp("2025-06-07")).any()
+
+
+def test_the_ohlc_tolerance_is_a_policy_parameter(dirty):
+    raw, _ = dirty
+    strict = clean(raw, calendar="crypto", policy=BarPolicy.of(None, 0.001), now=NOW)
+    loose = clean(raw, calendar="crypto", policy=BarPolicy.of(None, 0.10), now=NOW)
+    assert defect(strict, "SMALL", "2025-06-03") == {"ohlc_inconsistent": "dropped"}
+    assert defect(loose, "LARGE", "2025-06-03") == {"ohlc_inconsistent": "repaired"}
+    large = loose.bars[loose.bars["symbol"] == "LARGE"].iloc[0]
+    assert (large["high"], large["low"]) == (12.0, 9.0)
+
+
+def test_quarantine_removes_the_bar_and_excludes_the_symbol_only_in_windows_with_the_date(dirty):
+    raw, _ = dirty
+    policy = BarPolicy.of({"price_missing": "quarantine"}, 0.01)
+    cleaned = clean(raw, calendar="crypto", policy=policy, now=NOW)
+    assert defect(cleaned, "EMPTY", "2025-06-03") == {"price_missing": "quarantined"}
+
+    inside = bar_exclusions(
+        cleaned.defects, start=pd.Timestamp("2025-06-01"), end=NOW.tz_localize(None)
+    )
+    before = bar_exclusions(
+        cleaned.defects, start=pd.Timestamp("2025-05-01"), end=pd.Timestamp("2025-06-02")
+    )
+    after = bar_exclusions(
+        cleaned.defects, start=pd.Timestamp("2025-06-04"), end=pd.Timestamp("2025-06-30")
+    )
+    assert inside["symbol"].tolist() == ["EMPTY"]
+    assert inside["rule"].tolist() == ["price_missing"]
+    assert inside["date"].tolist() == [pd.Timestamp("2025-06-03")]
+    assert before.empty and after.empty
+
+
+def test_a_repair_is_refused_for_a_rule_without_an_unambiguous_fix():
+    with pytest.raises(ValueError, match="filler_bar: no unambiguous repair"):
+        BarPolicy.of({"filler_bar": "repair"}, 0.01)
+    with pytest.raises(ValueError, match="unknown bar rules"):
+        BarPolicy.of({"fillerbar": "drop"}, 0.01)
+    assert set(BarPolicy().actions) == set(DEFAULT_ACTIONS)
+
+
+def test_a_bar_from_the_future_is_refused_naming_symbol_and_date():
+    raw = frame([bar("OK", "2025-06-10", 10, 11, 9, 10), bar("AHEAD", "2031-01-02", 10, 11, 9, 10)])
+    with pytest.raises(FutureBarError, match="AHEAD on 2031-01-02"):
+        clean(raw, calendar="crypto", policy=BarPolicy(), now=NOW)
+
+
+def test_a_session_ahead_of_utc_by_one_day_is_not_from_the_future():
+    raw = frame([bar("SYD", "2025-06-12", 10, 11, 9, 10)])  # Sydney is already on the 12th
+    cleaned = clean(raw, calendar="weekday", policy=BarPolicy(), now=NOW)
+    assert defect(cleaned, "SYD", "2025-06-12") == {"unfinished_bar": "dropped"}
+
+
+def test_an_in_progress_bar_is_held_back_and_never_stored_as_final():
+    raw = frame(
+        [bar("BTC", "2025-06-10", 10, 11, 9, 10), bar("BTC", "2025-06-11", 10, 11, 9, 10.3)]
+    )
+    cleaned = clean(raw, calendar="crypto", policy=BarPolicy(), now=NOW)
+    assert cleaned.bars["date"].tolist() == [pd.Timestamp("2025-06-10")]
+    assert defect(cleaned, "BTC", "2025-06-11") == {"unfinished_bar": "dropped"}
+    stored = refresh(None, cleaned, seen_at=NOW).history
+    assert stored.defects.empty  # held back, not a defect of history
+
+    final = frame(
+        [bar("BTC", "2025-06-10", 10, 11, 9, 10), bar("BTC", "2025-06-11", 10, 12, 9, 11)]
+    )
+    tomorrow = NOW + pd.Timedelta(days=1)
+    update = refresh(
+        stored, clean(final, calendar="crypto", policy=BarPolicy(), now=tomorrow), seen_at=tomorrow
+    )
+    assert update.added == 1 and update.revised == 0
+    assert update.history.bars["close"].tolist() == [10.0, 11.0]
+
+
+def history_of(bars: pd.DataFrame) -> BarHistory:
+    return refresh(None, Cleaned(bars, empty_defects()), seen_at=NOW).history
 
 
 @pytest.fixture(scope="module")
 def first_source() -> pd.DataFrame:
-    return generate_market(end="2025-03-31", **OPTIONS)
+    return generate_market(seed=21, n_symbols=20, start="2024-10-01", end="2025-03-31")
 
 
 @pytest.fixture(scope="module")
 def grown_source() -> pd.DataFrame:
-    return generate_market(end="2025-04-20", **OPTIONS)
-
-
-def anti_join(incoming: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
-    """Incoming rows whose (symbol, date) is not stored, found independently of ``refresh``."""
-    stored_keys = set(zip(stored["symbol"], stored["date"], strict=True))
-    fresh = [
-        (symbol, date) not in stored_keys
-        for symbol, date in zip(incoming["symbol"], incoming["date"], strict=True)
-    ]
-    return incoming[np.array(fresh, dtype=bool)]
-
-
-def shuffled(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
-def test_the_first_refresh_stores_every_row_sorted_by_symbol_and_date(first_source):
-    result = refresh(None, shuffled(first_source))
-    pd.testing.assert_frame_equal(result.bars, first_source)
-    assert result.added == len(first_source) and result.revised == 0
-    assert result.added_rows.dtype == bool and result.added_rows.all()
-    assert result.new_symbols == tuple(sorted(first_source["symbol"].unique()))
-
-
-def test_an_empty_store_is_refreshed_like_a_first_refresh(first_source):
-    result = refresh(first_source.iloc[0:0], shuffled(first_source))
-    pd.testing.assert_frame_equal(result.bars, first_source)
-    assert result.added == len(first_source)
+    return generate_market(seed=21, n_symbols=20, start="2024-10-01", end="2025-04-20")
 
 
 def test_a_grown_source_adds_exactly_the_new_rows(first_source, grown_source):
-    result = refresh(first_source, shuffled(grown_source, seed=1))
-    expected_new = anti_join(grown_source, first_source)
-    assert len(expected_new) > 0
-    assert result.added == len(expected_new) == len(grown_source) - len(first_source)
-    listed_since = set(grown_source["symbol"]) - set(first_source["symbol"])
-    assert result.revised == 0 and result.new_symbols == tuple(sorted(listed_since))
-    added = result.bars[result.added_rows].reset_index(drop=True)
-    pd.testing.assert_frame_equal(added, expected_new.reset_index(drop=True))
-    pd.testing.assert_frame_equal(result.bars, grown_source)
+    update = refresh(history_of(first_source), Cleaned(grown_source, empty_defects()), seen_at=NOW)
+    pd.testing.assert_frame_equal(update.history.bars, grown_source)
+    assert update.added == len(grown_source) - len(first_source)
+    assert update.revised == 0 and update.history.revisions.empty
 
 
-def test_refreshing_with_an_unchanged_source_adds_nothing(first_source):
-    result = refresh(first_source, first_source)
-    assert result.added == 0 and result.revised == 0 and not result.added_rows.any()
-    pd.testing.assert_frame_equal(result.bars, first_source)
+def test_a_revised_bar_takes_the_newest_value_and_the_revision_is_recorded(first_source):
+    revised = first_source.copy()
+    revised.loc[5, "close"] *= 1.01
+    revised.loc[5, "volume"] += 1
+    seen = pd.Timestamp("2025-04-02 06:00", tz="UTC")
+    update = refresh(history_of(first_source), Cleaned(revised, empty_defects()), seen_at=seen)
 
-
-def test_a_new_symbol_with_full_history_is_added_completely(first_source, grown_source):
-    newcomer = grown_source[grown_source["symbol"] == grown_source["symbol"].iloc[0]].assign(
-        symbol="NEWUSDT"
-    )
-    incoming = pd.concat([grown_source, newcomer], ignore_index=True)
-    result = refresh(first_source, incoming)
-    listed_since = set(grown_source["symbol"]) - set(first_source["symbol"])
-    assert result.new_symbols == tuple(sorted(listed_since | {"NEWUSDT"}))
-    stored_new = result.bars[result.bars["symbol"] == "NEWUSDT"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(stored_new, newcomer.reset_index(drop=True))
-    assert result.added_rows[result.bars["symbol"].to_numpy() == "NEWUSDT"].all()
-    assert result.added == len(anti_join(incoming, first_source))
-
-
-def test_a_revised_stored_row_is_kept_as_stored_and_counted(first_source, grown_source):
-    revised = grown_source.copy()
-    changed = revised.index[[10, 500, 900]]
-    revised.loc[changed[0], "close"] *= 1.5
-    revised.loc[changed[1], "volume"] = 0.0
-    revised.loc[changed[2], ["open", "high"]] = np.nan
-    result = refresh(first_source, revised)
-    assert result.revised == 3
-    kept = result.bars.merge(first_source, on=KEYS, suffixes=("", "_stored"))
-    for column in BAR_COLUMNS[2:]:
-        np.testing.assert_array_equal(kept[column], kept[f"{column}_stored"])
-    assert result.added == len(anti_join(revised, first_source))
-
-
-def test_stored_rows_are_never_changed_or_lost(first_source, grown_source):
-    scrambled = grown_source.copy()
-    scrambled[["open", "high", "low", "close"]] *= 2.0
-    result = refresh(first_source, scrambled)
-    stored_again = result.bars[~result.added_rows].reset_index(drop=True)
-    pd.testing.assert_frame_equal(stored_again, first_source)
-    assert result.revised == len(first_source)
+    assert update.revised == 1 and update.added == 0
+    pd.testing.assert_frame_equal(update.history.bars, revised)
+    table = update.history.revisions
+    assert table["column"].tolist() == ["close", "volume"]
+    assert table["old"].tolist() == [first_source.loc[5, "close"], first_source.loc[5, "volume"]]
+    assert table["new"].tolist() == [revised.loc[5, "close"], revised.loc[5, "volume"]]
+    assert (table["symbol"] == first_source.loc[5, "symbol"]).all()
+    assert (table["seen_at"] == pd.Timestamp("2025-04-02 06:00")).all()
+    again = refresh(update.history, Cleaned(first_source, empty_defects()), seen_at=NOW)
+    assert len(again.history.revisions) == 4  # every revision stays queryable
 
 
 def test_a_source_that_dropped_old_rows_does_not_delete_them(first_source, grown_source):
-    recent = grown_source[grown_source["date"] >= "2025-04-01"]
-    result = refresh(first_source, recent)
-    pd.testing.assert_frame_equal(result.bars, grown_source)
-    assert result.added == len(recent)
+    recent = grown_source[grown_source["date"] > pd.Timestamp("2025-02-01")]
+    update = refresh(history_of(first_source), Cleaned(recent, empty_defects()), seen_at=NOW)
+    pd.testing.assert_frame_equal(update.history.bars, grown_source)
 
 
-def test_the_input_frames_are_not_modified(first_source, grown_source):
-    stored, incoming = first_source.copy(), grown_source.copy()
-    refresh(stored, incoming)
-    pd.testing.assert_frame_equal(stored, first_source)
-    pd.testing.assert_frame_equal(incoming, grown_source)
+def test_a_stored_bar_that_a_new_defect_drops_is_removed_from_the_lake(first_source):
+    broken = first_source.copy()
+    broken.loc[7, ["open", "high", "low", "close"]] = np.nan
+    cleaned = clean(broken, calendar="crypto", policy=BarPolicy(), now=NOW)
+    update = refresh(history_of(first_source), cleaned, seen_at=NOW)
+    assert update.removed == 1
+    assert len(update.history.bars) == len(first_source) - 1
+    assert defect_summary(update.history.defects).to_dict("records") == [
+        {"rule": "price_missing", "repaired": 0, "dropped": 1, "quarantined": 0, "symbols": 1}
+    ]
 
 
 @st.composite
-def stored_and_incoming(draw) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Small stored and incoming bar sets over overlapping (symbol, date) keys."""
-    keys = [(s, d) for s in ("AAA", "BBB", "CCC") for d in range(6)]
-
-    def bars(chosen: list[tuple[str, int]], prices: list[float]) -> pd.DataFrame:
-        frame = pd.DataFrame(chosen, columns=KEYS)
-        frame["date"] = pd.Timestamp("2025-01-01") + pd.to_timedelta(frame["date"], unit="D")
-        for column in BAR_COLUMNS[2:]:
-            frame[column] = np.asarray(prices, dtype=float)
-        return frame.sort_values(KEYS, ignore_index=True)
-
-    stored = draw(st.lists(st.sampled_from(keys), unique=True, max_size=len(keys)))
-    incoming = draw(st.lists(st.sampled_from(keys), unique=True, max_size=len(keys)))
-    price = st.sampled_from([1.0, 2.0])
-    stored_prices = draw(st.lists(price, min_size=len(stored), max_size=len(stored)))
-    incoming_prices = draw(st.lists(price, min_size=len(incoming), max_size=len(incoming)))
-    return bars(stored, stored_prices), bars(incoming, incoming_prices)
+def key_sets(draw):
+    symbols = ["A", "B", "C"]
+    dates = pd.date_range("2025-01-01", periods=6)
+    pairs = [(s, d) for s in symbols for d in dates]
+    stored = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=12))
+    incoming = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=12))
+    changed = draw(st.lists(st.booleans(), min_size=len(incoming), max_size=len(incoming)))
+    return stored, incoming, changed
 
 
-@settings(max_examples=40, deadline=None)
-@given(frames=stored_and_incoming())
-def test_refresh_agrees_with_an_anti_join_on_random_key_sets(frames):
-    stored, incoming = frames
-    result = refresh(stored, incoming)
-    expected_new = anti_join(incoming, stored)
-    assert result.added == len(expected_new) == int(result.added_rows.sum())
-    added = result.bars[result.added_rows].sort_values(KEYS, ignore_index=True)
-    pd.testing.assert_frame_equal(added, expected_new.sort_values(KEYS, ignore_index=True))
-    union = pd.concat([stored, expected_new]).sort_values(KEYS, ignore_index=True)
-    pd.testing.assert_frame_equal(result.bars, union)
-    if not stored.empty:
-        kept = result.bars[~result.added_rows].reset_index(drop=True)
-        pd.testing.assert_frame_equal(kept, stored)
-        overlap = incoming.merge(stored, on=KEYS, suffixes=("", "_stored"))
-        assert result.revised == int((overlap["close"] != overlap["close_stored"]).sum())
-    assert result.new_symbols == tuple(sorted(set(incoming["symbol"]) - set(stored["symbol"])))
+def rows_of(pairs, bump) -> pd.DataFrame:
+    bars = frame([bar(s, d, 10, 11, 9, 10 + b) for (s, d), b in zip(pairs, bump, strict=True)])
+    return bars.sort_values(KEYS, ignore_index=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key_sets())
+def test_refresh_agrees_with_a_dictionary_merge_on_random_key_sets(sets):
+    stored_pairs, incoming_pairs, changed = sets
+    stored = rows_of(stored_pairs, [0] * len(stored_pairs))
+    incoming = rows_of(incoming_pairs, [0.5 if c else 0 for c in changed])
+    update = refresh(history_of(stored), Cleaned(incoming, empty_defects()), seen_at=NOW)
+
+    expected = {
+        (s, d): c for s, d, c in zip(stored["symbol"], stored["date"], stored["close"], strict=True)
+    }
+    before = dict(expected)
+    expected.update(
+        {
+            (s, d): c
+            for s, d, c in zip(incoming["symbol"], incoming["date"], incoming["close"], strict=True)
+        }
+    )
+    got = update.history.bars
+    assert (
+        dict(zip(zip(got["symbol"], got["date"], strict=True), got["close"], strict=True))
+        == expected
+    )
+    assert update.added == len(set(expected) - set(before))
+    assert update.revised == sum(1 for k, v in before.items() if expected[k] != v)
+    assert not got.duplicated(KEYS).any()

@@ -169,17 +169,17 @@ def test_a_minus_five_hour_midnight_keeps_its_calendar_date(tmp_path):
     assert bars["date"].tolist() == [pd.Timestamp("2024-01-02")]
 
 
-def test_a_plus_nine_hour_midnight_falls_on_the_previous_utc_date(tmp_path):
+def test_a_plus_nine_hour_midnight_is_that_days_session_not_the_previous_utc_date(tmp_path):
     header = ["Date", "Open", "High", "Low", "Close", "Volume"]
     write_csv(tmp_path / "7203.T.csv", header, [["2024-01-04 00:00:00+09:00", 1, 2, 0.5, 1.5, 9]])
 
     bars = read_csv_directory(tmp_path).bars
 
     assert bars["symbol"].tolist() == ["7203.T"]
-    assert bars["date"].tolist() == [pd.Timestamp("2024-01-03")]
+    assert bars["date"].tolist() == [pd.Timestamp("2024-01-04")]
 
 
-def test_mixed_daylight_saving_offsets_in_one_file_are_all_converted(tmp_path):
+def test_mixed_daylight_saving_offsets_in_one_file_keep_their_local_session_dates(tmp_path):
     header = ["Date", "Open", "High", "Low", "Close", "Volume"]
     rows = [
         ["2024-03-08 00:00:00-05:00", 1, 2, 0.5, 1.5, 10],
@@ -190,8 +190,11 @@ def test_mixed_daylight_saving_offsets_in_one_file_are_all_converted(tmp_path):
 
     result = read_csv_directory(tmp_path)
 
-    expected = pd.to_datetime(["2024-03-08", "2024-03-11", "2024-03-12"])
+    # 23:30-04:00 is still the 11th's session there: the later report of that day wins.
+    expected = pd.to_datetime(["2024-03-08", "2024-03-11"])
     assert result.bars["date"].tolist() == list(expected)
+    assert result.bars["close"].tolist() == [1.5, 1.6]
+    assert result.duplicates == 1 and result.superseded["close"].tolist() == [1.5]
 
 
 @pytest.mark.parametrize("scale", [1, 1_000, 1_000_000, 1_000_000_000])
@@ -227,14 +230,15 @@ def test_a_column_of_yyyymmdd_integers_is_read_as_dates(tmp_path):
     ("raw", "date"),
     [
         ("2024-01-02T23:30:00Z", "2024-01-02"),
-        ("2024-01-02T20:00:00-0500", "2024-01-03"),
-        ("2024-01-02T08:00+09", "2024-01-01"),
+        ("2024-01-02T20:00:00-0500", "2024-01-02"),
+        ("2024-01-02T08:00+09", "2024-01-02"),
         ("2024-01-02 05:30:00+05:30", "2024-01-02"),
-        ("2024-01-02 05:29:00+05:30", "2024-01-01"),
+        ("2024-01-02 00:00:00+05:30", "2024-01-02"),
+        ("2024-01-02T23:59:00-1000", "2024-01-02"),
         ("2024-1-2", "2024-01-02"),
     ],
 )
-def test_every_iso_offset_form_is_converted_to_the_utc_date(tmp_path, raw, date):
+def test_every_iso_offset_form_is_dated_by_its_local_session(tmp_path, raw, date):
     header = ["datetime", "open", "high", "low", "close", "volume"]
     write_csv(tmp_path / "X.csv", header, [[raw, 1, 2, 0.5, 1.5, 10]])
 
@@ -419,7 +423,9 @@ def test_empty_price_cells_are_kept_as_nan_for_the_bars_contract(tmp_path):
     assert np.isnan(result.bars["close"].iloc[0])
 
 
-@pytest.mark.parametrize("name", ["..", "a/b", "..\\x", "", ".hidden", "a\x00b", "BTC USDT", "é"])
+@pytest.mark.parametrize(
+    "name", ["..", "a/b", "..\\x", "", ".hidden", "a\x00b", "BTC USDT", "é", "-rf", "BTC, 1D"]
+)
 def test_unsafe_or_malformed_symbols_are_rejected_naming_the_value(name):
     with pytest.raises(SymbolError) as raised:
         validate_symbol(name)
@@ -454,7 +460,7 @@ def test_an_accepted_symbol_is_always_a_single_safe_path_component(name):
 
 @given(st.text(alphabet="abcXYZ019._:-", min_size=1, max_size=10))
 def test_every_name_of_allowed_characters_without_dots_in_front_or_in_pairs_is_accepted(name):
-    safe = not name.startswith(".") and ".." not in name
+    safe = not name.startswith((".", "-")) and ".." not in name
 
     accepted = True
     try:
@@ -710,10 +716,11 @@ def reference_bars(text: str) -> dict[dt.date, tuple[float, ...]]:
             stamp = dt.datetime.fromisoformat(raw)
             stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp
         prices = tuple(float(record[c]) for c in ["open", "high", "low", "close", "volume"])
-        rows.append((stamp.astimezone(dt.UTC), position, prices))
+        # The session date is the local date in the stamp's own offset; later instants win.
+        rows.append((stamp.astimezone(dt.UTC), position, stamp.date(), prices))
     result: dict[dt.date, tuple[float, ...]] = {}
-    for stamp, _, prices in sorted(rows, key=lambda row: (row[0], row[1])):
-        result[stamp.date()] = prices
+    for _, _, day, prices in sorted(rows, key=lambda row: (row[0], row[1])):
+        result[day] = prices
     return result
 
 
@@ -762,3 +769,27 @@ def test_normalised_bars_match_a_row_by_row_reference_reading(text):
     values = bars[["open", "high", "low", "close", "volume"]].itertuples(index=False, name=None)
     assert list(values) == [reference[day] for day in sorted(reference)]
     assert (bars["symbol"] == "BTC").all()
+
+
+def test_a_file_named_like_an_option_is_reported_and_never_read(tmp_path):
+    tradingview_seconds(tmp_path)
+    (tmp_path / "-rf.csv").write_text("time,open,high,low,close,volume\n1704067200,1,2,0.5,1,1\n")
+
+    result = read_csv_directory(tmp_path)
+
+    assert "-RF" not in set(result.bars["symbol"])
+    [error] = result.errors
+    assert error.file == "-rf.csv" and "starts with a dash" in error.reason
+
+
+def test_a_vendor_url_line_before_the_header_is_skipped_and_lines_still_count_from_it(tmp_path):
+    (tmp_path / "X.csv").write_text(
+        "https://www.CryptoDataDownload.com\n"
+        "unix,date,symbol,open,high,low,close,Volume X,Volume USDT\n"
+        "1704153600000,2024-01-02,X/USDT,1,2,0.5,1.5,10,15\n"
+        "1704067200,2024-01-01,X/USDT,1,2,0.5,oops,10,15\n"
+    )
+
+    [error] = read_csv_directory(tmp_path).errors
+
+    assert error.line == 4 and "oops" in error.reason

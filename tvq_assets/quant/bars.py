@@ -1,47 +1,575 @@
-"""The bar lake's refresh rule: stored history is kept, only new (symbol, date) rows are added."""
+"""The bar lake: what a source delivered, cleaned under the sleeve's bar policy, with its history.
 
-from dataclasses import dataclass
+A source's history is dirty (empty rows, OHLC that does not cover open/close, filler copies,
+duplicates, weekend rows on weekday venues, unfinished last bars). ``clean`` finds every such
+defect, records it per (symbol, date, rule) and applies the sleeve's action for the rule:
+
+* ``repair``: the bar is fixed and kept (only where the fix is unambiguous: an exact duplicate
+  is collapsed, a conflicting duplicate keeps the source's last report, an OHLC inconsistency is
+  widened so that high/low cover open/close);
+* ``drop``: the bar is left out of the lake;
+* ``quarantine``: the bar is left out and the symbol is excluded from every returns window that
+  contains the bar's date (``bar_exclusions``); windows before or after it are unaffected.
+
+Defects are never blocking here: history outside a run's window never stops a sleeve. Two cases
+are not a policy choice: a bar dated in the future is refused (``FutureBarError``, nothing
+stored), and a bar of a session that may still be open (dated today or later in UTC) is dropped
+and recorded, so an unfinished bar is never stored as final.
+
+``refresh`` merges a cleaned delivery into the stored lake: the newest value a source reports
+for a (symbol, date) wins, and every change of a stored value is recorded in ``revisions``.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from tvq_assets.quant import quality
+
 BAR_COLUMNS = ("symbol", "date", "open", "high", "low", "close", "volume")
+VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
+PRICES = ("open", "high", "low", "close")
+DEFECT_COLUMNS = ("symbol", "date", "rule", "action", "value", "detail")
+REVISION_COLUMNS = ("symbol", "date", "column", "old", "new", "seen_at")
+ACTIONS = ("repair", "drop", "quarantine")
+RECORDED = {"repair": "repaired", "drop": "dropped", "quarantine": "quarantined"}
+
+# Rules a policy may act on, with their default action (the one home of these defaults).
+DEFAULT_ACTIONS: Mapping[str, str] = {
+    "duplicate_exact": "repair",  # identical rows: one is kept
+    "duplicate_conflict": "repair",  # differing rows: the source's last report is kept
+    "weekend_row": "drop",  # a Saturday/Sunday row in a weekday sleeve (e.g. MOEX working days)
+    "price_missing": "drop",  # an empty open/high/low/close cell
+    "price_non_positive": "drop",  # a zero or negative price (listing prints)
+    "volume_invalid": "drop",  # empty, infinite or negative volume
+    "ohlc_inconsistent": "drop",  # high/low miss open/close by more than the tolerance
+    "filler_bar": "drop",  # a zero-volume copy of the previous bar (padding)
+    # a symbol's last bar trading under a tenth of its usual volume: a snapshot taken while the
+    # session was open (held back; a later delivery with newer bars brings it in final)
+    "partial_last_bar": "drop",
+}
+# Rules with an unambiguous fix; `repair` is refused for the others.
+REPAIRABLE = ("duplicate_exact", "duplicate_conflict", "ohlc_inconsistent")
+# Not policy choices: a bar of a possibly open session is always dropped and recorded.
+UNFINISHED = "unfinished_bar"
+# A session date may be one day ahead of the UTC date (venues east of UTC); beyond that it is
+# a bar from the future.
+FUTURE_TOLERANCE = pd.Timedelta(days=1)
+# partial_last_bar: last volume below this share of the median of the previous bars (at least
+# PARTIAL_WINDOW of them).
+PARTIAL_VOLUME_RATIO = 0.1
+PARTIAL_WINDOW = 30
+# Findings about a bar that is not final yet: they leave the history once the bar is stored.
+TRANSIENT = (UNFINISHED, "partial_last_bar")
+
+
+class FutureBarError(ValueError):
+    """A source delivered bars dated after now (plus the tolerance): nothing is stored."""
+
+
+@dataclass(frozen=True)
+class BarPolicy:
+    """How a sleeve handles bar defects: one action per rule, and the OHLC repair tolerance.
+
+    ``ohlc_tolerance`` is relative: an OHLC inconsistency of at most this fraction of the price
+    (e.g. 0.01: high 1% below the close) is always repaired by widening high/low to cover
+    open/close; larger ones take the ``ohlc_inconsistent`` action.
+    """
+
+    actions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
+    ohlc_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        unknown = set(self.actions) - set(DEFAULT_ACTIONS)
+        if unknown:
+            raise ValueError(
+                f"unknown bar rules {sorted(unknown)}; the rules are {sorted(DEFAULT_ACTIONS)}"
+            )
+        for rule, action in self.actions.items():
+            if action not in ACTIONS:
+                raise ValueError(f"bar rule {rule}: action {action!r} is not one of {ACTIONS}")
+            if action == "repair" and rule not in REPAIRABLE:
+                raise ValueError(
+                    f"bar rule {rule}: no unambiguous repair exists; use drop or quarantine"
+                )
+        if not (0 <= self.ohlc_tolerance < 1):
+            raise ValueError(f"ohlc_tolerance {self.ohlc_tolerance} must be in [0, 1)")
+
+    @classmethod
+    def of(cls, actions: Mapping[str, str] | None, ohlc_tolerance: float) -> "BarPolicy":
+        """The default actions overridden by ``actions``."""
+        return cls(actions={**DEFAULT_ACTIONS, **(actions or {})}, ohlc_tolerance=ohlc_tolerance)
+
+    def action(self, rule: str) -> str:
+        return self.actions.get(rule, DEFAULT_ACTIONS[rule])
+
+
+@dataclass(frozen=True)
+class BarHistory:
+    """The sleeve's bar lake: cleaned bars, every defect found and every source revision."""
+
+    bars: pd.DataFrame  # BAR_COLUMNS, one row per (symbol, date), sorted
+    defects: pd.DataFrame  # DEFECT_COLUMNS, one row per (symbol, date, rule)
+    revisions: pd.DataFrame  # REVISION_COLUMNS, one row per changed value
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    bars: pd.DataFrame
+    defects: pd.DataFrame
 
 
 @dataclass(frozen=True)
 class Refresh:
-    bars: pd.DataFrame  # stored rows plus the new ones, sorted by (symbol, date)
-    added: int  # rows that were not stored before
-    revised: int  # incoming rows that differ from the stored (symbol, date) row: stored kept
+    history: BarHistory
+    added: int  # (symbol, date) rows not stored before
+    revised: int  # stored rows whose value the source changed (the new value is kept)
+    removed: int  # stored rows a defect now drops or quarantines
     new_symbols: tuple[str, ...]
-    added_rows: np.ndarray  # boolean mask over ``bars``: the rows this refresh added
+    new_revisions: pd.DataFrame  # the revisions this refresh recorded
 
 
-def refresh(stored: pd.DataFrame | None, incoming: pd.DataFrame) -> Refresh:
-    """Append the incoming rows whose (symbol, date) is not stored yet.
+def empty_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({name: pd.Series(dtype=float) for name in BAR_COLUMNS})
+    frame["symbol"] = frame["symbol"].astype(object)
+    frame["date"] = frame["date"].astype("datetime64[ns]")
+    return frame
 
-    Stored rows are never rewritten (what a past run saw stays reproducible); a source that now
-    reports a different value for a stored day is counted in ``revised`` so the change is visible.
+
+def _typed(bars: pd.DataFrame) -> pd.DataFrame:
+    """BAR_COLUMNS with the lake's dtypes (an empty frame may come in untyped)."""
+    frame = bars[list(BAR_COLUMNS)].copy()
+    frame["symbol"] = frame["symbol"].astype(object)
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    for column in VALUE_COLUMNS:
+        frame[column] = frame[column].astype(float)
+    return frame
+
+
+def empty_defects() -> pd.DataFrame:
+    return _defect_table([])
+
+
+def empty_revisions() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": pd.Series(dtype=object),
+            "date": pd.Series(dtype="datetime64[ns]"),
+            "column": pd.Series(dtype=object),
+            "old": pd.Series(dtype=float),
+            "new": pd.Series(dtype=float),
+            "seen_at": pd.Series(dtype="datetime64[ns]"),
+        }
+    )
+
+
+def _defect_table(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        frame = pd.DataFrame({name: pd.Series(dtype=object) for name in DEFECT_COLUMNS})
+        frame["date"] = frame["date"].astype("datetime64[ns]")
+        frame["value"] = frame["value"].astype(float)
+        return frame
+    frame = pd.concat(parts, ignore_index=True)[list(DEFECT_COLUMNS)]
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    frame["value"] = frame["value"].astype(float)
+    return frame.sort_values(["symbol", "date", "rule"], ignore_index=True)
+
+
+def _found(rows: pd.DataFrame, rule: str, action: str, value, detail) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": rows["symbol"].to_numpy(dtype=object),
+            "date": rows["date"].to_numpy(),
+            "rule": rule,
+            "action": RECORDED.get(action, action),
+            "value": np.asarray(value, dtype=float) if np.ndim(value) else float(value),
+            "detail": detail,
+        }
+    )
+
+
+def reject_future_bars(raw: pd.DataFrame, *, now: pd.Timestamp) -> None:
+    """Raise ``FutureBarError`` naming the symbols and dates of bars dated after now + 1 day."""
+    limit = _utc_day(now) + FUTURE_TOLERANCE
+    ahead = raw[raw["date"] > limit]
+    if ahead.empty:
+        return
+    first = ahead.sort_values(["date", "symbol"]).head(5)
+    named = ", ".join(
+        f"{s} on {d:%Y-%m-%d}" for s, d in zip(first["symbol"], first["date"], strict=True)
+    )
+    raise FutureBarError(
+        f"{len(ahead)} bar(s) dated after {limit:%Y-%m-%d} (now {now:%Y-%m-%d %H:%M} UTC plus "
+        f"one day) were refused and nothing was stored: {named}; fix the source's timestamps"
+    )
+
+
+def clean(
+    raw: pd.DataFrame,
+    *,
+    calendar: str,
+    policy: BarPolicy,
+    now: pd.Timestamp,
+    superseded: pd.DataFrame | None = None,
+) -> Cleaned:
+    """Bars one row per (symbol, date), sorted, with every defect recorded and handled.
+
+    ``raw`` holds BAR_COLUMNS with one row per (symbol, date) (the readers keep a day's last
+    report); ``superseded`` holds the earlier reports of duplicated days. Raises
+    ``FutureBarError`` for bars from the future. Vectorised over all symbols.
     """
-    incoming = incoming[list(BAR_COLUMNS)]
-    if stored is None or stored.empty:
-        merged = incoming.sort_values(["symbol", "date"], ignore_index=True)
-        symbols = tuple(sorted(merged["symbol"].unique()))
-        return Refresh(merged, len(merged), 0, symbols, np.ones(len(merged), dtype=bool))
-    stored = stored[list(BAR_COLUMNS)]
+    reject_future_bars(raw, now=now)
+    frame = raw[list(BAR_COLUMNS)].sort_values(["symbol", "date"], ignore_index=True, kind="stable")
+    defects: list[pd.DataFrame] = []
+
+    def handle(mask: np.ndarray, rule: str, value, detail, action: str | None = None) -> None:
+        """Record the flagged rows; drop them unless repaired."""
+        nonlocal frame
+        if not mask.any():
+            return
+        action = action or policy.action(rule)
+        rows = frame[mask]
+        value = np.asarray(value)[mask] if np.ndim(value) else value
+        detail = np.asarray(detail, dtype=object)[mask] if np.ndim(detail) else detail
+        defects.append(_found(rows, rule, action, value, detail))
+        if action != "repair":
+            frame = frame[~mask].reset_index(drop=True)
+
+    # A session that may still be open: dated today or later (UTC). Always dropped.
+    today = _utc_day(now)
+    handle(
+        frame["date"].to_numpy() >= today.to_datetime64(),
+        UNFINISHED,
+        frame["close"].to_numpy(),
+        f"session not finished at {now:%Y-%m-%d %H:%M} UTC",
+        action="drop",
+    )
+    # Duplicates: the readers kept each day's last report; earlier reports are judged against it.
+    if superseded is not None and len(superseded):
+        defects.extend(_duplicates(frame, superseded, policy))
+        conflict = policy.action("duplicate_conflict")
+        if conflict != "repair":
+            keys = _conflicting_keys(frame, superseded)
+            mask = _key_mask(frame, keys)
+            frame = frame[~mask].reset_index(drop=True)
+    if calendar == "weekday":
+        weekend = frame["date"].dt.dayofweek.to_numpy() >= 5
+        handle(
+            weekend,
+            "weekend_row",
+            frame["close"].to_numpy(),
+            frame["date"].dt.day_name().to_numpy(),
+        )
+    prices = frame[list(PRICES)].to_numpy(dtype=float)
+    missing = np.isnan(prices).any(axis=1)
+    handle(missing, "price_missing", frame["close"].to_numpy(), "empty open/high/low/close cell")
+    prices = frame[list(PRICES)].to_numpy(dtype=float)
+    non_positive = ~(np.isfinite(prices) & (prices > 0)).all(axis=1)
+    handle(
+        non_positive,
+        "price_non_positive",
+        np.nanmin(np.where(np.isfinite(prices), prices, -np.inf), axis=1),
+        "price not finite and positive",
+    )
+    volume = frame["volume"].to_numpy(dtype=float)
+    handle(
+        ~(np.isfinite(volume) & (volume >= 0)), "volume_invalid", volume, "volume not finite >= 0"
+    )
+    frame = _ohlc(frame, policy, defects)
+    filler = quality.filler_bars(frame)
+    handle(filler, "filler_bar", frame["close"].to_numpy(), "zero-volume copy of the previous bar")
+    partial, usual = _partial_last_bars(frame)
+    handle(
+        partial,
+        "partial_last_bar",
+        frame["volume"].to_numpy(dtype=float),
+        np.char.add("last volume vs median ", usual.astype(str)),
+    )
+
+    found = _defect_table(defects)
+    return Cleaned(bars=frame[list(BAR_COLUMNS)].reset_index(drop=True), defects=found)
+
+
+def _partial_last_bars(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each symbol's last bar when its volume is under PARTIAL_VOLUME_RATIO of the median of
+    the PARTIAL_WINDOW bars before it; and that median (NaN elsewhere)."""
+    symbols = frame["symbol"].to_numpy()
+    flagged = np.zeros(len(frame), dtype=bool)
+    usual = np.full(len(frame), np.nan)
+    if len(frame) == 0:
+        return flagged, usual
+    ends = quality.last_rows(symbols)
+    volumes = quality.trailing(frame["volume"].to_numpy(), symbols, ends, PARTIAL_WINDOW + 1)
+    before, last = volumes[:, :-1], volumes[:, -1]
+    full = ~np.isnan(before).any(axis=1)
+    median = np.full(len(ends), np.nan)
+    median[full] = np.median(before[full], axis=1)
+    partial = full & (last < PARTIAL_VOLUME_RATIO * median)
+    flagged[ends[partial]] = True
+    usual[ends] = median
+    return flagged, usual
+
+
+def _ohlc(frame: pd.DataFrame, policy: BarPolicy, defects: list[pd.DataFrame]) -> pd.DataFrame:
+    """Widen high/low to cover open/close when the miss is within tolerance; act on the rest."""
+    o, h, low, c = (frame[p].to_numpy(dtype=float) for p in PRICES)
+    top, bottom = np.maximum(o, c), np.minimum(o, c)
+    miss = np.maximum.reduce([(top - h) / top, (low - bottom) / bottom, (low - h) / h])
+    bad = miss > 0
+    if not bad.any():
+        return frame
+    small = bad & (miss <= policy.ohlc_tolerance)
+    large = bad & ~small
+    action = policy.action("ohlc_inconsistent")
+    # Text only for the flagged rows (a long history has few of them).
+    detail = np.full(len(frame), "", dtype=object)
+    detail[bad] = [
+        f"open {a:g} high {b:g} low {x:g} close {y:g}"
+        for a, b, x, y in zip(o[bad], h[bad], low[bad], c[bad], strict=True)
+    ]
+    if small.any():
+        rows = frame[small]
+        defects.append(
+            _found(
+                rows,
+                "ohlc_inconsistent",
+                "repair",
+                miss[small],
+                np.char.add(detail[small].astype(str), f" (within {policy.ohlc_tolerance:g})"),
+            )
+        )
+    if large.any():
+        defects.append(
+            _found(frame[large], "ohlc_inconsistent", action, miss[large], detail[large])
+        )
+    repaired = small | (large & (action == "repair"))
+    frame = frame.copy()
+    frame.loc[repaired, "high"] = np.maximum.reduce([h, top, low])[repaired]
+    frame.loc[repaired, "low"] = np.minimum.reduce([low, bottom, h])[repaired]
+    if action != "repair":
+        frame = frame[~large].reset_index(drop=True)
+    return frame
+
+
+def _key_mask(frame: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
+    index = pd.MultiIndex.from_frame(frame[["symbol", "date"]])
+    return index.isin(pd.MultiIndex.from_frame(keys[["symbol", "date"]]))
+
+
+def _conflicting_keys(frame: pd.DataFrame, superseded: pd.DataFrame) -> pd.DataFrame:
+    joined = superseded.merge(frame, on=["symbol", "date"], suffixes=("", "_kept"))
+    differs = np.zeros(len(joined), dtype=bool)
+    for column in VALUE_COLUMNS:
+        a, b = joined[column].to_numpy(float), joined[f"{column}_kept"].to_numpy(float)
+        differs |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    joined["differs"] = differs
+    per_key = joined.groupby(["symbol", "date"], sort=False)["differs"].any()
+    return per_key[per_key].reset_index()[["symbol", "date"]]
+
+
+def _duplicates(
+    frame: pd.DataFrame, superseded: pd.DataFrame, policy: BarPolicy
+) -> list[pd.DataFrame]:
+    """One defect per duplicated (symbol, date): exact copies or conflicting reports."""
+    counts = superseded.groupby(["symbol", "date"], sort=False).size().rename("extra")
+    conflicts = _conflicting_keys(frame, superseded)
+    keys = counts.reset_index()
+    conflicting = _key_mask(keys, conflicts) if len(conflicts) else np.zeros(len(keys), bool)
+    kept = keys.merge(frame, on=["symbol", "date"], how="left")
+    out = []
+    exact = keys[~conflicting]
+    if len(exact):
+        out.append(
+            _found(
+                exact,
+                "duplicate_exact",
+                policy.action("duplicate_exact"),
+                exact["extra"].to_numpy(float),
+                "identical extra row(s) removed",
+            )
+        )
+    clash = kept[conflicting]
+    if len(clash):
+        first = superseded.drop_duplicates(["symbol", "date"]).merge(
+            clash[["symbol", "date"]], on=["symbol", "date"]
+        )
+        first = clash[["symbol", "date"]].merge(first, on=["symbol", "date"], how="left")
+        detail = [
+            f"close {a:g} (kept, last reported) vs {b:g}"
+            for a, b in zip(
+                clash["close"].to_numpy(float), first["close"].to_numpy(float), strict=True
+            )
+        ]
+        out.append(
+            _found(
+                clash,
+                "duplicate_conflict",
+                policy.action("duplicate_conflict"),
+                clash["extra"].to_numpy(float),
+                np.array(detail, dtype=object),
+            )
+        )
+    return out
+
+
+def refresh(
+    stored: BarHistory | None,
+    cleaned: Cleaned,
+    *,
+    seen_at: pd.Timestamp,
+) -> Refresh:
+    """Merge a cleaned delivery into the stored lake; the source's newest value wins.
+
+    Every stored value the source now reports differently is recorded in ``revisions`` (old,
+    new, ``seen_at``); stored rows the source no longer delivers are kept; stored rows that a
+    defect of this delivery drops or quarantines are removed. Defects are kept per (symbol, date,
+    rule), the newest finding winning.
+    """
     keys = ["symbol", "date"]
-    joined = incoming.merge(stored, on=keys, how="left", suffixes=("", "_stored"), indicator=True)
-    fresh = joined["_merge"] == "left_only"
-    prices = ["open", "high", "low", "close", "volume"]
-    overlap = joined.loc[~fresh]
-    different = np.zeros(len(overlap), dtype=bool)
-    for column in prices:
-        a, b = overlap[column].to_numpy(), overlap[f"{column}_stored"].to_numpy()
-        different |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
-    added = incoming.loc[fresh.to_numpy()]
-    combined = pd.concat(
-        [stored.assign(_added=False), added.assign(_added=True)], ignore_index=True
-    ).sort_values(keys, ignore_index=True, kind="stable")
-    new_symbols = tuple(sorted(set(added["symbol"]) - set(stored["symbol"])))
-    mask = combined.pop("_added").to_numpy()
-    return Refresh(combined, int(fresh.sum()), int(different.sum()), new_symbols, mask)
+    incoming = _typed(cleaned.bars)
+    seen = _utc_naive(seen_at)
+    if stored is None or stored.bars.empty:
+        base = empty_bars()
+        old_defects, old_revisions = (
+            (empty_defects(), empty_revisions())
+            if stored is None
+            else (stored.defects, stored.revisions)
+        )
+    else:
+        base, old_defects, old_revisions = _typed(stored.bars), stored.defects, stored.revisions
+    joined = incoming.merge(base, on=keys, how="left", suffixes=("", "_old"), indicator=True)
+    overlap = joined[joined["_merge"] == "both"]
+    revisions = []
+    revised_rows = np.zeros(len(overlap), dtype=bool)
+    for column in VALUE_COLUMNS:
+        new, old = overlap[column].to_numpy(float), overlap[f"{column}_old"].to_numpy(float)
+        changed = ~((new == old) | (np.isnan(new) & np.isnan(old)))
+        revised_rows |= changed
+        if changed.any():
+            rows = overlap[changed]
+            revisions.append(
+                pd.DataFrame(
+                    {
+                        "symbol": rows["symbol"].to_numpy(dtype=object),
+                        "date": rows["date"].to_numpy(),
+                        "column": column,
+                        "old": old[changed],
+                        "new": new[changed],
+                        "seen_at": seen,
+                    }
+                )
+            )
+    new_revisions = (
+        pd.concat(revisions, ignore_index=True).sort_values(["symbol", "date", "column"])
+        if revisions
+        else empty_revisions()
+    )
+    fresh = (joined["_merge"] == "left_only").to_numpy()
+    removed_keys = cleaned.defects[cleaned.defects["action"].isin(["dropped", "quarantined"])]
+    kept_old = base[~_key_mask(base, incoming)] if len(base) else base
+    removal = _key_mask(kept_old, removed_keys) if len(kept_old) and len(removed_keys) else None
+    removed = 0 if removal is None else int(removal.sum())
+    if removal is not None:
+        kept_old = kept_old[~removal]
+    bars = (
+        pd.concat([kept_old, incoming], ignore_index=True)
+        .sort_values(keys, ignore_index=True, kind="stable")[list(BAR_COLUMNS)]
+        .reset_index(drop=True)
+    )
+    # Unfinished bars are held back, not history: they are reported by the delivery only.
+    found = cleaned.defects[cleaned.defects["rule"] != UNFINISHED]
+    defects = _defect_table([old_defects, found])
+    defects = defects.drop_duplicates(["symbol", "date", "rule"], keep="last").reset_index(
+        drop=True
+    )
+    all_revisions = pd.concat(
+        [frame for frame in (old_revisions, new_revisions) if len(frame)] or [empty_revisions()],
+        ignore_index=True,
+    )
+    # A bar once held back as not final leaves the defect history when it is stored final.
+    transient = defects["rule"].isin(TRANSIENT).to_numpy()
+    if transient.any():
+        settled = transient & _key_mask(defects, bars)
+        defects = defects[~settled].reset_index(drop=True)
+    new_symbols = tuple(sorted(set(incoming["symbol"]) - set(base["symbol"])))
+    return Refresh(
+        history=BarHistory(bars=bars, defects=defects, revisions=all_revisions),
+        added=int(fresh.sum()),
+        revised=int(revised_rows.sum()),
+        removed=removed,
+        new_symbols=new_symbols,
+        new_revisions=new_revisions.reset_index(drop=True),
+    )
+
+
+def bar_exclusions(
+    defects: pd.DataFrame, *, start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
+    """Every bar defect the bar policy quarantined, dated inside [start, end], in the columns of
+    ``quality.DEFECT_COLUMNS`` (symbol, rule, date, value, detail).
+
+    All of them, not one per symbol: the walk-forward windows inside [start, end] each exclude a
+    symbol only for the defects dated inside that window. Defects outside never exclude anything.
+    """
+    dates = pd.to_datetime(defects["date"])
+    inside = defects[
+        (defects["action"] == "quarantined") & (dates >= start) & (dates <= end)
+    ].sort_values(["symbol", "date", "rule"])
+    frame = pd.DataFrame(
+        {
+            "symbol": inside["symbol"].to_numpy(dtype=object),
+            "rule": inside["rule"].astype(str).to_numpy(dtype=object),
+            "date": pd.to_datetime(inside["date"]).to_numpy(),
+            "value": inside["value"].to_numpy(dtype=float),
+            "detail": inside["detail"].astype(str).to_numpy(dtype=object),
+        },
+        columns=list(quality.DEFECT_COLUMNS),
+    )
+    frame["date"] = frame["date"].astype("datetime64[ns]")
+    return frame.reset_index(drop=True)
+
+
+def defect_summary(defects: pd.DataFrame) -> pd.DataFrame:
+    """Counts per rule and action (columns repaired, dropped, quarantined), with symbols."""
+    if defects.empty:
+        return pd.DataFrame(columns=["rule", "repaired", "dropped", "quarantined", "symbols"])
+    counts = defects.pivot_table(
+        index="rule", columns="action", values="symbol", aggfunc="size", fill_value=0
+    )
+    for action in RECORDED.values():
+        if action not in counts.columns:
+            counts[action] = 0
+    symbols = defects.groupby("rule")["symbol"].nunique().rename("symbols")
+    return (
+        counts[list(RECORDED.values())]
+        .join(symbols)
+        .reset_index()
+        .rename_axis(None, axis=1)
+        .sort_values("rule", ignore_index=True)
+    )
+
+
+def revisions_between(
+    revisions: pd.DataFrame, *, start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
+    """Revisions of bars dated inside [start, end] (a run's window)."""
+    return revisions[(revisions["date"] >= start) & (revisions["date"] <= end)].reset_index(
+        drop=True
+    )
+
+
+def last_complete_session(now: pd.Timestamp) -> pd.Timestamp:
+    """The newest session date whose bars are final: yesterday in UTC (see ``UNFINISHED``)."""
+    return _utc_day(now) - pd.Timedelta(days=1)
+
+
+def _utc_naive(moment: pd.Timestamp) -> pd.Timestamp:
+    moment = pd.Timestamp(moment)
+    return moment.tz_convert("UTC").tz_localize(None) if moment.tzinfo else moment
+
+
+def _utc_day(moment: pd.Timestamp) -> pd.Timestamp:
+    return _utc_naive(moment).normalize()

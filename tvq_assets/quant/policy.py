@@ -433,12 +433,16 @@ class Tournament:
         as_of: pd.Timestamp | None = None,
     ) -> pd.Series:
         """Target weights of policy ``scorer/profile`` on one window; cash (empty) when the
-        universe is too small or nothing is selected."""
+        universe is too small, nothing is selected, or the cap is infeasible for the winners
+        under ``infeasible_cap: fail`` (the production run of that day would have stopped)."""
         alpha = self.alpha_of(train, as_of=as_of)
         if alpha.too_small or alpha.selections[scorer].winners.empty:
             return pd.Series(dtype=float)
         winners = alpha.selections[scorer].winners
-        return allocate(profile, winners, train, self.settings, previous=previous).weights
+        try:
+            return allocate(profile, winners, train, self.settings, previous=previous).weights
+        except optimise.InfeasibleCap:
+            return pd.Series(dtype=float)
 
     def _policy(
         self, scorer: str, profile: str

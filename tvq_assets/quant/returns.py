@@ -16,6 +16,11 @@ EXCLUSION_COLUMNS = ("symbol", "rule", "date", "value", "detail", "reason")
 # Why a symbol left the universe: the eligibility rules (stale, lagging, short history), a return
 # defect under the `quarantine` policy, or a bar defect the bar policy quarantined.
 REASONS = ("ineligible", "quarantine", "bar_defect")
+# Weekday sleeves mix venues with different holidays: a symbol without a bar on a date the sleeve
+# traded takes its last close (a zero return that day, the move lands on its next bar) when the
+# silence lasts at most this many sleeve dates inside its life (a week covers every exchange
+# holiday run, e.g. 2001-09-11..14); a longer silence stays missing: a gap, or stale.
+HOLIDAY_CARRY = 5
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,9 @@ def calendar_grid(
     """The last ``rows`` dates of the sleeve's calendar up to ``end``.
 
     ``crypto`` is every calendar day. ``weekday`` is the Monday–Friday dates on which the sleeve
-    traded at all (so exchange holidays are not invented as gaps; weekend rows never enter).
+    traded at all (so exchange holidays are not invented as gaps; weekend rows never enter). On
+    a mixed-venue weekday sleeve a holiday of one venue is still a grid date: ``_wide_on_grid``
+    carries that venue's last close across it (``HOLIDAY_CARRY``).
     """
     if calendar == "crypto":
         return pd.date_range(end=end, periods=rows, freq="D", name="date")
@@ -89,7 +96,9 @@ def returns_history(
     grid = calendar_grid(
         pd.DatetimeIndex(known["date"].unique()), calendar=calendar, end=end, rows=rows + 1
     )
-    close, volume, last_bar = _wide_on_grid(known, grid)
+    close, volume, last_bar = _wide_on_grid(
+        known, grid, carry=HOLIDAY_CARRY if calendar == "weekday" else 0
+    )
     returns = close.pct_change(fill_method=None).iloc[1:]
     dollar_volume = (close * volume).iloc[1:]
     return History(returns, dollar_volume, last_bar)
@@ -210,10 +219,14 @@ def returns_window(
 
 
 def _wide_on_grid(
-    known: pd.DataFrame, grid: pd.DatetimeIndex
+    known: pd.DataFrame, grid: pd.DatetimeIndex, *, carry: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """Close and volume (grid × symbols with a bar on the grid, sorted), and every symbol's last
     bar date (Series indexed by the sorted symbols of ``known``).
+
+    With ``carry`` > 0, a run of at most ``carry`` grid dates without a bar between two bars of
+    a symbol takes the last close before it (volume stays NaN: nothing traded); longer runs and
+    the dates before the first or after the last bar on the grid stay NaN.
 
     Equivalent to pivoting the rows dated on the grid and reindexing to it, without pandas'
     reshape machinery: symbols are factorised once and the values scattered into place. A
@@ -244,7 +257,29 @@ def _wide_on_grid(
 
     close = wide(known["close"].to_numpy(dtype=np.float64))
     volume = wide(known["volume"].to_numpy(dtype=np.float64))
+    if carry > 0:
+        close = pd.DataFrame(
+            _carry_short_gaps(close.to_numpy(), carry), index=close.index, columns=close.columns
+        )
     return close, volume, last_bar
+
+
+def _carry_short_gaps(values: np.ndarray, carry: int) -> np.ndarray:
+    """Fill each interior NaN run of at most ``carry`` rows with the value before it."""
+    rows = np.arange(len(values))[:, None]
+    observed = ~np.isnan(values)
+    previous = np.maximum.accumulate(np.where(observed, rows, -1), axis=0)
+    following = np.minimum.accumulate(np.where(observed, rows, len(values))[::-1], axis=0)[::-1]
+    fill = (
+        ~observed
+        & (previous >= 0)
+        & (following < len(values))
+        & (following - previous - 1 <= carry)
+    )
+    out = values.copy()
+    fill_rows, fill_cols = np.nonzero(fill)
+    out[fill_rows, fill_cols] = values[previous[fill_rows, fill_cols], fill_cols]
+    return out
 
 
 def exclusions(rows: "list[tuple] | pd.DataFrame") -> pd.DataFrame:

@@ -1,0 +1,192 @@
+"""The shipped real-data folders as sleeve sources, and the per-rule defect table of each.
+
+Run ``python -m tests.real.folders`` to print, for every folder, how many bars each rule
+repaired, dropped or quarantined under the default bar policy (and the files that could not be
+read). The folders live in ``../shared/data/real`` beside the repository (never edited).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tvq_assets.catalog import CALENDAR_DEFAULTS, Policy
+from tvq_assets.quant import bars as bar_lake
+from tvq_assets.quant import returns as returns_engine
+from tvq_checks import contracts
+from tvq_resources.market_data import MarketData, SourceConfig
+
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    pattern: str
+    calendar: str
+    as_of: str  # a recent as-of date inside the folder's data (its last complete session)
+
+
+FOLDERS = (
+    Folder("crypto_binance_klines_yodumini", "{symbol}.csv", "crypto", "2022-09-25"),
+    Folder("crypto_binance_perp_gravestone", "{symbol}.csv", "crypto", "2026-03-19"),
+    Folder("crypto_binance_spot_soneyjohnt", "{symbol}_1d.csv", "crypto", "2022-06-04"),
+    Folder("crypto_bybit_perp_zxckotee", "{symbol}_1d.csv", "crypto", "2025-10-21"),
+    Folder("crypto_cryptodatadownload_ziggerzz", "Binance_{symbol}_d.csv", "crypto", "2022-04-08"),
+    Folder(
+        "crypto_lakehouse_tradingview_scraper",
+        "{exchange}_{symbol}_1d.parquet",
+        "crypto",
+        "2025-12-19",
+    ),
+    Folder("crypto_tradingview_uzanbtc", "{exchange}_{symbol}, 1D.csv", "crypto", "2023-01-27"),
+    Folder("tradfi_skfolio", "{symbol}.csv.gz", "weekday", "2022-12-28"),
+    Folder("tradfi_tradingview_uzanbtc", "{exchange}_{symbol}, 1D.csv", "weekday", "2023-01-27"),
+    Folder("tradfi_yahoo_moex_zenoftrading", "{symbol}.csv", "weekday", "2021-09-29"),
+    Folder("tradfi_yfinance_testdata", "{symbol}.csv", "weekday", "2024-08-21"),
+)
+BY_NAME = {folder.name: folder for folder in FOLDERS}
+
+
+def source(folder: Folder, **options) -> SourceConfig:
+    return SourceConfig(
+        kind="parquet" if folder.pattern.endswith(".parquet") else "csv",
+        path=str(REAL / folder.name),
+        pattern=folder.pattern,
+        calendar=folder.calendar,
+        **options,
+    )
+
+
+def cleaned(folder: Folder, *, now: pd.Timestamp | None = None):
+    """(delivery, cleaned bars) of a folder under the default bar policy."""
+    batch = MarketData(sources={"real": source(folder)}).fetch("real")
+    result = bar_lake.clean(
+        batch.bars,
+        calendar=folder.calendar,
+        policy=bar_lake.BarPolicy(),
+        now=now or pd.Timestamp.now(tz="UTC"),
+        superseded=batch.superseded,
+    )
+    return batch, result
+
+
+def blocking(folder: Folder, bars: pd.DataFrame) -> pd.DataFrame:
+    """Returns-contract violations in the default window at the folder's as-of date: what stops
+    a `fail` sleeve (a `quarantine` sleeve excludes these symbols instead)."""
+    policy = Policy(**CALENDAR_DEFAULTS[folder.calendar])
+    window = returns_engine.returns_window(
+        bars,
+        as_of=pd.Timestamp(folder.as_of),
+        lookback=policy.lookback,
+        calendar=folder.calendar,
+        stale_days=policy.stale_days,
+        min_history=policy.min_history,
+    )
+    return contracts.returns_violations(window.returns, toxic_threshold=policy.toxic_threshold)
+
+
+def defect_table() -> pd.DataFrame:
+    """One row per (folder, rule): bars repaired, dropped, quarantined; files unreadable; and
+    the returns-contract violations inside the window at the folder's as-of date (blocking)."""
+    rows = []
+    for folder in FOLDERS:
+        batch, result = cleaned(folder)
+        stops = blocking(folder, result.bars)
+        for rule, group in stops.groupby("rule"):
+            rows.append(
+                {
+                    "folder": folder.name,
+                    "rule": f"returns:{rule}",
+                    "blocking": len(group),
+                    "symbols": group["symbol"].nunique(),
+                    "detail": "; ".join(group["message"].head(2)),
+                }
+            )
+        summary = bar_lake.defect_summary(result.defects)
+        for record in summary.to_dict("records"):
+            rows.append({"folder": folder.name, **record})
+        if batch.errors:
+            rows.append(
+                {
+                    "folder": folder.name,
+                    "rule": "unreadable_file",
+                    "repaired": 0,
+                    "dropped": len(batch.errors),
+                    "quarantined": 0,
+                    "symbols": len(batch.errors),
+                }
+            )
+        if summary.empty and not batch.errors and stops.empty:
+            rows.append({"folder": folder.name, "rule": "(none)"})
+    table = pd.DataFrame(rows)
+    counts = ["repaired", "dropped", "quarantined", "blocking", "symbols"]
+    table[counts] = table[counts].fillna(0).astype(int)
+    table["detail"] = table["detail"].fillna("")
+    columns = ["folder", "rule", *counts, "detail"]
+    return table[columns].sort_values(["folder", "rule"], ignore_index=True)
+
+
+def run_folder(folder: Folder, lake_root: str) -> str:
+    """Materialise bars, then returns .. backtest at the folder's as-of date, as a `quarantine`
+    sleeve allowing 3 to 10 winners; the outcome: the champion, or the failing step's error."""
+    import dataclasses
+
+    import dagster as dg
+
+    from tests.conftest import resources_for
+    from tvq_assets import allocation, alpha, data
+    from tvq_assets.partitions import catalog
+
+    assets = [
+        data.bars,
+        data.returns,
+        alpha.features,
+        alpha.inference,
+        alpha.clusters,
+        alpha.selection,
+        allocation.weights,
+        allocation.backtest,
+    ]
+    name = "crypto" if folder.calendar == "crypto" else "tradfi"
+    entry = catalog.sleeves[name]
+    policy = dataclasses.replace(entry.policy, min_winners=3, max_winners=10)
+    catalog.sleeves[name] = dataclasses.replace(entry, toxic_policy="quarantine", policy=policy)
+    try:
+        resources = resources_for(lake_root, **{name: source(folder)})
+        with dg.DagsterInstance.ephemeral() as instance:
+            dg.materialize([data.bars], partition_key=name, resources=resources, instance=instance)
+            result = dg.materialize(
+                assets,
+                partition_key=f"{folder.as_of}|{name}",
+                selection=[asset.key for asset in assets[1:]],
+                resources=resources,
+                instance=instance,
+                raise_on_error=False,
+            )
+            if not result.success:
+                [failure] = [e for e in result.all_events if e.is_step_failure]
+                error = failure.step_failure_data.error.message.strip().splitlines()[0]
+                return f"FAILED at {failure.step_key}: {error[:160]}"
+        from tvq_resources.lake import ParquetLake
+
+        bundle = ParquetLake(root=lake_root).read(["backtest"], f"{folder.as_of}|{name}")
+        sharpe = bundle.metrics.loc[bundle.champion, "sharpe"]
+        return f"champion {bundle.champion} (sharpe {sharpe:.2f})"
+    finally:
+        catalog.sleeves[name] = entry
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    pd.set_option("display.width", 200)
+    table = defect_table()
+    table["detail"] = table["detail"].str.slice(0, 90)
+    print(table.to_string(index=False))
+    if "--run" in sys.argv:
+        for folder in FOLDERS:
+            if folder.name != "tradfi_skfolio":
+                with tempfile.TemporaryDirectory() as lake:
+                    print(f"{folder.name} @ {folder.as_of}: {run_folder(folder, lake)}", flush=True)

@@ -8,7 +8,6 @@ error. Tests that start processes or a daemon are marked slow.
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from tests.conftest import resources_for, stop
 from tvq_assets import data
 from tvq_resources import synthetic
-from tvq_resources.lake import LakeReadError, ParquetLake
+from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import SourceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +84,193 @@ def test_two_concurrent_refreshes_of_one_sleeve_keep_every_row(tmp_path, lake_ro
     stored = ParquetLake(root=lake_root).read(["bars"], "crypto")
     assert stored["symbol"].nunique() == 16
     assert len(stored) == added  # every row a run reported adding is in the lake
+
+
+# 3. Killed runs stay STARTED forever; 1. the per-sleeve queue limit never applied to refresh_bars.
+
+SMALL_CATALOG = """
+first_run: "2026-06-01"
+sleeves:
+  crypto:
+    source:
+      {kind: synthetic, seed: 7, symbols: 12, clusters: 3, start: "2025-06-01", end: "2026-06-30"}
+"""
+
+
+def _wait(instance, run_id: str, done, *, seconds: float = 240) -> dg.DagsterRun:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if done(run):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} is still {run.status} after {seconds} s")
+
+
+@pytest.mark.slow
+def test_killed_runs_are_marked_failed_free_the_sleeves_slot_and_are_retried(tmp_path, monkeypatch):
+    from tvq_resources.run_launcher import run_worker_pid
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    catalog = tmp_path / "sleeves.yaml"
+    catalog.write_text(SMALL_CATALOG)
+    lake = tmp_path / "lake"
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "TVQ_SLEEVES": str(catalog),
+        "TVQ_LAKE": str(lake),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    tags = ["--tags", '{"dagster/partition": "crypto"}']
+    dagster = [str(BIN / "dagster"), "job"]
+    # The test holds the sleeve's lake lock, so a started refresh waits inside its bars step:
+    # a run that stays STARTED for as long as the test needs.
+    held = ParquetLake(root=str(lake)).writer(["bars"], "crypto")
+    held.__enter__()
+    daemon = None
+    try:
+        with dg.DagsterInstance.get() as instance:
+            # A run executed by a CLI process (as `tvq production` does), killed: no code server
+            # watches it, so only run monitoring can tell it is dead.
+            cli_run = subprocess.Popen(
+                [*dagster, "execute", "-m", "tvq_assets.definitions", "-j", "refresh_bars", *tags],
+                env=environment,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            orphan = _wait_for_runs(instance, 1)[0].run_id
+            _wait(instance, orphan, lambda r: r.status == dg.DagsterRunStatus.STARTED)
+            assert run_worker_pid(instance, orphan) == cli_run.pid
+            cli_run.kill()
+            cli_run.wait()
+            # Two refreshes of the sleeve through the queue, as the UI or the schedule submit them.
+            launch = [*dagster, "launch", "-w", "workspace.yaml", "-j", "refresh_bars", *tags]
+            for _ in range(2):
+                subprocess.run(launch, env=environment, cwd=ROOT, check=True)
+            second, first = (r.run_id for r in instance.get_runs()[:2])  # newest first
+            daemon = subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                env=environment,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            failed = _wait(instance, orphan, lambda r: r.is_finished)
+            assert failed.status == dg.DagsterRunStatus.FAILURE
+            [failure] = instance.all_logs(orphan, of_type=dg.DagsterEventType.RUN_FAILURE)
+            assert f"the run worker (pid {cli_run.pid}) is gone" in failure.dagster_event.message
+            # The dead run held the sleeve's slot; now the first queued refresh starts, the
+            # second waits behind it (one run per sleeve).
+            started = _wait(instance, first, lambda r: r.status == dg.DagsterRunStatus.STARTED)
+            assert started.tags["dagster/partition"] == "crypto"
+            time.sleep(10)  # several dequeue passes
+            assert instance.get_run_by_id(second).status == dg.DagsterRunStatus.QUEUED
+            os.kill(run_worker_pid(instance, first), 9)  # a launched run's worker, killed
+            assert _wait(instance, first, lambda r: r.is_finished).status == (
+                dg.DagsterRunStatus.FAILURE
+            )
+            _wait(instance, second, lambda r: r.status == dg.DagsterRunStatus.STARTED)
+            held.__exit__(None, None, None)
+            assert _wait(instance, second, lambda r: r.is_finished).is_success
+            retry = _wait_for_retry(instance, first)
+            assert _wait(instance, retry.run_id, lambda r: r.is_finished).is_success
+    finally:
+        held.__exit__(None, None, None)
+        if daemon is not None:
+            stop(daemon)
+    assert ParquetLake(root=str(lake)).read(["bars"], "crypto")["symbol"].nunique() == 12
+
+
+def _wait_for_runs(instance, count: int, seconds: float = 120) -> list[dg.DagsterRun]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        runs = instance.get_runs()
+        if len(runs) >= count:
+            return runs
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} runs after {seconds} s")
+
+
+def _wait_for_retry(instance, run_id: str, seconds: float = 120) -> dg.DagsterRun:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        retries = [r for r in instance.get_runs() if r.tags.get("dagster/parent_run_id") == run_id]
+        if retries:
+            return retries[0]
+        time.sleep(1)
+    raise AssertionError(f"no retry of {run_id} within {seconds} s")
+
+
+# 6. A corrupt lake file: named, set aside, recomputed; `tvq demo` never shows stale values.
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture
+def cli_home(tmp_path, monkeypatch) -> Path:
+    """A throwaway DAGSTER_HOME (the committed dagster.yaml) and lake for in-process CLI calls."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TVQ_LAKE", str(tmp_path / "lake"))
+    return tmp_path / "lake"
+
+
+def test_lake_verify_names_a_truncated_file_and_quarantine_sets_it_aside(cli_home, capsys):
+    from tvq_assets import cli
+
+    lake = ParquetLake(root=str(cli_home))
+    path = lake.write(["bars"], "tradfi", _bars())
+    lake.write(["bars"], "crypto", _bars())
+    _truncate(path)
+    damaged_size = path.stat().st_size
+    (path.parent / ".crypto.parquet.killed.tmp").write_bytes(b"PAR1" * 1000)
+    assert cli.main(["lake", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged  bars[tradfi]: {path}" in out and "tvq lake quarantine bars tradfi" in out
+    assert "leftover bars[crypto]" in out and "1 leftover(s)" in out
+    assert cli.main(["lake", "clean"]) == 0
+    assert "removed 1 leftover(s)" in capsys.readouterr().out
+    assert cli.main(["lake", "quarantine", "bars", "tradfi", "--no-recompute"]) == 0
+    assert "moved to" in capsys.readouterr().out
+    assert cli.main(["lake", "verify"]) == 0
+    [kept] = (cli_home / ".corrupt" / "bars").glob("tradfi.*/tradfi.parquet")
+    assert kept.stat().st_size == damaged_size  # kept as it was, not deleted
+
+
+def _bars() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"symbol": ["AAA"] * 3, "date": pd.date_range("2026-06-01", periods=3), "close": 1.0}
+    )
+
+
+@pytest.mark.slow
+def test_a_corrupt_bar_lake_is_named_recomputed_by_one_command_and_never_shown_as_today(
+    cli_home, capsys
+):
+    from tvq_assets import cli
+
+    demo = ["demo", "--sleeve", "tradfi", "--as-of", "2026-06-30"]
+    assert cli.main(demo) == 0
+    assert "champion's portfolio today" in capsys.readouterr().out
+    path = cli_home / "bars" / "tradfi.parquet"
+    _truncate(path)
+    assert cli.main(demo) == 1
+    out = capsys.readouterr().out
+    assert "FAILED:  bars: " in out and f"bars[tradfi]: cannot read {path}" in out
+    assert "portfolio today" not in out and "bars: not produced by this run" in out
+    assert cli.main(["lake", "quarantine", "bars", "tradfi"]) == 0
+    assert "recomputed bars[tradfi]: success" in capsys.readouterr().out
+    assert cli.main(["lake", "verify"]) == 0
+    assert cli.main(demo) == 0
+    assert "champion's portfolio today" in capsys.readouterr().out

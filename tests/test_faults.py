@@ -7,9 +7,12 @@ error. Tests that start processes or a daemon are marked slow.
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -274,3 +277,63 @@ def test_a_corrupt_bar_lake_is_named_recomputed_by_one_command_and_never_shown_a
     assert cli.main(["lake", "verify"]) == 0
     assert cli.main(demo) == 0
     assert "champion's portfolio today" in capsys.readouterr().out
+
+
+# 9a. `make dev` did not stop on SIGINT/SIGTERM.
+
+
+def _processes_with(home: Path) -> list[int]:
+    """Pids of processes whose environment names this DAGSTER_HOME."""
+    found = []
+    marker = f"DAGSTER_HOME={home}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["term", "ctrl-c"]
+)
+def test_make_dev_stops_with_everything_it_started(tmp_path, sig, to_group):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    make = subprocess.Popen(
+        ["make", "dev", f"DAGSTER_HOME={home}", f"PORT={port}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        else:
+            raise AssertionError("make dev did not serve within 4 minutes")
+        assert _processes_with(home)
+        if to_group:
+            os.killpg(make.pid, sig)  # what Ctrl-C in the terminal does
+        else:
+            make.send_signal(sig)  # `kill PID` of make alone
+        make.wait(timeout=90)
+        time.sleep(2)
+        assert _processes_with(home) == []
+    finally:
+        for pid in _processes_with(home):
+            os.kill(pid, signal.SIGKILL)
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)

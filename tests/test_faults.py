@@ -5,6 +5,7 @@ broken catalog, a damaged or half-written lake file) and asserts the preserved d
 error. Tests that start processes or a daemon are marked slow.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -337,3 +338,88 @@ def test_make_dev_stops_with_everything_it_started(tmp_path, sig, to_group):
             os.kill(pid, signal.SIGKILL)
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
+
+
+# 5. The catalog was not validated when it loaded.
+
+BROKEN_CATALOGS = {
+    "cap_not_a_number": (
+        "sleeves:\n  crypto:\n    policy: {cap: abc}\n",
+        "sleeve 'crypto': policy.cap = 'abc': expected a number",
+    ),
+    "lookback_zero": (
+        "sleeves:\n  crypto:\n    policy: {lookback: 0}\n",
+        "sleeve 'crypto': policy.lookback = 0: breaks the rule value >= 2",
+    ),
+    "negative_cap": (
+        "sleeves:\n  crypto:\n    policy: {cap: -0.5}\n",
+        "sleeve 'crypto': policy.cap = -0.5: breaks the rule value > 0 and value <= 1",
+    ),
+    "source_typo": (
+        "sleeves:\n  crypto:\n    source: {kind: csv, path: /data, patern: '{symbol}.csv'}\n",
+        "sleeve 'crypto': unknown source key 'patern' for a csv source (did you mean 'pattern'?)",
+    ),
+    "bad_first_run": (
+        "first_run: 2025-02-30\nsleeves:\n  crypto: {}\n",
+        "first_run = '2025-02-30': not a date (rule: an ISO date, YYYY-MM-DD)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_CATALOGS)
+def test_a_broken_catalog_is_refused_naming_file_sleeve_field_value_and_rule(tmp_path, name):
+    from tvq_assets.catalog import CatalogError, load_catalog
+
+    text, message = BROKEN_CATALOGS[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError) as error:
+        load_catalog(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.slow
+def test_dg_check_defs_fails_on_a_broken_catalog_with_the_reason(tmp_path):
+    path = tmp_path / "sleeves.yaml"
+    path.write_text(BROKEN_CATALOGS["source_typo"][0])
+    checked = subprocess.run(
+        [str(BIN / "dg"), "check", "defs"],
+        cwd=ROOT,
+        env={**os.environ, "TVQ_SLEEVES": str(path)},
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode != 0
+    assert f"{path}: {BROKEN_CATALOGS['source_typo'][1]}" in checked.stdout + checked.stderr
+
+
+# 7. kill -9 during writes left temporary files and orphan tables that nothing removed.
+
+
+def _write_forever(root: str) -> None:
+    lake = ParquetLake(root=root)
+    frame = pd.DataFrame({"x": range(200_000)}, dtype="float64")
+    while True:
+        lake.write(["backtest"], "2026-06-30|crypto", {"a": frame, "b": frame, "c": frame})
+
+
+def test_values_survive_kill_9_mid_write_and_clean_removes_every_leftover(tmp_path):
+    import multiprocessing
+    import random
+
+    root = str(tmp_path)
+    lake = ParquetLake(root=root)
+    lake.write(["backtest"], "2026-06-30|crypto", {"a": pd.DataFrame({"x": [1.0]})})
+    rng = random.Random(7)
+    for _ in range(6):
+        writer = multiprocessing.get_context("fork").Process(target=_write_forever, args=(root,))
+        writer.start()
+        time.sleep(rng.uniform(0.3, 1.5))
+        writer.kill()
+        writer.join()
+        assert set(lake.read(["backtest"], "2026-06-30|crypto")) <= {"a", "b", "c"}
+    lake.clean()
+    assert lake.verify() == []
+    folder = tmp_path / "backtest" / "crypto" / "2026-06-30"
+    names = json.loads((folder / "manifest.json").read_text())["tables"].values()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, "manifest.json"])

@@ -415,6 +415,17 @@ def _range_problem(value: Any, limits: Mapping[str, float]) -> str:
     )
 
 
+class _CatalogLoader(yaml.SafeLoader):
+    """Safe YAML that keeps unquoted dates as text, so a bad date (``2025-02-30``) is reported by
+    the catalog's own validation, naming its field, instead of failing inside the YAML parser."""
+
+
+_CatalogLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def catalog_path() -> Path:
     return Path(os.environ.get("TVQ_SLEEVES") or DEFAULT_CATALOG)
 
@@ -423,7 +434,7 @@ def catalog_path() -> Path:
 def load_catalog(path: Path | None = None) -> Catalog:
     path = path or catalog_path()
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=_CatalogLoader)  # a SafeLoader
     except OSError as error:
         raise CatalogError(f"{path}: cannot read the sleeve catalog ({error})") from error
     except yaml.YAMLError as error:

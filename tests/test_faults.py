@@ -423,3 +423,15 @@ def test_values_survive_kill_9_mid_write_and_clean_removes_every_leftover(tmp_pa
     folder = tmp_path / "backtest" / "crypto" / "2026-06-30"
     names = json.loads((folder / "manifest.json").read_text())["tables"].values()
     assert sorted(p.name for p in folder.iterdir()) == sorted([*names, "manifest.json"])
+
+
+def test_the_run_worker_health_check_sees_a_killed_process_even_before_it_is_reaped():
+    from tvq_resources.run_launcher import process_alive
+
+    child = subprocess.Popen(["sleep", "60"])
+    assert process_alive(child.pid)
+    child.kill()
+    time.sleep(0.5)  # dead but not reaped: a zombie still answers kill(pid, 0)
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)

@@ -435,3 +435,48 @@ def test_the_run_worker_health_check_sees_a_killed_process_even_before_it_is_rea
     assert not process_alive(child.pid)
     child.wait()
     assert not process_alive(child.pid)
+
+
+def test_every_refresh_run_carries_the_tag_the_queue_limits_to_one_per_sleeve(instance):
+    import datetime
+
+    import yaml
+
+    from tvq_assets.definitions import defs
+    from tvq_assets.jobs import daily_schedule
+
+    job = defs.resolve_job_def("refresh_bars")
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime.datetime(2026, 11, 27, 0, 15)
+    )
+    scheduled = [
+        request.with_resolved_tags_and_config(job, [], instance).tags
+        for request in daily_schedule(context)
+    ]
+    assert [tags["dagster/partition"] for tags in scheduled] == ["crypto", "tradfi"]
+    # A refresh from the UI or `tvq demo` is a run of the job for a partition key.
+    assert job.partitions_def.get_tags_for_partition_key("crypto") == {
+        "dagster/partition": "crypto"
+    }
+    config = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
+    limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert {
+        "key": "dagster/partition",
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 1,
+    } in limits
+
+
+def test_the_committed_instance_monitors_runs_and_retries_only_crashed_ones(tmp_path, monkeypatch):
+    from tvq_resources.run_launcher import MonitoredRunLauncher
+
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.run_launcher, MonitoredRunLauncher)
+        assert instance.run_monitoring_enabled
+        assert 0 < instance.run_monitoring_start_timeout_seconds <= 600
+        assert 0 < instance.run_monitoring_cancel_timeout_seconds <= 600
+        assert instance.run_monitoring_max_resume_run_attempts == 0  # cannot resume in place
+        assert instance.run_retries_max_retries == 1
+        assert not instance.run_retries_retry_on_asset_or_op_failure

@@ -83,8 +83,15 @@ def exclusive(lock: Path, *, what: str, timeout: float) -> Iterator[None]:
             with _held_guard:
                 entry[1] -= 1
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"{what}: cannot create the writer lock {lock} ({error.strerror}); "
+            "is the lake read-only?",
+        ) from error
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -419,3 +419,20 @@ def test_quarantine_moves_a_damaged_value_aside_and_the_next_write_recomputes_it
     pd.testing.assert_frame_equal(lake.read(["bars"], "crypto"), bars_frame())
     with pytest.raises(FileNotFoundError, match=r"bars\[tradfi\]: nothing stored"):
         lake.quarantine(["bars"], "tradfi")
+
+
+def test_a_read_only_lake_refuses_a_write_naming_the_value_and_the_lock(tmp_path):
+    import os
+
+    lake = ParquetLake(root=str(tmp_path))
+    lake.write(["bars"], "crypto", bars_frame())
+    (tmp_path / "bars" / ".crypto.lock").unlink()
+    os.chmod(tmp_path / "bars", 0o555)
+    try:
+        if os.access(tmp_path / "bars", os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        with pytest.raises(OSError, match=r"bars\[crypto\]: cannot create the writer lock"):
+            lake.write(["bars"], "crypto", bars_frame())
+        pd.testing.assert_frame_equal(lake.read(["bars"], "crypto"), bars_frame())
+    finally:
+        os.chmod(tmp_path / "bars", 0o755)

@@ -37,7 +37,7 @@ dev: $(STAMP)
 	stop() { \
 	  kill -INT -- -$$server 2>/dev/null; \
 	  ( sleep $(DEV_GRACE); kill -KILL -- -$$server 2>/dev/null ) & watchdog=$$!; \
-	  wait $$server; kill $$watchdog 2>/dev/null; exit 0; \
+	  wait $$server; kill -- -$$watchdog 2>/dev/null; exit 0; \
 	}; \
 	trap stop INT TERM; \
 	wait $$server

@@ -297,6 +297,13 @@ def _processes_with(home: Path) -> list[int]:
     return found
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "?"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["term", "ctrl-c"]
@@ -332,7 +339,8 @@ def test_make_dev_stops_with_everything_it_started(tmp_path, sig, to_group):
             make.send_signal(sig)  # `kill PID` of make alone
         make.wait(timeout=90)
         time.sleep(2)
-        assert _processes_with(home) == []
+        left = {pid: _command(pid) for pid in _processes_with(home)}
+        assert left == {}
     finally:
         for pid in _processes_with(home):
             os.kill(pid, signal.SIGKILL)

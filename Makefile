@@ -28,8 +28,19 @@ demo: $(STAMP)
 	$(PY) -m tvq_assets.cli demo
 
 ## dev: the Dagster UI (asset graph, partitions, checks) and daemon on http://$(HOST):$(PORT)
+## Stop it with Ctrl-C, or SIGINT/SIGTERM to make: the server's whole process group (webserver,
+## daemon, code servers, runs) gets SIGINT, and SIGKILL if it has not stopped after DEV_GRACE s.
+DEV_GRACE ?= 30
 dev: $(STAMP)
-	cd $(ROOT) && $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	@cd $(ROOT); set -m; \
+	$(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT) & server=$$!; \
+	stop() { \
+	  kill -INT -- -$$server 2>/dev/null; \
+	  ( sleep $(DEV_GRACE); kill -KILL -- -$$server 2>/dev/null ) & watchdog=$$!; \
+	  wait $$server; kill -- -$$watchdog 2>/dev/null; exit 0; \
+	}; \
+	trap stop INT TERM; \
+	wait $$server
 
 ## test: the fast suite (what to run often)
 test: $(STAMP)

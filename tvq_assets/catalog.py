@@ -2,16 +2,24 @@
 
 The catalog is a small YAML file (``tvq_assets/sleeves.yaml`` by default, or the file named by
 ``TVQ_SLEEVES``). It defines the static ``sleeve`` partition dimension, so it is read when the code
-location loads; a broken catalog fails the load with a message naming the sleeve and the field.
+location loads, and it is validated then as a whole: every key is known (a typo gets a "did you
+mean"), every value has its field's type and range, and the rules between fields hold. A broken
+catalog fails the load (and ``dg check defs``) with one message per problem naming the file, the
+sleeve, the field, the value and the rule, instead of failing assets later.
 """
 
 import dataclasses
+import datetime
+import difflib
+import math
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import yaml
@@ -23,6 +31,28 @@ DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
 CALENDARS = {"crypto": 365, "weekday": 252}
 TOXIC_POLICIES = ("fail", "quarantine")
 SOURCE_KINDS = ("synthetic", "csv", "parquet")
+# Source keys that only make sense for one kind; every other field of `SourceConfig` applies to
+# every kind (so a key added there is accepted, and type-checked, without a change here).
+KIND_ONLY_SOURCE_KEYS: Mapping[str, frozenset[str]] = {
+    "synthetic": frozenset({"seed", "symbols", "clusters", "start", "end", "faults"}),
+    "csv": frozenset({"path", "pattern"}),
+    "parquet": frozenset({"path", "pattern"}),
+}
+SLEEVE_KEYS = ("source", "calendar", "periods_per_year", "toxic_policy", "policy")
+TOP_LEVEL_KEYS = ("first_run", "sleeves")
+DEFAULT_FIRST_RUN = "2025-01-01"
+
+
+def bounded(default: Any, **limits: float) -> Any:
+    """A Policy field's default plus its allowed range (``ge``, ``gt``, ``le``, ``lt``).
+
+    For a tuple field the range applies to each element; ``None`` is allowed only when the
+    annotation allows it.
+    """
+    unknown = set(limits) - {"ge", "gt", "le", "lt"}
+    if unknown:
+        raise TypeError(f"unknown range limits {sorted(unknown)}")
+    return field(default=default, metadata={"range": limits})
 
 
 @dataclass(frozen=True)
@@ -30,56 +60,60 @@ class Policy:
     """Every tunable of one sleeve, with the defaults of the domain specification.
 
     Units: bars are rows of the sleeve's calendar; returns are simple returns; volatilities are
-    annualised fractions (2.5 = 250%); costs are in basis points of traded notional.
+    annualised fractions (2.5 = 250%); costs are in basis points of traded notional. Each field's
+    type is its annotation and its allowed range is declared with :func:`bounded`; the catalog
+    checks both (and :data:`CROSS_FIELD_RULES`) when it loads, so a new field needs no extra code.
     """
 
     # returns (L0/L1)
-    lookback: int = 500  # bars in the returns window ending at the as-of date
-    toxic_threshold: float = 5.0  # a daily simple return above this (+500%) is toxic
-    stale_days: int = 5  # no bar within this many calendar days of the as-of date: dropped
-    min_history: int = 90  # fewer returns inside the window: ineligible
+    lookback: int = bounded(500, ge=2)  # bars in the returns window ending at the as-of date
+    toxic_threshold: float = bounded(5.0, gt=0)  # a daily simple return above this is toxic
+    stale_days: int = bounded(5, ge=0)  # no bar within this many calendar days: dropped
+    min_history: int = bounded(90, ge=1)  # fewer returns inside the window: ineligible
     # bar quality (WARN rules)
-    volume_spike_sigma: float = 10.0  # last bar's volume z-score above this is a spike
-    volume_spike_window: int = 21  # trailing bars the z-score is measured over (at least)
-    stall_bars: int = 3  # this many identical last closes is a stall
-    max_zero_share: float = 0.25  # more zero-return days than this over the feature window: stall
-    min_universe: int = 4  # fewer eligible symbols fails `returns` (4: what a 25% cap can invest)
+    volume_spike_sigma: float = bounded(10.0, gt=0)  # last bar's volume z-score above: a spike
+    volume_spike_window: int = bounded(21, ge=2)  # trailing bars the z-score is measured over
+    stall_bars: int = bounded(3, ge=2)  # this many identical last closes is a stall
+    # more zero-return days than this share of the feature window: a stall
+    max_zero_share: float = bounded(0.25, gt=0, le=1)
+    # fewer eligible symbols fails `returns` (4: the fewest names a 25% cap can fully invest)
+    min_universe: int = bounded(4, ge=1)
     # bar defects (see tvq_assets/quant/bars.py): action per rule overriding DEFAULT_ACTIONS
     # (repair | drop | quarantine), and the relative OHLC miss that is always repaired
     bar_actions: Mapping[str, str] = field(default_factory=dict)
-    ohlc_tolerance: float = BarPolicy.ohlc_tolerance
+    ohlc_tolerance: float = bounded(BarPolicy.ohlc_tolerance, ge=0, lt=1)
     # features (L2)
-    feature_lookback: int = 120
-    liquidity_baseline: float = 10e6  # median daily dollar volume that counts as fully liquid
+    feature_lookback: int = bounded(120, ge=2)
+    liquidity_baseline: float = bounded(10e6, gt=0)  # median daily dollar volume, fully liquid
     # clusters and selection (L3/L4)
-    cluster_lookbacks: tuple[int, ...] = (60, 120, 200)
-    cluster_threshold: float = 0.7
-    max_clusters: int = 25
+    cluster_lookbacks: tuple[int, ...] = bounded((60, 120, 200), ge=2)  # each lookback
+    cluster_threshold: float = bounded(0.7, gt=0, le=2)  # correlation distance lies in [0, 2]
+    max_clusters: int = bounded(25, ge=1)
     # Permutation entropy (order 5) of i.i.d. noise over the 120-bar feature window averages 0.88
     # (95th percentile 0.90): 0.90 vetoes the most noise-like symbols; 0.98 would never bind.
-    max_entropy: float = 0.90
-    min_efficiency: float = 0.02
-    max_kurtosis: float = 20.0
-    max_volatility: float = 2.5
-    max_friction_ratio: float = 1.0
-    top_n: int = 2
-    min_winners: int = 15
-    max_winners: int = 25
+    max_entropy: float = bounded(0.90, gt=0, le=1)
+    min_efficiency: float = bounded(0.02, ge=0, le=1)
+    max_kurtosis: float = bounded(20.0, gt=0)
+    max_volatility: float = bounded(2.5, gt=0)
+    max_friction_ratio: float = bounded(1.0, gt=0)
+    top_n: int = bounded(2, ge=1)
+    min_winners: int = bounded(15, ge=0)
+    max_winners: int = bounded(25, ge=1)
     # allocation
-    cap: float = 0.25  # maximum weight per symbol
-    cluster_cap: float | None = None  # maximum total weight per cluster (None: no cluster cap)
-    turnover_penalty: float = 0.0  # λ of the L1 turnover term, in the profile objective's units
-    ridge: float = 0.1  # max_sharpe covariance ridge, a fraction of the average variance
+    cap: float = bounded(0.25, gt=0, le=1)  # largest weight of one symbol
+    cluster_cap: float | None = bounded(None, gt=0, le=1)  # largest weight of one cluster
+    turnover_penalty: float = bounded(0.0, ge=0)
+    ridge: float = bounded(0.1, ge=0)  # max_sharpe covariance ridge, a fraction of mean variance
     # When cap (or cluster_cap) admits no fully invested portfolio of the winners (cap < 1/n):
     # "fail" stops the run naming the configured and the minimum feasible cap; "raise" proceeds
     # with the minimum feasible cap and a WARN naming both. A risk limit never changes silently.
-    infeasible_cap: str = "fail"
+    infeasible_cap: Literal[INFEASIBLE_CAP_POLICIES] = "fail"  # type: ignore[valid-type]
     # walk-forward backtest
-    train: int = 252
-    test: int = 20
-    step: int = 20
-    slippage_bps: float = 10.0
-    commission_bps: float = 4.0
+    train: int = bounded(252, ge=2)
+    test: int = bounded(20, ge=1)
+    step: int = bounded(20, ge=1)
+    slippage_bps: float = bounded(10.0, ge=0)
+    commission_bps: float = bounded(4.0, ge=0)
 
     @property
     def bar_policy(self) -> BarPolicy:
@@ -105,6 +139,46 @@ CALENDAR_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 
 
 @dataclass(frozen=True)
+class CrossFieldRule:
+    """A rule between Policy fields: ``holds(policy)`` is False when the combination is broken."""
+
+    fields: tuple[str, ...]
+    rule: str
+    holds: Callable[["Policy"], bool]
+
+
+# Combinations that would otherwise fail (or silently do nothing) several assets later.
+CROSS_FIELD_RULES: tuple[CrossFieldRule, ...] = (
+    CrossFieldRule(
+        ("min_winners", "max_winners"),
+        "min_winners <= max_winners",
+        lambda p: p.min_winners <= p.max_winners,
+    ),
+    CrossFieldRule(
+        ("min_history", "lookback"),
+        "min_history <= lookback (otherwise no symbol can have enough history)",
+        lambda p: p.min_history <= p.lookback,
+    ),
+    CrossFieldRule(
+        ("train", "test", "lookback"),
+        "train + test <= lookback (the walk-forward needs one training and one test window "
+        "inside the returns window)",
+        lambda p: p.train + p.test <= p.lookback,
+    ),
+    CrossFieldRule(
+        ("cluster_lookbacks", "lookback"),
+        "every cluster lookback <= lookback",
+        lambda p: max(p.cluster_lookbacks) <= p.lookback,
+    ),
+    CrossFieldRule(
+        ("cluster_lookbacks",),
+        "at least one cluster lookback",
+        lambda p: len(p.cluster_lookbacks) > 0,
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Sleeve:
     name: str
     source: Mapping[str, Any]
@@ -126,69 +200,256 @@ class Catalog:
 
 
 class CatalogError(ValueError):
-    pass
+    """A catalog that cannot be used; ``problems`` lists every problem found, one line each."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def did_you_mean(name: object, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'pattern'?)`` for the closest choice, or the list of choices."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of {choices})"
 
 
 def parse_catalog(document: Mapping[str, Any], *, origin: str = "catalog") -> Catalog:
-    """Validate a catalog document (already parsed YAML) into typed sleeves."""
-    unknown = set(document) - {"first_run", "sleeves"}
-    if unknown:
-        raise CatalogError(f"{origin}: unknown top-level keys {sorted(unknown)}")
-    if not document.get("sleeves"):
-        raise CatalogError(f"{origin}: no sleeves defined")
-    sleeves = {
-        str(name): _parse_sleeve(str(name), spec or {}, origin)
-        for name, spec in document["sleeves"].items()
-    }
-    first_run = pd.Timestamp(str(document.get("first_run", "2025-01-01")))
+    """Validate a catalog document (already parsed YAML) into typed sleeves.
+
+    Every problem is collected and raised together as one :class:`CatalogError`.
+    """
+    if not isinstance(document, Mapping):
+        raise CatalogError(f"{origin}: expected a mapping with `sleeves`, got {document!r}")
+    problems = [
+        f"{origin}: unknown top-level key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}"
+        for key in document
+        if key not in TOP_LEVEL_KEYS
+    ]
+    first_run = _first_run(document.get("first_run", DEFAULT_FIRST_RUN), origin, problems)
+    entries = document.get("sleeves")
+    if not entries or not isinstance(entries, Mapping):
+        problems.append(f"{origin}: no sleeves defined (`sleeves:` must map names to sleeves)")
+        entries = {}
+    sleeves = {}
+    for name, spec in entries.items():
+        sleeve = _parse_sleeve(str(name), spec or {}, origin, problems)
+        if sleeve is not None:
+            sleeves[str(name)] = sleeve
+    if problems:
+        raise CatalogError(problems)
     return Catalog(first_run=first_run, sleeves=sleeves)
 
 
-def _parse_sleeve(name: str, spec: Mapping[str, Any], origin: str) -> Sleeve:
+def _first_run(value: Any, origin: str, problems: list[str]) -> pd.Timestamp | None:
+    if isinstance(value, datetime.datetime):
+        value = value.date()
+    if isinstance(value, datetime.date):
+        return pd.Timestamp(value)
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return pd.Timestamp(datetime.date.fromisoformat(str(value)))
+    except ValueError:
+        problems.append(
+            f"{origin}: first_run = {value!r}: not a date (rule: an ISO date, YYYY-MM-DD)"
+        )
+        return None
+
+
+def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sleeve | None:
     where = f"{origin}: sleeve {name!r}"
+    found = len(problems)
     if not name.isidentifier():
-        raise CatalogError(f"{where}: a sleeve name must be a plain identifier")
-    unknown = set(spec) - {"source", "calendar", "periods_per_year", "toxic_policy", "policy"}
-    if unknown:
-        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+        problems.append(f"{where}: a sleeve name must be a plain identifier")
+    if not isinstance(spec, Mapping):
+        problems.append(f"{where}: expected a mapping of sleeve fields, got {spec!r}")
+        return None
+    problems += [
+        f"{where}: unknown key {key!r}{did_you_mean(key, SLEEVE_KEYS)}"
+        for key in spec
+        if key not in SLEEVE_KEYS
+    ]
     calendar = spec.get("calendar", "crypto")
     if calendar not in CALENDARS:
-        raise CatalogError(f"{where}: calendar {calendar!r} is not one of {sorted(CALENDARS)}")
+        problems.append(
+            f"{where}: calendar = {calendar!r} is not a calendar{did_you_mean(calendar, CALENDARS)}"
+        )
+        calendar = "crypto"  # carry on so the other fields are still checked
     toxic_policy = spec.get("toxic_policy", "fail")
     if toxic_policy not in TOXIC_POLICIES:
-        raise CatalogError(f"{where}: toxic_policy {toxic_policy!r} is not one of {TOXIC_POLICIES}")
-    source = dict(spec.get("source") or {"kind": "synthetic"})
-    if source.get("kind", "synthetic") not in SOURCE_KINDS:
-        raise CatalogError(
-            f"{where}: source kind {source.get('kind')!r} is not one of {SOURCE_KINDS}"
+        problems.append(
+            f"{where}: toxic_policy = {toxic_policy!r} is not a policy"
+            f"{did_you_mean(toxic_policy, TOXIC_POLICIES)}"
         )
-    if source.get("kind") in ("csv", "parquet") and not source.get("path"):
-        raise CatalogError(f"{where}: a {source['kind']} source needs a `path`")
+    periods_per_year = spec.get("periods_per_year", CALENDARS[calendar])
+    if isinstance(periods_per_year, bool) or not isinstance(periods_per_year, int):
+        problems.append(
+            f"{where}: periods_per_year = {periods_per_year!r}: expected a whole number"
+        )
+    elif not 1 <= periods_per_year <= 366:
+        problems.append(
+            f"{where}: periods_per_year = {periods_per_year!r} breaks the rule 1 <= value <= 366"
+        )
+    source = _parse_source(spec.get("source") or {"kind": "synthetic"}, where, problems)
     source["calendar"] = calendar
-    overrides = dict(spec.get("policy") or {})
-    known = {f.name for f in dataclasses.fields(Policy)}
-    if set(overrides) - known:
-        raise CatalogError(f"{where}: unknown policy parameters {sorted(set(overrides) - known)}")
-    if "cluster_lookbacks" in overrides:
-        overrides["cluster_lookbacks"] = tuple(overrides["cluster_lookbacks"])
-    policy = Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides})
-    if policy.infeasible_cap not in INFEASIBLE_CAP_POLICIES:
-        raise CatalogError(
-            f"{where}: policy infeasible_cap {policy.infeasible_cap!r} is not one of "
-            f"{INFEASIBLE_CAP_POLICIES}"
-        )
-    try:
-        BarPolicy.of(policy.bar_actions, policy.ohlc_tolerance)
-    except ValueError as exc:
-        raise CatalogError(f"{where}: policy.bar_actions: {exc}") from exc
+    policy = _parse_policy(spec.get("policy") or {}, calendar, where, problems)
+    if policy is not None:
+        try:
+            _ = policy.bar_policy  # validates bar_actions against the bar rules
+        except ValueError as exc:
+            problems.append(f"{where}: policy.bar_actions: {exc}")
+    if len(problems) > found:
+        return None
     return Sleeve(
         name=name,
         source=source,
         calendar=calendar,
-        periods_per_year=int(spec.get("periods_per_year", CALENDARS[calendar])),
+        periods_per_year=periods_per_year,
         toxic_policy=toxic_policy,
         policy=policy,
     )
+
+
+def _parse_source(spec: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    """The source mapping, with keys checked per kind and values checked by ``SourceConfig``."""
+    from pydantic import ValidationError
+
+    from tvq_resources.market_data import SourceConfig
+
+    if not isinstance(spec, Mapping):
+        problems.append(f"{where}: source = {spec!r}: expected a mapping with a `kind`")
+        return {}
+    source = dict(spec)
+    kind = source.setdefault("kind", "synthetic")
+    if kind not in SOURCE_KINDS:
+        problems.append(
+            f"{where}: source.kind = {kind!r} is not a source kind"
+            f"{did_you_mean(kind, SOURCE_KINDS)}"
+        )
+        return source
+    if "calendar" in source:
+        problems.append(f"{where}: source.calendar: set `calendar` on the sleeve, not its source")
+    other_kinds = set().union(*KIND_ONLY_SOURCE_KEYS.values()) - KIND_ONLY_SOURCE_KEYS[kind]
+    allowed = set(SourceConfig.model_fields) - other_kinds - {"calendar"}
+    for key in source:
+        if key in other_kinds:
+            owners = sorted(k for k, keys in KIND_ONLY_SOURCE_KEYS.items() if key in keys)
+            problems.append(
+                f"{where}: source.{key} applies to {' and '.join(owners)} sources, "
+                f"not to a {kind} source"
+            )
+        elif key not in allowed and key != "calendar":
+            problems.append(
+                f"{where}: unknown source key {key!r} for a {kind} source"
+                f"{did_you_mean(key, allowed)}"
+            )
+    if kind in ("csv", "parquet") and not source.get("path"):
+        problems.append(f"{where}: a {kind} source needs a `path` (source.path)")
+    known = {k: v for k, v in source.items() if k in allowed}
+    try:
+        SourceConfig(**known)
+    except ValidationError as error:
+        for item in error.errors():
+            location = ".".join(str(part) for part in item["loc"])
+            problems.append(f"{where}: source.{location} = {item.get('input')!r}: {item['msg']}")
+    return source
+
+
+def _parse_policy(overrides: Any, calendar: str, where: str, problems: list[str]) -> Policy:
+    if not isinstance(overrides, Mapping):
+        problems.append(f"{where}: policy = {overrides!r}: expected a mapping of parameters")
+        overrides = {}
+    fields = {f.name: f for f in dataclasses.fields(Policy)}
+    hints = typing.get_type_hints(Policy)
+    values: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            problems.append(f"{where}: unknown policy parameter {key!r}{did_you_mean(key, fields)}")
+            continue
+        checked, problem = _check_value(value, hints[key], fields[key].metadata.get("range", {}))
+        if problem:
+            problems.append(f"{where}: policy.{key} = {value!r}: {problem}")
+        else:
+            values[key] = checked
+    policy = Policy(**{**CALENDAR_DEFAULTS[calendar], **values})
+    if len(values) == len(overrides):
+        for rule in CROSS_FIELD_RULES:
+            if not rule.holds(policy):
+                shown = ", ".join(f"{name} = {getattr(policy, name)!r}" for name in rule.fields)
+                problems.append(f"{where}: policy {shown} breaks the rule {rule.rule}")
+    return policy
+
+
+def _check_value(value: Any, annotation: Any, limits: Mapping[str, float]) -> tuple[Any, str]:
+    """``(value as the annotation's type, "")`` or ``(None, what is wrong)``."""
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None, ""
+        [annotation] = [a for a in arguments if a is not type(None)]
+        return _check_value(value, annotation, limits)
+    if origin is typing.Literal:
+        if value in arguments:
+            return value, ""
+        return None, f"not an allowed value{did_you_mean(value, map(str, arguments))}"
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return None, "expected a list"
+        items = []
+        for item in value:
+            checked, problem = _check_value(item, arguments[0], limits)
+            if problem:
+                return None, f"element {item!r}: {problem}"
+            items.append(checked)
+        return tuple(items), ""
+    if annotation is bool:
+        return (value, "") if isinstance(value, bool) else (None, "expected true or false")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, "expected a whole number"
+    elif annotation is float:
+        if isinstance(value, bool):
+            return None, "expected a number"
+        try:
+            # YAML 1.1 reads `10e6` (no dot) as a string: accept any decimal spelling of a number.
+            value = float(value)
+        except (TypeError, ValueError):
+            return None, "expected a number"
+        if not math.isfinite(value):
+            return None, "expected a finite number"
+    elif annotation is str and not isinstance(value, str):
+        return None, "expected a string"
+    return value, _range_problem(value, limits)
+
+
+def _range_problem(value: Any, limits: Mapping[str, float]) -> str:
+    """ "" when ``value`` is inside every limit, else the rule it breaks."""
+    tests = {
+        "ge": (">=", lambda v, b: v >= b),
+        "gt": (">", lambda v, b: v > b),
+        "le": ("<=", lambda v, b: v <= b),
+        "lt": ("<", lambda v, b: v < b),
+    }
+    if all(tests[name][1](value, bound) for name, bound in limits.items()):
+        return ""
+    return "breaks the rule " + " and ".join(
+        f"value {tests[name][0]} {bound}" for name, bound in limits.items()
+    )
+
+
+class _CatalogLoader(yaml.SafeLoader):
+    """Safe YAML that keeps unquoted dates as text, so a bad date (``2025-02-30``) is reported by
+    the catalog's own validation, naming its field, instead of failing inside the YAML parser."""
+
+
+_CatalogLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def catalog_path() -> Path:
@@ -198,7 +459,13 @@ def catalog_path() -> Path:
 @cache
 def load_catalog(path: Path | None = None) -> Catalog:
     path = path or catalog_path()
-    return parse_catalog(yaml.safe_load(path.read_text()), origin=str(path))
+    try:
+        document = yaml.load(path.read_text(), Loader=_CatalogLoader)  # a SafeLoader
+    except OSError as error:
+        raise CatalogError(f"{path}: cannot read the sleeve catalog ({error})") from error
+    except yaml.YAMLError as error:
+        raise CatalogError(f"{path}: not valid YAML ({error})") from error
+    return parse_catalog(document, origin=str(path))
 
 
 def policy_parameters(sleeve: Sleeve) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 through the real jobs of the code location (the runs appear in ``dagster dev``), then prints a short
 summary per sleeve. ``tvq production`` does the same as production does, a process per step.
 ``tvq backfill`` submits a range of run partitions of one sleeve to Dagster's
-backfill machinery (the daemon of ``make dev`` executes them).
+backfill machinery (the daemon of ``make dev`` executes them). ``tvq lake verify|clean|quarantine``
+checks the Parquet lake, removes what killed writes left behind, and sets a damaged value aside
+and recomputes it.
 """
 
 import argparse
@@ -74,7 +76,14 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
         print(f"   checks:  {passed} passed, {failed} failed")
         for line in failed_checks:
             print(f"            - {line}")
-        _summarise(lake, name, key)
+        for line in _failures(results):
+            print(f"   FAILED:  {line}")
+        fresh = {
+            event.asset_key.to_user_string()
+            for result in results
+            for event in result.get_asset_materialization_events()
+        }
+        _summarise(lake, name, key, fresh)
     return status
 
 
@@ -83,37 +92,61 @@ def _last_session(lake, sleeve_name: str, newest: str) -> str:
     fixed export) ends earlier: a run after it would find every symbol stale."""
     if not lake.exists(["bars"], sleeve_name):
         return newest
-    history = lake.read(["bars"], sleeve_name)
-    bars = getattr(history, "bars", history)
+    bars = lake.read(["bars"], sleeve_name).bars
     if bars.empty:
         return newest
     return min(pd.Timestamp(newest), bars["date"].max()).strftime("%Y-%m-%d")
 
 
-def _summarise(lake, sleeve_name: str, key: str) -> None:
-    if lake.exists(["bars"], sleeve_name):
-        history = lake.read(["bars"], sleeve_name)
-        bars = history.bars
+def _failures(results: list[dg.ExecuteInProcessResult]) -> list[str]:
+    """One line per failed step: the step and the first line of its error."""
+    lines = []
+    for result in results:
+        for event in result.get_step_failure_events():
+            error = event.step_failure_data.error
+            cause = error.cause if error and error.cause else error
+            message = (cause.message if cause else event.message or "").strip()
+            lines.append(f"{event.step_key}: {message.splitlines()[0] if message else '?'}")
+    return lines
+
+
+def _summarise(lake, sleeve_name: str, key: str, fresh: set[str]) -> None:
+    """What this run produced. A value stored by an earlier run is never shown as today's: when
+    a stage did not materialise now, the summary says so and stops there."""
+    for asset in ("bars", "returns", "selection", "backtest"):
+        if asset not in fresh:
+            print(
+                f"   {asset}: not produced by this run; nothing downstream is shown "
+                f"(older values stay in {lake.root_path})"
+            )
+            return
+        _summarise_asset(lake, asset, sleeve_name if asset == "bars" else key)
+    print(f"   files:   {lake.root_path}")
+
+
+def _summarise_asset(lake, asset: str, partition: str) -> None:
+    if asset == "bars":
+        bars = lake.read(["bars"], partition).bars
         print(
             f"   bars:    {bars['symbol'].nunique()} symbols, {len(bars)} rows, "
             f"{bars['date'].min():%Y-%m-%d} .. {bars['date'].max():%Y-%m-%d}"
         )
-    if lake.exists(["returns"], key):
-        bundle = lake.read(["returns"], key)
+    elif asset == "returns":
+        bundle = lake.read(["returns"], partition)
         frame: pd.DataFrame = bundle.returns
         print(
             f"   returns: {frame.shape[1]} symbols x {frame.shape[0]} days, "
             f"{frame.index.min():%Y-%m-%d} .. {frame.index.max():%Y-%m-%d}; "
             f"{len(bundle.excluded)} excluded"
         )
-    if lake.exists(["selection"], key):
-        winners = lake.read(["selection"], key).winners
+    elif asset == "selection":
+        winners = lake.read(["selection"], partition).winners
         print(
             f"   winners: {len(winners)} (HTR stage {int(winners['stage'].max())}): "
             f"{', '.join(winners.index[:25])}"
         )
-    if lake.exists(["backtest"], key):
-        bundle = lake.read(["backtest"], key)
+    else:
+        bundle = lake.read(["backtest"], partition)
         verdict = bundle.verdict.iloc[0]
         shown = bundle.metrics.loc[[verdict["champion"], "baseline_universe", "baseline_winners"]]
         if not verdict["incumbent"]:
@@ -136,7 +169,6 @@ def _summarise(lake, sleeve_name: str, key: str) -> None:
         # The champion runs its own scorer on the latest training window, so its holdings may
         # include symbols outside `selection` (which is the Log-MPS choice on the full window).
         print(f"   champion's portfolio today: {held}")
-    print(f"   files:   {lake.root_path}")
 
 
 def production(sleeves: list[str] | None) -> int:
@@ -177,6 +209,60 @@ def backfill(sleeve_name: str, start: str, end: str) -> int:
     return subprocess.call(command)
 
 
+def lake_command(action: str, asset: str | None, partition: str | None, recompute: bool) -> int:
+    """``verify``: list damaged values and leftovers of killed writes (exit 1 if a value is
+    damaged); ``clean``: remove the leftovers; ``quarantine``: move one value to ``.corrupt/`` and
+    recompute it (its sleeve's bars, or that asset alone for a sleeve × run partition)."""
+    from tvq_assets.definitions import defs
+
+    lake = defs.resources["lake"]
+    if action == "verify":
+        problems = lake.verify()
+        for problem in problems:
+            print(problem)
+        damaged = [p for p in problems if p.kind == "damaged"]
+        leftovers = [p for p in problems if p.kind == "leftover"]
+        print(
+            f"{lake.root_path}: {len(damaged)} damaged value(s); {len(leftovers)} leftover(s) of "
+            f"killed writes ({sum(p.size for p in leftovers) / 1e6:.1f} MB)"
+        )
+        if damaged:
+            print("set a damaged value aside and recompute it: tvq lake quarantine ASSET PARTITION")
+        elif leftovers:
+            print("remove the leftovers: tvq lake clean")
+        return 1 if damaged else 0
+    if action == "clean":
+        removed = lake.clean()
+        print(
+            f"removed {len(removed)} leftover(s) of killed writes "
+            f"({sum(p.size for p in removed) / 1e6:.1f} MB) from {lake.root_path}"
+        )
+        return 0
+    if asset is None or partition is None:
+        print("tvq lake quarantine needs ASSET and PARTITION", file=sys.stderr)
+        return 2
+    target = lake.quarantine([asset], partition)
+    print(f"{asset}[{partition}] moved to {target}")
+    if not recompute:
+        return 0
+    instance = dg.DagsterInstance.get()
+    if asset == "bars":
+        job, selection = defs.resolve_job_def("refresh_bars"), None
+    else:
+        job, selection = defs.resolve_job_def("daily"), [dg.AssetKey(asset)]
+    result = job.execute_in_process(
+        partition_key=partition,
+        asset_selection=selection,
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET,
+    )
+    for line in _failures([result]):
+        print(f"FAILED: {line}")
+    print(f"recomputed {asset}[{partition}]: {'success' if result.success else 'FAILED'}")
+    return 0 if result.success else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -191,11 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     run_backfill.add_argument("sleeve")
     run_backfill.add_argument("start")
     run_backfill.add_argument("end")
+    run_lake = commands.add_parser("lake", help="verify, clean or repair the Parquet lake")
+    run_lake.add_argument("action", choices=["verify", "clean", "quarantine"])
+    run_lake.add_argument("asset", nargs="?", help="quarantine: the asset, e.g. bars")
+    run_lake.add_argument("partition", nargs="?", help="quarantine: e.g. crypto, 2026-11-20|crypto")
+    run_lake.add_argument(
+        "--no-recompute", action="store_true", help="quarantine only; recompute later"
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         return demo(arguments.sleeve, arguments.as_of)
     if arguments.command == "production":
         return production(arguments.sleeve)
+    if arguments.command == "lake":
+        return lake_command(
+            arguments.action, arguments.asset, arguments.partition, not arguments.no_recompute
+        )
     return backfill(arguments.sleeve, arguments.start, arguments.end)
 
 

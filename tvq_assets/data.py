@@ -67,6 +67,13 @@ def _date_range(dates: pd.Index) -> str:
 def bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake):
     """Daily OHLCV of every symbol in the sleeve by session date, cleaned under the sleeve's bar
     policy, with the defects found and the source's revisions (a ``BarHistory``)."""
+    # One writer per sleeve's bar lake from the read of the stored bars to the write of the merge
+    # (the IO manager writes inside this block): a concurrent refresh waits, then merges onto it.
+    with lake.writer(context.asset_key.path, context.partition_key):
+        yield from _refresh_bars(context, market_data, lake)
+
+
+def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake):
     started = time.perf_counter()
     sleeve_entry = sleeve_of(context)
     policy = sleeve_entry.policy

@@ -1,8 +1,20 @@
 """The sleeve catalog: defaults per calendar, and clear errors for a broken catalog."""
 
-import pytest
+import dataclasses
 
-from tvq_assets.catalog import CatalogError, load_catalog, parse_catalog, policy_parameters
+import pandas as pd
+import pytest
+import yaml
+
+from tvq_assets.catalog import (
+    CALENDARS,
+    CatalogError,
+    Policy,
+    _range_problem,
+    load_catalog,
+    parse_catalog,
+    policy_parameters,
+)
 
 
 def catalog_with(**sleeve):
@@ -39,13 +51,47 @@ def test_policy_overrides_apply_and_are_listed_in_the_parameters():
 @pytest.mark.parametrize(
     ("sleeve", "message"),
     [
-        ({"calendar": "lunar"}, "calendar 'lunar'"),
-        ({"toxic_policy": "ignore"}, "toxic_policy 'ignore'"),
+        ({"calendar": "lunar"}, "calendar = 'lunar' is not a calendar"),
+        ({"calendar": "weekdays"}, "(did you mean 'weekday'?)"),
+        ({"toxic_policy": "quarantaine"}, "toxic_policy = 'quarantaine'"),
         ({"source": {"kind": "csv"}}, "needs a `path`"),
-        ({"source": {"kind": "ftp", "path": "/x"}}, "source kind 'ftp'"),
-        ({"policy": {"lookbak": 5}}, "unknown policy parameters ['lookbak']"),
-        ({"colour": "red"}, "unknown keys ['colour']"),
-        ({"policy": {"infeasible_cap": "ignore"}}, "infeasible_cap 'ignore'"),
+        ({"source": {"kind": "ftp", "path": "/x"}}, "source.kind = 'ftp'"),
+        (
+            {"policy": {"lookbak": 5}},
+            "unknown policy parameter 'lookbak' (did you mean 'lookback'?)",
+        ),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"polciy": {}}, "(did you mean 'policy'?)"),
+        ({"periods_per_year": 0}, "periods_per_year = 0 breaks the rule"),
+        ({"policy": {"cap": "abc"}}, "policy.cap = 'abc': expected a number"),
+        ({"policy": {"cap": -0.5}}, "policy.cap = -0.5: breaks the rule value > 0 and value <= 1"),
+        ({"policy": {"cap": 1.5}}, "policy.cap = 1.5: breaks the rule"),
+        ({"policy": {"lookback": 0}}, "policy.lookback = 0: breaks the rule value >= 2"),
+        ({"policy": {"lookback": 2.5}}, "policy.lookback = 2.5: expected a whole number"),
+        ({"policy": {"min_winners": True}}, "expected a whole number"),
+        ({"policy": {"max_entropy": float("nan")}}, "expected a finite number"),
+        ({"policy": {"cluster_cap": 0}}, "policy.cluster_cap = 0: breaks the rule value > 0"),
+        ({"policy": {"cluster_lookbacks": [60, 1]}}, "element 1: breaks the rule value >= 2"),
+        ({"policy": {"cluster_lookbacks": 60}}, "policy.cluster_lookbacks = 60: expected a list"),
+        (
+            {"policy": {"min_winners": 30, "max_winners": 20}},
+            "min_winners = 30, max_winners = 20 breaks the rule min_winners <= max_winners",
+        ),
+        ({"policy": {"lookback": 200}}, "breaks the rule train + test <= lookback"),
+        ({"policy": {"lookback": 150, "train": 100}}, "every cluster lookback <= lookback"),
+        ({"policy": {"lookback": 80, "train": 40, "cluster_lookbacks": [60]}}, "min_history"),
+        (
+            {"source": {"kind": "csv", "path": "/x", "patern": "{symbol}.csv"}},
+            "unknown source key 'patern' for a csv source (did you mean 'pattern'?)",
+        ),
+        ({"source": {"kind": "csv", "path": "/x", "seed": 3}}, "source.seed applies to synthetic"),
+        ({"source": {"kind": "synthetic", "symbols": "many"}}, "source.symbols = 'many'"),
+        ({"source": {"kind": "synthetic", "calendar": "crypto"}}, "set `calendar` on the sleeve"),
+        ({"policy": {"infeasible_cap": "ignore"}}, "policy.infeasible_cap = 'ignore'"),
+        (
+            {"policy": {"bar_actions": {"filler_bar": "repair"}}},
+            "filler_bar: no unambiguous repair exists",
+        ),
     ],
 )
 def test_a_broken_sleeve_is_refused_naming_the_file_the_sleeve_and_the_field(sleeve, message):
@@ -58,3 +104,45 @@ def test_a_broken_sleeve_is_refused_naming_the_file_the_sleeve_and_the_field(sle
 def test_an_unknown_sleeve_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="crypto"):
         load_catalog().sleeve("equities")
+
+
+def test_cap_none_for_the_cluster_and_numbers_spelled_as_yaml_strings_are_accepted():
+    sleeve = catalog_with(policy={"cluster_cap": None, "liquidity_baseline": "10e6"}).sleeve("mine")
+    assert sleeve.policy.cluster_cap is None and sleeve.policy.liquidity_baseline == 10e6
+
+
+def test_every_problem_of_a_catalog_is_reported_at_once():
+    with pytest.raises(CatalogError) as error:
+        parse_catalog(
+            {
+                "first_run": "2025-13-01",
+                "sleeves": {"a": {"policy": {"cap": "abc"}}, "b": {"calendar": "lunar"}},
+            },
+            origin="two.yaml",
+        )
+    assert len(error.value.problems) == 3
+    assert "two.yaml: first_run = '2025-13-01': not a date" in str(error.value)
+
+
+@pytest.mark.parametrize("first_run", ["yesterday", "2025-02-30", 20250101, ""])
+def test_a_bad_first_run_names_the_file_the_field_and_the_value(first_run):
+    with pytest.raises(CatalogError, match=r"test\.yaml: first_run = .*: not a date"):
+        parse_catalog({"first_run": first_run, "sleeves": {"a": {}}}, origin="test.yaml")
+
+
+def test_a_first_run_written_as_a_yaml_date_is_read():
+    document = yaml.safe_load("first_run: 2025-03-20\nsleeves: {a: {}}")
+    assert parse_catalog(document).first_run == pd.Timestamp("2025-03-20")
+
+
+def test_the_policy_defaults_satisfy_their_own_ranges_and_rules():
+    for calendar in CALENDARS:
+        catalog_with(calendar=calendar, policy={})  # raises on a default outside its range
+
+
+def test_every_policy_default_lies_inside_its_declared_range():
+    for item in dataclasses.fields(Policy):
+        limits = item.metadata.get("range", {})
+        values = item.default if isinstance(item.default, tuple) else [item.default]
+        for value in [v for v in values if v is not None]:
+            assert _range_problem(value, limits) == "", item.name

@@ -1,13 +1,15 @@
 """The Parquet lake: round trips, partition paths, and writes that fail without damage."""
 
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tvq_resources.lake import MANIFEST, ParquetLake
+from tvq_resources.lake import MANIFEST, LakeBusy, LakeReadError, ParquetLake
 
 KEY = "2026-11-20|crypto"
 
@@ -264,3 +266,177 @@ def test_a_manifest_naming_a_foreign_class_is_refused(tmp_path):
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="refusing to rebuild"):
         lake.read(["x"], "2026-01-01|crypto")
+
+
+# One writer per value, readable errors, leftovers of killed writes.
+
+
+def test_a_second_writer_waits_for_the_first_and_then_sees_its_rows(lake):
+    import threading
+
+    lake.write(["bars"], "crypto", bars_frame().iloc[:1])
+    order = []
+    first_has_lock = threading.Event()
+
+    def first():
+        with lake.writer(["bars"], "crypto"):
+            stored = lake.read(["bars"], "crypto")
+            first_has_lock.set()
+            time.sleep(0.5)  # a slow source: the second writer arrives meanwhile
+            lake.write(["bars"], "crypto", pd.concat([stored, bars_frame().iloc[1:2]]))
+            order.append("first")
+
+    def second():
+        first_has_lock.wait()
+        with lake.writer(["bars"], "crypto"):
+            stored = lake.read(["bars"], "crypto")
+            lake.write(["bars"], "crypto", pd.concat([stored, bars_frame().iloc[2:3]]))
+            order.append("second")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order == ["first", "second"]
+    pd.testing.assert_frame_equal(
+        lake.read(["bars"], "crypto").reset_index(drop=True), bars_frame()
+    )
+
+
+def test_a_writer_that_waits_too_long_fails_naming_the_value_and_the_holder(tmp_path):
+    import multiprocessing
+
+    lake = ParquetLake(root=str(tmp_path), lock_timeout=0.3)
+    holder = multiprocessing.get_context("fork").Process(
+        target=_hold_lock, args=(str(tmp_path), 5.0)
+    )
+    holder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "bars" / ".crypto.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        with pytest.raises(LakeBusy, match=rf"bars\[crypto\]: another writer \(pid {holder.pid}\)"):
+            lake.write(["bars"], "crypto", bars_frame())
+    finally:
+        holder.kill()
+        holder.join()
+    lake.write(["bars"], "crypto", bars_frame())  # the kernel released the dead holder's lock
+
+
+def _hold_lock(root: str, seconds: float) -> None:
+    with ParquetLake(root=root).writer(["bars"], "crypto"):
+        time.sleep(seconds)
+
+
+def test_the_writer_lock_is_reentrant_so_the_io_manager_can_write_inside_it(lake):
+    with lake.writer(["bars"], "crypto"), lake.writer(["bars"], "crypto"):
+        lake.write(["bars"], "crypto", bars_frame())
+    assert lake.exists(["bars"], "crypto")
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_file_is_reported_with_asset_partition_and_path(lake, tmp_path):
+    path = lake.write(["bars"], "crypto", bars_frame())
+    truncate(path)
+    with pytest.raises(LakeReadError) as error:
+        lake.read(["bars"], "crypto")
+    message = str(error.value)
+    assert message.startswith("bars[crypto]: cannot read ") and str(path) in message
+    assert "tvq lake quarantine bars crypto" in message
+
+
+def test_a_truncated_bundle_table_is_reported_with_its_file(lake):
+    folder = lake.write(["returns"], KEY, bundle())
+    table = folder / json.loads((folder / MANIFEST).read_text())["tables"]["excluded"]
+    truncate(table)
+    with pytest.raises(LakeReadError, match=rf"returns\[{re.escape(KEY)}\]: cannot read {table}"):
+        lake.read(["returns"], KEY)
+
+
+def test_verify_finds_damaged_values_and_leftovers_and_clean_removes_only_leftovers(lake, tmp_path):
+    good = lake.write(["returns"], KEY, bundle())
+    damaged = lake.write(["bars"], "crypto", bars_frame())
+    truncate(damaged)
+    (good / "returns-0123456789ab.parquet").write_bytes(b"orphan table")
+    (good / ".manifest.x1.tmp").write_text("{}")
+    (tmp_path / "bars" / ".tradfi.parquet.x2.tmp").write_bytes(b"PAR1")
+    orphan_bundle = tmp_path / "selection" / "crypto" / "2026-11-21"
+    orphan_bundle.mkdir(parents=True)
+    (orphan_bundle / "winners-abcdefabcdef.parquet").write_bytes(b"PAR1")
+    problems = lake.verify()
+    assert [(p.kind, p.asset, p.partition) for p in problems if p.kind == "damaged"] == [
+        ("damaged", "bars", "crypto")
+    ]
+    leftovers = sorted(p.path.name for p in problems if p.kind == "leftover")
+    assert leftovers == [
+        ".manifest.x1.tmp",
+        ".tradfi.parquet.x2.tmp",
+        "returns-0123456789ab.parquet",
+        "winners-abcdefabcdef.parquet",
+    ]
+    removed = lake.clean()
+    assert sorted(p.path.name for p in removed) == leftovers
+    assert [p.kind for p in lake.verify()] == ["damaged"]
+    assert not orphan_bundle.exists()
+    assert set(lake.read(["returns"], KEY)) == set(bundle())
+
+
+def test_clean_leaves_the_temporary_files_of_a_live_writer(lake, tmp_path):
+    lake.write(["bars"], "crypto", bars_frame())
+    in_progress = tmp_path / "bars" / ".crypto.parquet.live.tmp"
+    in_progress.write_bytes(b"PAR1")
+    with lake.writer(["bars"], "crypto"):
+        import threading
+
+        thread = threading.Thread(target=lake.clean)  # another thread: the lock is not its own
+        thread.start()
+        thread.join()
+        assert in_progress.exists()
+    lake.clean()
+    assert not in_progress.exists()
+
+
+def test_the_next_write_of_a_value_removes_what_a_killed_write_left(lake, tmp_path):
+    folder = lake.write(["returns"], KEY, bundle(seed=1))
+    (folder / "returns-0123456789ab.parquet").write_bytes(b"orphan")
+    (folder / ".manifest.killed.tmp").write_text("{")
+    (folder.parent / ".2026-11-20.parquet.killed.tmp").write_bytes(b"PAR1")
+    lake.write(["returns"], KEY, bundle(seed=2))
+    assert temporary_files(tmp_path) == []
+    assert len(list(folder.glob("*.parquet"))) == len(bundle())
+
+
+def test_quarantine_moves_a_damaged_value_aside_and_the_next_write_recomputes_it(lake, tmp_path):
+    path = lake.write(["bars"], "crypto", bars_frame())
+    truncate(path)
+    target = lake.quarantine(["bars"], "crypto")
+    assert target.is_relative_to(tmp_path / ".corrupt" / "bars")
+    assert (target / "crypto.parquet").read_bytes() != b""  # kept, not deleted
+    assert not lake.exists(["bars"], "crypto") and lake.verify() == []
+    lake.write(["bars"], "crypto", bars_frame())
+    pd.testing.assert_frame_equal(lake.read(["bars"], "crypto"), bars_frame())
+    with pytest.raises(FileNotFoundError, match=r"bars\[tradfi\]: nothing stored"):
+        lake.quarantine(["bars"], "tradfi")
+
+
+def test_a_read_only_lake_refuses_a_write_naming_the_value_and_the_lock(tmp_path):
+    import os
+
+    lake = ParquetLake(root=str(tmp_path))
+    lake.write(["bars"], "crypto", bars_frame())
+    (tmp_path / "bars" / ".crypto.lock").unlink()
+    os.chmod(tmp_path / "bars", 0o555)
+    try:
+        if os.access(tmp_path / "bars", os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        with pytest.raises(OSError, match=r"bars\[crypto\]: cannot create the writer lock"):
+            lake.write(["bars"], "crypto", bars_frame())
+        pd.testing.assert_frame_equal(lake.read(["bars"], "crypto"), bars_frame())
+    finally:
+        os.chmod(tmp_path / "bars", 0o755)

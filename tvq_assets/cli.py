@@ -36,6 +36,7 @@ def _checks_line(result: dg.ExecuteInProcessResult) -> tuple[str, list[str]]:
 
 
 def demo(sleeves: list[str] | None, as_of: str | None) -> int:
+    from tvq_assets import tracking
     from tvq_assets.definitions import defs
     from tvq_assets.partitions import catalog, run
 
@@ -75,6 +76,7 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
         for line in failed_checks:
             print(f"            - {line}")
         _summarise(lake, name, key)
+        print(tracking.summary(defs.resources["mlflow"], key))
     return status
 
 
@@ -166,6 +168,22 @@ def backfill(sleeve_name: str, start: str, end: str) -> int:
     return subprocess.call(command)
 
 
+def track(sleeve_name: str, start: str, end: str) -> int:
+    """Record in MLflow what the lake holds for a date range of one sleeve, without recomputing:
+    missing MLflow runs or stages of them (e.g. after the tracking server was down)."""
+    from tvq_assets import tracking
+    from tvq_assets.definitions import defs
+
+    tracker = defs.resources["mlflow"]
+    recorded = tracking.replay(
+        tracker, dg.DagsterInstance.get(), defs.resources["lake"], sleeve_name, start, end
+    )
+    for partition, stages in recorded:
+        print(f"{partition}: {', '.join(stages) or 'already complete'}")
+    print(f"{len(recorded)} partition(s) of {sleeve_name} in MLflow at {tracker.uri}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -180,11 +198,19 @@ def main(argv: list[str] | None = None) -> int:
     run_backfill.add_argument("sleeve")
     run_backfill.add_argument("start")
     run_backfill.add_argument("end")
+    run_track = commands.add_parser(
+        "track", help="record missing MLflow runs of a date range from the lake (no recompute)"
+    )
+    run_track.add_argument("sleeve")
+    run_track.add_argument("start")
+    run_track.add_argument("end")
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         return demo(arguments.sleeve, arguments.as_of)
     if arguments.command == "production":
         return production(arguments.sleeve)
+    if arguments.command == "track":
+        return track(arguments.sleeve, arguments.start, arguments.end)
     return backfill(arguments.sleeve, arguments.start, arguments.end)
 
 

@@ -435,9 +435,16 @@ def open_run(tracker: MlflowTracker, identity: Identity) -> Tracked:
 
 
 def record_stage(
-    tracker: MlflowTracker, identity: Identity, stage: str, record: StageRecord
+    tracker: MlflowTracker,
+    identity: Identity,
+    stage: str,
+    record: StageRecord,
+    *,
+    source: str = "",
 ) -> Tracked:
-    """Log one stage's record on the partition's MLflow run (nested runs for its children)."""
+    """Log one stage's record on the partition's MLflow run (nested runs for its children).
+
+    ``source`` is where the stage's value is stored (the dataset inputs name it)."""
     tracked = open_run(tracker, identity)
     run_id = tracked.run_id
     tracker.log(
@@ -450,11 +457,7 @@ def record_stage(
     )
     for name, frame in record.datasets.items():
         digest = tracker.log_dataset(
-            run_id,
-            frame,
-            name=name,
-            source=f"tvq lake: {stage}[{identity.partition}]",
-            context="training",
+            run_id, frame, name=name, source=source or f"lake:{stage}", context="training"
         )
         tracker.log(run_id, tags={f"tvq.{stage}.digest": digest})
     if record.children:
@@ -622,7 +625,8 @@ class TrackedIOManager(dg.ConfigurableIOManager):
         sleeve_name, as_of = partition.split("|")[1], pd.Timestamp(partition.split("|")[0])
         record = describe(stage, obj, catalog.sleeve(sleeve_name), as_of)
         identity = identity_of(context.step_context.dagster_run, partition)
-        tracked = record_stage(self.mlflow, identity, stage, record)
+        source = self.store.lake.location(context.asset_key.path, partition)
+        tracked = record_stage(self.mlflow, identity, stage, record, source=str(source))
         context.add_output_metadata(
             {
                 "mlflow_run_id": tracked.run_id,
@@ -695,7 +699,9 @@ def replay(
         missing = [s for s in stages if f"tvq.stage.{s}" not in logged]
         for stage in missing:
             value = lake.read([stage], partition)
-            record_stage(tracker, identity, stage, describe(stage, value, sleeve, day))
+            record = describe(stage, value, sleeve, day)
+            source = str(lake.location([stage], partition))
+            record_stage(tracker, identity, stage, record, source=source)
         tracker.log(tracked.run_id, tags={"tvq.replayed": ",".join(missing) or "nothing"})
         if runs and runs[0].status in STATUS_OF_RUN:
             finalise(tracker, instance, runs[0].run_id)
@@ -705,14 +711,20 @@ def replay(
     return recorded
 
 
-def latest_run(tracker: MlflowTracker, partition: str):
-    """The newest MLflow run of a partition (for the CLI summary), or None."""
-    identity = Identity(partition, "", "", "")
-    experiment = tracker.client.get_experiment_by_name(identity.experiment)
-    if experiment is None:
-        return None
-    runs = tracker.search(experiment.experiment_id, {PARTITION_TAG: partition})
+def summary(tracker: MlflowTracker, partition: str) -> str:
+    """One line for the terminal: the partition's newest MLflow run, its status and its URL."""
+    try:
+        experiment = tracker.client.get_experiment_by_name(f"tvq-{partition.split('|')[1]}")
+        runs = (
+            tracker.search(experiment.experiment_id, {PARTITION_TAG: partition})
+            if experiment
+            else []
+        )
+    except Exception as error:
+        reason = type(error).__name__
+        return f"   mlflow:  unavailable at {tracker.uri} ({reason}); `tvq track` replays it"
     if not runs:
-        return None
+        return f"   mlflow:  no run for {partition} at {tracker.uri}"
     run = runs[-1]
-    return run, tracker.run_url(experiment.experiment_id, run.info.run_id)
+    url = tracker.run_url(experiment.experiment_id, run.info.run_id)
+    return f"   mlflow:  run {run.info.run_id} ({run.info.status}) {url}"

@@ -13,7 +13,6 @@ and the code location must load fast.
 
 import fcntl
 import hashlib
-import io
 import os
 import tempfile
 import time
@@ -29,7 +28,7 @@ import pandas as pd
 T = TypeVar("T")
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # MLflow's limits for one log_batch call and one param value.
-PARAMS_PER_BATCH, METRICS_PER_BATCH, PARAM_LENGTH = 100, 1000, 6000
+BATCH, PARAM_LENGTH = 100, 6000
 
 
 class TrackingUnavailable(RuntimeError):
@@ -77,6 +76,13 @@ class MlflowTracker(dg.ConfigurableResource):
         root = Path(home).resolve() / "mlflow"
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+    @property
+    def artifact_root(self) -> Path:
+        """Artifacts of a local store sit beside its database (a server decides for itself)."""
+        if self.uri.startswith("sqlite:///"):
+            return Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts"
+        return self.local_root / "artifacts"
 
     @property
     def is_server(self) -> bool:
@@ -147,8 +153,7 @@ class MlflowTracker(dg.ConfigurableResource):
         )
         if found is not None:
             return found.experiment_id
-        # A local store keeps artifacts beside the database; a server decides for itself.
-        location = None if self.is_server else (self.local_root / "artifacts" / name).as_uri()
+        location = None if self.is_server else (self.artifact_root / name).as_uri()
         try:
             return self.call(
                 f"create experiment {name!r}",
@@ -256,11 +261,11 @@ class MlflowTracker(dg.ConfigurableResource):
             if v is not None and pd.notna(v) and abs(float(v)) != float("inf")
         ]
         tag_rows = [RunTag(str(k), str(v)[:PARAM_LENGTH]) for k, v in (tags or {}).items()]
-        for start in range(0, max(len(param_rows), len(metric_rows), len(tag_rows)), 100):
+        for start in range(0, max(len(param_rows), len(metric_rows), len(tag_rows)), BATCH):
             batch = {
-                "params": param_rows[start : start + PARAMS_PER_BATCH],
-                "metrics": metric_rows[start : start + 100],
-                "tags": tag_rows[start : start + 100],
+                "params": param_rows[start : start + BATCH],
+                "metrics": metric_rows[start : start + BATCH],
+                "tags": tag_rows[start : start + BATCH],
             }
             self.call("log params and metrics", lambda b=batch: self.client.log_batch(run_id, **b))
         for path, frame in (tables or {}).items():
@@ -308,13 +313,3 @@ class MlflowTracker(dg.ConfigurableResource):
                 ),
             )
             return Path(local).read_text()
-
-
-def png(figure) -> bytes:
-    """A matplotlib figure as PNG bytes (closed afterwards)."""
-    from matplotlib import pyplot
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    pyplot.close(figure)
-    return buffer.getvalue()

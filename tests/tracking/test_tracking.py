@@ -2,12 +2,13 @@
 
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -139,21 +140,22 @@ def test_a_cancelled_dagster_run_is_killed_in_mlflow_by_the_sensor(instance, lak
     assert run.info.status == "KILLED"
 
 
-def _find_or_create(uri: str) -> str:
-    tracker = MlflowTracker(tracking_uri=uri)
+def test_concurrent_steps_racing_for_the_same_run_end_with_one(tmp_path):
+    """Step processes of one Dagster run start together; each opens its own lock file handle,
+    as threads do here, so the machine-wide lock is exercised the same way."""
+    tracker = MlflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracker.experiment_id("tvq-race")
     identity = {tracking.ROOT_RUN_TAG: "race", tracking.PARTITION_TAG: KEY}
-    return tracker.find_or_create_run(experiment, identity=identity, name="race").info.run_id
+    barrier = threading.Barrier(6)
 
+    def find_or_create(_: int) -> str:
+        barrier.wait()
+        return tracker.find_or_create_run(experiment, identity=identity, name="race").info.run_id
 
-def test_processes_racing_for_the_same_run_end_with_one(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowTracker(tracking_uri=uri).experiment_id("tvq-race")  # schema created once
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        run_ids = pool.map(_find_or_create, [uri] * 4)
+    with ThreadPoolExecutor(6) as pool:
+        run_ids = list(pool.map(find_or_create, range(6)))
     assert len(set(run_ids)) == 1
-    tracker = MlflowTracker(tracking_uri=uri)
-    assert len(tracker.search(tracker.experiment_id("tvq-race"), {"tvq.partition": KEY})) == 1
+    assert len(tracker.search(experiment, identity)) == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -184,6 +184,20 @@ def track(sleeve_name: str, start: str, end: str) -> int:
     return 0
 
 
+def diff(sleeve_name: str, run_a: str, run_b: str, stages: list[str] | None) -> int:
+    """Print what changed between two stored run partitions of a sleeve, stage by stage."""
+    from tvq_assets import diff as stage_diff
+    from tvq_assets.definitions import defs
+
+    lake = defs.resources["lake"]
+    comparison = stage_diff.compare(
+        lake, sleeve_name, run_a, run_b, tuple(stages or stage_diff.STAGES)
+    )
+    print(f"{sleeve_name}: {run_a} -> {run_b}\n")
+    print(stage_diff.render(comparison))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     run_track.add_argument("sleeve")
     run_track.add_argument("start")
     run_track.add_argument("end")
+    run_diff = commands.add_parser("diff", help="what changed between two stored run partitions")
+    run_diff.add_argument("sleeve")
+    run_diff.add_argument("run_a")
+    run_diff.add_argument("run_b")
+    run_diff.add_argument(
+        "--stage", action="append", choices=["selection", "weights", "backtest"], help="repeatable"
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         return demo(arguments.sleeve, arguments.as_of)
@@ -211,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return production(arguments.sleeve)
     if arguments.command == "track":
         return track(arguments.sleeve, arguments.start, arguments.end)
+    if arguments.command == "diff":
+        return diff(arguments.sleeve, arguments.run_a, arguments.run_b, arguments.stage)
     return backfill(arguments.sleeve, arguments.start, arguments.end)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from tvq_assets.tracking import tables_of
+from tvq_checks.checks import markdown
 from tvq_resources.lake import ParquetLake
 
 WEIGHT_THRESHOLD = 0.005  # a weight change smaller than half a percent is noise, not a decision
@@ -131,3 +132,38 @@ def render(comparison: dict[str, dict[str, object]]) -> str:
                 lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         lines.append("")
     return "\n".join(lines)
+
+
+def previous_partition(lake: ParquetLake, stage: str, partition: str, days: int = 7) -> str | None:
+    """The newest stored partition of ``stage`` for the same sleeve in the ``days`` before."""
+    as_of, sleeve = partition.split("|")
+    for back in range(1, days + 1):
+        key = f"{pd.Timestamp(as_of) - pd.Timedelta(days=back):%Y-%m-%d}|{sleeve}"
+        if lake.exists([stage], key):
+            return key
+    return None
+
+
+def changes_since_previous(
+    lake: ParquetLake, stage: str, partition: str, value: object
+) -> dict[str, object]:
+    """Metadata for a materialisation: what changed since the sleeve's previous stored run (tables
+    as markdown, headline numbers as numbers); empty for stages without a diff."""
+    import dagster as dg
+
+    if stage not in DIFFS:
+        return {}
+    previous = previous_partition(lake, stage, partition)
+    if previous is None:
+        return {"previous_run": "none"}
+    parts = DIFFS[stage](lake.read([stage], previous), value)
+    found: dict[str, object] = {"previous_run": previous}
+    for name, table in parts.items():
+        found[f"changes_{name}"] = dg.MetadataValue.md(markdown(table))
+    if stage == "selection":
+        summary = parts["summary"].iloc[0]
+        found.update(symbols_added=int(summary["added"]), symbols_removed=int(summary["removed"]))
+    if stage == "weights":
+        for _, row in parts["summary"].iterrows():
+            found[f"turnover_{row['profile']}"] = round(float(row["turnover"]), 6)
+    return found

@@ -24,6 +24,7 @@ import importlib.metadata
 import io
 import logging
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -621,10 +622,14 @@ class TrackedIOManager(dg.ConfigurableIOManager):
         partition = context.asset_partition_key if context.has_asset_partitions else None
         if not is_sleeve_run(partition):
             return
+        started = time.perf_counter()
         stage = context.asset_key.to_user_string()
         sleeve_name, as_of = partition.split("|")[1], pd.Timestamp(partition.split("|")[0])
         record = describe(stage, obj, catalog.sleeve(sleeve_name), as_of)
         identity = identity_of(context.step_context.dagster_run, partition)
+        from tvq_assets.diff import changes_since_previous  # diff builds on this module
+
+        changes = changes_since_previous(self.store.lake, stage, partition, obj)
         source = self.store.lake.location(context.asset_key.path, partition)
         tracked = record_stage(self.mlflow, identity, stage, record, source=str(source))
         context.add_output_metadata(
@@ -632,6 +637,8 @@ class TrackedIOManager(dg.ConfigurableIOManager):
                 "mlflow_run_id": tracked.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracked.url),
                 **{k: float(v) for k, v in record.headline.items() if pd.notna(v)},
+                "tracking_seconds": round(time.perf_counter() - started, 3),
+                **changes,
             }
         )
 
@@ -644,7 +651,12 @@ class TrackedIOManager(dg.ConfigurableIOManager):
         if context.instance is None or context.run_id is None:
             return
         try:
-            finalise(self.mlflow, context.instance, context.run_id)
+            started = time.perf_counter()
+            done = finalise(self.mlflow, context.instance, context.run_id)
+            if done and context.log is not None:
+                context.log.info(
+                    f"MLflow runs marked {done} in {time.perf_counter() - started:.2f}s"
+                )
         except Exception as error:  # the run's own outcome must not be masked by tracking
             log.warning("MLflow tracking: could not finalise run %s: %s", context.run_id, error)
 

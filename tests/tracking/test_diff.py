@@ -55,3 +55,15 @@ def test_a_partition_that_was_never_stored_is_named():
         FileNotFoundError, match=r"selection: nothing stored for 2026-01-01\|crypto"
     ):
         diff.compare(ParquetLake(root="/nonexistent"), "crypto", "2026-01-01", "2026-01-02")
+
+
+def test_a_materialisation_records_what_changed_since_the_previous_stored_run(tmp_path):
+    lake = ParquetLake(root=str(tmp_path / "lake"))
+    lake.write(["weights"], "2026-06-27|crypto", _weights(min_variance={"A": 0.6, "B": 0.4}))
+    today = _weights(min_variance={"B": 0.5, "D": 0.5})
+    found = diff.changes_since_previous(lake, "weights", "2026-06-30|crypto", today)
+    assert found["previous_run"] == "2026-06-27|crypto"
+    assert found["turnover_min_variance"] == pytest.approx(0.6)
+    assert "| D |" in found["changes_moves"].value
+    first = diff.changes_since_previous(lake, "weights", "2026-06-27|crypto", today)
+    assert first == {"previous_run": "none"}

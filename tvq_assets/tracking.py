@@ -36,6 +36,7 @@ import pandas as pd
 
 from tvq_assets.catalog import Sleeve, policy_parameters
 from tvq_assets.partitions import catalog
+from tvq_assets.quant import metrics as performance
 from tvq_resources.lake import ParquetIOManager, ParquetLake
 from tvq_resources.tracking import MlflowTracker
 
@@ -217,10 +218,19 @@ def describe_backtest(stage, value, sleeve, as_of):
             "champion_turnover": float(headline.get("avg_turnover", np.nan)),
         },
     )
-    for name in ("psr", "psr_vs_incumbent"):
-        if name in verdict.index and pd.notna(verdict[name]):
-            record.headline[name] = float(verdict[name])
+    for name, number in verdict.items():
+        if isinstance(number, int | float | np.number) and not isinstance(number, bool):
+            record.metrics[f"verdict.{name}"] = float(number)
+    if "psr" in verdict.index and pd.notna(verdict["psr"]):
+        record.headline["psr_vs_incumbent"] = float(verdict["psr"])
     if "returns" in tables:
+        # The best of many policies looks better than it is: deflate its Sharpe by the number
+        # of policies the tournament tried (per-period Sharpe ratios of every trial).
+        streams = tables["returns"]
+        trials = (streams.mean() / streams.std(ddof=1)).to_numpy()
+        deflated = performance.deflated_sharpe_ratio(streams[champion], trial_sharpes=trials)
+        record.metrics["deflated_sharpe"] = deflated
+        record.headline["champion_deflated_sharpe"] = deflated
         record.figures = tear_sheet(
             tables["returns"],
             tables.get("turnover"),

@@ -22,6 +22,7 @@ from tvq_assets import tracking
 from tvq_assets.catalog import policy_parameters
 from tvq_assets.definitions import ASSETS
 from tvq_assets.partitions import catalog
+from tvq_assets.quant import metrics as performance
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 
@@ -188,6 +189,13 @@ def test_a_partition_is_one_finished_mlflow_run_with_its_metrics(tracked_graph):
         assert metrics[f"baseline_universe.{name}"] == pytest.approx(
             table.loc["baseline_universe", name]
         )
+    trials = backtest["returns"].mean() / backtest["returns"].std(ddof=1)
+    assert metrics["deflated_sharpe"] == pytest.approx(
+        performance.deflated_sharpe_ratio(backtest["returns"][champion], trial_sharpes=trials)
+    )
+    assert metrics["deflated_sharpe"] < performance.probabilistic_sharpe_ratio(
+        backtest["returns"][champion]
+    )
     winners = lake.read(["selection"], KEY)["winners"]
     assert metrics["selection.winners"] == len(winners)
     assert metrics["selection.stage"] == winners["stage"].max()

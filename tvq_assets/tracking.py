@@ -139,9 +139,10 @@ def describe_inference(stage, value, sleeve, as_of):
     record = describe_default(stage, value, sleeve, as_of)
     record.metrics = {
         "inference.symbols": len(table),
-        **{f"inference.score_{name}": float(getattr(scores, name)()) for name in ("mean", "std")},
-        **{f"inference.score_{name}": float(getattr(scores, name)()) for name in ("min", "max")},
-        "inference.score_median": float(scores.median()),
+        **{
+            f"inference.score_{name}": float(getattr(scores, name)())
+            for name in ("mean", "std", "min", "median", "max")
+        },
     }
     return record
 

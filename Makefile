@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | ck
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup demo dev test test-slow test-all check bench backfill flow-production clean
+.PHONY: setup demo dev test test-slow test-all check bench backfill flow-production clean mlflow-ui
 
 setup: $(STAMP)
 
@@ -41,6 +41,16 @@ dev: $(STAMP)
 	}; \
 	trap stop INT TERM; \
 	wait $$server
+
+## mlflow-ui: the MLflow UI on http://$(HOST):$(MLFLOW_PORT) over $$MLFLOW_TRACKING_URI, else the local store
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)
+	@store="$${MLFLOW_TRACKING_URI:-sqlite:///$(DAGSTER_HOME)/mlflow/mlflow.db}"; \
+	case "$$store" in http*) echo "runs are on the tracking server: open $$store"; exit 0;; esac; \
+	mkdir -p $(DAGSTER_HOME)/mlflow; \
+	echo "MLflow UI on http://$(HOST):$(MLFLOW_PORT) (store: $$store)"; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri "$$store" \
+	  --artifacts-destination $(DAGSTER_HOME)/mlflow/artifacts -h $(HOST) -p $(MLFLOW_PORT) --workers 1
 
 ## test: the fast suite (what to run often)
 test: $(STAMP)

@@ -4,6 +4,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import tempfile
 
 import dagster as dg
 import pytest
@@ -17,6 +18,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # The lake and instance of a test never touch the developer's dagster_home.
 os.environ.pop("TVQ_LAKE", None)
+# Runs of a test are tracked in a throwaway MLflow store, never the developer's or a shared one.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='tvq-mlflow-')}/mlflow.db"
 
 AS_OF = "2026-06-30"
 ASSETS = (

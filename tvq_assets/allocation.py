@@ -1,7 +1,5 @@
 """Synthesis layer: optimised weights of the run's winners, and the walk-forward tournament."""
 
-import base64
-
 import dagster as dg
 import pandas as pd
 
@@ -191,9 +189,6 @@ def backtest(
             max_drawdown=float(stored.metrics.loc[champion, "max_drawdown"]),
             champion_vs_baselines=dg.MetadataValue.md(checks.markdown(shown.reset_index())),
             metrics=dg.MetadataValue.md(checks.markdown(stored.metrics.reset_index())),
-            equity_curve=dg.MetadataValue.md(
-                f"![equity](data:image/png;base64,{base64.b64encode(png).decode()})"
-            ),
             equity_curve_file=dg.MetadataValue.path(str(plot_path)),
             windows=len(outcome.result.windows),
             out_of_sample_days=len(stored.returns),

@@ -38,6 +38,7 @@ def _checks_line(result: dg.ExecuteInProcessResult) -> tuple[str, list[str]]:
 
 
 def demo(sleeves: list[str] | None, as_of: str | None) -> int:
+    from tvq_assets import tracking
     from tvq_assets.definitions import defs
     from tvq_assets.partitions import catalog, run
 
@@ -84,6 +85,8 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
             for event in result.get_asset_materialization_events()
         }
         _summarise(lake, name, key, fresh)
+        if "returns" in fresh:
+            print(tracking.summary(defs.resources["mlflow"], key))
     return status
 
 
@@ -263,6 +266,36 @@ def lake_command(action: str, asset: str | None, partition: str | None, recomput
     return 0 if result.success else 1
 
 
+def track(sleeve_name: str, start: str, end: str) -> int:
+    """Record in MLflow what the lake holds for a date range of one sleeve, without recomputing:
+    missing MLflow runs or stages of them (e.g. after the tracking server was down)."""
+    from tvq_assets import tracking
+    from tvq_assets.definitions import defs
+
+    tracker = defs.resources["mlflow"]
+    recorded = tracking.replay(
+        tracker, dg.DagsterInstance.get(), defs.resources["lake"], sleeve_name, start, end
+    )
+    for partition, stages in recorded:
+        print(f"{partition}: {', '.join(stages) or 'already complete'}")
+    print(f"{len(recorded)} partition(s) of {sleeve_name} in MLflow at {tracker.uri}")
+    return 0
+
+
+def diff(sleeve_name: str, run_a: str, run_b: str, stages: list[str] | None) -> int:
+    """Print what changed between two stored run partitions of a sleeve, stage by stage."""
+    from tvq_assets import diff as stage_diff
+    from tvq_assets.definitions import defs
+
+    lake = defs.resources["lake"]
+    comparison = stage_diff.compare(
+        lake, sleeve_name, run_a, run_b, tuple(stages or stage_diff.STAGES)
+    )
+    print(f"{sleeve_name}: {run_a} -> {run_b}\n")
+    print(stage_diff.render(comparison))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     run_lake.add_argument(
         "--no-recompute", action="store_true", help="quarantine only; recompute later"
     )
+    run_track = commands.add_parser(
+        "track", help="record missing MLflow runs of a date range from the lake (no recompute)"
+    )
+    run_track.add_argument("sleeve")
+    run_track.add_argument("start")
+    run_track.add_argument("end")
+    run_diff = commands.add_parser("diff", help="what changed between two stored run partitions")
+    run_diff.add_argument("sleeve")
+    run_diff.add_argument("run_a")
+    run_diff.add_argument("run_b")
+    run_diff.add_argument(
+        "--stage", action="append", choices=["selection", "weights", "backtest"], help="repeatable"
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         return demo(arguments.sleeve, arguments.as_of)
@@ -293,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         return lake_command(
             arguments.action, arguments.asset, arguments.partition, not arguments.no_recompute
         )
+    if arguments.command == "track":
+        return track(arguments.sleeve, arguments.start, arguments.end)
+    if arguments.command == "diff":
+        return diff(arguments.sleeve, arguments.run_a, arguments.run_b, arguments.stage)
     return backfill(arguments.sleeve, arguments.start, arguments.end)
 
 

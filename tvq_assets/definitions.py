@@ -4,11 +4,12 @@ import os
 
 import dagster as dg
 
-from tvq_assets import allocation, alpha, data
+from tvq_assets import allocation, alpha, data, tracking
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake
 from tvq_resources.market_data import MarketData, SourceConfig
+from tvq_resources.tracking import MlflowTracker
 
 
 def market_data_from_catalog() -> MarketData:
@@ -17,13 +18,21 @@ def market_data_from_catalog() -> MarketData:
     )
 
 
-def build_resources(*, market_data: MarketData | None = None, lake_root: str | None = None) -> dict:
-    """Resources for a definitions object or a test: the catalog's sources and the Parquet lake."""
+def build_resources(
+    *,
+    market_data: MarketData | None = None,
+    lake_root: str | None = None,
+    mlflow: MlflowTracker | None = None,
+) -> dict:
+    """Resources for a definitions object or a test: the catalog's sources, the Parquet lake and
+    MLflow tracking (every sleeve × run value the IO manager stores is tracked)."""
     lake = ParquetLake(root=lake_root)
+    mlflow = mlflow or MlflowTracker()
     return {
         "market_data": market_data or market_data_from_catalog(),
         "lake": lake,
-        "io_manager": ParquetIOManager(lake=lake),
+        "mlflow": mlflow,
+        "io_manager": tracking.TrackedIOManager(store=ParquetIOManager(lake=lake), mlflow=mlflow),
     }
 
 
@@ -52,7 +61,7 @@ defs = dg.Definitions(
     assets=ASSETS,
     jobs=[bars_job, daily_job],
     schedules=[daily_schedule],
-    sensors=[run_daily_after_bars],
+    sensors=[run_daily_after_bars, *tracking.SENSORS],
     resources=build_resources(),
     executor=executor(),
 )

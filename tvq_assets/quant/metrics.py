@@ -233,3 +233,34 @@ def metrics_table(
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRIC_COLUMNS))
     table.index = pd.Index(list(returns.columns), name="policy")
     return table.astype(np.float64)
+
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def expected_maximum_sharpe(trial_sharpes: Sequence[float]) -> float:
+    """Expected maximum of ``N`` per-period Sharpe ratios under the null of no skill (Bailey and
+    López de Prado, 2014): ``sqrt(V) · ((1 − γ)·Φ⁻¹(1 − 1/N) + γ·Φ⁻¹(1 − 1/(N·e)))``, with ``V``
+    the variance (ddof=1) of the trials' Sharpe ratios and γ the Euler–Mascheroni constant.
+    NaN-Sharpe trials count as tried but add no variance; zero for a single trial."""
+    values = np.asarray(trial_sharpes, dtype=float)
+    trials = values.size
+    finite = values[np.isfinite(values)]
+    if trials < 2 or finite.size < 2:
+        return 0.0
+    spread = math.sqrt(float(np.var(finite, ddof=1)))
+    quantile = stats.norm.ppf
+    return spread * (
+        (1 - EULER_GAMMA) * quantile(1 - 1 / trials)
+        + EULER_GAMMA * quantile(1 - 1 / (trials * math.e))
+    )
+
+
+def deflated_sharpe_ratio(returns: ReturnStream, *, trial_sharpes: Sequence[float]) -> float:
+    """Deflated Sharpe ratio: the probabilistic Sharpe ratio of ``returns`` against the Sharpe a
+    search over ``len(trial_sharpes)`` policies would find by luck alone
+    (:func:`expected_maximum_sharpe`). ``trial_sharpes`` are *per-period* Sharpe ratios of every
+    policy tried (the selected one included). A probability in [0, 1]; NaN as for PSR."""
+    return probabilistic_sharpe_ratio(
+        returns, benchmark_sharpe=expected_maximum_sharpe(trial_sharpes)
+    )

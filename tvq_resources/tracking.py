@@ -1,0 +1,315 @@
+"""The MLflow tracker: one experiment per sleeve, find-or-create runs by identity tags, retries.
+
+The resource knows MLflow, not the graph: it creates and finds runs by a set of identity tags, logs
+params, metrics, tables (CSV), figures (PNG) and datasets, and sets terminal statuses. What a run
+means (a Dagster run × partition, its stages) lives in ``tvq_assets.tracking``.
+
+Where runs go, first match wins: the ``tracking_uri`` field, ``MLFLOW_TRACKING_URI``, else an
+absolute SQLite store ``$DAGSTER_HOME/mlflow/mlflow.db`` with artifacts in
+``$DAGSTER_HOME/mlflow/artifacts`` (never MLflow's own default, a ``mlflow.db`` relative to each
+process's working directory). ``mlflow`` is imported inside methods: importing it costs seconds,
+and the code location must load fast.
+"""
+
+import fcntl
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dagster as dg
+import pandas as pd
+
+T = TypeVar("T")
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+# MLflow's limits for one log_batch call and one param value.
+BATCH, PARAM_LENGTH = 100, 6000
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server could not be reached after every retry."""
+
+
+@cache
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+class MlflowTracker(dg.ConfigurableResource):
+    """MLflow tracking: where runs go, how they are found again, how hard to retry.
+
+    ``tracking_uri`` / ``MLFLOW_TRACKING_URI``: a server (``http://host:5000``) or a database URI.
+    ``ui_url`` / ``TVQ_MLFLOW_UI_URL``: where people open runs (default: the server itself, or
+    ``make mlflow-ui``'s http://127.0.0.1:5000 for the local store). ``dagster_ui_url`` /
+    ``DAGSTER_UI_URL``: the Dagster UI that MLflow runs link back to.
+    """
+
+    tracking_uri: str | None = None
+    ui_url: str | None = None
+    dagster_ui_url: str | None = None
+    attempts: int = 4
+    backoff_seconds: float = 0.5
+
+    # -- where ---------------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        configured = self.tracking_uri or dg.EnvVar("MLFLOW_TRACKING_URI").get_value()
+        if configured:
+            return configured
+        return f"sqlite:///{self.local_root / 'mlflow.db'}"
+
+    @property
+    def local_root(self) -> Path:
+        home = dg.EnvVar("DAGSTER_HOME").get_value()
+        if not home:
+            raise RuntimeError(
+                "MLflow tracking: set MLFLOW_TRACKING_URI or DAGSTER_HOME (the local store is "
+                "$DAGSTER_HOME/mlflow; the Makefile exports DAGSTER_HOME)"
+            )
+        root = Path(home).resolve() / "mlflow"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    @property
+    def artifact_root(self) -> Path:
+        """Artifacts of a local store sit beside its database (a server decides for itself)."""
+        if self.uri.startswith("sqlite:///"):
+            return Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts"
+        return self.local_root / "artifacts"
+
+    @property
+    def is_server(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+    @property
+    def browser_url(self) -> str:
+        configured = self.ui_url or dg.EnvVar("TVQ_MLFLOW_UI_URL").get_value()
+        if configured:
+            return configured.rstrip("/")
+        return self.uri.rstrip("/") if self.is_server else "http://127.0.0.1:5000"
+
+    @property
+    def dagster_url(self) -> str:
+        configured = self.dagster_ui_url or dg.EnvVar("DAGSTER_UI_URL").get_value()
+        return (configured or "http://127.0.0.1:3000").rstrip("/")
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.browser_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def dagster_run_url(self, dagster_run_id: str) -> str:
+        return f"{self.dagster_url}/runs/{dagster_run_id}"
+
+    # -- how hard to try -----------------------------------------------------------------------
+    def call(self, what: str, action: Callable[[], T]) -> T:
+        """Run one MLflow call, retrying transient failures with doubling backoff.
+
+        MLflow's own HTTP retries (seven, minutes of backoff) are capped so that these attempts
+        decide how long a step waits for a server that is down.
+        """
+        from mlflow.exceptions import MlflowException
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        delay, last = self.backoff_seconds, None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return action()
+            except MlflowException as error:
+                # A rejected request (bad param, missing run) will not succeed on retry.
+                if getattr(error, "error_code", "") in (
+                    "INVALID_PARAMETER_VALUE",
+                    "RESOURCE_DOES_NOT_EXIST",
+                    "RESOURCE_ALREADY_EXISTS",
+                ):
+                    raise
+                last = error
+            except (OSError, ConnectionError) as error:
+                last = error
+            if attempt < self.attempts:
+                time.sleep(delay)
+                delay *= 2
+        raise TrackingUnavailable(
+            f"MLflow tracking at {self.uri} unreachable while trying to {what} "
+            f"({self.attempts} attempts): {type(last).__name__}: {str(last)[:300]}"
+        ) from last
+
+    @property
+    def client(self):
+        return _client(self.uri)
+
+    # -- experiments and runs ------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.call(
+            f"find experiment {name!r}", lambda: self.client.get_experiment_by_name(name)
+        )
+        if found is not None:
+            return found.experiment_id
+        location = None if self.is_server else (self.artifact_root / name).as_uri()
+        try:
+            return self.call(
+                f"create experiment {name!r}",
+                lambda: self.client.create_experiment(name, artifact_location=location),
+            )
+        except MlflowException:  # created meanwhile by another process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise find-or-create among the processes of this machine (the multiprocess
+        executor); across machines :meth:`find_or_create_run` still converges by deduplication."""
+        digest = hashlib.sha1(self.uri.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"tvq-mlflow-{digest}.lock"
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def search(self, experiment_id: str, identity: Mapping[str, str]) -> list:
+        """Runs (any status, not deleted) carrying every identity tag, oldest first."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in identity.items())
+        runs = self.call(
+            "search runs",
+            lambda: self.client.search_runs([experiment_id], filter_string=query, max_results=1000),
+        )
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def find_or_create_run(
+        self,
+        experiment_id: str,
+        *,
+        identity: Mapping[str, str],
+        name: str,
+        tags: Mapping[str, str] | None = None,
+    ):
+        """The one run with these identity tags: found, or created; never two.
+
+        Under a machine-wide lock: search, create if missing, then search again and keep the
+        oldest should another machine have created one at the same moment (the others are
+        deleted before anything is logged to them).
+        """
+        with self._lock():
+            runs = self.search(experiment_id, identity)
+            if not runs:
+                created = self.call(
+                    f"create run {name!r}",
+                    lambda: self.client.create_run(
+                        experiment_id, tags={**identity, **(tags or {})}, run_name=name
+                    ),
+                )
+                runs = self.search(experiment_id, identity) or [created]
+            keep, *duplicates = runs
+            for duplicate in duplicates:
+                self.call(
+                    "delete a duplicate run",
+                    lambda d=duplicate: self.client.delete_run(d.info.run_id),
+                )
+        return keep
+
+    def reopen(self, run) -> None:
+        """A terminated run that receives more work (a re-execution) is RUNNING again."""
+        if run.info.status != "RUNNING":
+            self.call(
+                "reopen run",
+                lambda: self.client.update_run(run.info.run_id, status="RUNNING"),
+            )
+
+    def finish(self, run_id: str, status: str) -> None:
+        if status not in TERMINAL:
+            raise ValueError(f"terminal status must be one of {TERMINAL}, got {status!r}")
+        self.call(f"mark run {status}", lambda: self.client.set_terminated(run_id, status=status))
+
+    def get_run(self, run_id: str):
+        return self.call("read run", lambda: self.client.get_run(run_id))
+
+    # -- logging -------------------------------------------------------------------------------
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        tables: Mapping[str, pd.DataFrame] | None = None,
+        figures: Mapping[str, bytes] | None = None,
+        texts: Mapping[str, str] | None = None,
+    ) -> None:
+        """Log to one run. Params already on the run are skipped (MLflow params are write-once:
+        a re-execution logs the same values again); non-finite metrics are left out."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        existing = self.get_run(run_id).data.params if params else {}
+        now = int(time.time() * 1000)
+        param_rows = [
+            Param(str(k), str(v)[:PARAM_LENGTH])
+            for k, v in (params or {}).items()
+            if str(k) not in existing
+        ]
+        metric_rows = [
+            Metric(str(k), float(v), now, 0)
+            for k, v in (metrics or {}).items()
+            if v is not None and pd.notna(v) and abs(float(v)) != float("inf")
+        ]
+        tag_rows = [RunTag(str(k), str(v)[:PARAM_LENGTH]) for k, v in (tags or {}).items()]
+        for start in range(0, max(len(param_rows), len(metric_rows), len(tag_rows)), BATCH):
+            batch = {
+                "params": param_rows[start : start + BATCH],
+                "metrics": metric_rows[start : start + BATCH],
+                "tags": tag_rows[start : start + BATCH],
+            }
+            self.call("log params and metrics", lambda b=batch: self.client.log_batch(run_id, **b))
+        for path, frame in (tables or {}).items():
+            text = frame.to_csv()
+            self.call(f"log {path}", lambda t=text, p=path: self.client.log_text(run_id, t, p))
+        for path, text in (texts or {}).items():
+            self.call(f"log {path}", lambda t=text, p=path: self.client.log_text(run_id, t, p))
+        for path, png in (figures or {}).items():
+            self._log_bytes(run_id, path, png)
+
+    def _log_bytes(self, run_id: str, path: str, data: bytes) -> None:
+        folder, name = os.path.split(path)
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / name
+            local.write_bytes(data)
+            self.call(
+                f"log {path}",
+                lambda: self.client.log_artifact(run_id, str(local), folder or None),
+            )
+
+    def log_dataset(
+        self, run_id: str, frame: pd.DataFrame, *, name: str, source: str, context: str
+    ) -> str:
+        """Log a frame as a dataset input of the run; returns its digest (content hash)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
+        entry = DatasetInput(
+            dataset=dataset._to_mlflow_entity(),
+            tags=[InputTag(key="mlflow.data.context", value=context)],
+        )
+        self.call("log dataset", lambda: self.client.log_inputs(run_id, datasets=[entry]))
+        return dataset.digest
+
+    def read_text(self, run_id: str, path: str) -> str:
+        """An artifact's text (to verify what was logged)."""
+        from mlflow.artifacts import download_artifacts
+
+        with tempfile.TemporaryDirectory() as scratch:
+            local = self.call(
+                f"download {path}",
+                lambda: download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=scratch, tracking_uri=self.uri
+                ),
+            )
+            return Path(local).read_text()

@@ -5,6 +5,7 @@ import datetime
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from tests.conftest import ASSETS
@@ -157,3 +158,24 @@ def test_the_daily_schedule_refreshes_the_bars_of_every_sleeve():
     requests = list(daily_schedule(context))
     assert [r.partition_key for r in requests] == list(catalog.sleeves)
     assert len({r.run_key for r in requests}) == len(requests)
+
+
+def test_the_partition_key_format_has_one_home_that_agrees_with_dagster():
+    from tvq_assets.partitions import previous_run_key, run_key, sleeve_run, split_run_key
+
+    keys = sleeve_run.get_partition_keys()
+    made = run_key("2026-06-30", "crypto")
+    assert made in keys
+    assert split_run_key(made) == (pd.Timestamp("2026-06-30"), "crypto")
+    assert previous_run_key(made) == run_key("2026-06-29", "crypto") in keys
+    with pytest.raises(ValueError, match="sleeve × run partition key"):
+        split_run_key("crypto")
+
+
+def test_the_readers_and_the_engine_share_the_bar_columns():
+    # The dependency rule keeps tvq_resources from importing the engine, so the readers restate
+    # the bar layout; this is what keeps the two statements one definition.
+    from tvq_assets.quant.bars import BAR_COLUMNS
+    from tvq_resources.files import BAR_COLUMNS as READER_COLUMNS
+
+    assert READER_COLUMNS == BAR_COLUMNS

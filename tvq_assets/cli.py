@@ -40,7 +40,7 @@ def _checks_line(result: dg.ExecuteInProcessResult) -> tuple[str, list[str]]:
 def demo(sleeves: list[str] | None, as_of: str | None) -> int:
     from tvq_assets import tracking
     from tvq_assets.definitions import defs
-    from tvq_assets.partitions import catalog, run
+    from tvq_assets.partitions import catalog, run, run_key
 
     instance = dg.DagsterInstance.get()
     lake = defs.resources["lake"]
@@ -53,7 +53,7 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
                 partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
             )
         ]
-        key = f"{as_of or _last_session(lake, name, newest)}|{name}"
+        key = run_key(as_of or _last_session(lake, name, newest), name)
         print(f"\n== {name}  (run partition {key})")
         if results[0].success:
             results.append(
@@ -177,13 +177,13 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
 def production(sleeves: list[str] | None) -> int:
     """The production flow from the command line: each sleeve's bars, then its newest run, each
     as a real job run in production mode (a process per step), recorded in ``DAGSTER_HOME``."""
-    from tvq_assets.partitions import catalog, run
+    from tvq_assets.partitions import catalog, run, run_key
 
     newest = run.get_last_partition_key()
     environment = {**os.environ, "TV_ORCH_MODE": "production"}
     base = ["dagster", "job", "execute", "-m", "tvq_assets.definitions"]
     for name in sleeves or list(catalog.sleeves):
-        for job, partition in (("refresh_bars", name), ("daily", f"{newest}|{name}")):
+        for job, partition in (("refresh_bars", name), ("daily", run_key(newest, name))):
             print(f"== {job} [{partition}]", flush=True)
             tags = json.dumps({"dagster/partition": partition})
             status = subprocess.call([*base, "-j", job, "--tags", tags], env=environment)
@@ -194,8 +194,10 @@ def production(sleeves: list[str] | None) -> int:
 
 
 def backfill(sleeve_name: str, start: str, end: str) -> int:
+    from tvq_assets.partitions import run_key
+
     dates = pd.date_range(start, end, freq="D")
-    keys = ",".join(f"{d:%Y-%m-%d}|{sleeve_name}" for d in dates)
+    keys = ",".join(run_key(d, sleeve_name) for d in dates)
     command = [
         "dagster",
         "job",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from tvq_assets.partitions import run_key
 from tvq_assets.tracking import tables_of
 from tvq_checks.checks import markdown
 from tvq_resources.lake import ParquetLake
@@ -111,7 +112,7 @@ def compare(
     """Per stage, the comparison of run ``run_a`` (before) with ``run_b`` (after) of a sleeve."""
     found = {}
     for stage in stages:
-        keys = (f"{run_a}|{sleeve}", f"{run_b}|{sleeve}")
+        keys = (run_key(run_a, sleeve), run_key(run_b, sleeve))
         missing = [k for k in keys if not lake.exists([stage], k)]
         if missing:
             raise FileNotFoundError(f"{stage}: nothing stored for {', '.join(missing)}")

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from tvq_assets.partitions import run as run_dimension
-from tvq_assets.partitions import sleeve_run
+from tvq_assets.partitions import run_key, sleeve_run
 
 bars_job = dg.define_asset_job(
     "refresh_bars",
@@ -23,7 +23,7 @@ def daily_schedule(context: dg.ScheduleEvaluationContext):
     """Each day after UTC midnight: refresh the bars of every sleeve (the daily job follows)."""
     for sleeve_name in sleeve_run.get_partitions_def_for_dimension("sleeve").get_partition_keys():
         yield dg.RunRequest(
-            run_key=f"{context.scheduled_execution_time:%Y-%m-%d}|{sleeve_name}",
+            run_key=run_key(context.scheduled_execution_time.date(), sleeve_name),
             partition_key=sleeve_name,
         )
 
@@ -40,7 +40,7 @@ def run_daily_after_bars(context: dg.RunStatusSensorContext):
     newest = run_dimension.get_last_partition_key()
     if sleeve_name and newest:
         return dg.RunRequest(
-            run_key=f"{newest}|{sleeve_name}|{context.dagster_run.run_id}",
-            partition_key=f"{newest}|{sleeve_name}",
+            run_key=f"{run_key(newest, sleeve_name)}|{context.dagster_run.run_id}",
+            partition_key=run_key(newest, sleeve_name),
         )
     return dg.SkipReason("the bars run had no sleeve partition")

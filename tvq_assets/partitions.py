@@ -53,28 +53,46 @@ def previous_run(asset: str) -> dg.AssetIn:
     )
 
 
+def run_key(as_of: "str | pd.Timestamp", sleeve_name: str) -> str:
+    """The sleeve × run partition key, ``2026-11-20|crypto``: the one place its format is made
+    (Dagster joins the dimensions in alphabetical order of their names, run then sleeve)."""
+    return str(
+        dg.MultiPartitionKey({"run": f"{pd.Timestamp(as_of):%Y-%m-%d}", "sleeve": sleeve_name})
+    )
+
+
+def split_run_key(key: str) -> tuple[pd.Timestamp, str]:
+    """The as-of date (tz-naive UTC day) and the sleeve name of a sleeve × run partition key."""
+    parts = str(key).split("|")
+    if len(parts) != 2:
+        raise ValueError(
+            f"expected a sleeve × run partition key like 2026-11-20|crypto, got {key!r}"
+        )
+    return pd.Timestamp(parts[0]), parts[1]
+
+
+def is_run_key(key: "str | None") -> bool:
+    """True for a sleeve × run key of a sleeve in the catalog (a bars key is the sleeve alone)."""
+    return bool(key) and str(key).count("|") == 1 and split_run_key(key)[1] in catalog.sleeves
+
+
 def previous_run_key(key: str) -> str:
     """The partition key the previous-run input reads: ``2026-11-19|crypto`` for
     ``2026-11-20|crypto``."""
-    as_of, sleeve_name = key.split("|")
-    return f"{pd.Timestamp(as_of) - pd.Timedelta(days=1):%Y-%m-%d}|{sleeve_name}"
+    as_of, sleeve_name = split_run_key(key)
+    return run_key(as_of - pd.Timedelta(days=1), sleeve_name)
 
 
 def sleeve_of(context: dg.AssetExecutionContext) -> Sleeve:
     """The catalog entry of a sleeve-partitioned (or sleeve × run) asset's partition."""
     key = str(context.partition_key)
-    return catalog.sleeve(key.split("|")[-1])
+    return catalog.sleeve(split_run_key(key)[1] if "|" in key else key)
 
 
 def sleeve_and_date(context: dg.AssetExecutionContext) -> tuple[Sleeve, pd.Timestamp]:
     """Decode a sleeve × run partition into the sleeve and its as-of date (tz-naive UTC date)."""
-    key = str(context.partition_key)
-    if key.count("|") != 1:
-        raise ValueError(
-            f"expected a sleeve × run partition key like 2026-11-20|crypto, got {key!r}"
-        )
-    as_of, sleeve_name = key.split("|")
-    return catalog.sleeve(sleeve_name), pd.Timestamp(as_of)
+    as_of, sleeve_name = split_run_key(str(context.partition_key))
+    return catalog.sleeve(sleeve_name), as_of
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.catalog import Sleeve, policy_parameters
-from tvq_assets.partitions import catalog
+from tvq_assets.partitions import catalog, is_run_key, run_key, split_run_key
 from tvq_assets.quant import metrics as performance
 from tvq_resources.lake import ParquetIOManager, ParquetLake
 from tvq_resources.tracking import MlflowTracker
@@ -373,11 +373,11 @@ class Identity:
 
     @property
     def sleeve(self) -> str:
-        return self.partition.split("|")[1]
+        return split_run_key(self.partition)[1]
 
     @property
     def as_of(self) -> str:
-        return self.partition.split("|")[0]
+        return f"{split_run_key(self.partition)[0]:%Y-%m-%d}"
 
     @property
     def experiment(self) -> str:
@@ -405,12 +405,6 @@ class Identity:
             "mlflow.source.name": f"dagster job {self.job}",
             "mlflow.source.type": "JOB",
         }
-
-
-def is_sleeve_run(partition: str | None) -> bool:
-    return (
-        bool(partition) and partition.count("|") == 1 and partition.split("|")[1] in catalog.sleeves
-    )
 
 
 def identity_of(run: dg.DagsterRun, partition: str) -> Identity:
@@ -517,14 +511,14 @@ STATUS_OF_RUN = {
 
 def _partitions_of(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
     partition = run.tags.get("dagster/partition")
-    if is_sleeve_run(partition):
+    if is_run_key(partition):
         return [partition]
     found = {
         e.dagster_event.partition
         for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
         if e.dagster_event and e.dagster_event.partition
     }
-    return sorted(p for p in found if is_sleeve_run(p))
+    return sorted(p for p in found if is_run_key(p))
 
 
 def run_outcome(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[str | None, dict, dict]:
@@ -631,11 +625,11 @@ class TrackedIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         self.store.handle_output(context, obj)
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        if not is_sleeve_run(partition):
+        if not is_run_key(partition):
             return
         started = time.perf_counter()
         stage = context.asset_key.to_user_string()
-        sleeve_name, as_of = partition.split("|")[1], pd.Timestamp(partition.split("|")[0])
+        as_of, sleeve_name = split_run_key(partition)
         record = describe(stage, obj, catalog.sleeve(sleeve_name), as_of)
         identity = identity_of(context.step_context.dagster_run, partition)
         from tvq_assets.diff import changes_since_previous  # diff builds on this module
@@ -708,7 +702,7 @@ def replay(
     sleeve = catalog.sleeve(sleeve_name)
     recorded = []
     for day in pd.date_range(start, end, freq="D"):
-        partition = f"{day:%Y-%m-%d}|{sleeve_name}"
+        partition = run_key(day, sleeve_name)
         stages = [s for s in STAGE_ORDER if lake.exists([s], partition)]
         if not stages:
             continue

@@ -150,7 +150,9 @@ def run_folder(folder: Folder, lake_root: str) -> str:
     ]
     name = "crypto" if folder.calendar == "crypto" else "tradfi"
     entry = catalog.sleeves[name]
-    policy = dataclasses.replace(entry.policy, min_winners=3, max_winners=10)
+    policy = dataclasses.replace(
+        entry.policy, min_winners=3, max_winners=10, min_universe=1, infeasible_cap="raise"
+    )
     catalog.sleeves[name] = dataclasses.replace(entry, toxic_policy="quarantine", policy=policy)
     try:
         resources = resources_for(lake_root, **{name: source(folder)})

@@ -324,7 +324,10 @@ def test_each_real_folder_runs_from_bars_to_backtest_under_quarantine(
     instance, lake_root, sleeve_policy, folder
 ):
     sleeve = "crypto" if folder.calendar == "crypto" else "tradfi"
-    sleeve_policy(sleeve, toxic_policy="quarantine", policy={"min_winners": 3, "max_winners": 10})
+    # What a user with a handful of symbols configures: fewer winners, a universe of one, and a
+    # cap raised (under a WARN naming both values) when it cannot be met by the names left.
+    small = {"min_winners": 3, "max_winners": 10, "min_universe": 1, "infeasible_cap": "raise"}
+    sleeve_policy(sleeve, toxic_policy="quarantine", policy=small)
     resources = resources_for(lake_root, **{sleeve: source(folder)})
     bars = dg.materialize([data.bars], partition_key=sleeve, resources=resources, instance=instance)
     assert bars.success

@@ -85,7 +85,7 @@ def test_two_concurrent_refreshes_of_one_sleeve_keep_every_row(tmp_path, lake_ro
         r.asset_materializations_for_node("bars")[0].metadata["rows_added"].value
         for r in results.values()
     )
-    stored = ParquetLake(root=lake_root).read(["bars"], "crypto")
+    stored = ParquetLake(root=lake_root).read(["bars"], "crypto").bars
     assert stored["symbol"].nunique() == 16
     assert len(stored) == added  # every row a run reported adding is in the lake
 
@@ -188,7 +188,7 @@ def test_killed_runs_are_marked_failed_free_the_sleeves_slot_and_are_retried(tmp
         held.__exit__(None, None, None)
         if daemon is not None:
             stop(daemon)
-    assert ParquetLake(root=str(lake)).read(["bars"], "crypto")["symbol"].nunique() == 12
+    assert ParquetLake(root=str(lake)).read(["bars"], "crypto").bars["symbol"].nunique() == 12
 
 
 def _wait_for_runs(instance, count: int, seconds: float = 120) -> list[dg.DagsterRun]:

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import resources_for, stop
 from tvq_assets import data
 from tvq_resources import synthetic
-from tvq_resources.lake import ParquetLake
+from tvq_resources.lake import MANIFEST, ParquetLake
 from tvq_resources.market_data import SourceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +267,9 @@ def test_a_corrupt_bar_lake_is_named_recomputed_by_one_command_and_never_shown_a
     demo = ["demo", "--sleeve", "tradfi", "--as-of", "2026-06-30"]
     assert cli.main(demo) == 0
     assert "champion's portfolio today" in capsys.readouterr().out
-    path = cli_home / "bars" / "tradfi.parquet"
+    # The bar lake is a bundle (BarHistory): damage its main table.
+    folder = cli_home / "bars" / "tradfi"
+    path = folder / json.loads((folder / MANIFEST).read_text())["tables"]["bars"]
     _truncate(path)
     assert cli.main(demo) == 1
     out = capsys.readouterr().out

@@ -244,7 +244,9 @@ def test_the_backtest_compares_every_policy_with_the_baselines_and_names_a_champ
 def test_the_portfolio_is_the_champions_decision_with_trades_from_the_previous_run(
     instance, lake_root, clean_resources, sleeve_policy
 ):
-    sleeve_policy("crypto", policy={"test": 40, "step": 40})
+    # A turnover penalty makes the decision depend on its reference (the champion's own last
+    # walk-forward target), which must be the tournament's for the two to agree.
+    sleeve_policy("crypto", policy={"test": 40, "step": 40, "turnover_penalty": 1.0})
     refresh_bars(instance, clean_resources)
     lake = ParquetLake(root=lake_root)
     targets = [data.returns, allocation.backtest, allocation.portfolio]

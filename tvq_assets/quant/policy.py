@@ -18,6 +18,7 @@ picked by replaying exactly what production would have done on each day.
 
 import threading
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -646,3 +647,93 @@ def portfolio_record(target: pd.Series, previous: pd.Series | None) -> Portfolio
     )
     weights = target.astype(float).rename("weight").rename_axis("symbol").to_frame()
     return PortfolioRecord(weights=weights, trades=trades)
+
+
+# --------------------------------------------------------------------------------------------
+# The decision as a model: one frame in, the portfolio out (wrapped by ``tvq_assets.policy_model``)
+# --------------------------------------------------------------------------------------------
+MODEL_COLUMNS = ("kind", "date", "symbol", "return", "dollar_volume", "rule", "value", "detail")
+
+
+def model_input(window: ReturnsWindow) -> pd.DataFrame:
+    """The run's point-in-time history as one long frame (:data:`MODEL_COLUMNS`):
+
+    - ``kind == "bar"``: one row per date × symbol of the history grid, ``return`` and
+      ``dollar_volume`` (NaN where the symbol had no bar);
+    - ``kind == "defect"``: one row per dated defect (return defects and quarantining bar
+      defects), ``rule``, ``value``, ``detail``.
+    """
+    bars = pd.DataFrame(
+        {
+            "return": window.history.stack(future_stack=True),
+            "dollar_volume": window.history_dollar_volume.reindex_like(window.history).stack(
+                future_stack=True
+            ),
+        }
+    )
+    bars = bars.rename_axis(["date", "symbol"]).reset_index().assign(kind="bar")
+    defects = window.defects.assign(kind="defect")
+    return pd.concat([bars, defects], ignore_index=True).reindex(columns=list(MODEL_COLUMNS))
+
+
+def window_from_input(frame: pd.DataFrame, settings: PolicySettings) -> ReturnsWindow:
+    """The inverse of :func:`model_input`: the history and defects a decision replays (the
+    decision window is the history's last ``lookback`` rows; exclusions are recomputed by the
+    policy itself)."""
+    bars = frame[frame["kind"] == "bar"].assign(date=lambda f: pd.to_datetime(f["date"]))
+    history = bars.pivot(index="date", columns="symbol", values="return").rename_axis(
+        index=None, columns=None
+    )
+    volume = bars.pivot(index="date", columns="symbol", values="dollar_volume").rename_axis(
+        index=None, columns=None
+    )
+    defects = frame.loc[frame["kind"] == "defect", list(quality.DEFECT_COLUMNS)]
+    defects = defects.assign(date=pd.to_datetime(defects["date"])).reset_index(drop=True)
+    return ReturnsWindow(
+        returns=history.tail(settings.lookback),
+        dollar_volume=volume.tail(settings.lookback),
+        excluded=returns_engine.exclusions([]),
+        history=history,
+        history_dollar_volume=volume,
+        defects=defects,
+    )
+
+
+def replayed_reference(window: ReturnsWindow, settings: PolicySettings, champion: str):
+    """Policy ``champion``'s target on the last walk-forward window, replayed alone over the
+    history: the turnover-penalty reference :func:`decide_portfolio` needs, so a model that only
+    sees the history decides exactly as the tournament did."""
+    scorer, profile = champion.split("/")
+    contest = Tournament(window, settings, scorers=(scorer,), profiles=(profile,))
+    result = backtest.run(
+        window.history,
+        {champion: contest.policies()[champion]},
+        train=decision_rows(len(window.history), settings),
+        test=settings.test,
+        step=settings.step,
+        cost_rate=settings.cost_rate,
+    )
+    targets = result.targets[champion]
+    return (targets[max(targets)] if targets else None), contest
+
+
+def predict_portfolio(frame: pd.DataFrame, settings: PolicySettings, champion: str) -> pd.Series:
+    """The registered model's prediction: :func:`decide_portfolio` of policy ``champion`` on the
+    history in ``frame`` (:func:`model_input` layout), with the replayed reference."""
+    window = window_from_input(frame, settings)
+    held, contest = replayed_reference(window, settings, champion)
+    return decide_portfolio(window, settings, champion, held, contest=contest)
+
+
+def settings_config(settings: PolicySettings) -> dict:
+    """Every policy parameter as plain JSON values (a model's ``model_config``)."""
+    values = dataclasses.asdict(settings)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def settings_from_config(values: dict) -> PolicySettings:
+    fields = {f.name: f for f in dataclasses.fields(PolicySettings)}
+    chosen = {k: v for k, v in values.items() if k in fields}
+    chosen["selection"] = SelectionPolicy(**chosen["selection"])
+    chosen["cluster_lookbacks"] = tuple(chosen["cluster_lookbacks"])
+    return PolicySettings(**chosen)

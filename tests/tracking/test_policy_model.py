@@ -5,7 +5,6 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 import pytest
 
 from tests.conftest import AS_OF, resources_for, synthetic_source
@@ -23,6 +22,7 @@ KEY = f"{AS_OF}|crypto"
 def test_the_logged_policy_model_predicts_the_stored_portfolio(
     tmp_path, monkeypatch, lake_root, sleeve_policy
 ):
+    monkeypatch.chdir(tmp_path)  # anything MLflow writes relative to the cwd stays here
     import mlflow
 
     sleeve_policy("crypto", policy={"test": 40, "step": 40, "turnover_penalty": 1.0})
@@ -47,7 +47,9 @@ def test_the_logged_policy_model_predicts_the_stored_portfolio(
     assert policy.settings_from_config(policy.settings_config(settings)) == settings
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run():
+    # The artifacts beside the store, never in the working directory.
+    experiment = mlflow.create_experiment("models", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(
             name="policy",
             python_model=str(MODEL_FILE),

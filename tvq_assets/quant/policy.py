@@ -16,9 +16,9 @@ The assets call these pieces one by one (one asset each) and the tournament call
 picked by replaying exactly what production would have done on each day.
 """
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np

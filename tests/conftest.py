@@ -31,6 +31,7 @@ ASSETS = (
     "selection",
     "weights",
     "backtest",
+    "portfolio",
 )
 
 

@@ -112,7 +112,7 @@ def test_the_self_dependencies_read_the_previous_run_of_the_same_sleeve():
     from tvq_assets.partitions import PREVIOUS_RUN_MAPPING
 
     graph = defs.resolve_asset_graph()
-    for name in ("weights", "backtest"):
+    for name in ("weights", "backtest", "portfolio"):
         node = graph.get(dg.AssetKey(name))
         assert dg.AssetKey(name) in node.parent_keys
         mapping = node.assets_def.get_partition_mapping(dg.AssetKey(name))

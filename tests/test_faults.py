@@ -266,7 +266,7 @@ def test_a_corrupt_bar_lake_is_named_recomputed_by_one_command_and_never_shown_a
 
     demo = ["demo", "--sleeve", "tradfi", "--as-of", "2026-06-30"]
     assert cli.main(demo) == 0
-    assert "champion's portfolio today" in capsys.readouterr().out
+    assert "today's portfolio" in capsys.readouterr().out
     # The bar lake is a bundle (BarHistory): damage its main table.
     folder = cli_home / "bars" / "tradfi"
     path = folder / json.loads((folder / MANIFEST).read_text())["tables"]["bars"]
@@ -274,12 +274,12 @@ def test_a_corrupt_bar_lake_is_named_recomputed_by_one_command_and_never_shown_a
     assert cli.main(demo) == 1
     out = capsys.readouterr().out
     assert "FAILED:  bars: " in out and f"bars[tradfi]: cannot read {path}" in out
-    assert "portfolio today" not in out and "bars: not produced by this run" in out
+    assert "today's portfolio" not in out and "bars: not produced by this run" in out
     assert cli.main(["lake", "quarantine", "bars", "tradfi"]) == 0
     assert "recomputed bars[tradfi]: success" in capsys.readouterr().out
     assert cli.main(["lake", "verify"]) == 0
     assert cli.main(demo) == 0
-    assert "champion's portfolio today" in capsys.readouterr().out
+    assert "today's portfolio" in capsys.readouterr().out
 
 
 # 9a. `make dev` did not stop on SIGINT/SIGTERM.

@@ -6,7 +6,12 @@ import pandas as pd
 from tvq_assets.partitions import previous_run, previous_run_key, run_of, sleeve_run
 from tvq_assets.plots import equity_plot
 from tvq_assets.quant import optimise, policy
-from tvq_assets.quant.policy import SelectionRecord, TournamentRecord, WeightsRecord
+from tvq_assets.quant.policy import (
+    PortfolioRecord,
+    SelectionRecord,
+    TournamentRecord,
+    WeightsRecord,
+)
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import allocation_contracts, backtest_contracts, checks
 from tvq_checks.checks import Evaluation
@@ -15,6 +20,7 @@ from tvq_resources.lake import ParquetLake, write_file
 WEIGHTS_CONTRACT = "weights_contract"
 SOLVER_STATUS = "solver_status"
 BACKTEST_COMPLETE = "backtest_complete"
+PORTFOLIO_CONTRACT = "portfolio_contract"
 DIAGNOSTIC_COLUMNS = (
     *("solver", "status", "seconds", "objective", "fallback", "reason"),
     *("cap", "effective_cap", "cluster_cap", "effective_cluster_cap"),
@@ -195,4 +201,78 @@ def backtest(
             target_rows=len(stored.targets),
         ),
         evaluations=[incomplete],
+    )
+
+
+@dg.asset(
+    partitions_def=sleeve_run,
+    output_required=False,
+    group_name="synthesis",
+    kinds={"pandas", "parquet"},
+    ins={"previous": previous_run("portfolio")},
+    check_specs=checks.specs_for(
+        "portfolio",
+        [
+            (
+                PORTFOLIO_CONTRACT,
+                "The champion's target weights: finite, long-only, within the cap, summing to 1 "
+                "(or empty: cash), only symbols of the run's eligible universe.",
+                True,
+            )
+        ],
+        sleeve_run,
+    ),
+)
+def portfolio(
+    context: dg.AssetExecutionContext,
+    returns: ReturnsWindow,
+    backtest: TournamentRecord,
+    previous: PortfolioRecord | None,
+):
+    """What production acts on: the champion policy's target weights for the as-of date, and the
+    trades and one-sided turnover from the previous run's portfolio (same sleeve, as-of − 1 day,
+    a declared input; without it the book is built from cash).
+
+    The decision is ``policy.decide_portfolio`` on the run's point-in-time history, with the
+    champion's own last walk-forward target as the turnover-penalty reference, so it is the
+    policy the tournament measured (and equals ``backtest``'s champion weights).
+    """
+    run = run_of(context)
+    settings = run.settings
+    champion = backtest.champion
+    held = policy.last_target(
+        backtest.targets, champion, policy.walk_forward_count(len(returns.history), settings)
+    )
+    target = policy.decide_portfolio(returns, settings, champion, held)
+    book = previous.weights["weight"] if previous is not None else None
+    stored = policy.portfolio_record(target, book)
+    largest = float(target.max()) if len(target) else 0.0
+    shown = stored.trades[stored.trades["trade"].abs() > 0].reset_index()
+    yield from checks.emit(
+        "portfolio",
+        run.key,
+        stored,
+        metadata=run.metadata(
+            policy=champion,
+            names=int((target > 0).sum()),
+            turnover=round(stored.turnover, 9),
+            largest_weight=largest,
+            cash=len(target) == 0,
+            portfolio=dg.MetadataValue.md(checks.markdown(stored.weights.reset_index())),
+            trades=dg.MetadataValue.md(checks.markdown(shown)),
+            previous_run=_previous_metadata(run.key, previous is not None),
+        ),
+        evaluations=[
+            Evaluation(
+                PORTFOLIO_CONTRACT,
+                allocation_contracts.portfolio_violations(
+                    target,
+                    policy=champion,
+                    eligible=returns.returns.columns,
+                    cap=settings.cap,
+                    infeasible_cap=settings.infeasible_cap,
+                    as_of=run.as_of,
+                ),
+            )
+        ],
     )

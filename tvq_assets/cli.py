@@ -116,7 +116,7 @@ def _failures(results: list[dg.ExecuteInProcessResult]) -> list[str]:
 def _summarise(lake, sleeve_name: str, key: str, fresh: set[str]) -> None:
     """What this run produced. A value stored by an earlier run is never shown as today's: when
     a stage did not materialise now, the summary says so and stops there."""
-    for asset in ("bars", "returns", "selection", "backtest"):
+    for asset in ("bars", "returns", "selection", "backtest", "portfolio"):
         if asset not in fresh:
             print(
                 f"   {asset}: not produced by this run; nothing downstream is shown "
@@ -148,6 +148,14 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
             f"   winners: {len(winners)} (HTR stage {int(winners['stage'].max())}): "
             f"{', '.join(winners.index[:25])}"
         )
+    elif asset == "portfolio":
+        stored = lake.read(["portfolio"], partition)
+        weights = stored.weights["weight"].sort_values(ascending=False)
+        held = ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0) or "cash"
+        # The champion runs its own scorer on the latest window, so its holdings may include
+        # symbols outside `selection` (which is the Log-MPS choice on the full window).
+        print(f"   today's portfolio: {held}")
+        print(f"     turnover {stored.turnover:.1%} against the previous run's portfolio")
     else:
         bundle = lake.read(["backtest"], partition)
         verdict = bundle.verdict.iloc[0]
@@ -167,11 +175,6 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
                 f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
                 f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
-        weights = bundle.champion_weights["weight"].sort_values(ascending=False)
-        held = ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0)
-        # The champion runs its own scorer on the latest training window, so its holdings may
-        # include symbols outside `selection` (which is the Log-MPS choice on the full window).
-        print(f"   champion's portfolio today: {held}")
 
 
 def production(sleeves: list[str] | None) -> int:

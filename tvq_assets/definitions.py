@@ -55,6 +55,7 @@ ASSETS = [
     alpha.selection,
     allocation.weights,
     allocation.backtest,
+    allocation.portfolio,
 ]
 
 defs = dg.Definitions(

@@ -15,7 +15,7 @@ from tvq_checks.checks import markdown
 from tvq_resources.lake import ParquetLake
 
 WEIGHT_THRESHOLD = 0.005  # a weight change smaller than half a percent is noise, not a decision
-STAGES = ("selection", "weights", "backtest")
+STAGES = ("selection", "weights", "backtest", "portfolio")
 
 
 def symbol_changes(before: pd.Index, after: pd.Index) -> pd.DataFrame:
@@ -99,10 +99,23 @@ def diff_backtest(before: object, after: object) -> dict[str, object]:
     }
 
 
+def diff_portfolio(
+    before: object, after: object, *, threshold: float = WEIGHT_THRESHOLD
+) -> dict[str, object]:
+    old, new = tables_of(before)["weights"]["weight"], tables_of(after)["weights"]["weight"]
+    moves, turnover = weight_changes(old, new, threshold=threshold)
+    return {
+        "symbols": symbol_changes(old[old > 0].index, new[new > 0].index),
+        "moves": moves,
+        "summary": pd.DataFrame([{"turnover": turnover, "moved": len(moves)}]),
+    }
+
+
 DIFFS: dict[str, Callable[[object, object], dict[str, object]]] = {
     "selection": diff_selection,
     "weights": diff_weights,
     "backtest": diff_backtest,
+    "portfolio": diff_portfolio,
 }
 
 

@@ -241,6 +241,25 @@ def describe_backtest(stage, value, sleeve, as_of):
     return record
 
 
+def describe_portfolio(stage, value, sleeve, as_of):
+    """The decision production acts on: ``portfolio/weights.csv`` and ``portfolio/trades.csv``,
+    turnover against the previous run, holdings and the largest weight."""
+    tables = tables_of(value)
+    weights, trades = tables["weights"]["weight"], tables["trades"]
+    turnover = float(trades["trade"].abs().sum() / 2)
+    return StageRecord(
+        metrics={
+            "portfolio.turnover": turnover,
+            "portfolio.names": int((weights > 0).sum()),
+            "portfolio.largest_weight": float(weights.max()) if len(weights) else 0.0,
+            "portfolio.cash": float(1.0 - weights.sum()),
+        },
+        tags={"tvq.portfolio": ",".join(f"{s}:{w:.4f}" for s, w in weights[weights > 0].items())},
+        tables=_csv_tables(stage, tables),
+        headline={"portfolio_turnover": turnover},
+    )
+
+
 Describer = Callable[[str, object, Sleeve, pd.Timestamp], StageRecord]
 DESCRIBERS: dict[str, Describer] = {
     "returns": describe_returns,
@@ -249,6 +268,7 @@ DESCRIBERS: dict[str, Describer] = {
     "selection": describe_selection,
     "weights": describe_weights,
     "backtest": describe_backtest,
+    "portfolio": describe_portfolio,
 }
 
 

@@ -163,3 +163,37 @@ def solver_violations(diagnostics: pd.DataFrame, *, as_of: pd.Timestamp) -> pd.D
                     )
                 )
     return pd.DataFrame(rows, columns=["symbol", "date", "value", "rule", "message"])
+
+
+def portfolio_violations(
+    weights: pd.Series,
+    *,
+    policy: str,
+    eligible: Collection[str],
+    cap: float,
+    infeasible_cap: str,
+    as_of: pd.Timestamp,
+) -> pd.DataFrame:
+    """The production portfolio (``weight`` by symbol of policy ``policy``): finite, long-only,
+    within ``cap``, summing to 1, only symbols of the run's eligible universe — or empty, which is
+    cash (the policy found nothing to hold) and valid.
+
+    Under ``infeasible_cap: raise`` the limit is the minimum feasible cap for the holdings,
+    ``max(cap, 1/n)``, as in :func:`weights_violations`. Violations name ``POLICY:SYMBOL``.
+    """
+    if weights.empty:
+        return weights_violations(
+            pd.DataFrame(index=pd.Index([], name="symbol")),
+            winners=[],
+            cap=cap,
+            infeasible_cap=infeasible_cap,
+            as_of=as_of,
+        )
+    limit = max(cap, 1.0 / len(weights)) if infeasible_cap == "raise" else cap
+    return weights_violations(
+        weights.astype(float).to_frame(policy),
+        winners=eligible,
+        cap=limit,
+        infeasible_cap=infeasible_cap,
+        as_of=as_of,
+    )

@@ -13,12 +13,17 @@ from sklearn.covariance import LedoitWolf
 from tests.conftest import AS_OF, evaluations, metadata, resources_for, synthetic_source
 from tvq_assets import allocation, alpha, data
 from tvq_assets.partitions import catalog
+from tvq_assets.quant import backtest as backtest_engine
 from tvq_assets.quant import optimise, policy
+from tvq_assets.settings import policy_settings
 from tvq_resources.lake import ParquetLake
 
 KEY = f"{AS_OF}|crypto"
 ALPHA = [alpha.features, alpha.inference, alpha.clusters, alpha.selection]
-ALL = [data.bars, data.returns, *ALPHA, allocation.weights, allocation.backtest]
+ALL = [
+    *(data.bars, data.returns, *ALPHA),
+    *(allocation.weights, allocation.backtest, allocation.portfolio),
+]
 PENALISED = ("min_variance", "risk_parity", "max_sharpe")
 
 
@@ -234,6 +239,72 @@ def test_the_backtest_compares_every_policy_with_the_baselines_and_names_a_champ
     follow_up = lake.read(["backtest"], KEY).verdict.iloc[0]
     assert follow_up["incumbent"] == verdict["champion"]
     assert follow_up["champion"] in candidates
+
+
+def test_the_portfolio_is_the_champions_decision_with_trades_from_the_previous_run(
+    instance, lake_root, clean_resources, sleeve_policy
+):
+    # A turnover penalty makes the decision depend on its reference (the champion's own last
+    # walk-forward target), which must be the tournament's for the two to agree.
+    sleeve_policy("crypto", policy={"test": 40, "step": 40, "turnover_penalty": 1.0})
+    refresh_bars(instance, clean_resources)
+    lake = ParquetLake(root=lake_root)
+    targets = [data.returns, allocation.backtest, allocation.portfolio]
+    first = run(instance, clean_resources, targets, partition=run_key(1))
+    assert first.success
+    assert evaluations(first)[allocation.PORTFOLIO_CONTRACT].passed
+    yesterday = lake.read(["portfolio"], run_key(1))
+    assert isinstance(yesterday, policy.PortfolioRecord)
+    # A first run builds its book from cash: every target is a trade.
+    assert yesterday.turnover == pytest.approx(yesterday.weights["weight"].sum() / 2, abs=1e-12)
+    assert metadata(first, "portfolio")["previous_run"].startswith("none")
+
+    second = run(instance, clean_resources, targets)
+    assert second.success
+    stored, tournament = lake.read(["portfolio"], KEY), lake.read(["backtest"], KEY)
+    weights = stored.weights["weight"]
+    assert len(weights) and abs(weights.sum() - 1) <= 1e-6
+    assert (weights >= 0).all() and (weights <= catalog.sleeve("crypto").policy.cap + 1e-9).all()
+    pd.testing.assert_series_equal(
+        weights, tournament.champion_weights["weight"], check_exact=False, rtol=0, atol=1e-12
+    )
+
+    # The tournament's own decision on its last window, recomputed from scratch.
+    returns = lake.read(["returns"], KEY)
+    settings = policy_settings(catalog.sleeve("crypto"))
+    scorer, profile = tournament.champion.split("/")
+    rows = policy.decision_rows(len(returns.history), settings)
+    result = backtest_engine.run(
+        returns.history,
+        {tournament.champion: policy.Tournament(returns, settings).policies()[tournament.champion]},
+        train=rows,
+        test=settings.test,
+        step=settings.step,
+        cost_rate=settings.cost_rate,
+    )
+    held = result.targets[tournament.champion][len(result.windows) - 1]
+    decided = policy.Tournament(returns, settings).decide(
+        scorer, profile, returns.history.tail(rows), held
+    )
+    pd.testing.assert_series_equal(
+        weights, decided, check_names=False, check_index_type=False, rtol=0, atol=1e-12
+    )
+
+    # Trades and turnover against the previous run's book, over the union of symbols.
+    before = yesterday.weights["weight"]
+    trades = stored.trades
+    assert set(trades.index) == set(before.index) | set(weights.index)
+    assert np.allclose(
+        trades["trade"],
+        weights.reindex(trades.index).fillna(0) - before.reindex(trades.index).fillna(0),
+    )
+    expected = one_norm_moves(weights.to_frame(), before.to_frame()).iloc[0] / 2
+    shown = metadata(second, "portfolio")
+    assert shown["turnover"] == pytest.approx(expected, abs=1e-9) == stored.turnover
+    assert shown["names"] == int((weights > 0).sum())
+    assert shown["largest_weight"] == pytest.approx(weights.max())
+    assert shown["policy"] == tournament.champion
+    assert shown["previous_run"] == run_key(1)
 
 
 def test_a_one_percent_cap_stops_weights_naming_the_cap_the_names_and_the_minimum(

@@ -283,3 +283,45 @@ def test_weight_findings_match_a_loop_over_profiles_and_symbols(
         if abs(total - 1.0) > 1e-6:
             expected.add(("weights_sum_to_one", f"{profile}:{symbols[0]}"))
     assert found == expected
+
+
+def portfolio_violations(weights: dict[str, float], **options) -> pd.DataFrame:
+    options = {"cap": CAP, "infeasible_cap": "fail", **options}
+    return allocation_contracts.portfolio_violations(
+        pd.Series(weights, dtype=float),
+        policy="rank_ic/min_variance",
+        eligible=WINNERS,
+        as_of=AS_OF,
+        **options,
+    )
+
+
+def test_the_portfolio_contract_accepts_a_valid_book_and_cash():
+    assert portfolio_violations({s: 0.2 for s in WINNERS}).empty
+    assert portfolio_violations({}).empty  # the policy found nothing to hold: cash
+
+
+@pytest.mark.parametrize(
+    ("weights", "rule", "symbol"),
+    [
+        ({"AAA": 0.25, "BBB": 0.25, "CCC": 0.25, "ZZZ": 0.25}, "weight_only_winners", "ZZZ"),
+        ({"AAA": 0.4, "BBB": 0.2, "CCC": 0.2, "DDD": 0.2}, "weight_within_cap", "AAA"),
+        (
+            {"AAA": -0.05, "BBB": 0.25, "CCC": 0.25, "DDD": 0.25, "EEE": 0.3},
+            "weight_within_cap",
+            "AAA",
+        ),
+        ({"AAA": 0.2, "BBB": 0.2, "CCC": 0.2}, "weights_sum_to_one", "AAA"),
+        ({"AAA": math.nan, "BBB": 0.25, "CCC": 0.25, "DDD": 0.25}, "weight_finite", "AAA"),
+    ],
+)
+def test_the_portfolio_contract_names_the_policy_symbol_and_rule(weights, rule, symbol):
+    found = portfolio_violations(weights)
+    assert rule in set(found["rule"])
+    assert f"rank_ic/min_variance:{symbol}" in set(found.loc[found["rule"] == rule, "symbol"])
+
+
+def test_a_raised_cap_is_allowed_only_under_policy_raise():
+    two = {"AAA": 0.5, "BBB": 0.5}
+    assert set(portfolio_violations(two)["rule"]) == {"weight_within_cap"}
+    assert portfolio_violations(two, infeasible_cap="raise").empty

@@ -67,3 +67,20 @@ def test_a_materialisation_records_what_changed_since_the_previous_run_partition
     assert "| D |" in found["changes_moves"].value
     gap = diff.changes_since_previous(lake, "weights", "2026-07-02|crypto", today)
     assert gap == {"compared_with": "none (2026-07-01|crypto not materialised)"}
+
+
+def test_the_portfolio_diff_lists_entries_exits_moves_and_turnover(tmp_path):
+    from tvq_assets.quant.policy import portfolio_record
+
+    before = portfolio_record(pd.Series({"A": 0.6, "B": 0.4}), None)
+    after = portfolio_record(pd.Series({"B": 0.5, "D": 0.5}), before.weights["weight"])
+    lake = ParquetLake(root=str(tmp_path / "lake"))
+    lake.write(["portfolio"], "2026-06-29|crypto", before)
+    lake.write(["portfolio"], "2026-06-30|crypto", after)
+    parts = diff.compare(lake, "crypto", "2026-06-29", "2026-06-30", ("portfolio",))["portfolio"]
+    assert parts["symbols"].to_dict("records") == [
+        {"symbol": "D", "change": "added"},
+        {"symbol": "A", "change": "removed"},
+    ]
+    assert list(parts["moves"]["symbol"]) == ["A", "D", "B"]
+    assert parts["summary"].iloc[0]["turnover"] == pytest.approx(0.6) == after.turnover

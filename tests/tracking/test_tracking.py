@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -233,6 +234,10 @@ def test_the_artifacts_are_present_and_readable(tracked_graph):
     assert len(weights) == len(lake.read(["weights"], KEY).weights)
     metrics = pd.read_csv(io.StringIO(tracker.read_text(run_id, "backtest/metrics.csv")))
     assert "sharpe" in metrics.columns
+    decision = lake.read(["portfolio"], KEY)
+    logged = pd.read_csv(io.StringIO(tracker.read_text(run_id, "portfolio/weights.csv")))
+    assert np.allclose(logged.set_index("symbol")["weight"], decision.weights["weight"])
+    assert run.data.metrics["portfolio.turnover"] == pytest.approx(decision.turnover)
     from mlflow.artifacts import download_artifacts
 
     for figure in ("equity_curve", "drawdown", "rolling_sharpe", "monthly_returns"):

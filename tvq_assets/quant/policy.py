@@ -16,6 +16,7 @@ The assets call these pieces one by one (one asset each) and the tournament call
 picked by replaying exactly what production would have done on each day.
 """
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -537,11 +538,10 @@ def tournament(
     contest = Tournament(window, settings)
     policies = contest.policies()
     history = window.history
-    decision_rows = min(settings.lookback, max(len(history) - settings.test, 1))
     result = backtest.run(
         history,
         policies,
-        train=decision_rows,
+        train=decision_rows(len(history), settings),
         test=settings.test,
         step=settings.step,
         cost_rate=settings.cost_rate,
@@ -560,13 +560,180 @@ def tournament(
         periods_per_year=settings.periods_per_year,
         candidates=contest.candidates,
     )
-    latest = history.tail(decision_rows)
-    champion = policies[verdict.champion]
     targets = result.targets[verdict.champion]
     held = targets[max(targets)] if targets else None
-    current = (
-        champion.decide(latest, held)
-        if isinstance(champion, backtest.Stateful)
-        else champion(latest)
-    )
+    current = decide_portfolio(window, settings, verdict.champion, held, contest=contest)
     return TournamentOutcome(result, table, verdict, current)
+
+
+def decision_rows(history_rows: int, settings: PolicySettings) -> int:
+    """Rows of history one walk-forward decision reads (the newest decision too): ``lookback``,
+    fewer only when the history leaves less than one ``test`` slice after them."""
+    return min(settings.lookback, max(history_rows - settings.test, 1))
+
+
+def decide_portfolio(
+    window: ReturnsWindow,
+    settings: PolicySettings,
+    champion: str,
+    held: pd.Series | None,
+    *,
+    contest: "Tournament | None" = None,
+) -> pd.Series:
+    """The production decision: policy ``champion`` (``scorer/profile``) applied to the newest
+    :func:`decision_rows` rows of the run's history — target weights by symbol, empty for cash.
+
+    ``held``: the turnover-penalty reference, the champion's own last walk-forward target (the
+    tournament's reference), so the decision is exactly the policy whose record crowned it; the
+    book actually held (the previous run's portfolio) only prices the trades
+    (:func:`portfolio_trades`). ``contest``: a tournament over ``window`` whose alpha memo to
+    reuse; by default one for this policy alone.
+    """
+    scorer, profile = champion.split("/")
+    if contest is None:
+        contest = Tournament(window, settings, scorers=(scorer,), profiles=(profile,))
+    latest = window.history.tail(decision_rows(len(window.history), settings))
+    return contest.decide(scorer, profile, latest, held).rename("weight").rename_axis("symbol")
+
+
+def last_target(targets: pd.DataFrame, policy_name: str, windows: int) -> pd.Series | None:
+    """Policy ``policy_name``'s target of the last walk-forward window (``windows`` in all) from a
+    stored ``backtest.target_table``: None without windows, empty when it held cash then."""
+    if windows <= 0:
+        return None
+    rows = targets[(targets["policy"] == policy_name) & (targets["window"] == windows - 1)]
+    return pd.Series(rows["weight"].to_numpy(dtype=float), index=pd.Index(rows["symbol"]))
+
+
+def walk_forward_count(history_rows: int, settings: PolicySettings) -> int:
+    """How many walk-forward windows :func:`tournament` runs over ``history_rows`` rows."""
+    return len(
+        backtest.walk_forward_windows(
+            history_rows,
+            train=decision_rows(history_rows, settings),
+            test=settings.test,
+            step=settings.step,
+        )
+    )
+
+
+TRADE_COLUMNS = ("previous", "target", "trade")
+
+
+@dataclass(frozen=True)
+class PortfolioRecord:
+    """What the ``portfolio`` asset stores: the champion's target weights (``weight`` by symbol,
+    no row for cash) and the trades from the previous run's book (``previous``, ``target``,
+    ``trade`` by symbol, every symbol either side)."""
+
+    weights: pd.DataFrame
+    trades: pd.DataFrame
+
+    @property
+    def turnover(self) -> float:
+        """One-sided turnover ``½ Σ|Δw|`` of the trades (the whole book on a first run)."""
+        return float(self.trades["trade"].abs().sum() / 2)
+
+
+def portfolio_record(target: pd.Series, previous: pd.Series | None) -> PortfolioRecord:
+    """Targets and trades against ``previous`` (the previous run's weights; None: from cash)."""
+    held = previous if previous is not None else pd.Series(dtype=float)
+    symbols = target.index.union(held.index).sort_values()
+    before = held.reindex(symbols).fillna(0.0).to_numpy(dtype=float)
+    after = target.reindex(symbols).fillna(0.0).to_numpy(dtype=float)
+    trades = pd.DataFrame(
+        {"previous": before, "target": after, "trade": after - before},
+        index=pd.Index(symbols.astype(str), name="symbol"),
+    )
+    weights = target.astype(float).rename("weight").rename_axis("symbol").to_frame()
+    return PortfolioRecord(weights=weights, trades=trades)
+
+
+# --------------------------------------------------------------------------------------------
+# The decision as a model: one frame in, the portfolio out (wrapped by ``tvq_assets.policy_model``)
+# --------------------------------------------------------------------------------------------
+MODEL_COLUMNS = ("kind", "date", "symbol", "return", "dollar_volume", "rule", "value", "detail")
+
+
+def model_input(window: ReturnsWindow) -> pd.DataFrame:
+    """The run's point-in-time history as one long frame (:data:`MODEL_COLUMNS`):
+
+    - ``kind == "bar"``: one row per date × symbol of the history grid, ``return`` and
+      ``dollar_volume`` (NaN where the symbol had no bar);
+    - ``kind == "defect"``: one row per dated defect (return defects and quarantining bar
+      defects), ``rule``, ``value``, ``detail``.
+    """
+    bars = pd.DataFrame(
+        {
+            "return": window.history.stack(future_stack=True),
+            "dollar_volume": window.history_dollar_volume.reindex_like(window.history).stack(
+                future_stack=True
+            ),
+        }
+    )
+    bars = bars.rename_axis(["date", "symbol"]).reset_index().assign(kind="bar")
+    defects = window.defects.assign(kind="defect")
+    return pd.concat([bars, defects], ignore_index=True).reindex(columns=list(MODEL_COLUMNS))
+
+
+def window_from_input(frame: pd.DataFrame, settings: PolicySettings) -> ReturnsWindow:
+    """The inverse of :func:`model_input`: the history and defects a decision replays (the
+    decision window is the history's last ``lookback`` rows; exclusions are recomputed by the
+    policy itself)."""
+    bars = frame[frame["kind"] == "bar"].assign(date=lambda f: pd.to_datetime(f["date"]))
+    history = bars.pivot(index="date", columns="symbol", values="return").rename_axis(
+        index=None, columns=None
+    )
+    volume = bars.pivot(index="date", columns="symbol", values="dollar_volume").rename_axis(
+        index=None, columns=None
+    )
+    defects = frame.loc[frame["kind"] == "defect", list(quality.DEFECT_COLUMNS)]
+    defects = defects.assign(date=pd.to_datetime(defects["date"])).reset_index(drop=True)
+    return ReturnsWindow(
+        returns=history.tail(settings.lookback),
+        dollar_volume=volume.tail(settings.lookback),
+        excluded=returns_engine.exclusions([]),
+        history=history,
+        history_dollar_volume=volume,
+        defects=defects,
+    )
+
+
+def replayed_reference(window: ReturnsWindow, settings: PolicySettings, champion: str):
+    """Policy ``champion``'s target on the last walk-forward window, replayed alone over the
+    history: the turnover-penalty reference :func:`decide_portfolio` needs, so a model that only
+    sees the history decides exactly as the tournament did."""
+    scorer, profile = champion.split("/")
+    contest = Tournament(window, settings, scorers=(scorer,), profiles=(profile,))
+    result = backtest.run(
+        window.history,
+        {champion: contest.policies()[champion]},
+        train=decision_rows(len(window.history), settings),
+        test=settings.test,
+        step=settings.step,
+        cost_rate=settings.cost_rate,
+    )
+    targets = result.targets[champion]
+    return (targets[max(targets)] if targets else None), contest
+
+
+def predict_portfolio(frame: pd.DataFrame, settings: PolicySettings, champion: str) -> pd.Series:
+    """The registered model's prediction: :func:`decide_portfolio` of policy ``champion`` on the
+    history in ``frame`` (:func:`model_input` layout), with the replayed reference."""
+    window = window_from_input(frame, settings)
+    held, contest = replayed_reference(window, settings, champion)
+    return decide_portfolio(window, settings, champion, held, contest=contest)
+
+
+def settings_config(settings: PolicySettings) -> dict:
+    """Every policy parameter as plain JSON values (a model's ``model_config``)."""
+    values = dataclasses.asdict(settings)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def settings_from_config(values: dict) -> PolicySettings:
+    fields = {f.name: f for f in dataclasses.fields(PolicySettings)}
+    chosen = {k: v for k, v in values.items() if k in fields}
+    chosen["selection"] = SelectionPolicy(**chosen["selection"])
+    chosen["cluster_lookbacks"] = tuple(chosen["cluster_lookbacks"])
+    return PolicySettings(**chosen)

@@ -249,6 +249,22 @@ def test_a_window_with_too_small_a_universe_holds_cash(market):
         assert weights.empty, name
 
 
+def test_a_window_whose_cap_is_infeasible_holds_cash_under_fail_and_raises_the_cap_under_raise(
+    market,
+):
+    # The production run of such a day stops (infeasible_cap: fail): its replay holds cash.
+    strict = dataclasses.replace(SHORT, cap=0.01, infeasible_cap="fail")
+    train = market.history.tail(SHORT.lookback)
+    held = policy.Tournament(market, strict).decide("log_mps", "min_variance", train, None)
+    assert held.empty
+    with pytest.raises(optimise.InfeasibleCap, match=r"cap 0\.01 is infeasible"):
+        winners = policy.Tournament(market, strict).alpha_of(train).selections["log_mps"].winners
+        policy.allocate("min_variance", winners, train, strict, previous=None)
+    raised = dataclasses.replace(strict, infeasible_cap="raise")
+    weights = policy.Tournament(market, raised).decide("log_mps", "min_variance", train, None)
+    assert np.isclose(weights.sum(), 1.0) and weights.max() <= 1 / len(weights) + 1e-9
+
+
 def test_bar_exclusions_inside_the_window_quarantine_their_symbol_and_older_ones_do_not(market):
     data = market.history.tail(SETTINGS.lookback)
     volume = market.history_dollar_volume.tail(SETTINGS.lookback)

@@ -135,19 +135,9 @@ def run_folder(folder: Folder, lake_root: str) -> str:
     import dagster as dg
 
     from tests.conftest import resources_for
-    from tvq_assets import allocation, alpha, data
+    from tvq_assets.definitions import ASSETS as assets
     from tvq_assets.partitions import catalog
 
-    assets = [
-        data.bars,
-        data.returns,
-        alpha.features,
-        alpha.inference,
-        alpha.clusters,
-        alpha.selection,
-        allocation.weights,
-        allocation.backtest,
-    ]
     name = "crypto" if folder.calendar == "crypto" else "tradfi"
     entry = catalog.sleeves[name]
     policy = dataclasses.replace(
@@ -157,7 +147,7 @@ def run_folder(folder: Folder, lake_root: str) -> str:
     try:
         resources = resources_for(lake_root, **{name: source(folder)})
         with dg.DagsterInstance.ephemeral() as instance:
-            dg.materialize([data.bars], partition_key=name, resources=resources, instance=instance)
+            dg.materialize([assets[0]], partition_key=name, resources=resources, instance=instance)
             result = dg.materialize(
                 assets,
                 partition_key=f"{folder.as_of}|{name}",

@@ -24,6 +24,7 @@ from tvq_assets.catalog import policy_parameters
 from tvq_assets.definitions import ASSETS
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import metrics as performance
+from tvq_assets.quant import policy
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 
@@ -190,7 +191,8 @@ def test_a_partition_is_one_finished_mlflow_run_with_its_metrics(tracked_graph):
         assert metrics[f"baseline_universe.{name}"] == pytest.approx(
             table.loc["baseline_universe", name]
         )
-    trials = backtest.returns.mean() / backtest.returns.std(ddof=1)
+    candidates = backtest.returns.drop(columns=list(policy.BASELINES))
+    trials = candidates.mean() / candidates.std(ddof=1)
     assert metrics["deflated_sharpe"] == pytest.approx(
         performance.deflated_sharpe_ratio(backtest.returns[champion], trial_sharpes=trials)
     )

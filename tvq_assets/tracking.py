@@ -814,4 +814,13 @@ def summary(tracker: MlflowTracker, partition: str) -> str:
         return f"   mlflow:  no run for {partition} at {tracker.uri}"
     run = runs[-1]
     url = tracker.run_url(experiment.experiment_id, run.info.run_id)
-    return f"   mlflow:  run {run.info.run_id} ({run.info.status}) {url}"
+    line = f"   mlflow:  run {run.info.run_id} ({run.info.status}) {url}"
+    tags = run.data.tags
+    if "tvq.promotion.verdict" in tags:
+        name = f"tvq-{partition.split('|')[1]}"
+        version = tags["tvq.promotion.champion_version"]
+        line += (
+            f"\n   registry: {name} v{version} is the champion ({tags['tvq.promotion.verdict']}) "
+            f"{tracker.model_version_url(name, version)}"
+        )
+    return line

@@ -114,6 +114,12 @@ class Policy:
     step: int = bounded(20, ge=1)
     slippage_bps: float = bounded(10.0, ge=0)
     commission_bps: float = bounded(4.0, ge=0)
+    # promotion rule (the tournament's challenger against the incumbent champion)
+    promotion_confidence: float = bounded(0.95, gt=0, lt=1)  # PSR against the incumbent's Sharpe
+    drawdown_tolerance: float = bounded(1.1, ge=1)  # max drawdown at most this × the incumbent's
+    # Deflated Sharpe ratio for the number of policies tried: 0.5 asks that the challenger's Sharpe
+    # beat the best that luck alone would give more likely than not (0.95 is the strict reading).
+    min_deflated_sharpe: float = bounded(0.5, ge=0, le=1)
 
     @property
     def bar_policy(self) -> BarPolicy:

@@ -1,6 +1,7 @@
 """From a sleeve's catalog policy to the engine's parameter object: the only place it is built."""
 
 from tvq_assets.catalog import Sleeve
+from tvq_assets.quant.backtest import Promotion
 from tvq_assets.quant.policy import PolicySettings
 from tvq_assets.quant.selection import SelectionPolicy
 
@@ -33,4 +34,9 @@ def policy_settings(sleeve: Sleeve) -> PolicySettings:
         turnover_penalty=policy.turnover_penalty,
         ridge=policy.ridge,
         infeasible_cap=policy.infeasible_cap,
+        promotion=Promotion(
+            confidence=policy.promotion_confidence,
+            drawdown_tolerance=policy.drawdown_tolerance,
+            min_deflated_sharpe=policy.min_deflated_sharpe,
+        ),
     )

@@ -225,10 +225,11 @@ def describe_backtest(stage, value, sleeve, as_of):
     if "psr" in verdict.index and pd.notna(verdict["psr"]):
         record.headline["psr_vs_incumbent"] = float(verdict["psr"])
     if "returns" in tables:
-        # The best of many policies looks better than it is: deflate its Sharpe by the number
-        # of policies the tournament tried (per-period Sharpe ratios of every trial).
+        # The best of many policies looks better than it is: the champion's Sharpe deflated by
+        # the candidates the tournament tried, as the promotion rule deflates the challenger's.
         streams = tables["returns"]
-        trials = (streams.mean() / streams.std(ddof=1)).to_numpy()
+        candidates = streams[[c for c in streams.columns if c not in BASELINES]]
+        trials = (candidates.mean() / candidates.std(ddof=1)).to_numpy()
         deflated = performance.deflated_sharpe_ratio(streams[champion], trial_sharpes=trials)
         record.metrics["deflated_sharpe"] = deflated
         record.headline["champion_deflated_sharpe"] = deflated
@@ -630,6 +631,42 @@ def finalise(tracker: MlflowTracker, instance: dg.DagsterInstance, dagster_run_i
 
 
 # --------------------------------------------------------------------------------------------
+# The model registry
+# --------------------------------------------------------------------------------------------
+REGISTERED_STAGE = "portfolio"  # the decision the registered model reproduces
+
+
+def register_decision(
+    tracker: MlflowTracker, lake: ParquetLake, identity: "Identity", stage: str, tracked: Tracked
+) -> dict:
+    """Once the partition's ``portfolio`` is stored: its promotion decision in the model registry
+    (``tvq_assets.registry.promote``); returns the Dagster metadata that links to it."""
+    if stage != REGISTERED_STAGE:
+        return {}
+    from tvq_assets import registry  # the registry builds on this module
+
+    decision = registry.promote(
+        tracker,
+        lake,
+        identity.partition,
+        run_id=tracked.run_id,
+        provenance={
+            "dagster.run_id": identity.dagster_run_id,
+            "dagster.run_url": tracker.dagster_run_url(identity.dagster_run_id),
+            "dagster.partition": identity.partition,
+        },
+    )
+    name = registry.model_name(identity.sleeve)
+    return {
+        "promotion": decision.verdict,
+        "registered_model": f"{name} v{decision.champion_version} (champion)",
+        "registered_model_url": dg.MetadataValue.url(
+            tracker.model_version_url(name, decision.champion_version)
+        ),
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Dagster glue
 # --------------------------------------------------------------------------------------------
 class TrackedIOManager(dg.ConfigurableIOManager):
@@ -657,11 +694,13 @@ class TrackedIOManager(dg.ConfigurableIOManager):
         changes = changes_since_previous(self.store.lake, stage, partition, obj)
         source = self.store.lake.location(context.asset_key.path, partition)
         tracked = record_stage(self.mlflow, identity, stage, record, source=str(source))
+        registered = register_decision(self.mlflow, self.store.lake, identity, stage, tracked)
         context.add_output_metadata(
             {
                 "mlflow_run_id": tracked.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracked.url),
                 **{k: float(v) for k, v in record.headline.items() if pd.notna(v)},
+                **registered,
                 "tracking_seconds": round(time.perf_counter() - started, 3),
                 **changes,
             }
@@ -733,12 +772,23 @@ def replay(
             identity = Identity(partition, "lake", f"lake-{partition}", "replay")
         tracked = open_run(tracker, identity)
         logged = tracker.get_run(tracked.run_id).data.tags
-        missing = [s for s in stages if f"tvq.stage.{s}" not in logged]
+        missing = [
+            s
+            for s in stages
+            if f"tvq.stage.{s}" not in logged
+            or (s == REGISTERED_STAGE and "tvq.promotion.verdict" not in logged)
+        ]
         for stage in missing:
             value = lake.read([stage], partition)
             record = describe(stage, value, sleeve, day)
             source = str(lake.location([stage], partition))
-            record_stage(tracker, identity, stage, record, source=source)
+            register_decision(
+                tracker,
+                lake,
+                identity,
+                stage,
+                record_stage(tracker, identity, stage, record, source=source),
+            )
         tracker.log(tracked.run_id, tags={"tvq.replayed": ",".join(missing) or "nothing"})
         if runs and runs[0].status in STATUS_OF_RUN:
             finalise(tracker, instance, runs[0].run_id)
@@ -764,4 +814,13 @@ def summary(tracker: MlflowTracker, partition: str) -> str:
         return f"   mlflow:  no run for {partition} at {tracker.uri}"
     run = runs[-1]
     url = tracker.run_url(experiment.experiment_id, run.info.run_id)
-    return f"   mlflow:  run {run.info.run_id} ({run.info.status}) {url}"
+    line = f"   mlflow:  run {run.info.run_id} ({run.info.status}) {url}"
+    tags = run.data.tags
+    if "tvq.promotion.verdict" in tags:
+        name = f"tvq-{partition.split('|')[1]}"
+        version = tags["tvq.promotion.champion_version"]
+        line += (
+            f"\n   registry: {name} v{version} is the champion ({tags['tvq.promotion.verdict']}) "
+            f"{tracker.model_version_url(name, version)}"
+        )
+    return line

@@ -313,3 +313,90 @@ class MlflowTracker(dg.ConfigurableResource):
                 ),
             )
             return Path(local).read_text()
+
+    # -- model registry ------------------------------------------------------------------------
+    def log_directory(self, run_id: str, local: Path, artifact_path: str) -> str:
+        """Log a folder under ``artifact_path`` of a run; returns its ``runs:/`` URI."""
+        self.call(
+            f"log {artifact_path}",
+            lambda: self.client.log_artifacts(run_id, str(local), artifact_path),
+        )
+        return f"runs:/{run_id}/{artifact_path}"
+
+    def ensure_registered_model(self, name: str, description: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.call(
+                f"create registered model {name!r}",
+                lambda: self.client.create_registered_model(name, description=description),
+            )
+        except MlflowException as error:
+            if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def model_versions(self, name: str) -> list:
+        """Every version of a registered model, oldest first."""
+        found = self.call(
+            f"list versions of {name!r}",
+            lambda: self.client.search_model_versions(f"name = '{name}'"),
+        )
+        return sorted(found, key=lambda v: int(v.version))
+
+    def create_model_version(self, name: str, source: str, run_id: str, tags: Mapping[str, str]):
+        return self.call(
+            f"register a version of {name!r}",
+            lambda: self.client.create_model_version(name, source, run_id=run_id, tags=dict(tags)),
+        )
+
+    def alias(self, name: str, alias: str):
+        """The version an alias points at, or None (no such alias, or no such model)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.call(
+                f"read alias {name}@{alias}",
+                lambda: self.client.get_model_version_by_alias(name, alias),
+            )
+        except MlflowException as error:
+            if getattr(error, "error_code", "") in (
+                "RESOURCE_DOES_NOT_EXIST",
+                "INVALID_PARAMETER_VALUE",
+            ):
+                return None
+            raise
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.call(
+            f"move {name}@{alias} to version {version}",
+            lambda: self.client.set_registered_model_alias(name, alias, version),
+        )
+
+    def tag_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.call(
+                f"tag {name} v{version}",
+                lambda k=key, v=value: self.client.set_model_version_tag(
+                    name, version, k, str(v)[:PARAM_LENGTH]
+                ),
+            )
+
+    def registered_model_tags(self, name: str) -> dict[str, str]:
+        model = self.call(f"read {name!r}", lambda: self.client.get_registered_model(name))
+        return dict(model.tags)
+
+    def tag_registered_model(self, name: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.call(
+                f"tag {name}",
+                lambda k=key, v=value: self.client.set_registered_model_tag(name, k, str(v)),
+            )
+
+    def model_version_url(self, name: str, version: str) -> str:
+        return f"{self.browser_url}/#/models/{name}/versions/{version}"
+
+    @contextmanager
+    def registry_lock(self) -> Iterator[None]:
+        """Find-or-register and alias moves of one machine's processes, one at a time."""
+        with self._lock():
+            yield

@@ -1,3 +1,4 @@
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -313,6 +314,9 @@ def test_run_refuses_a_history_shorter_than_one_training_window(returns):
 
 # champion_verdict
 
+# The deflated-Sharpe bound off: these tests are about PSR and drawdown (it has its own below).
+RULE = backtest.Promotion(confidence=0.95, drawdown_tolerance=1.1, min_deflated_sharpe=0.0)
+
 
 @pytest.fixture(scope="module")
 def tournament() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -336,7 +340,7 @@ def test_without_an_incumbent_the_challenger_becomes_champion(tournament):
     table, frame = tournament
     candidates = ["strong", "weak"]
     verdict = backtest.champion_verdict(
-        table, frame, incumbent=None, periods_per_year=365, candidates=candidates
+        table, frame, incumbent=None, periods_per_year=365, promotion=RULE, candidates=candidates
     )
     assert verdict.challenger == "strong" and verdict.champion == "strong" and verdict.replaced
 
@@ -344,7 +348,12 @@ def test_without_an_incumbent_the_challenger_becomes_champion(tournament):
 def test_an_incumbent_outside_the_tournament_is_replaced(tournament):
     table, frame = tournament
     verdict = backtest.champion_verdict(
-        table, frame, incumbent="retired", periods_per_year=365, candidates=["weak", "strong"]
+        table,
+        frame,
+        incumbent="retired",
+        periods_per_year=365,
+        promotion=RULE,
+        candidates=["weak", "strong"],
     )
     assert verdict.champion == "strong" and verdict.replaced
 
@@ -353,7 +362,12 @@ def test_baselines_excluded_from_candidates_never_win(tournament):
     table, frame = tournament
     assert table.loc["baseline", "sharpe"] == table["sharpe"].max()
     verdict = backtest.champion_verdict(
-        table, frame, incumbent=None, periods_per_year=365, candidates=["weak", "strong"]
+        table,
+        frame,
+        incumbent=None,
+        periods_per_year=365,
+        promotion=RULE,
+        candidates=["weak", "strong"],
     )
     assert verdict.challenger == "strong"
 
@@ -361,7 +375,12 @@ def test_baselines_excluded_from_candidates_never_win(tournament):
 def test_a_clearly_better_challenger_replaces_the_incumbent(tournament):
     table, frame = tournament
     verdict = backtest.champion_verdict(
-        table, frame, incumbent="weak", periods_per_year=365, candidates=["weak", "strong"]
+        table,
+        frame,
+        incumbent="weak",
+        periods_per_year=365,
+        promotion=RULE,
+        candidates=["weak", "strong"],
     )
     assert verdict.replaced and verdict.champion == "strong"
     assert verdict.numbers["psr"] >= 0.95
@@ -377,6 +396,7 @@ def test_a_challenger_with_a_much_deeper_drawdown_does_not_replace(tournament):
         incumbent="strong",
         periods_per_year=365,
         candidates=["strong", "strong_but_deep"],
+        promotion=RULE,
     )
     assert verdict.challenger == "strong_but_deep"
     assert verdict.numbers["psr"] >= 0.95
@@ -389,7 +409,7 @@ def test_a_challenger_with_a_much_deeper_drawdown_does_not_replace(tournament):
         incumbent="strong",
         periods_per_year=365,
         candidates=["strong", "strong_but_deep"],
-        drawdown_tolerance=10.0,
+        promotion=dataclasses.replace(RULE, drawdown_tolerance=10.0),
     )
     assert lenient.replaced and lenient.champion == "strong_but_deep"
 
@@ -398,7 +418,9 @@ def test_a_challenger_that_is_not_significantly_better_does_not_replace(tourname
     _, frame = tournament
     both = pd.DataFrame({"incumbent": frame["weak"], "slightly_better": frame["weak"] + 0.0003})
     table = metrics.metrics_table(both, periods_per_year=365)
-    verdict = backtest.champion_verdict(table, both, incumbent="incumbent", periods_per_year=365)
+    verdict = backtest.champion_verdict(
+        table, both, incumbent="incumbent", periods_per_year=365, promotion=RULE
+    )
     assert verdict.challenger == "slightly_better"
     assert 0.5 < verdict.numbers["psr"] < 0.95
     assert verdict.champion == "incumbent" and not verdict.replaced
@@ -407,7 +429,12 @@ def test_a_challenger_that_is_not_significantly_better_does_not_replace(tourname
 def test_the_incumbent_keeps_the_title_when_it_is_the_best(tournament):
     table, frame = tournament
     verdict = backtest.champion_verdict(
-        table, frame, incumbent="strong", periods_per_year=365, candidates=["strong", "weak"]
+        table,
+        frame,
+        incumbent="strong",
+        periods_per_year=365,
+        promotion=RULE,
+        candidates=["strong", "weak"],
     )
     assert verdict.champion == "strong" and not verdict.replaced
 
@@ -422,5 +449,69 @@ def test_equal_sharpe_ties_are_broken_by_name_whatever_the_column_order(tourname
             subset,
             incumbent=None,
             periods_per_year=365,
+            promotion=RULE,
         )
         assert verdict.challenger == "alpha"
+
+
+def _many_lucky_trials(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` noise policies around the weak one: a wide field of trials the winner is one of."""
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0.0, 0.01, size=(len(frame), n))
+    lucky = pd.DataFrame(noise + 0.0002, index=frame.index).add_prefix("lucky_")
+    return pd.concat([frame[["weak", "strong"]], lucky], axis=1)
+
+
+def test_the_deflated_sharpe_is_the_challengers_against_every_candidate_tried(tournament):
+    _, frame = tournament
+    field = _many_lucky_trials(frame, 10)
+    table = metrics.metrics_table(field, periods_per_year=365)
+    verdict = backtest.champion_verdict(
+        table, field, incumbent="weak", periods_per_year=365, promotion=RULE
+    )
+    trials = (field.mean() / field.std(ddof=1)).to_numpy()
+    assert verdict.numbers["trials"] == field.shape[1]
+    assert verdict.numbers["deflated_sharpe"] == pytest.approx(
+        metrics.deflated_sharpe_ratio(field[verdict.challenger], trial_sharpes=trials), abs=1e-12
+    )
+
+
+def test_a_challenger_below_the_deflated_sharpe_bound_does_not_replace(tournament):
+    """PSR and drawdown pass, but among many trials its Sharpe is what luck would give."""
+    _, frame = tournament
+    extra = np.random.default_rng(8).normal(0.0012, 0.002, size=len(frame))
+    both = pd.DataFrame({"incumbent": frame["weak"], "challenger": frame["weak"] + extra})
+    field = pd.concat([both, _many_lucky_trials(frame, 40).drop(columns=["strong"])], axis=1)
+    table = metrics.metrics_table(field, periods_per_year=365)
+    lenient = backtest.champion_verdict(
+        table, field, incumbent="incumbent", periods_per_year=365, promotion=RULE
+    )
+    assert lenient.challenger == "challenger" and lenient.replaced
+    bound = lenient.numbers["deflated_sharpe"] + 0.01
+    assert 0 < lenient.numbers["deflated_sharpe"] < 0.99 and lenient.numbers["psr"] >= 0.95
+    strict = backtest.champion_verdict(
+        table,
+        field,
+        incumbent="incumbent",
+        periods_per_year=365,
+        promotion=dataclasses.replace(RULE, min_deflated_sharpe=bound),
+    )
+    assert not strict.replaced and strict.champion == "incumbent"
+    assert strict.numbers["deflated_sharpe_ok"] == 0.0
+    assert "deflated Sharpe" in strict.rule
+
+
+def test_a_first_champion_below_the_deflated_sharpe_bound_is_crowned_and_flagged(tournament):
+    _, frame = tournament
+    field = _many_lucky_trials(frame, 10).drop(columns=["strong"])
+    table = metrics.metrics_table(field, periods_per_year=365)
+    verdict = backtest.champion_verdict(
+        table,
+        field,
+        incumbent=None,
+        periods_per_year=365,
+        promotion=dataclasses.replace(RULE, min_deflated_sharpe=0.999),
+    )
+    assert verdict.numbers["deflated_sharpe"] < 0.999
+    assert verdict.champion == verdict.challenger and verdict.replaced
+    assert verdict.numbers["deflated_sharpe_ok"] == 0.0

@@ -1,25 +1,24 @@
-"""The champion policy as an MLflow models-from-code pyfunc: logged, loaded, and it reproduces the
-stored ``portfolio`` (a local SQLite tracking store, no server)."""
-
-from pathlib import Path
+"""The champion policy as an MLflow models-from-code pyfunc: registered when the run stores its
+``portfolio``, loaded from the registry by alias, and it reproduces that ``portfolio`` (the local
+SQLite tracking store, no server)."""
 
 import dagster as dg
 import numpy as np
 import pytest
 
 from tests.conftest import AS_OF, resources_for, synthetic_source
-from tvq_assets import allocation, data
+from tvq_assets import allocation, data, registry
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import policy
 from tvq_assets.settings import policy_settings
 from tvq_resources.lake import ParquetLake
+from tvq_resources.tracking import MlflowTracker
 
-MODEL_FILE = Path(policy.__file__).resolve().parents[1] / "policy_model.py"
 KEY = f"{AS_OF}|crypto"
 
 
 @pytest.mark.slow
-def test_the_logged_policy_model_predicts_the_stored_portfolio(
+def test_the_registered_champion_predicts_the_stored_portfolio(
     tmp_path, monkeypatch, lake_root, sleeve_policy
 ):
     monkeypatch.chdir(tmp_path)  # anything MLflow writes relative to the cwd stays here
@@ -46,17 +45,13 @@ def test_the_logged_policy_model_predicts_the_stored_portfolio(
     settings = policy_settings(catalog.sleeve("crypto"))
     assert policy.settings_from_config(policy.settings_config(settings)) == settings
 
+    # The IO manager registered the champion when it stored the portfolio: load it by alias.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # The artifacts beside the store, never in the working directory.
-    experiment = mlflow.create_experiment("models", artifact_location=(tmp_path / "art").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.pyfunc.log_model(
-            name="policy",
-            python_model=str(MODEL_FILE),
-            model_config={"champion": champion, "settings": policy.settings_config(settings)},
-        )
-    model = mlflow.pyfunc.load_model(info.model_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name('crypto')}@champion")
     predicted = model.predict(policy.model_input(window)).set_index("symbol")["weight"]
     expected = stored.weights["weight"]
     assert len(expected) and set(predicted.index) == set(expected.index)
     assert np.allclose(predicted.reindex(expected.index), expected, rtol=0, atol=1e-9)
+    version = MlflowTracker().alias(registry.model_name("crypto"), registry.CHAMPION)
+    assert version.tags["tvq.policy"] == champion and version.tags["dagster.partition"] == KEY
+    assert f"decision.{AS_OF}" in version.tags

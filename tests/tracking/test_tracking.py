@@ -19,11 +19,12 @@ import yaml
 
 from tests.conftest import AS_OF, resources_for, synthetic_source
 from tests.tracking.conftest import free_port
-from tvq_assets import tracking
+from tvq_assets import registry, tracking
 from tvq_assets.catalog import policy_parameters
 from tvq_assets.definitions import ASSETS
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import metrics as performance
+from tvq_assets.quant import policy
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 
@@ -190,7 +191,8 @@ def test_a_partition_is_one_finished_mlflow_run_with_its_metrics(tracked_graph):
         assert metrics[f"baseline_universe.{name}"] == pytest.approx(
             table.loc["baseline_universe", name]
         )
-    trials = backtest.returns.mean() / backtest.returns.std(ddof=1)
+    candidates = backtest.returns.drop(columns=list(policy.BASELINES))
+    trials = candidates.mean() / candidates.std(ddof=1)
     assert metrics["deflated_sharpe"] == pytest.approx(
         performance.deflated_sharpe_ratio(backtest.returns[champion], trial_sharpes=trials)
     )
@@ -265,6 +267,32 @@ def test_links_go_both_ways(tracked_graph, mlflow_server):
     [event] = result.asset_materializations_for_node("backtest")
     assert event.metadata["champion_sharpe"].value == pytest.approx(run.data.metrics["sharpe"])
     assert run.data.tags["dagster.run_url"].endswith(f"/runs/{result.run_id}")
+
+
+@pytest.mark.slow
+def test_the_champion_registered_on_the_server_reproduces_the_portfolio(
+    tracked_graph, mlflow_server
+):
+    import mlflow
+
+    result, tracker, lake = tracked_graph
+    uri, _, _ = mlflow_server
+    [run] = parent_runs(tracker)
+    [event] = result.asset_materializations_for_node("portfolio")
+    name = registry.model_name("crypto")
+    champion = tracker.alias(name, registry.CHAMPION)
+    assert event.metadata["registered_model_url"].value == tracker.model_version_url(
+        name, str(champion.version)
+    )
+    assert champion.run_id == run.info.run_id and champion.tags["dagster.run_id"] == result.run_id
+    assert run.data.tags["tvq.promotion.verdict"].startswith("first champion")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    window, stored = lake.read(["returns"], KEY), lake.read(["portfolio"], KEY)
+    predicted = model.predict(policy.model_input(window)).set_index("symbol")["weight"]
+    expected = stored.weights["weight"]
+    assert len(expected) and set(predicted.index) == set(expected.index)
+    assert np.allclose(predicted.reindex(expected.index), expected, rtol=0, atol=1e-9)
 
 
 def _environment(home: Path, uri: str, sleeves: Path) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tvq_assets.quant.metrics import probabilistic_sharpe_ratio
+from tvq_assets.quant.metrics import deflated_sharpe_ratio, probabilistic_sharpe_ratio
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,21 @@ def _per_period_sharpe(values: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """The promotion rule's thresholds (from the sleeve's catalog policy; no defaults here).
+
+    ``confidence``: the PSR of the challenger against the incumbent's Sharpe it must reach;
+    ``drawdown_tolerance``: how many times the incumbent's max drawdown it may reach;
+    ``min_deflated_sharpe``: the deflated Sharpe ratio (its Sharpe against the best Sharpe the
+    tournament's number of policies would show by luck) it must reach.
+    """
+
+    confidence: float
+    drawdown_tolerance: float
+    min_deflated_sharpe: float
+
+
+@dataclass(frozen=True)
 class Verdict:
     """Outcome of a champion / challenger comparison."""
 
@@ -340,23 +355,26 @@ def champion_verdict(
     *,
     incumbent: str | None,
     periods_per_year: int,
+    promotion: Promotion,
     candidates: Sequence[str] | None = None,
-    confidence: float = 0.95,
-    drawdown_tolerance: float = 1.1,
 ) -> Verdict:
     """Decide whether the best out-of-sample policy takes the title from the incumbent.
 
     ``metrics``: :func:`tvq_assets.quant.metrics.metrics_table` of ``returns`` (the out-of-sample
     returns of every policy on the same windows). The challenger is the candidate with the highest
     Sharpe (ties broken by name, so the outcome never depends on column order; NaN Sharpe never
-    wins). It replaces the incumbent only if both hold:
+    wins). It replaces the incumbent only if all three hold:
 
-    - ``PSR >= confidence``, the probabilistic Sharpe ratio of the challenger's returns against
-      the incumbent's per-period Sharpe as benchmark, on the dates where both have returns;
-    - its max drawdown is not worse than ``drawdown_tolerance`` x the incumbent's.
+    - ``PSR >= promotion.confidence``, the probabilistic Sharpe ratio of the challenger's returns
+      against the incumbent's per-period Sharpe as benchmark, on the dates where both have returns;
+    - its max drawdown is not worse than ``promotion.drawdown_tolerance`` x the incumbent's;
+    - its deflated Sharpe ratio (Bailey and López de Prado), for the number of candidates tried,
+      is at least ``promotion.min_deflated_sharpe``: the best of many policies looks better than it
+      is, and a Sharpe that luck alone would produce does not take the title.
 
     With no incumbent, or one absent from this tournament, the challenger becomes champion
-    (``replaced`` is True). When the incumbent is itself the challenger nothing changes.
+    (``replaced`` is True; there is nothing else to run) and ``deflated_sharpe_ok`` records whether
+    it met the bound. When the incumbent is itself the challenger nothing changes.
     """
     pool = list(metrics.index if candidates is None else candidates)
     missing = [name for name in pool if name not in metrics.index]
@@ -372,14 +390,26 @@ def champion_verdict(
     challenger = ranked[0]
     rule = (
         f"the best-Sharpe candidate replaces the incumbent only if PSR(challenger vs the "
-        f"incumbent's per-period Sharpe) >= {confidence:g} and its max drawdown is not worse than "
-        f"{drawdown_tolerance:g} x the incumbent's; without an incumbent the challenger wins"
+        f"incumbent's per-period Sharpe) >= {promotion.confidence:g}, its max drawdown is not "
+        f"worse than {promotion.drawdown_tolerance:g} x the incumbent's and its deflated Sharpe "
+        f"ratio over the {len(pool)} candidates tried is >= {promotion.min_deflated_sharpe:g}; "
+        f"without an incumbent the challenger wins"
     )
+    # Every candidate counts as a trial, the ones that never traded (NaN Sharpe) included.
+    trials = [_per_period_sharpe(returns[name].dropna().to_numpy()) for name in pool]
+    deflated = deflated_sharpe_ratio(
+        returns[challenger], trial_sharpes=[t if math.isfinite(t) else math.nan for t in trials]
+    )
+    deflated_ok = bool(deflated >= promotion.min_deflated_sharpe)
     numbers: dict[str, float] = {
         "challenger_sharpe": float(sharpe[challenger]),
         "challenger_max_drawdown": float(metrics.loc[challenger, "max_drawdown"]),
-        "confidence": float(confidence),
-        "drawdown_tolerance": float(drawdown_tolerance),
+        "confidence": float(promotion.confidence),
+        "drawdown_tolerance": float(promotion.drawdown_tolerance),
+        "trials": float(len(pool)),
+        "deflated_sharpe": deflated,
+        "min_deflated_sharpe": float(promotion.min_deflated_sharpe),
+        "deflated_sharpe_ok": float(deflated_ok),
     }
     contested = (
         incumbent is not None and incumbent in metrics.index and incumbent in returns.columns
@@ -414,9 +444,10 @@ def champion_verdict(
     )
     # Both drawdowns are negative: "not worse" means at most tolerance x as deep.
     drawdown_ok = bool(
-        numbers["challenger_max_drawdown"] >= drawdown_tolerance * numbers["incumbent_max_drawdown"]
+        numbers["challenger_max_drawdown"]
+        >= promotion.drawdown_tolerance * numbers["incumbent_max_drawdown"]
     )
-    replaced = bool(psr >= confidence) and drawdown_ok
+    replaced = bool(psr >= promotion.confidence) and drawdown_ok and deflated_ok
     return Verdict(
         champion=challenger if replaced else incumbent,
         challenger=challenger,

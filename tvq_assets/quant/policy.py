@@ -70,6 +70,7 @@ class PolicySettings:
     turnover_penalty: float
     ridge: float
     infeasible_cap: str
+    promotion: backtest.Promotion
 
     @property
     def history_rows(self) -> int:
@@ -558,6 +559,7 @@ def tournament(
         result.returns,
         incumbent=incumbent,
         periods_per_year=settings.periods_per_year,
+        promotion=settings.promotion,
         candidates=contest.candidates,
     )
     targets = result.targets[verdict.champion]
@@ -735,5 +737,6 @@ def settings_from_config(values: dict) -> PolicySettings:
     fields = {f.name: f for f in dataclasses.fields(PolicySettings)}
     chosen = {k: v for k, v in values.items() if k in fields}
     chosen["selection"] = SelectionPolicy(**chosen["selection"])
+    chosen["promotion"] = backtest.Promotion(**chosen["promotion"])
     chosen["cluster_lookbacks"] = tuple(chosen["cluster_lookbacks"])
     return PolicySettings(**chosen)

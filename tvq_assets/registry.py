@@ -1,0 +1,261 @@
+"""The champion policy in MLflow's model registry: ``tvq-<sleeve>``, aliases ``champion`` and
+``challenger``, one promotion decision per run partition.
+
+When a run's ``portfolio`` is stored, :func:`promote` reads the run's tournament verdict (the
+promotion rule of ``backtest.champion_verdict``: PSR against the incumbent, a drawdown bound and a
+deflated-Sharpe bound) and mirrors it in the registry:
+
+- the champion and the challenger are each a version of ``tvq-<sleeve>``, registered on first use
+  as the models-from-code pyfunc of ``tvq_assets/policy_model.py`` (no pickled objects). A version
+  is one policy: the ``scorer/profile``, every parameter of the composed policy (their digest) and
+  the code version. The same policy on a later day reuses its version, so a new version means a
+  new policy; a first run registers its champion as version 1;
+- the aliases move to the verdict's champion and challenger, and only for the newest decision: a
+  backfill of older dates records its decision but leaves the aliases where the newest run put
+  them (the registered model's ``tvq.decided_as_of`` tag);
+- the decision (policies compared, their Sharpe and drawdowns, PSR, DSR, the verdict) is recorded
+  on the partition's MLflow run (``tvq.promotion.*`` tags and ``promotion/decision.json``) and as a
+  ``decision.<date>`` tag on the versions it names.
+
+``mlflow.pyfunc.load_model("models:/tvq-crypto@champion").predict(policy.model_input(window))``
+returns the weights of that run's ``portfolio``.
+"""
+
+import hashlib
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tvq_assets.partitions import catalog, split_run_key
+from tvq_assets.quant import policy
+from tvq_assets.settings import policy_settings
+from tvq_resources.lake import ParquetLake
+from tvq_resources.tracking import MlflowTracker
+
+MODEL_FILE = Path(__file__).with_name("policy_model.py")
+CHAMPION, CHALLENGER = "champion", "challenger"
+DECIDED_AS_OF = "tvq.decided_as_of"
+# The numbers of the verdict a decision records (those the tournament computed).
+COMPARED = (
+    "challenger_sharpe",
+    "challenger_max_drawdown",
+    "incumbent_sharpe",
+    "incumbent_max_drawdown",
+    "psr",
+    "confidence",
+    "drawdown_tolerance",
+    "deflated_sharpe",
+    "min_deflated_sharpe",
+    "trials",
+)
+# What the pyfunc needs to run; recorded so a loaded model's environment can be rebuilt.
+REQUIREMENTS = ("mlflow", "pandas", "numpy", "scipy", "cvxpy", "pyarrow")
+
+
+def model_name(sleeve: str) -> str:
+    return f"tvq-{sleeve}"
+
+
+def settings_digest(config: dict) -> str:
+    """The identity of a policy's parameters (every one of them, canonical JSON)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One run partition's promotion decision, as recorded on its run and on the versions."""
+
+    partition: str
+    as_of: str
+    champion: str
+    challenger: str
+    incumbent: str
+    replaced: bool
+    verdict: str
+    numbers: dict[str, float]
+    champion_version: str
+    challenger_version: str
+    aliases_moved: bool
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    def tags(self) -> dict[str, str]:
+        """Tags of the partition's MLflow run (numbers become metrics)."""
+        return {
+            "tvq.promotion.verdict": self.verdict,
+            "tvq.promotion.champion_version": self.champion_version,
+            "tvq.promotion.challenger_version": self.challenger_version,
+            "tvq.promotion.aliases_moved": str(self.aliases_moved),
+        }
+
+
+def verdict_text(row: pd.Series) -> str:
+    """The decision in words, from the stored verdict row of the ``backtest`` asset."""
+    champion, challenger = str(row["champion"]), str(row["challenger"])
+    incumbent = str(row.get("incumbent", "") or "")
+    if not incumbent:
+        below = float(row.get("deflated_sharpe_ok", 1.0)) == 0.0
+        return "first champion" + (
+            " (deflated Sharpe below the bound: nothing else to run)" if below else ""
+        )
+    if bool(row["replaced"]):
+        if pd.isna(row.get("incumbent_sharpe", math.nan)):
+            return f"promoted: {champion} (the incumbent {incumbent} was not in this tournament)"
+        return f"promoted: {champion} replaces {incumbent}"
+    if challenger == champion:
+        return "kept: the incumbent is the best candidate"
+    reasons = []
+    if not float(row.get("psr", math.nan)) >= float(row["confidence"]):
+        reasons.append(f"PSR {float(row.get('psr', math.nan)):.3f} < {float(row['confidence']):g}")
+    if not float(row["challenger_max_drawdown"]) >= float(row["drawdown_tolerance"]) * float(
+        row["incumbent_max_drawdown"]
+    ):
+        reasons.append("drawdown deeper than the tolerance allows")
+    if float(row.get("deflated_sharpe_ok", 1.0)) == 0.0:
+        reasons.append(
+            f"deflated Sharpe {float(row['deflated_sharpe']):.3f} < "
+            f"{float(row['min_deflated_sharpe']):g}"
+        )
+    return "kept: " + ("; ".join(reasons) or "the rule kept the incumbent")
+
+
+def _find(versions: list, policy_name: str, digest: str, code: str):
+    for version in versions:
+        tags = version.tags
+        if (
+            tags.get("tvq.policy") == policy_name
+            and tags.get("tvq.settings_digest") == digest
+            and tags.get("tvq.code_version") == code
+        ):
+            return version
+    return None
+
+
+def _register(
+    tracker: MlflowTracker,
+    name: str,
+    run_id: str,
+    policy_name: str,
+    config: dict,
+    tags: dict[str, str],
+):
+    """Save the policy as a models-from-code pyfunc, log it on the run, register a version."""
+    import mlflow.pyfunc
+
+    from tvq_assets.tracking import code_version
+
+    version_tag, commit = code_version()
+    requirements = [f"{p}=={_installed(p)}" for p in REQUIREMENTS if _installed(p)]
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        mlflow.pyfunc.save_model(
+            str(folder),
+            python_model=str(MODEL_FILE),
+            model_config={
+                "champion": policy_name,
+                "settings": config,
+                "code_version": version_tag,
+                "git_commit": commit,
+            },
+            pip_requirements=requirements,
+        )
+        source = tracker.log_directory(run_id, folder, f"registry/{policy_name.replace('/', '__')}")
+    return tracker.create_model_version(name, source, run_id, tags)
+
+
+def _installed(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def promote(
+    tracker: MlflowTracker,
+    lake: ParquetLake,
+    partition: str,
+    *,
+    run_id: str,
+    provenance: dict[str, str],
+) -> Decision:
+    """Mirror the verdict of run partition ``partition`` (``date|sleeve``) in the registry and
+    record the decision on MLflow run ``run_id`` (the partition's run). ``provenance``: tags
+    naming the Dagster run and partition, put on every version registered here."""
+    from tvq_assets.tracking import code_version
+
+    as_of, sleeve_name = split_run_key(partition)
+    day = f"{as_of:%Y-%m-%d}"
+    row = lake.read(["backtest"], partition).verdict.iloc[0]
+    config = policy.settings_config(policy_settings(catalog.sleeve(sleeve_name)))
+    # A version is one policy of one code: a commit that may change its decisions is a new one.
+    release, commit = code_version()
+    digest, code = settings_digest(config), f"{release}+{commit[:12]}"
+    name = model_name(sleeve_name)
+    champion, challenger = str(row["champion"]), str(row["challenger"])
+    tracker.ensure_registered_model(
+        name, f"The {sleeve_name} sleeve's policy: the tournament's champion and challenger."
+    )
+    with tracker.registry_lock():
+        versions = tracker.model_versions(name)
+        found: dict[str, object] = {}
+        for policy_name in dict.fromkeys((champion, challenger)):
+            version = _find(versions, policy_name, digest, code)
+            if version is None:
+                version = _register(
+                    tracker,
+                    name,
+                    run_id,
+                    policy_name,
+                    config,
+                    {
+                        **provenance,
+                        "tvq.policy": policy_name,
+                        "tvq.settings_digest": digest,
+                        "tvq.code_version": code,
+                        "tvq.registered_as_of": day,
+                        "mlflow_run_id": run_id,
+                    },
+                )
+                versions.append(version)
+            found[policy_name] = version
+        decided = tracker.registered_model_tags(name).get(DECIDED_AS_OF, "")
+        newest = day >= decided
+        if newest:
+            tracker.set_alias(name, CHAMPION, str(found[champion].version))
+            tracker.set_alias(name, CHALLENGER, str(found[challenger].version))
+            tracker.tag_registered_model(name, {DECIDED_AS_OF: day})
+    numbers = {key: float(row[key]) for key in COMPARED if key in row.index and pd.notna(row[key])}
+    decision = Decision(
+        partition=partition,
+        as_of=day,
+        champion=champion,
+        challenger=challenger,
+        incumbent=str(row.get("incumbent", "") or ""),
+        replaced=bool(row["replaced"]),
+        verdict=verdict_text(row),
+        numbers=numbers,
+        champion_version=str(found[champion].version),
+        challenger_version=str(found[challenger].version),
+        aliases_moved=newest,
+    )
+    # The versions it names: the champion, the challenger and a dethroned incumbent.
+    dethroned = _find(versions, decision.incumbent, digest, code) if decision.replaced else None
+    named = {decision.champion_version, decision.challenger_version}
+    if dethroned is not None:
+        named.add(str(dethroned.version))
+    for version in sorted(named):
+        tracker.tag_version(name, version, {f"decision.{day}": decision.as_json()})
+    tracker.log(
+        run_id,
+        metrics={f"promotion.{k}": v for k, v in numbers.items()},
+        tags=decision.tags(),
+        texts={"promotion/decision.json": decision.as_json()},
+    )
+    return decision

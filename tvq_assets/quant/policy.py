@@ -376,9 +376,11 @@ class Tournament:
 
     Each window's decision is :func:`decide_alpha` on the history rows ending at the window's
     last training day (``lookback`` rows, every symbol of the sleeve, so the universe is
-    point-in-time) followed by :func:`allocate` with that policy's previous target as the
+    point-in-time) followed by :func:`decide_target` with that policy's previous target as the
     turnover reference. The alpha of a window is computed once and shared by the profiles
-    (thread-safe memo; separate processes simply recompute).
+    (thread-safe memo). This is the one-window view the tests and audits replay;
+    :func:`tournament` runs the same decisions through :func:`walk_forward`, which stores and
+    fans them out.
     """
 
     def __init__(
@@ -784,13 +786,11 @@ def walk_forward(
             previous=done[first - 1][name] if first > 0 and (first - 1) in done else None,
             steps=tuple((k, spans[k], alphas[k]) for k in pending),
         )
-        for name in candidates
+        for name in (candidates if pending else [])
     ]
     walked = _mapped(
         map_tasks, functools.partial(walk_chain, history=history, settings=settings), chains
     )
-    if not pending:
-        walked = [[] for _ in candidates]
     for position, k in enumerate(pending):
         chosen = {name: walked[i][position] for i, name in enumerate(candidates)}
         chosen.update(baseline_targets(alphas[k], scorers))

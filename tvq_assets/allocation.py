@@ -16,6 +16,7 @@ from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import allocation_contracts, backtest_contracts, checks
 from tvq_checks.checks import Evaluation
 from tvq_resources.lake import ParquetLake, write_file
+from tvq_resources.window_cache import lake_window_cache
 
 WEIGHTS_CONTRACT = "weights_contract"
 SOLVER_STATUS = "solver_status"
@@ -155,10 +156,14 @@ def backtest(
     Policies: every scorer × profile replaying the production policy on point-in-time windows,
     plus the two equal-weight baselines. The incumbent is the previous run's champion (same
     sleeve, as-of − 1 day, a declared input); without it the best candidate becomes champion.
+    Window outcomes are reused from, and added to, the lake's window cache (``cache/windows``).
     """
     run = run_of(context)
     incumbent = previous.champion if previous is not None else None
-    outcome = policy.tournament(returns, run.settings, incumbent=incumbent)
+    outcome = policy.tournament(
+        returns, run.settings, incumbent=incumbent, cache=lake_window_cache(lake)
+    )
+    reuse = outcome.reuse
     incomplete = Evaluation(
         BACKTEST_COMPLETE,
         backtest_contracts.backtest_violations(
@@ -196,7 +201,11 @@ def backtest(
             champion_vs_baselines=dg.MetadataValue.md(checks.markdown(shown.reset_index())),
             metrics=dg.MetadataValue.md(checks.markdown(stored.metrics.reset_index())),
             equity_curve_file=dg.MetadataValue.path(str(plot_path)),
-            windows=len(outcome.result.windows),
+            windows=reuse.windows,
+            windows_computed=reuse.windows_computed,
+            windows_reused=reuse.windows_reused,
+            alphas_computed=reuse.alphas_computed,
+            alphas_reused=reuse.alphas_reused,
             out_of_sample_days=len(stored.returns),
             target_rows=len(stored.targets),
         ),
@@ -228,6 +237,7 @@ def portfolio(
     returns: ReturnsWindow,
     backtest: TournamentRecord,
     previous: PortfolioRecord | None,
+    lake: ParquetLake,
 ):
     """What production acts on: the champion policy's target weights for the as-of date, and the
     trades and one-sided turnover from the previous run's portfolio (same sleeve, as-of − 1 day,
@@ -241,9 +251,12 @@ def portfolio(
     settings = run.settings
     champion = backtest.champion
     held = policy.last_target(
-        backtest.targets, champion, policy.walk_forward_count(len(returns.history), settings)
+        backtest.targets, champion, policy.walk_forward_count(returns.history.index, settings)
     )
-    target = policy.decide_portfolio(returns, settings, champion, held)
+    # The newest window's alpha comes from the window cache the tournament filled.
+    target = policy.decide_portfolio(
+        returns, settings, champion, held, cache=lake_window_cache(lake)
+    )
     book = previous.weights["weight"] if previous is not None else None
     stored = policy.portfolio_record(target, book)
     largest = float(target.max()) if len(target) else 0.0

@@ -277,10 +277,8 @@ def test_the_portfolio_is_the_champions_decision_with_trades_from_the_previous_r
     result = backtest_engine.run(
         returns.history,
         {tournament.champion: policy.Tournament(returns, settings).policies()[tournament.champion]},
-        train=rows,
-        test=settings.test,
-        step=settings.step,
         cost_rate=settings.cost_rate,
+        windows=policy.grid_windows(returns.history.index, settings),
     )
     held = result.targets[tournament.champion][len(result.windows) - 1]
     decided = policy.Tournament(returns, settings).decide(

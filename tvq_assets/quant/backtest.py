@@ -3,12 +3,13 @@
 The engine is split so that the expensive part can be fanned out:
 
 1. :func:`walk_forward_windows` / :func:`plan` cut the returns frame into rolling windows and list
-   one :class:`Task` per (window, policy).
+   one :class:`Task` per (window, policy); :func:`grid_windows` places the windows on a calendar
+   grid independent of the as-of date instead, so consecutive runs share their windows.
 2. :func:`evaluate` turns one task into target weights from the window's training rows only; tasks
    are independent, so a caller may run them in any order or in parallel (``run(map_tasks=...)``).
 3. :func:`hold` walks the windows in order, rebalancing to each target and letting the weights
    drift with prices; it is cheap and sequential because each rebalance depends on the drift of the
-   previous holding.
+   previous holding. :func:`stitch` holds every policy's targets and assembles the result.
 
 Returns are simple per-period returns on the sleeve's calendar (dates x symbols, see
 ``tvq_assets.quant.metrics`` for the metric conventions). Weights are fractions of portfolio
@@ -18,6 +19,7 @@ value, long-only, summing to 1; an empty weight Series means the policy sits in 
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,12 @@ class Stateful:
 Policy = Callable[[pd.DataFrame], pd.Series] | Stateful
 """Training-slice returns (dates x all symbols) -> target weights (symbols, >= 0, sum 1)."""
 
-TaskMap = Callable[[Callable[["Task"], pd.Series], Sequence["Task"]], Sequence[pd.Series]]
+TaskMap = Callable[[Callable[[Any], Any], Sequence[Any]], Sequence[Any]]
+"""``map_tasks(function, items)``: ``[function(item) for item in items]`` in order, possibly in
+parallel (threads, processes, Ray); ``function`` is picklable (module-level or a partial)."""
+
+# The fixed origin of the walk-forward grid (a Monday, so weekday counts start on a weekday).
+GRID_EPOCH = np.datetime64("1970-01-05", "D")
 
 _WEIGHT_SUM_TOLERANCE = 1e-6
 
@@ -81,13 +88,59 @@ def walk_forward_windows(
     ]
 
 
+def grid_ordinals(dates: pd.DatetimeIndex, calendar: str) -> np.ndarray:
+    """Each date's position on the sleeve's calendar counted from :data:`GRID_EPOCH`: calendar
+    days for ``crypto``, weekdays (Monday–Friday, holidays included) for ``weekday``."""
+    days = np.asarray(dates.values.astype("datetime64[D]"))
+    if calendar == "crypto":
+        return (days - GRID_EPOCH).astype(np.int64)
+    if calendar == "weekday":
+        return np.busday_count(GRID_EPOCH, days).astype(np.int64)
+    raise ValueError(f"unknown calendar {calendar!r}; expected 'crypto' or 'weekday'")
+
+
+def grid_windows(
+    dates: pd.DatetimeIndex, *, train: int, test: int, step: int, calendar: str
+) -> list[Window]:
+    """Walk-forward windows whose decision dates sit on a fixed calendar grid.
+
+    The grid's anchors are every ``step``-th day of the sleeve's calendar counted from
+    :data:`GRID_EPOCH` (calendar days for ``crypto``, weekdays for ``weekday`` sleeves), whatever
+    the as-of date. A window decides at the close of the last row dated on or before an anchor
+    (a holiday anchor falls back to the session before it; several anchors in one gap make one
+    window), trains on the ``train`` rows ending there and tests on the next ``test`` rows, cut at
+    the last row. A row is a decision row only once the next row exists (whether an anchor lies
+    before the next row is not known earlier), so the newest row never decides and rows appended
+    later never move an earlier decision: runs on consecutive dates share every window but the
+    newest, and the oldest leaves when the history's start passes its training rows.
+    """
+    for name, value in (("train", train), ("test", test), ("step", step)):
+        if value < 1:
+            raise ValueError(f"walk-forward {name} must be at least 1 row, got {value}")
+    n_rows = len(dates)
+    if n_rows < 2:
+        return []
+    ordinal = grid_ordinals(pd.DatetimeIndex(dates), calendar)
+    # Row p decides when an anchor (a multiple of step) lies in [ordinal[p], ordinal[p + 1]).
+    anchor = np.floor_divide(ordinal[1:] - 1, step) > np.floor_divide(ordinal[:-1] - 1, step)
+    decisions = [int(p) for p in np.flatnonzero(anchor) if p >= train - 1]
+    return [
+        Window(
+            index=k,
+            train=slice(p - train + 1, p + 1),
+            test=slice(p + 1, min(p + 1 + test, n_rows)),
+        )
+        for k, p in enumerate(decisions)
+    ]
+
+
 def plan(n_rows: int, policies: Sequence[str], *, train: int, test: int, step: int) -> list[Task]:
     """All (window, policy) tasks, window-major, policies in the given order."""
     windows = walk_forward_windows(n_rows, train=train, test=test, step=step)
     return [Task(window=window, policy=policy) for window in windows for policy in policies]
 
 
-def _validated_weights(weights: pd.Series, symbols: pd.Index, where: str) -> pd.Series:
+def validated_weights(weights: pd.Series, symbols: pd.Index, where: str) -> pd.Series:
     """Float weights indexed by symbol, checked long-only and fully invested (or empty = cash)."""
     if not isinstance(weights, pd.Series):
         raise TypeError(f"{where}: a policy must return a pandas Series, got {type(weights)}")
@@ -129,7 +182,7 @@ def evaluate(
         if isinstance(policy, Stateful)
         else policy(train_returns)
     )
-    return _validated_weights(chosen, returns.columns, where)
+    return validated_weights(chosen, returns.columns, where)
 
 
 def hold(
@@ -261,6 +314,7 @@ def run(
     step: int = 20,
     cost_rate: float,
     map_tasks: TaskMap | None = None,
+    windows: Sequence[Window] | None = None,
 ) -> BacktestResult:
     """Walk-forward backtest of every policy on the same rolling windows.
 
@@ -269,19 +323,23 @@ def run(
     must return ``[function(task) for task in tasks]`` in order and may evaluate them in parallel
     (threads, processes, Ray); it is called once per window, windows in order, so that a
     :class:`Stateful` policy sees its previous target. The result equals the serial default.
+    ``windows``: the windows to run (e.g. :func:`grid_windows`) instead of
+    :func:`walk_forward_windows` of ``train``, ``test``, ``step``.
     Raises ``ValueError`` when there are no policies or too few rows for one window.
     """
     if not policies:
         raise ValueError("run needs at least one policy")
     if not returns.index.is_monotonic_increasing or returns.index.has_duplicates:
         raise ValueError("returns must have ascending unique dates")
-    windows = walk_forward_windows(len(returns), train=train, test=test, step=step)
+    if windows is None:
+        windows = walk_forward_windows(len(returns), train=train, test=test, step=step)
+    windows = list(windows)
     if not windows:
         raise ValueError(
             f"returns has {len(returns)} rows; the walk-forward needs more than train={train}"
         )
     names = list(policies)
-    tasks = plan(len(returns), names, train=train, test=test, step=step)
+    tasks = [Task(window=window, policy=name) for window in windows for name in names]
     targets: dict[str, dict[int, pd.Series]] = {name: {} for name in names}
 
     def evaluate_task(task: Task) -> pd.Series:
@@ -298,9 +356,21 @@ def run(
         for task, weights in zip(batch, results, strict=True):
             targets[task.policy][task.window.index] = weights
 
+    return stitch(returns, targets, windows, cost_rate=cost_rate)
+
+
+def stitch(
+    returns: pd.DataFrame,
+    targets: Mapping[str, Mapping[int, pd.Series]],
+    windows: Sequence[Window],
+    *,
+    cost_rate: float,
+) -> BacktestResult:
+    """The :class:`BacktestResult` of every policy's targets (policy -> window index -> weights,
+    already validated) held through ``windows`` (:func:`hold`)."""
     net: dict[str, pd.Series] = {}
     traded: dict[str, pd.Series] = {}
-    for name in names:
+    for name in targets:
         net[name], traded[name] = hold(targets[name], returns, windows, cost_rate=cost_rate)
     stitched = pd.DataFrame(net)
     stitched.index.name = returns.index.name or "date"
@@ -309,7 +379,10 @@ def run(
     turnover.index.name = returns.index.name or "date"
     turnover.columns.name = "policy"
     return BacktestResult(
-        returns=stitched, turnover=turnover, targets=targets, windows=tuple(windows)
+        returns=stitched,
+        turnover=turnover,
+        targets={name: dict(by_window) for name, by_window in targets.items()},
+        windows=tuple(windows),
     )
 
 

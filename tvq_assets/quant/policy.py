@@ -14,11 +14,16 @@ A decision is a pure function of a point-in-time data window and the sleeve's po
 The assets call these pieces one by one (one asset each) and the tournament calls
 :func:`decide_alpha` then :func:`allocate` on each window of the history, so the champion is
 picked by replaying exactly what production would have done on each day.
+
+The tournament's windows sit on a fixed calendar grid (``backtest.grid_windows``) and each
+window's outcome is stored content-addressed (``window_cache``), so the next day's run computes
+only its newest window and a re-run or a backfill reuses what an earlier run computed.
 """
 
 import dataclasses
+import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +32,7 @@ import pandas as pd
 from tvq_assets.quant import backtest, clusters, inference, metrics, optimise, quality
 from tvq_assets.quant import features as feature_engine
 from tvq_assets.quant import returns as returns_engine
+from tvq_assets.quant import window_cache as cache_keys
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_assets.quant.selection import Selection, SelectionPolicy, select
 
@@ -371,9 +377,11 @@ class Tournament:
 
     Each window's decision is :func:`decide_alpha` on the history rows ending at the window's
     last training day (``lookback`` rows, every symbol of the sleeve, so the universe is
-    point-in-time) followed by :func:`allocate` with that policy's previous target as the
+    point-in-time) followed by :func:`decide_target` with that policy's previous target as the
     turnover reference. The alpha of a window is computed once and shared by the profiles
-    (thread-safe memo; separate processes simply recompute).
+    (thread-safe memo). This is the one-window view the tests and audits replay;
+    :func:`tournament` runs the same decisions through :func:`walk_forward`, which stores and
+    fans them out.
     """
 
     def __init__(
@@ -438,13 +446,8 @@ class Tournament:
         universe is too small, nothing is selected, or the cap is infeasible for the winners
         under ``infeasible_cap: fail`` (the production run of that day would have stopped)."""
         alpha = self.alpha_of(train, as_of=as_of)
-        if alpha.too_small or alpha.selections[scorer].winners.empty:
-            return pd.Series(dtype=float)
-        winners = alpha.selections[scorer].winners
-        try:
-            return allocate(profile, winners, train, self.settings, previous=previous).weights
-        except optimise.InfeasibleCap:
-            return pd.Series(dtype=float)
+        winners = winners_of(alpha_frame(alpha, self.scorers), scorer)
+        return decide_target(profile, winners, train, self.settings, previous=previous)
 
     def _policy(
         self, scorer: str, profile: str
@@ -469,12 +472,14 @@ class Tournament:
 
 @dataclass(frozen=True)
 class TournamentOutcome:
-    """The walk-forward tournament of one run: returns, metrics, verdict, champion's weights now."""
+    """The walk-forward tournament of one run: returns, metrics, verdict, champion's weights now,
+    and how many windows came from the window store."""
 
     result: backtest.BacktestResult
     metrics: pd.DataFrame
     verdict: backtest.Verdict | None  # None when no candidate has a Sharpe ratio (never traded)
     champion_weights: pd.Series  # the champion's policy applied to the as-of window
+    reuse: cache_keys.Reuse = dataclasses.field(default_factory=cache_keys.Reuse)
 
 
 @dataclass(frozen=True)
@@ -522,50 +527,337 @@ def record(outcome: "TournamentOutcome", *, incumbent: str | None, dates: pd.Ind
     )
 
 
+# --------------------------------------------------------------------------------------------
+# A window's outcome as plain tables: what the walk-forward stores, reuses and fans out
+# --------------------------------------------------------------------------------------------
+def alpha_frame(alpha: Alpha, scorers: Sequence[str]) -> pd.DataFrame:
+    """What allocation needs of a window's alpha (``window_cache.ALPHA_COLUMNS``): the universe
+    and each scorer's winners with their clusters; empty when the universe is too small."""
+    if alpha.too_small:
+        return cache_keys.alpha_frame([], {})
+    return cache_keys.alpha_frame(
+        list(alpha.universe.returns.columns),
+        {
+            scorer: (
+                list(alpha.selections[scorer].winners.index),
+                alpha.selections[scorer].winners["cluster"].to_numpy(dtype=np.int64),
+            )
+            for scorer in scorers
+        },
+    )
+
+
+def winners_of(frame: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """One scorer's winners (index symbol, column ``cluster``) of an :func:`alpha_frame`."""
+    rows = frame[frame["part"].to_numpy() == scorer]
+    return pd.DataFrame(
+        {"cluster": rows["cluster"].to_numpy(dtype=np.int64)},
+        index=pd.Index(rows["symbol"].to_numpy(dtype=object), name="symbol"),
+    )
+
+
+def decide_target(
+    profile: str,
+    winners: pd.DataFrame,
+    train: pd.DataFrame,
+    settings: PolicySettings,
+    *,
+    previous: pd.Series | None,
+) -> pd.Series:
+    """One profile's target on one window: cash (empty) when nothing is selected (or the universe
+    is too small), or when the cap is infeasible for the winners under ``infeasible_cap: fail``
+    (the production run of that day would have stopped)."""
+    if winners.empty:
+        return pd.Series(dtype=float)
+    try:
+        return allocate(profile, winners, train, settings, previous=previous).weights
+    except optimise.InfeasibleCap:
+        return pd.Series(dtype=float)
+
+
+def _equal(symbols) -> pd.Series:
+    return pd.Series(np.full(len(symbols), 1.0 / max(len(symbols), 1)), index=pd.Index(symbols))
+
+
+def baseline_targets(frame: pd.DataFrame, scorers: Sequence[str]) -> dict[str, pd.Series]:
+    """The baselines of one window: equal weight of the eligible universe, and of the first
+    scorer's winners (cash when the universe is too small)."""
+    universe = frame.loc[frame["part"].to_numpy() == cache_keys.UNIVERSE_PART, "symbol"]
+    return {
+        "baseline_universe": _equal(list(universe)),
+        "baseline_winners": _equal(list(winners_of(frame, scorers[0]).index)),
+    }
+
+
+def window_alpha(
+    rows: tuple[int, int],
+    *,
+    history: pd.DataFrame,
+    dollar_volume: pd.DataFrame,
+    defects: pd.DataFrame,
+    settings: PolicySettings,
+    scorers: Sequence[str],
+) -> pd.DataFrame:
+    """:func:`alpha_frame` of the history rows ``[start, stop)`` — :func:`decide_alpha` on the
+    slice restricted by ``window_cache.used_slice`` (the slice its key digests), dated at its last
+    row. A phase-1 task of the walk-forward (module-level, so a process or Ray pool can run it)."""
+    start, stop = rows
+    returns, volume, inside = cache_keys.used_slice(
+        history.iloc[start:stop], dollar_volume.iloc[start:stop], defects
+    )
+    alpha = decide_alpha(
+        returns,
+        volume,
+        as_of=returns.index[-1],
+        settings=settings,
+        defects=inside,
+        scorers=scorers,
+    )
+    return alpha_frame(alpha, scorers)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One stateful policy's walk over windows in order: ``steps`` are (window index, training
+    rows ``(start, stop)``, the window's :func:`alpha_frame`); ``previous`` is its target on the
+    window before the first step (None: the first window of the walk)."""
+
+    policy: str
+    previous: pd.Series | None
+    steps: tuple[tuple[int, tuple[int, int], pd.DataFrame], ...]
+
+
+def walk_chain(chain: Chain, *, history: pd.DataFrame, settings: PolicySettings) -> list[pd.Series]:
+    """A phase-2 task: the policy's targets on every step, each step's turnover reference being
+    the target of the step before (module-level, so a process or Ray pool can run it)."""
+    scorer, profile = chain.policy.split("/")
+    previous, chosen = chain.previous, []
+    for _, (start, stop), frame in chain.steps:
+        winners = winners_of(frame, scorer)
+        train = history[winners.index].iloc[start:stop]
+        previous = decide_target(profile, winners, train, settings, previous=previous)
+        chosen.append(previous)
+    return chosen
+
+
+def _serial_map(function, items) -> list:
+    return [function(item) for item in items]
+
+
+def _mapped(map_tasks, function, items: list) -> list:
+    """``map_tasks(function, items)`` checked to return one result per item (none: no call)."""
+    if not items:
+        return []
+    results = list((map_tasks or _serial_map)(function, items))
+    if len(results) != len(items):
+        raise ValueError(f"map_tasks returned {len(results)} results for {len(items)} items")
+    return results
+
+
+@dataclass(frozen=True)
+class WalkForward:
+    """Every policy's targets on the grid windows of a run, the as-of window's alpha, and how much
+    of it was reused."""
+
+    windows: list[backtest.Window]
+    targets: dict[str, dict[int, pd.Series]]
+    latest: pd.DataFrame  # alpha_frame of the newest decision_rows rows (today's decision)
+    reuse: cache_keys.Reuse
+
+
+def candidates_of(scorers: Sequence[str], profiles: Sequence[str]) -> list[str]:
+    return [f"{s}/{p}" for s in scorers for p in profiles]
+
+
+def grid_windows(dates: pd.Index, settings: PolicySettings) -> list[backtest.Window]:
+    """The tournament's walk-forward windows over a history dated ``dates``
+    (``backtest.grid_windows`` with :func:`decision_rows` training rows)."""
+    return backtest.grid_windows(
+        pd.DatetimeIndex(dates),
+        train=decision_rows(len(dates), settings),
+        test=settings.test,
+        step=settings.step,
+        calendar=settings.calendar,
+    )
+
+
+def walk_forward(
+    window: ReturnsWindow,
+    settings: PolicySettings,
+    *,
+    scorers: Sequence[str] = SCORERS,
+    profiles: Sequence[str] = optimise.PROFILES,
+    map_tasks: backtest.TaskMap | None = None,
+    cache: cache_keys.WindowStore | None = None,
+) -> WalkForward:
+    """Every policy's target on every grid window, reusing what ``cache`` holds.
+
+    1. Keys: each window's slice digest; its targets entry is keyed by that, the parameters, the
+       policy list and — when the decision reads it (a turnover penalty) — the digest of the
+       previous window's targets. Stored windows are taken in order up to the first miss; with a
+       turnover penalty every later window misses too (its reference is not known yet), without
+       one each window is looked up on its own.
+    2. Phase 1: the alpha (:func:`window_alpha`) of every window to compute and of today's window,
+       unless stored: ONE ``map_tasks`` call over those windows.
+    3. Phase 2: ONE ``map_tasks`` call over the stateful policies (:func:`walk_chain`), each
+       walking its windows in order from the phase-1 alphas; baselines follow from the alphas.
+    4. The new outcomes are validated and stored, and every target is read back through the same
+       table form, so a run from the store equals a cold run bit for bit.
+    """
+    history = window.history
+    volume = window.history_dollar_volume.reindex(index=history.index, columns=history.columns)
+    defects = window.defects
+    rows = decision_rows(len(history), settings)
+    windows = grid_windows(history.index, settings)
+    if not windows:
+        raise ValueError(
+            f"the history has {len(history)} rows; the walk-forward needs a decision row on the "
+            f"{settings.calendar} grid (every {settings.step}) after {rows} rows and before the "
+            "last"
+        )
+    candidates = candidates_of(scorers, profiles)
+    names = [*candidates, *BASELINES]
+    settings_key = cache_keys.settings_digest(settings_config(settings))
+    stateful = settings.turnover_penalty > 0
+    spans = [(w.train.start, w.train.stop) for w in windows] + [(len(history) - rows, len(history))]
+    slice_keys = [
+        cache_keys.slice_digest(
+            *cache_keys.used_slice(history.iloc[a:b], volume.iloc[a:b], defects)
+        )
+        for a, b in spans
+    ]
+
+    def targets_key(k: int, done: Mapping[int, dict[str, pd.Series]]) -> str:
+        previous = "stateless"
+        if stateful:
+            before = done.get(k - 1) if k > 0 else None
+            previous = cache_keys.targets_digest(
+                None if before is None else {n: before[n] for n in candidates}
+            )
+        return cache_keys.targets_key(
+            slice_keys[k], settings_key, [*names, "|", *scorers], previous
+        )
+
+    def read(entry_key: str, columns) -> pd.DataFrame | None:
+        return cache_keys.checked(cache.get(entry_key), columns) if cache is not None else None
+
+    done: dict[int, dict[str, pd.Series]] = {}
+    pending: list[int] = []
+    for k in range(len(windows)):
+        if stateful and pending:
+            pending.append(k)
+            continue
+        stored = read(targets_key(k, done), cache_keys.TARGET_COLUMNS)
+        if stored is None:
+            pending.append(k)
+        else:
+            done[k] = cache_keys.targets_from(stored, names)
+
+    # Phase 1: the alphas the pending windows and today's decision need.
+    alpha_keys = {
+        k: cache_keys.alpha_key(slice_keys[k], settings_key, scorers)
+        for k in [*pending, len(windows)]
+    }
+    alphas: dict[int, pd.DataFrame] = {}
+    for k, entry_key in alpha_keys.items():
+        stored = read(entry_key, cache_keys.ALPHA_COLUMNS)
+        if stored is not None:
+            alphas[k] = stored
+    missing = [k for k in alpha_keys if k not in alphas]
+    task = functools.partial(
+        window_alpha,
+        history=history,
+        dollar_volume=volume,
+        defects=defects,
+        settings=settings,
+        scorers=tuple(scorers),
+    )
+    computed = _mapped(map_tasks, task, [spans[k] for k in missing])
+    for k, frame in zip(missing, computed, strict=True):
+        if cache is not None:
+            cache.put(alpha_keys[k], frame)
+        # Through the stored form, exactly as a later run will read it.
+        alphas[k] = cache_keys.checked(frame, cache_keys.ALPHA_COLUMNS)
+
+    # Phase 2: one task per stateful policy, walking the pending windows in order.
+    first = pending[0] if pending else len(windows)
+    chains = [
+        Chain(
+            policy=name,
+            previous=done[first - 1][name] if first > 0 and (first - 1) in done else None,
+            steps=tuple((k, spans[k], alphas[k]) for k in pending),
+        )
+        for name in (candidates if pending else [])
+    ]
+    walked = _mapped(
+        map_tasks, functools.partial(walk_chain, history=history, settings=settings), chains
+    )
+    for position, k in enumerate(pending):
+        chosen = {name: walked[i][position] for i, name in enumerate(candidates)}
+        chosen.update(baseline_targets(alphas[k], scorers))
+        where = f"window {k} (training rows to {history.index[windows[k].train.stop - 1]:%Y-%m-%d})"
+        frame = cache_keys.targets_frame(
+            {
+                name: backtest.validated_weights(chosen[name], history.columns, f"{where}, {name}")
+                for name in names
+            }
+        )
+        done[k] = cache_keys.targets_from(frame, names)
+        if cache is not None:
+            cache.put(targets_key(k, done), frame)
+
+    targets = {name: {k: done[k][name] for k in range(len(windows))} for name in names}
+    reuse = cache_keys.Reuse(
+        windows=len(windows),
+        windows_computed=len(pending),
+        windows_reused=len(windows) - len(pending),
+        alphas_computed=len(missing),
+        alphas_reused=len(alpha_keys) - len(missing),
+    )
+    return WalkForward(windows, targets, alphas[len(windows)], reuse)
+
+
 def tournament(
     window: ReturnsWindow,
     settings: PolicySettings,
     *,
     incumbent: str | None,
     map_tasks: backtest.TaskMap | None = None,
+    cache: cache_keys.WindowStore | None = None,
 ) -> TournamentOutcome:
     """Every scorer × profile and the baselines, walk-forward over the run's history; the best
     candidate challenges ``incumbent`` by the rule of ``backtest.champion_verdict``.
 
-    Each window decides on the ``lookback`` history rows before its test slice; the test slices
-    cover the last ``lookback − train`` rows (at least ``test``). Metrics use
-    ``settings.periods_per_year``; costs ``settings.cost_rate`` per unit of one-sided turnover.
+    Windows sit on the calendar grid of ``backtest.grid_windows`` (decisions every ``step`` days
+    of the sleeve's calendar from a fixed epoch, ``decision_rows`` training rows each); the test
+    slices cover the rows after the first decision. Metrics use ``settings.periods_per_year``;
+    costs ``settings.cost_rate`` per unit of one-sided turnover. ``cache``: the window store whose
+    outcomes are reused and extended (:func:`walk_forward`); ``map_tasks(function, items)``: how
+    the two phases fan out (serial by default; results must equal ``[function(i) for i in
+    items]``).
     """
-    contest = Tournament(window, settings)
-    policies = contest.policies()
+    walked = walk_forward(window, settings, map_tasks=map_tasks, cache=cache)
     history = window.history
-    result = backtest.run(
-        history,
-        policies,
-        train=decision_rows(len(history), settings),
-        test=settings.test,
-        step=settings.step,
-        cost_rate=settings.cost_rate,
-        map_tasks=map_tasks,
-    )
+    candidates = candidates_of(SCORERS, optimise.PROFILES)
+    result = backtest.stitch(history, walked.targets, walked.windows, cost_rate=settings.cost_rate)
     table = metrics.metrics_table(
         result.returns, periods_per_year=settings.periods_per_year, turnover=result.turnover
     )
-    if not np.isfinite(table.loc[contest.candidates, "sharpe"].to_numpy(dtype=float)).any():
+    if not np.isfinite(table.loc[candidates, "sharpe"].to_numpy(dtype=float)).any():
         # Nothing to crown: the backtest_complete contract reports why.
-        return TournamentOutcome(result, table, None, pd.Series(dtype=float))
+        return TournamentOutcome(result, table, None, pd.Series(dtype=float), walked.reuse)
     verdict = backtest.champion_verdict(
         table,
         result.returns,
         incumbent=incumbent,
         periods_per_year=settings.periods_per_year,
         promotion=settings.promotion,
-        candidates=contest.candidates,
+        candidates=candidates,
     )
     targets = result.targets[verdict.champion]
     held = targets[max(targets)] if targets else None
-    current = decide_portfolio(window, settings, verdict.champion, held, contest=contest)
-    return TournamentOutcome(result, table, verdict, current)
+    current = _decide_latest(window, settings, verdict.champion, held, walked.latest)
+    return TournamentOutcome(result, table, verdict, current, walked.reuse)
 
 
 def decision_rows(history_rows: int, settings: PolicySettings) -> int:
@@ -574,13 +866,63 @@ def decision_rows(history_rows: int, settings: PolicySettings) -> int:
     return min(settings.lookback, max(history_rows - settings.test, 1))
 
 
+def _decide_latest(
+    window: ReturnsWindow,
+    settings: PolicySettings,
+    champion: str,
+    held: pd.Series | None,
+    frame: pd.DataFrame,
+) -> pd.Series:
+    scorer, profile = champion.split("/")
+    latest = window.history.tail(decision_rows(len(window.history), settings))
+    winners = winners_of(frame, scorer)
+    weights = decide_target(profile, winners, latest, settings, previous=held)
+    return weights.rename("weight").rename_axis("symbol")
+
+
+def latest_alpha(
+    window: ReturnsWindow,
+    settings: PolicySettings,
+    *,
+    scorers: Sequence[str] = SCORERS,
+    cache: cache_keys.WindowStore | None = None,
+) -> pd.DataFrame:
+    """:func:`alpha_frame` of the newest :func:`decision_rows` rows of the run's history, from
+    ``cache`` when the tournament stored it (same key as :func:`walk_forward`'s)."""
+    history = window.history
+    volume = window.history_dollar_volume.reindex(index=history.index, columns=history.columns)
+    rows = decision_rows(len(history), settings)
+    span = (len(history) - rows, len(history))
+    entry_key = None
+    if cache is not None:
+        slice_key = cache_keys.slice_digest(
+            *cache_keys.used_slice(history.iloc[span[0] :], volume.iloc[span[0] :], window.defects)
+        )
+        settings_key = cache_keys.settings_digest(settings_config(settings))
+        entry_key = cache_keys.alpha_key(slice_key, settings_key, scorers)
+        stored = cache_keys.checked(cache.get(entry_key), cache_keys.ALPHA_COLUMNS)
+        if stored is not None:
+            return stored
+    frame = window_alpha(
+        span,
+        history=history,
+        dollar_volume=volume,
+        defects=window.defects,
+        settings=settings,
+        scorers=tuple(scorers),
+    )
+    if cache is not None and entry_key is not None:
+        cache.put(entry_key, frame)
+    return cache_keys.checked(frame, cache_keys.ALPHA_COLUMNS)
+
+
 def decide_portfolio(
     window: ReturnsWindow,
     settings: PolicySettings,
     champion: str,
     held: pd.Series | None,
     *,
-    contest: "Tournament | None" = None,
+    cache: cache_keys.WindowStore | None = None,
 ) -> pd.Series:
     """The production decision: policy ``champion`` (``scorer/profile``) applied to the newest
     :func:`decision_rows` rows of the run's history — target weights by symbol, empty for cash.
@@ -588,14 +930,14 @@ def decide_portfolio(
     ``held``: the turnover-penalty reference, the champion's own last walk-forward target (the
     tournament's reference), so the decision is exactly the policy whose record crowned it; the
     book actually held (the previous run's portfolio) only prices the trades
-    (:func:`portfolio_trades`). ``contest``: a tournament over ``window`` whose alpha memo to
-    reuse; by default one for this policy alone.
+    (:func:`portfolio_trades`). ``cache``: the window store the tournament filled, whose alpha of
+    the newest window is reused (without one, the champion's scorer alone is computed).
     """
-    scorer, profile = champion.split("/")
-    if contest is None:
-        contest = Tournament(window, settings, scorers=(scorer,), profiles=(profile,))
-    latest = window.history.tail(decision_rows(len(window.history), settings))
-    return contest.decide(scorer, profile, latest, held).rename("weight").rename_axis("symbol")
+    scorer, _ = champion.split("/")
+    frame = latest_alpha(
+        window, settings, scorers=SCORERS if cache is not None else (scorer,), cache=cache
+    )
+    return _decide_latest(window, settings, champion, held, frame)
 
 
 def last_target(targets: pd.DataFrame, policy_name: str, windows: int) -> pd.Series | None:
@@ -607,16 +949,9 @@ def last_target(targets: pd.DataFrame, policy_name: str, windows: int) -> pd.Ser
     return pd.Series(rows["weight"].to_numpy(dtype=float), index=pd.Index(rows["symbol"]))
 
 
-def walk_forward_count(history_rows: int, settings: PolicySettings) -> int:
-    """How many walk-forward windows :func:`tournament` runs over ``history_rows`` rows."""
-    return len(
-        backtest.walk_forward_windows(
-            history_rows,
-            train=decision_rows(history_rows, settings),
-            test=settings.test,
-            step=settings.step,
-        )
-    )
+def walk_forward_count(dates: pd.Index, settings: PolicySettings) -> int:
+    """How many walk-forward windows :func:`tournament` runs over a history dated ``dates``."""
+    return len(grid_windows(dates, settings))
 
 
 TRADE_COLUMNS = ("previous", "target", "trade")
@@ -703,28 +1038,21 @@ def window_from_input(frame: pd.DataFrame, settings: PolicySettings) -> ReturnsW
 
 def replayed_reference(window: ReturnsWindow, settings: PolicySettings, champion: str):
     """Policy ``champion``'s target on the last walk-forward window, replayed alone over the
-    history: the turnover-penalty reference :func:`decide_portfolio` needs, so a model that only
+    history (its chain does not depend on the other policies), and the newest window's alpha: the
+    turnover-penalty reference and the alpha :func:`decide_portfolio` needs, so a model that only
     sees the history decides exactly as the tournament did."""
     scorer, profile = champion.split("/")
-    contest = Tournament(window, settings, scorers=(scorer,), profiles=(profile,))
-    result = backtest.run(
-        window.history,
-        {champion: contest.policies()[champion]},
-        train=decision_rows(len(window.history), settings),
-        test=settings.test,
-        step=settings.step,
-        cost_rate=settings.cost_rate,
-    )
-    targets = result.targets[champion]
-    return (targets[max(targets)] if targets else None), contest
+    walked = walk_forward(window, settings, scorers=(scorer,), profiles=(profile,))
+    targets = walked.targets[champion]
+    return (targets[max(targets)] if targets else None), walked.latest
 
 
 def predict_portfolio(frame: pd.DataFrame, settings: PolicySettings, champion: str) -> pd.Series:
     """The registered model's prediction: :func:`decide_portfolio` of policy ``champion`` on the
     history in ``frame`` (:func:`model_input` layout), with the replayed reference."""
     window = window_from_input(frame, settings)
-    held, contest = replayed_reference(window, settings, champion)
-    return decide_portfolio(window, settings, champion, held, contest=contest)
+    held, latest = replayed_reference(window, settings, champion)
+    return _decide_latest(window, settings, champion, held, latest)
 
 
 def settings_config(settings: PolicySettings) -> dict:

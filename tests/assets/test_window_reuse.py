@@ -1,0 +1,231 @@
+"""Window outcomes reused from the lake's window cache: a run from the cache equals a cold run bit
+for bit, the next day recomputes only its newest window, and anything that changes a window's
+input — its data, a policy parameter, the previous target of a stateful chain — misses."""
+
+import dataclasses
+import pickle
+
+import cloudpickle
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import materialised, metadata, resources_for, synthetic_source
+from tests.quant.test_policy import settings_for
+from tvq_assets import allocation, data
+from tvq_assets.quant import backtest, policy
+from tvq_assets.quant import window_cache as keys
+from tvq_resources.lake import ParquetLake
+from tvq_resources.synthetic import generate_market
+from tvq_resources.window_cache import WindowCache, lake_window_cache
+
+# The history keeps 120 + 65 rows: 65 is not a multiple of the step, so the day a window enters
+# is not the day the oldest leaves.
+TINY = {
+    "lookback": 120,
+    "train": 55,
+    "test": 10,
+    "step": 10,
+    "min_history": 30,
+    "feature_lookback": 60,
+    "cluster_lookbacks": (30, 60),
+    "min_winners": 4,
+    "max_winners": 8,
+}
+# A turnover penalty large enough that each decision depends on the previous target.
+STATEFUL = settings_for(**TINY, turnover_penalty=1.0)
+STATELESS = settings_for(**TINY)
+# 2026-06-10 is a crypto grid date for step 10 (days since 1970-01-05 divisible by 10).
+ANCHOR = pd.Timestamp("2026-06-10")
+
+
+@pytest.fixture(scope="module")
+def bars():
+    return generate_market(seed=11, n_symbols=16, end="2026-07-10")
+
+
+def run_window(bars, as_of, settings):
+    return policy.point_in_time(
+        bars[bars["date"] <= as_of], as_of=pd.Timestamp(as_of), settings=settings, quarantine=True
+    )
+
+
+def assert_same(a: policy.TournamentOutcome, b: policy.TournamentOutcome, dates) -> None:
+    """Bit for bit: returns, turnover, metrics, verdict, every target, today's weights."""
+    pd.testing.assert_frame_equal(a.result.returns, b.result.returns, check_exact=True)
+    pd.testing.assert_frame_equal(a.result.turnover, b.result.turnover, check_exact=True)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
+    assert (a.verdict is None) == (b.verdict is None)
+    if a.verdict is not None:
+        numbers = dataclasses.asdict(a.verdict).pop("numbers")
+        assert dataclasses.replace(a.verdict, numbers={}) == dataclasses.replace(
+            b.verdict, numbers={}
+        )
+        pd.testing.assert_series_equal(
+            pd.Series(numbers, dtype=float), pd.Series(b.verdict.numbers, dtype=float)
+        )
+    pd.testing.assert_frame_equal(
+        backtest.target_table(a.result, dates),
+        backtest.target_table(b.result, dates),
+        check_exact=True,
+    )
+    pd.testing.assert_series_equal(a.champion_weights, b.champion_weights, check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_warm_run_equals_the_cold_run_and_the_next_day_computes_only_its_newest_window(
+    bars, tmp_path
+):
+    assert (ANCHOR.to_datetime64().astype("datetime64[D]") - backtest.GRID_EPOCH).astype(
+        int
+    ) % 10 == 0
+    store = WindowCache(tmp_path)
+    today = run_window(bars, ANCHOR, STATEFUL)
+    cold = policy.tournament(today, STATEFUL, incumbent=None)
+    filled = policy.tournament(today, STATEFUL, incumbent=None, cache=store)
+    assert (
+        filled.reuse.windows_reused == 0 and filled.reuse.windows_computed == filled.reuse.windows
+    )
+    warm = policy.tournament(today, STATEFUL, incumbent=None, cache=store)
+    assert warm.reuse.windows_reused == warm.reuse.windows and warm.reuse.alphas_computed == 0
+    assert_same(cold, warm, today.history.index)
+    assert_same(cold, filled, today.history.index)
+
+    # The next day decides a new window on today's rows (today is a grid date): its alpha is
+    # today's decision alpha, already stored; only tomorrow's own decision alpha is new.
+    tomorrow = run_window(bars, ANCHOR + pd.Timedelta(days=1), STATEFUL)
+    next_warm = policy.tournament(tomorrow, STATEFUL, incumbent=None, cache=store)
+    assert next_warm.reuse.windows_computed == 1
+    assert next_warm.reuse.windows_reused == next_warm.reuse.windows - 1 == warm.reuse.windows
+    assert next_warm.reuse.alphas_reused == 1 and next_warm.reuse.alphas_computed == 1
+    assert_same(
+        policy.tournament(tomorrow, STATEFUL, incumbent=None), next_warm, tomorrow.history.index
+    )
+
+
+@pytest.mark.slow
+def test_a_stateful_chain_that_starts_elsewhere_misses_and_reuses_only_the_alphas(bars, tmp_path):
+    # Eight days later the oldest window (decided 60 days before the anchor) has left the
+    # history: every chain starts one window later with no previous target, so every target
+    # differs from the stored ones although the windows' data do not. Keyed without the previous
+    # target, this run would reuse them.
+    store = WindowCache(tmp_path)
+    policy.tournament(run_window(bars, ANCHOR, STATEFUL), STATEFUL, incumbent=None, cache=store)
+    later = run_window(bars, ANCHOR + pd.Timedelta(days=8), STATEFUL)
+    warm = policy.tournament(later, STATEFUL, incumbent=None, cache=store)
+    assert warm.reuse.windows_reused == 0
+    assert warm.reuse.alphas_reused == warm.reuse.windows  # every window's alpha was stored
+    assert_same(policy.tournament(later, STATEFUL, incumbent=None), warm, later.history.index)
+
+
+@pytest.mark.slow
+def test_changed_parameters_or_data_miss_and_a_damaged_entry_is_recomputed(bars, tmp_path):
+    store = WindowCache(tmp_path)
+    today = run_window(bars, ANCHOR, STATELESS)
+    first = policy.tournament(today, STATELESS, incumbent=None, cache=store)
+    windows = first.reuse.windows
+    entries = sorted(tmp_path.glob("*/*.parquet"))
+
+    # A changed policy parameter misses every window.
+    capped = dataclasses.replace(STATELESS, cap=0.3)
+    changed = policy.tournament(today, capped, incumbent=None, cache=store)
+    assert changed.reuse.windows_reused == 0 and changed.reuse.alphas_reused == 0
+
+    # Changed data in the newest window's slice only: that window misses, the others are reused
+    # (no turnover penalty, so a window's key does not depend on the window before).
+    last = first.result.windows[-1]
+    moved = today.history.index[last.train.stop - 1]
+    symbol = today.history.columns[3]
+    history = today.history.copy()
+    history.loc[moved, symbol] = history.loc[moved, symbol] + 0.01
+    edited = dataclasses.replace(today, history=history)
+    warm = policy.tournament(edited, STATELESS, incumbent=None, cache=store)
+    assert warm.reuse.windows_computed == 1 and warm.reuse.windows_reused == windows - 1
+    assert_same(policy.tournament(edited, STATELESS, incumbent=None), warm, today.history.index)
+
+    # A damaged entry (garbage bytes; a readable table whose content was altered) is a miss that
+    # is recomputed and rewritten; the result is the cold one.
+    targets = [f for f in entries if "policy" in pq.read_schema(f).names]
+    targets[0].write_bytes(b"not parquet at all")
+    table = pq.read_table(targets[1])
+    weights = table.column("weight").to_pylist()
+    altered = table.set_column(
+        table.schema.get_field_index("weight"),
+        "weight",
+        pa.array([w * 0.5 for w in weights], pa.float64()),
+    )
+    pq.write_table(altered, targets[1])
+    assert store.get(targets[0].stem) is None and store.get(targets[1].stem) is None
+    again = policy.tournament(today, STATELESS, incumbent=None, cache=store)
+    assert again.reuse.windows_computed == 2 and again.reuse.windows_reused == windows - 2
+    assert_same(first, again, today.history.index)
+    assert store.get(targets[0].stem) is not None and store.get(targets[1].stem) is not None
+
+
+def test_an_entry_with_foreign_columns_or_dtypes_is_a_miss():
+    good = keys.targets_frame({"a/b": pd.Series([0.25, 0.75], index=["X", "Y"])})
+    assert keys.checked(good, keys.TARGET_COLUMNS) is not None
+    assert keys.checked(good.rename(columns={"weight": "w"}), keys.TARGET_COLUMNS) is None
+    assert keys.checked(good.astype({"weight": str}), keys.TARGET_COLUMNS) is None
+    assert keys.checked(None, keys.TARGET_COLUMNS) is None
+
+
+def pickled_map(function, items):
+    """Every function and item goes through cloudpickle, as a Ray or process pool would send it."""
+    calls.append(len(items))
+    function = pickle.loads(cloudpickle.dumps(function))
+    return [function(pickle.loads(cloudpickle.dumps(item))) for item in items]
+
+
+calls: list[int] = []
+
+
+@pytest.mark.slow
+def test_the_tournament_fans_out_in_two_picklable_calls_that_equal_the_serial_run(bars):
+    today = run_window(bars, ANCHOR, STATEFUL)
+    serial = policy.tournament(today, STATEFUL, incumbent=None)
+    calls.clear()
+    mapped = policy.tournament(today, STATEFUL, incumbent=None, map_tasks=pickled_map)
+    # Phase 1: every window's alpha and today's; phase 2: one task per stateful policy.
+    candidates = policy.candidates_of(policy.SCORERS, policy.optimise.PROFILES)
+    assert calls == [serial.reuse.windows + 1, len(candidates)]
+    assert_same(serial, mapped, today.history.index)
+
+
+@pytest.mark.slow
+def test_the_backtest_asset_reports_reuse_and_the_next_day_recomputes_only_the_newest_window(
+    instance, lake_root, sleeve_policy
+):
+    sleeve_policy("crypto", policy=TINY)
+    resources = resources_for(lake_root, crypto=synthetic_source(symbols=12, end="2026-06-20"))
+    assert dg.materialize(
+        [data.bars], partition_key="crypto", resources=resources, instance=instance
+    ).success
+    targets = [data.returns, allocation.backtest, allocation.portfolio]
+    first = dg_materialize(instance, resources, targets, f"{ANCHOR:%Y-%m-%d}|crypto")
+    assert first.success and "portfolio" in materialised(first)
+    shown = metadata(first, "backtest")
+    assert shown["windows_reused"] == 0 and shown["windows_computed"] == shown["windows"] > 0
+    store = lake_window_cache(ParquetLake(root=lake_root))
+    assert len(store) > 0 and str(store.root).startswith(str(lake_root))
+
+    second = dg_materialize(
+        instance, resources, targets, f"{ANCHOR + pd.Timedelta(days=1):%Y-%m-%d}|crypto"
+    )
+    assert second.success
+    shown = metadata(second, "backtest")
+    assert shown["windows_computed"] == 1 and shown["windows_reused"] == shown["windows"] - 1
+
+
+def dg_materialize(instance, resources, assets, partition):
+    every = [data.bars, data.returns, allocation.backtest, allocation.portfolio]
+    return dg.materialize(
+        every,
+        partition_key=partition,
+        selection=[a.key for a in assets],
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )

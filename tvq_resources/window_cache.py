@@ -1,0 +1,88 @@
+"""The lake's store of walk-forward window outcomes (``tvq_assets.quant.window_cache``).
+
+The keys and the tables' columns are the engine's; this module only stores them. One Parquet
+file per entry at ``<lake root>/cache/windows/<key[:2]>/<key>.parquet``. The key is a
+content digest, so an entry is never updated in place: it is written once to a temporary file in
+its folder and renamed into place (a reader sees the whole entry or none). The file carries the
+digest of its content in its schema metadata; a file that cannot be read or whose content does
+not match that digest is a miss (the run recomputes the window and rewrites the entry), never an
+error and never an input. Entries are plain tables (no pickles). Concurrent writers of one key
+write the same bytes, so the last rename wins harmlessly.
+"""
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tvq_resources.lake import ParquetLake, write_file
+
+FOLDER = ("cache", "windows")
+# Schema metadata key holding the digest of an entry's content, checked on every read.
+CONTENT_KEY = b"tvq_content_digest"
+log = logging.getLogger(__name__)
+
+
+def content_digest(frame: pd.DataFrame) -> str:
+    """Digest of a table's column names, dtypes, row order and values."""
+    digest = hashlib.blake2b(digest_size=20)
+    for column in frame.columns:
+        values = frame[column]
+        digest.update(f"\n{column}:{values.dtype}:".encode())
+        if pd.api.types.is_numeric_dtype(values):
+            digest.update(np.ascontiguousarray(values.to_numpy()).tobytes())
+        else:
+            digest.update("\0".join(map(str, values)).encode())
+    return digest.hexdigest()
+
+
+class WindowCache:
+    """``get(key) -> DataFrame | None`` and ``put(key, frame)`` over files under ``root``.
+
+    Holds only its folder, so it can be pickled or recreated anywhere (no locks, no handles).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        if len(key) < 3 or not key.isalnum():
+            raise ValueError(f"window cache: malformed key {key!r} (expected a hex digest)")
+        return self.root / key[:2] / f"{key}.parquet"
+
+    def get(self, key: str) -> pd.DataFrame | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            table = pq.read_table(path)
+            frame = table.to_pandas()
+            stored = (table.schema.metadata or {}).get(CONTENT_KEY, b"").decode()
+        except Exception as error:  # any unreadable file is a miss, whatever the cause
+            log.warning("window cache: unreadable entry %s (%s); recomputing", path, error)
+            return None
+        if stored != content_digest(frame):
+            log.warning("window cache: entry %s does not match its digest; recomputing", path)
+            return None
+        return frame
+
+    def put(self, key: str, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        metadata = dict(table.schema.metadata or {})
+        metadata[CONTENT_KEY] = content_digest(frame).encode()
+        buffer = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata(metadata), buffer)
+        write_file(buffer.getvalue(), self.path(key))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("*/*.parquet")) if self.root.exists() else 0
+
+
+def lake_window_cache(lake: ParquetLake) -> WindowCache:
+    """The window store of a lake: ``<lake root>/cache/windows``."""
+    return WindowCache(lake.root_path.joinpath(*FOLDER))

@@ -5,9 +5,10 @@
 the fan-in and a backfill of dates schedules the sleeves' runs first. The engine is
 ``tvq_assets.quant.meta``; the rules and defaults are the catalog's ``meta`` section.
 
-It runs in its own job (``meta_portfolio_job``), not in ``daily``: a job's assets share one partitioning, and
-the meta-portfolio of a date needs every sleeve's run of that date, which ``daily`` computes one
-sleeve at a time.
+It runs in its own job (``meta_portfolio_job``), not in ``daily``: a job's assets share one
+partitioning, and the meta-portfolio of a date needs every sleeve's run of that date, which
+``daily`` computes one sleeve at a time. The sensor ``run_meta_after_sleeves`` requests it when
+the last sleeve of a date has its portfolio.
 """
 
 import time

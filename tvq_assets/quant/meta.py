@@ -408,7 +408,7 @@ def decide(
     (:func:`present_sleeves`). Raises :class:`MetaInfeasible` when fewer than two joined dates
     are left to estimate the weights of several sleeves.
     """
-    chosen, missing = present_sleeves(sleeves, list(streams), rule=settings.missing, where=where)
+    chosen, _ = present_sleeves(sleeves, list(streams), rule=settings.missing, where=where)
     joined = join_calendars({s: streams[s] for s in chosen}, as_of=as_of)
     window = joined.returns.tail(settings.lookback)
     if len(chosen) > 1 and len(window) < 2:

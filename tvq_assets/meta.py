@@ -35,9 +35,10 @@ with warnings.catch_warnings():
     SLEEVES_OF_RUN = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="run")
 
 
-def meta_settings(source: Catalog = catalog) -> engine.MetaSettings:
+def meta_settings(source: Catalog | None = None) -> engine.MetaSettings:
     """The engine's parameters, every one from the catalog (its ``meta`` section and each
     sleeve's costs and periods per year): the only place they are built."""
+    source = source or catalog
     meta = source.meta
     sleeves = source.meta_sleeves
     return engine.MetaSettings(

@@ -85,7 +85,9 @@ def test_data_after_the_as_of_date_never_changes_the_meta_portfolio():
     reference = meta.decide(base, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of)
     for name in sleeves:
         changed = {**base, name: extended[name]}
-        again = meta.decide(changed, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of)
+        again = meta.decide(
+            changed, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of
+        )
         pd.testing.assert_frame_equal(again.sleeves, reference.sleeves)
         pd.testing.assert_frame_equal(again.holdings, reference.holdings)
         pd.testing.assert_frame_equal(again.returns, reference.returns)
@@ -120,7 +122,9 @@ def test_risk_parity_across_sleeves_respects_a_binding_cap():
 
 def test_bounds_without_a_fully_invested_portfolio_fail_naming_them():
     with pytest.raises(meta.MetaInfeasible, match=r"caps of \['a', 'b'\] sum to 0.9"):
-        meta.bounded_weights(pd.Series({"a": 0.5, "b": 0.5}), {"a": 0.4, "b": 0.5}, {"a": 0, "b": 0})
+        meta.bounded_weights(
+            pd.Series({"a": 0.5, "b": 0.5}), {"a": 0.4, "b": 0.5}, {"a": 0, "b": 0}
+        )
 
 
 def test_holdings_are_sleeve_weight_times_sleeve_portfolio_and_sum_to_one():
@@ -135,7 +139,12 @@ def test_holdings_are_sleeve_weight_times_sleeve_portfolio_and_sum_to_one():
     assert holdings["weight"].sum() == pytest.approx(1.0, abs=1e-12)
     caps, floors = {"crypto": 0.5, "tradfi": 0.7}, {"crypto": 0.1, "tradfi": 0.1}
     ok = holdings_violations(
-        holdings, sleeves=["crypto", "tradfi"], missing={}, caps=caps, floors=floors, as_of="2026-1-1"
+        holdings,
+        sleeves=["crypto", "tradfi"],
+        missing={},
+        caps=caps,
+        floors=floors,
+        as_of="2026-1-1",
     )
     assert ok.empty
 

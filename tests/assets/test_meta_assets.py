@@ -111,6 +111,19 @@ def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lak
     assert list(stored.metrics.index) == [META, BASELINE]
     shown = metadata(result, "meta_portfolio")
     assert shown["sleeves_missing"] == "none" and shown["periods_per_year"] == 252
+    # Tracked like a sleeve run: its own experiment, params, metrics, tables and a tear sheet.
+    from tvq_resources.tracking import MlflowTracker
+
+    tracker = MlflowTracker()
+    [tracked] = tracker.search(tracker.experiment_id("tvq-meta"), {"dagster.run_id": result.run_id})
+    assert tracked.info.status == "FINISHED"
+    assert tracked.data.params["meta.profile"] == "risk_parity"
+    assert tracked.data.metrics["meta.sharpe"] == pytest.approx(stored.metrics.loc[META, "sharpe"])
+    assert "baseline.max_drawdown" in tracked.data.metrics
+    artifacts = {
+        a.path for a in tracker.client.list_artifacts(tracked.info.run_id, "meta_portfolio")
+    }
+    assert {"meta_portfolio/holdings.csv", "meta_portfolio/equity_vs_baseline.png"} <= artifacts
 
 
 def test_a_missing_sleeve_fails_clearly_under_fail(lake_root, instance, meta_rule):

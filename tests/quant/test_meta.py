@@ -1,4 +1,4 @@
-"""The meta-portfolio engine: calendar join, sleeve weights within bounds, holdings, walk-forward."""
+"""The meta-portfolio engine: calendar join, bounded sleeve weights, holdings, walk-forward."""
 
 import numpy as np
 import pandas as pd

@@ -199,6 +199,12 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
         store_sleeves(lake, date)
     environment = {**os.environ, "DAGSTER_HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
     environment.pop("TVQ_LAKE", None)
+    # The two runs may start together: create the MLflow store (and experiment) before, so they
+    # never race to create its tables.
+    from tvq_resources.tracking import MlflowTracker
+
+    environment["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowTracker(tracking_uri=environment["MLFLOW_TRACKING_URI"]).experiment_id("tvq-meta")
     subprocess.run(
         [
             *(str(BIN / "dagster"), "job", "backfill", "-w", "workspace.yaml"),
@@ -220,15 +226,21 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
     try:
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         with dg.DagsterInstance.get() as instance:
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 runs = [r for r in instance.get_runs() if r.tags.get("dagster/backfill")]
                 if len(runs) == 2 and all(r.is_finished for r in runs):
                     break
                 time.sleep(3)
             statuses = {r.tags["dagster/partition"]: r.status for r in runs}
+            errors = [
+                event.message
+                for r in runs
+                for event in instance.all_logs(r.run_id)
+                if event.dagster_event and event.dagster_event.is_failure
+            ]
     finally:
         stop(daemon)
-    assert statuses == {date: dg.DagsterRunStatus.SUCCESS for date in dates}
+    assert statuses == {date: dg.DagsterRunStatus.SUCCESS for date in dates}, errors
     for date in dates:
         assert lake.exists(["meta_portfolio"], date)

@@ -19,6 +19,7 @@ def settings(**changes) -> meta.MetaSettings:
         floors={"crypto": 0.0, "tradfi": 0.0},
         cost_rates={"crypto": 0.0014, "tradfi": 0.0006},
         periods_per_year={"crypto": 365, "tradfi": 252},
+        ridge=0.1,
     )
     values.update(changes)
     return meta.MetaSettings(**values)
@@ -229,3 +230,13 @@ def test_walk_forward_charges_each_sleeves_own_costs():
 def test_the_joined_stream_uses_the_sparsest_calendar():
     assert settings().joined_periods_per_year(["crypto", "tradfi"]) == 252
     assert settings().joined_periods_per_year(["crypto"]) == 365
+
+
+def test_the_engine_settings_have_no_defaults_of_their_own():
+    # One home for every default: the catalog's MetaPolicy (tvq_assets/catalog.py).
+    import dataclasses
+
+    assert all(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        for f in dataclasses.fields(meta.MetaSettings)
+    )

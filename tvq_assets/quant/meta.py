@@ -37,7 +37,7 @@ Pure numpy/pandas: no Dagster, MLflow or Ray.
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,7 @@ class MetaSettings:
     lookback, test, step: rows of the joined (common-date) calendar. caps, floors: per
     sleeve, fractions of capital. cost_rates: per sleeve, cost per unit of traded notional.
     periods_per_year: per sleeve; the joined stream uses the smallest of those joined.
+    ridge: the max_sharpe covariance ridge.
     """
 
     profile: str
@@ -79,7 +80,7 @@ class MetaSettings:
     floors: Mapping[str, float]
     cost_rates: Mapping[str, float]
     periods_per_year: Mapping[str, int]
-    ridge: float = field(default=0.0)
+    ridge: float
 
     def __post_init__(self) -> None:
         if self.profile not in optimise.PROFILES:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ASSETS
 from tvq_assets.definitions import defs
-from tvq_assets.partitions import catalog, sleeve, sleeve_run
+from tvq_assets.partitions import catalog, run, sleeve, sleeve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,9 @@ def test_the_code_location_loads():
 def test_the_graph_has_the_documented_assets_and_partitions():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(ASSETS)
+    # The meta-portfolio across sleeves is partitioned by the run date alone.
+    assert keys == {*ASSETS, "meta_portfolio"}
+    assert graph.get(dg.AssetKey("meta_portfolio")).partitions_def == run
     assert graph.get(dg.AssetKey("bars")).partitions_def == sleeve
     for name in ASSETS[1:]:
         assert graph.get(dg.AssetKey(name)).partitions_def == sleeve_run
@@ -33,7 +35,7 @@ def test_the_graph_has_the_documented_assets_and_partitions():
 
 def test_every_asset_has_partition_scoped_checks_and_a_docstring():
     graph = defs.resolve_asset_graph()
-    for name in ASSETS:
+    for name in [*ASSETS, "meta_portfolio"]:
         node = graph.get(dg.AssetKey(name))
         assert node.description, name
         specs = list(node.assets_def.check_specs)
@@ -43,7 +45,7 @@ def test_every_asset_has_partition_scoped_checks_and_a_docstring():
 
 def test_blocking_checks_guard_every_stage_boundary():
     graph = defs.resolve_asset_graph()
-    for name in ASSETS:
+    for name in [*ASSETS, "meta_portfolio"]:
         specs = graph.get(dg.AssetKey(name)).assets_def.check_specs
         assert any(spec.blocking for spec in specs), f"{name} has no blocking check"
 

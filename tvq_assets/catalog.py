@@ -25,7 +25,8 @@ import pandas as pd
 import yaml
 
 from tvq_assets.quant.bars import BarPolicy
-from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES
+from tvq_assets.quant.meta import MISSING_RULES
+from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES, PROFILES
 
 DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
 CALENDARS = {"crypto": 365, "weekday": 252}
@@ -39,7 +40,7 @@ KIND_ONLY_SOURCE_KEYS: Mapping[str, frozenset[str]] = {
     "parquet": frozenset({"path", "pattern"}),
 }
 SLEEVE_KEYS = ("source", "calendar", "periods_per_year", "toxic_policy", "policy")
-TOP_LEVEL_KEYS = ("first_run", "sleeves")
+TOP_LEVEL_KEYS = ("first_run", "sleeves", "meta")
 DEFAULT_FIRST_RUN = "2025-01-01"
 
 
@@ -195,9 +196,56 @@ class Sleeve:
 
 
 @dataclass(frozen=True)
+class MetaLimit:
+    """One sleeve's share of the meta-portfolio: at most ``cap``, at least ``floor``."""
+
+    cap: float = bounded(1.0, gt=0, le=1)
+    floor: float = bounded(0.0, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class MetaPolicy:
+    """The meta-portfolio across sleeves (the catalog's ``meta`` section), with its defaults.
+
+    Units: rows of the joined calendar (the dates every sleeve of the meta-portfolio traded; see
+    ``tvq_assets/quant/meta.py`` for the join); caps and floors are fractions of firm capital.
+    """
+
+    # Sleeves taking part; empty: every sleeve of the catalog.
+    sleeves: tuple[str, ...] = ()
+    # The risk profile across sleeves (the same engine as inside a sleeve).
+    profile: Literal[PROFILES] = "risk_parity"  # type: ignore[valid-type]
+    # Joined rows the sleeve weights are estimated on, as of the date and in every walk-forward
+    # window (60: about a quarter of weekday sessions).
+    lookback: int = bounded(60, ge=2)
+    test: int = bounded(20, ge=1)  # walk-forward: joined rows each decision is held
+    step: int = bounded(20, ge=1)  # walk-forward: joined rows between decisions
+    ridge: float = bounded(0.1, ge=0)  # max_sharpe covariance ridge, a fraction of mean variance
+    # A sleeve without a successful backtest and portfolio for the date: "fail" stops the
+    # meta-portfolio naming it; "allocate_present" allocates across the others under a WARN
+    # naming it (recorded in the metadata and the check). Never silent.
+    missing_sleeve: Literal[MISSING_RULES] = "fail"  # type: ignore[valid-type]
+    # Per-sleeve cap and floor; a sleeve not listed has the MetaLimit defaults (0 .. 1).
+    limits: Mapping[str, MetaLimit] = field(default_factory=dict)
+
+    def limit(self, sleeve: str) -> MetaLimit:
+        return self.limits.get(sleeve, MetaLimit())
+
+
+META_KEYS = tuple(f.name for f in dataclasses.fields(MetaPolicy))
+
+
+@dataclass(frozen=True)
 class Catalog:
     first_run: pd.Timestamp
     sleeves: Mapping[str, Sleeve]
+    meta: MetaPolicy = field(default_factory=MetaPolicy)
+
+    @property
+    def meta_sleeves(self) -> tuple[str, ...]:
+        """The sleeves of the meta-portfolio, in catalog order."""
+        chosen = self.meta.sleeves or tuple(self.sleeves)
+        return tuple(name for name in self.sleeves if name in chosen)
 
     def sleeve(self, name: str) -> Sleeve:
         if name not in self.sleeves:
@@ -244,9 +292,102 @@ def parse_catalog(document: Mapping[str, Any], *, origin: str = "catalog") -> Ca
         sleeve = _parse_sleeve(str(name), spec or {}, origin, problems)
         if sleeve is not None:
             sleeves[str(name)] = sleeve
+    meta = _parse_meta(document.get("meta") or {}, list(entries), origin, problems)
     if problems:
         raise CatalogError(problems)
-    return Catalog(first_run=first_run, sleeves=sleeves)
+    return Catalog(first_run=first_run, sleeves=sleeves, meta=meta)
+
+
+def _parse_meta(spec: Any, sleeve_names: list[str], origin: str, problems: list[str]) -> MetaPolicy:
+    """The ``meta`` section: fields typed and ranged like a sleeve policy, sleeve names known,
+    and the caps and floors of its sleeves admitting a fully invested portfolio."""
+    where = f"{origin}: meta"
+    if not isinstance(spec, Mapping):
+        problems.append(f"{where} = {spec!r}: expected a mapping of meta-portfolio settings")
+        return MetaPolicy()
+    found = len(problems)
+    fields = {f.name: f for f in dataclasses.fields(MetaPolicy)}
+    hints = typing.get_type_hints(MetaPolicy)
+    values: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key not in fields:
+            problems.append(f"{where}: unknown key {key!r}{did_you_mean(key, META_KEYS)}")
+        elif key == "limits":
+            values[key] = _parse_meta_limits(value, sleeve_names, where, problems)
+        else:
+            checked, problem = _check_value(
+                value, hints[key], fields[key].metadata.get("range", {})
+            )
+            if problem:
+                problems.append(f"{where}.{key} = {value!r}: {problem}")
+            else:
+                values[key] = checked
+    for name in values.get("sleeves", ()):
+        if name not in sleeve_names:
+            problems.append(
+                f"{where}.sleeves: {name!r} is not a sleeve of the catalog"
+                f"{did_you_mean(name, sleeve_names)}"
+            )
+    if len(problems) > found:
+        return MetaPolicy()
+    meta = MetaPolicy(**values)
+    chosen = [n for n in sleeve_names if n in (meta.sleeves or sleeve_names)]
+    for name in meta.limits:
+        if name not in chosen:
+            problems.append(f"{where}.limits.{name}: the sleeve is not in the meta-portfolio")
+    limits = {name: meta.limit(name) for name in chosen}
+    for name, limit in limits.items():
+        if limit.floor > limit.cap:
+            problems.append(
+                f"{where}.limits.{name}: floor = {limit.floor} > cap = {limit.cap} breaks the "
+                "rule floor <= cap"
+            )
+    floors = sum(limit.floor for limit in limits.values())
+    caps = sum(limit.cap for limit in limits.values())
+    if floors > 1 + 1e-9:
+        problems.append(
+            f"{where}.limits: floors sum to {floors:.4g}, breaking the rule sum of floors <= 1"
+        )
+    if caps < 1 - 1e-9:
+        problems.append(
+            f"{where}.limits: caps of {chosen} sum to {caps:.4g}, breaking the rule sum of caps "
+            ">= 1 (no fully invested meta-portfolio)"
+        )
+    return meta
+
+
+def _parse_meta_limits(
+    spec: Any, sleeve_names: list[str], where: str, problems: list[str]
+) -> dict[str, MetaLimit]:
+    if not isinstance(spec, Mapping):
+        problems.append(f"{where}.limits = {spec!r}: expected sleeve -> {{cap, floor}}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(MetaLimit)}
+    limits = {}
+    for name, entry in spec.items():
+        if name not in sleeve_names:
+            problems.append(
+                f"{where}.limits: {name!r} is not a sleeve of the catalog"
+                f"{did_you_mean(name, sleeve_names)}"
+            )
+            continue
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}.limits.{name} = {entry!r}: expected {{cap, floor}}")
+            continue
+        values = {}
+        for key, value in entry.items():
+            if key not in fields:
+                problems.append(
+                    f"{where}.limits.{name}: unknown key {key!r}{did_you_mean(key, fields)}"
+                )
+                continue
+            checked, problem = _check_value(value, float, fields[key].metadata["range"])
+            if problem:
+                problems.append(f"{where}.limits.{name}.{key} = {value!r}: {problem}")
+            else:
+                values[key] = checked
+        limits[str(name)] = MetaLimit(**values)
+    return limits
 
 
 def _first_run(value: Any, origin: str, problems: list[str]) -> pd.Timestamp | None:

@@ -87,7 +87,58 @@ def demo(sleeves: list[str] | None, as_of: str | None) -> int:
         _summarise(lake, name, key, fresh)
         if "returns" in fresh:
             print(tracking.summary(defs.resources["mlflow"], key))
+    status |= demo_meta(instance, as_of or newest, sleeves or list(catalog.sleeves))
     return status
+
+
+def demo_meta(instance: dg.DagsterInstance, as_of: str, ran: list[str]) -> int:
+    """Materialise the meta-portfolio of ``as_of`` after the sleeves and print it: the sleeve
+    weights, the largest firm-wide holdings, and its walk-forward against the equal weight of
+    the sleeves. Skipped (exit 0) when the demo did not run every sleeve it needs."""
+    from tvq_assets.definitions import defs
+    from tvq_assets.partitions import catalog
+    from tvq_assets.quant import meta as engine
+
+    needed = list(catalog.meta_sleeves)
+    print(f"\n== meta-portfolio  (run partition {as_of}; sleeves {', '.join(needed)})")
+    left_out = [s for s in needed if s not in ran]
+    if left_out:
+        print(f"   not run: this demo did not run sleeve(s) {left_out}")
+        return 0
+    started = time.perf_counter()
+    result = defs.resolve_job_def("meta_portfolio_job").execute_in_process(
+        partition_key=as_of, instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    line, failures = _checks_line(result)
+    state = "success" if result.success else "FAILED"
+    print(f"   run:     {result.run_id[:8]}  ({state}, {time.perf_counter() - started:.1f}s)")
+    print(f"   checks:  {line}")
+    for failure in [*failures, *_failures([result])]:
+        print(f"            - {failure}")
+    if not result.success:
+        return 1
+    record = defs.resources["lake"].read(["meta_portfolio"], as_of)
+    sleeves = record.sleeves
+    print(f"   profile: {catalog.meta.profile}, lookback {catalog.meta.lookback} common dates")
+    for name, row in sleeves.iterrows():
+        state = f"{row['champion']}" if row["present"] else f"MISSING: {row['missing_reason']}"
+        print(
+            f"     {name:<14} weight {row['weight']:6.1%}  (profile {row['raw_weight']:6.1%}, "
+            f"floor {row['floor']:.0%}, cap {row['cap']:.0%})  {state}"
+        )
+    top = record.holdings.head(10)
+    shown = ", ".join(f"{r.sleeve}:{r.symbol} {r.weight:.1%}" for r in top.itertuples())
+    print(f"   top firm-wide holdings ({len(record.holdings)} in all): {shown}")
+    if len(record.returns):
+        start, end = record.returns.index[0], record.returns.index[-1]
+        print(f"   walk-forward {start:%Y-%m-%d} .. {end:%Y-%m-%d} ({len(record.returns)} dates):")
+        for policy in (engine.META, engine.BASELINE):
+            row = record.metrics.loc[policy]
+            print(
+                f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
+                f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
+            )
+    return 0
 
 
 def _last_session(lake, sleeve_name: str, newest: str) -> str:

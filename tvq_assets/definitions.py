@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from tvq_assets import allocation, alpha, data, tracking
+from tvq_assets import allocation, alpha, data, meta, tracking
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake
@@ -56,13 +56,14 @@ ASSETS = [
     allocation.weights,
     allocation.backtest,
     allocation.portfolio,
+    meta.meta_portfolio,
 ]
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=[bars_job, daily_job],
+    jobs=[bars_job, daily_job, meta.meta_job],
     schedules=[daily_schedule],
-    sensors=[run_daily_after_bars, *tracking.SENSORS],
+    sensors=[run_daily_after_bars, meta.run_meta_after_sleeves, *tracking.SENSORS],
     resources=build_resources(),
     executor=executor(),
 )

@@ -13,7 +13,8 @@ bars_job = dg.define_asset_job(
 
 daily_job = dg.define_asset_job(
     "daily",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("bars"),
+    # meta_portfolio is partitioned by run alone and has its own job (tvq_assets/meta.py).
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("bars", "meta_portfolio"),
     description="Everything downstream of the bars for one sleeve × run partition.",
 )
 

@@ -667,6 +667,96 @@ def register_decision(
 
 
 # --------------------------------------------------------------------------------------------
+# The meta-portfolio: partitioned by run date alone, tracked in its own experiment
+# --------------------------------------------------------------------------------------------
+META_STAGE = "meta_portfolio"
+META_EXPERIMENT = "tvq-meta"
+
+
+def describe_meta(value, as_of: pd.Timestamp) -> StageRecord:
+    """Params (the catalog's meta section), sleeve weights, metrics of the meta walk-forward
+    and of the equal-weight-of-sleeves baseline, the tables as CSV and a tear sheet."""
+    import json
+
+    from tvq_assets.plots import equity_plot
+    from tvq_assets.quant import meta as engine
+
+    tables = tables_of(value)
+    sleeves, metrics_table = tables["sleeves"], tables["metrics"]
+    params = {
+        k: json.dumps(v, default=vars) if isinstance(v, dict | tuple) else v
+        for k, v in dataclasses.asdict(catalog.meta).items()
+    }
+    record = StageRecord(
+        params={f"meta.{k}": v for k, v in params.items()},
+        metrics={
+            **{f"weight.{s}": float(w) for s, w in sleeves["weight"].items()},
+            **{
+                f"{'meta' if policy == engine.META else 'baseline'}.{k}": float(v)
+                for policy, row in metrics_table.iterrows()
+                for k, v in row.items()
+                if pd.notna(v)
+            },
+            "meta.holdings": len(tables["holdings"]),
+            "meta.common_dates": len(tables["joined"]),
+            "meta.sleeves_missing": int((~sleeves["present"].astype(bool)).sum()),
+        },
+        tags={
+            "tvq.meta.weights": ",".join(f"{s}:{w:.4f}" for s, w in sleeves["weight"].items()),
+            "tvq.meta.missing": ",".join(sleeves.index[~sleeves["present"].astype(bool)]),
+        },
+        tables=_csv_tables(META_STAGE, {k: v for k, v in tables.items() if k != "joined"}),
+    )
+    returns = tables["returns"]
+    if len(returns):
+        title = f"meta-portfolio walk-forward to {as_of:%Y-%m-%d}"
+        record.figures = {
+            f"{META_STAGE}/{name.split('/')[-1]}": png
+            for name, png in tear_sheet(
+                returns, tables["turnover"], champion=engine.META, title=title
+            ).items()
+        }
+        record.figures[f"{META_STAGE}/equity_vs_baseline.png"] = equity_plot(
+            returns, champion=engine.META, baselines=[engine.BASELINE], title=title
+        )
+    return record
+
+
+def track_meta(tracker: MlflowTracker, run: dg.DagsterRun, partition: str, value) -> Tracked:
+    """Log a meta-portfolio value on its own MLflow run (experiment ``tvq-meta``, one run per
+    Dagster root run × date), finished once logged: the value is already in the lake."""
+    as_of = pd.Timestamp(partition)
+    experiment_id = tracker.experiment_id(META_EXPERIMENT)
+    version, commit = code_version()
+    found = tracker.find_or_create_run(
+        experiment_id,
+        identity={ROOT_RUN_TAG: run.root_run_id or run.run_id, PARTITION_TAG: partition},
+        name=f"meta {partition}",
+        tags={
+            "dagster.run_id": run.run_id,
+            "dagster.run_url": tracker.dagster_run_url(run.run_id),
+            "dagster.job": run.job_name,
+            "dagster.partition": partition,
+            "tvq.code_version": version,
+            "mlflow.source.git.commit": commit,
+        },
+    )
+    run_id = found.info.run_id
+    tracker.reopen(found)
+    record = describe_meta(value, as_of)
+    tracker.log(
+        run_id,
+        params=record.params,
+        metrics=record.metrics,
+        tags=record.tags,
+        tables=record.tables,
+        figures=record.figures,
+    )
+    tracker.finish(run_id, "FINISHED")
+    return Tracked(experiment_id, run_id, tracker.run_url(experiment_id, run_id))
+
+
+# --------------------------------------------------------------------------------------------
 # Dagster glue
 # --------------------------------------------------------------------------------------------
 class TrackedIOManager(dg.ConfigurableIOManager):
@@ -682,6 +772,10 @@ class TrackedIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         self.store.handle_output(context, obj)
         partition = context.asset_partition_key if context.has_asset_partitions else None
+        if context.asset_key.to_user_string() == META_STAGE and partition:
+            tracked = track_meta(self.mlflow, context.step_context.dagster_run, partition, obj)
+            context.add_output_metadata({"mlflow_run": dg.MetadataValue.url(tracked.url)})
+            return
         if not is_run_key(partition):
             return
         started = time.perf_counter()

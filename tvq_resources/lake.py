@@ -41,6 +41,10 @@ TRUSTED_PACKAGES = ("tvq_assets", "tvq_checks", "tvq_resources")
 # Input metadata marking an asset's own previous run partition (a declared self-dependency): a
 # missing one (a first run, a gap) loads as None instead of failing.
 PREVIOUS_RUN = "previous_run"
+# Input metadata marking a fan-in over several partitions (e.g. every sleeve's run of one date):
+# it loads as {partition key: value} of the partitions stored; a missing one is left out and the
+# asset applies its own rule to the absence.
+FAN_IN = "fan_in"
 QUARANTINE = ".corrupt"  # under the lake root: values set aside by `tvq lake quarantine`
 # A bundle's table files are `{table}-{12 hex token}.parquet` (see write_bundle).
 _BUNDLE_TABLE = re.compile(r"^.+-[0-9a-f]{12}\.parquet$")
@@ -528,6 +532,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             len(keys) != 1 or not self.lake.exists(asset, keys[0])
         ):
             return None
+        if (context.definition_metadata or {}).get(FAN_IN):
+            return {key: self.lake.read(asset, key) for key in keys if self.lake.exists(asset, key)}
         if len(keys) != 1:
             raise ValueError(
                 f"{'/'.join(asset)}: one partition per input is supported, got {len(keys)}"

@@ -1,0 +1,242 @@
+"""The meta-portfolio engine: calendar join, bounded sleeve weights, holdings, walk-forward."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tvq_assets.quant import meta
+from tvq_checks.meta_contracts import holdings_violations
+
+
+def settings(**changes) -> meta.MetaSettings:
+    values = dict(
+        profile="risk_parity",
+        lookback=40,
+        test=10,
+        step=10,
+        missing="fail",
+        caps={"crypto": 1.0, "tradfi": 1.0},
+        floors={"crypto": 0.0, "tradfi": 0.0},
+        cost_rates={"crypto": 0.0014, "tradfi": 0.0006},
+        periods_per_year={"crypto": 365, "tradfi": 252},
+        ridge=0.1,
+    )
+    values.update(changes)
+    return meta.MetaSettings(**values)
+
+
+def streams(end: str = "2026-06-30", days: int = 200, seed: int = 3) -> dict[str, pd.Series]:
+    """A crypto sleeve (every day) and a weekday sleeve (Mon-Fri) with different volatilities."""
+    random = np.random.default_rng(seed)
+    every_day = pd.date_range(end=end, periods=days, freq="D")
+    weekdays = every_day[every_day.dayofweek < 5]
+    return {
+        "crypto": pd.Series(random.normal(0.001, 0.03, len(every_day)), index=every_day),
+        "tradfi": pd.Series(random.normal(0.0005, 0.01, len(weekdays)), index=weekdays),
+    }
+
+
+def test_weekend_crypto_returns_compound_onto_the_next_common_date():
+    # Thu 2026-06-04 .. Wed 2026-06-10 for crypto; Fri, Mon, Tue for the weekday sleeve.
+    crypto = pd.Series(
+        [0.50, 0.01, 0.02, -0.01, 0.03, 0.005, 0.07],
+        index=pd.date_range("2026-06-04", "2026-06-10", freq="D"),
+    )
+    tradfi = pd.Series(
+        [0.002, -0.004, 0.001], index=pd.to_datetime(["2026-06-05", "2026-06-08", "2026-06-09"])
+    )
+    joined = meta.join_calendars({"crypto": crypto, "tradfi": tradfi}, as_of="2026-06-10")
+    dates = pd.to_datetime(["2026-06-05", "2026-06-08", "2026-06-09"])
+    assert list(joined.returns.index) == list(dates)
+    # Friday: its own return only (Thursday precedes the join); Monday: Sat × Sun × Mon.
+    expected_crypto = [0.01, 1.02 * 0.99 * 1.03 - 1, 0.005]
+    np.testing.assert_allclose(joined.returns["crypto"], expected_crypto, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(joined.returns["tradfi"], [0.002, -0.004, 0.001], atol=1e-15)
+    assert list(joined.compounded["crypto"]) == [1, 3, 1]
+    # Wednesday's crypto return waits for the next common date (a later run): reported, not used.
+    assert joined.pending["crypto"] == 1 and joined.pending["tradfi"] == 0
+
+
+def test_a_venue_holiday_is_compounded_too():
+    days = pd.date_range("2026-06-01", "2026-06-05", freq="D")  # Mon..Fri
+    crypto = pd.Series([0.01, 0.02, 0.03, 0.04, 0.05], index=days)
+    tradfi = pd.Series([0.0, 0.0, 0.0, 0.0], index=days.delete(2))  # Wednesday a holiday
+    joined = meta.join_calendars({"crypto": crypto, "tradfi": tradfi}, as_of="2026-06-05")
+    assert joined.returns.loc["2026-06-04", "crypto"] == pytest.approx(1.03 * 1.04 - 1, abs=1e-15)
+    assert joined.returns["crypto"].add(1).prod() == pytest.approx(
+        crypto.iloc[0:].add(1).prod(), abs=1e-12
+    )
+
+
+def test_data_after_the_as_of_date_never_changes_the_meta_portfolio():
+    as_of = pd.Timestamp("2026-06-30")
+    base = streams(end="2026-06-30")
+    later = streams(end="2026-08-31", days=262)  # the same seed: another history, longer
+    # Append 62 days after D to each sleeve; each case must give the same decision as none.
+    extended = {
+        name: pd.concat([series, later[name][later[name].index > as_of]])
+        for name, series in base.items()
+    }
+    portfolios = {
+        "crypto": pd.Series({"BTC": 0.6, "ETH": 0.4}),
+        "tradfi": pd.Series({"SPY": 1.0}),
+    }
+    champions = {"crypto": "a/b", "tradfi": "c/d"}
+    sleeves = ["crypto", "tradfi"]
+    reference = meta.decide(base, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of)
+    for name in sleeves:
+        changed = {**base, name: extended[name]}
+        again = meta.decide(
+            changed, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of
+        )
+        pd.testing.assert_frame_equal(again.sleeves, reference.sleeves)
+        pd.testing.assert_frame_equal(again.holdings, reference.holdings)
+        pd.testing.assert_frame_equal(again.returns, reference.returns)
+
+
+def test_caps_bind_and_the_rest_goes_to_the_other_sleeves():
+    raw = pd.Series({"a": 0.9, "b": 0.1})
+    weights = meta.bounded_weights(raw, {"a": 0.7, "b": 0.8}, {"a": 0.2, "b": 0.2})
+    np.testing.assert_allclose(weights, [0.7, 0.3], atol=1e-12)
+
+
+def test_floors_bind_and_the_others_keep_their_proportions():
+    raw = pd.Series({"a": 0.6, "b": 0.38, "c": 0.02})
+    bounds = {"a": 1.0, "b": 1.0, "c": 1.0}
+    weights = meta.bounded_weights(raw, bounds, {"a": 0.1, "b": 0.1, "c": 0.1})
+    assert weights["c"] == pytest.approx(0.1, abs=1e-12)
+    assert weights["a"] / weights["b"] == pytest.approx(0.6 / 0.38, rel=1e-12)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_risk_parity_across_sleeves_respects_a_binding_cap():
+    data = streams()
+    joined = meta.join_calendars(data, as_of="2026-06-30").returns.tail(40)
+    free = meta.sleeve_weights(joined, settings())
+    # The calmer weekday sleeve gets most of the risk budget under risk parity...
+    assert free.weights["tradfi"] > 0.6
+    capped = meta.sleeve_weights(joined, settings(caps={"crypto": 1.0, "tradfi": 0.6}))
+    # ...and exactly its cap when the catalog caps it.
+    assert capped.weights["tradfi"] == pytest.approx(0.6, abs=1e-12)
+    assert capped.weights.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_bounds_without_a_fully_invested_portfolio_fail_naming_them():
+    with pytest.raises(meta.MetaInfeasible, match=r"caps of \['a', 'b'\] sum to 0.9"):
+        meta.bounded_weights(
+            pd.Series({"a": 0.5, "b": 0.5}), {"a": 0.4, "b": 0.5}, {"a": 0, "b": 0}
+        )
+
+
+def test_holdings_are_sleeve_weight_times_sleeve_portfolio_and_sum_to_one():
+    weights = pd.Series({"crypto": 0.4, "tradfi": 0.6})
+    holdings = meta.firm_holdings(
+        weights, {"crypto": pd.Series({"BTC": 0.75, "ETH": 0.25}), "tradfi": pd.Series(dtype=float)}
+    )
+    table = holdings.set_index(["sleeve", "symbol"])["weight"]
+    assert table[("crypto", "BTC")] == pytest.approx(0.3)
+    assert table[("crypto", "ETH")] == pytest.approx(0.1)
+    assert table[("tradfi", meta.CASH)] == pytest.approx(0.6)  # a cash sleeve keeps its share
+    assert holdings["weight"].sum() == pytest.approx(1.0, abs=1e-12)
+    caps, floors = {"crypto": 0.5, "tradfi": 0.7}, {"crypto": 0.1, "tradfi": 0.1}
+    ok = holdings_violations(
+        holdings,
+        sleeves=["crypto", "tradfi"],
+        missing={},
+        caps=caps,
+        floors=floors,
+        as_of="2026-1-1",
+    )
+    assert ok.empty
+
+
+def test_the_holdings_contract_names_every_broken_rule():
+    holdings = pd.DataFrame(
+        {
+            "sleeve": ["crypto", "crypto", "tradfi"],
+            "symbol": ["BTC", "ETH", "SPY"],
+            "weight": [0.6, -0.1, np.nan],
+        }
+    )
+    found = holdings_violations(
+        holdings,
+        sleeves=["crypto", "tradfi", "rates"],
+        missing={},
+        caps={"crypto": 0.4, "tradfi": 1.0, "rates": 1.0},
+        floors={"crypto": 0.0, "tradfi": 0.0, "rates": 0.0},
+        as_of=pd.Timestamp("2026-06-30"),
+    )
+    assert set(found["rule"]) == {
+        "holding_finite",
+        "holding_non_negative",
+        "sleeve_within_limits",
+        "holdings_sum_to_one",
+        "sleeve_accounted",
+    }
+    assert any("rates:" in m for m in found["message"])
+    explained = holdings_violations(
+        holdings.assign(weight=[0.3, 0.1, 0.6]),
+        sleeves=["crypto", "tradfi", "rates"],
+        missing={"rates": "no run"},
+        caps={"crypto": 0.4, "tradfi": 1.0, "rates": 1.0},
+        floors={"crypto": 0.0, "tradfi": 0.0, "rates": 0.5},
+        as_of=pd.Timestamp("2026-06-30"),
+    )
+    assert explained.empty
+
+
+def test_a_missing_sleeve_fails_or_is_left_out_as_the_rule_says():
+    data = streams()
+    present = {"crypto": data["crypto"]}
+    portfolios = {"crypto": pd.Series({"BTC": 1.0})}
+    with pytest.raises(meta.MissingSleeve, match=r"\['tradfi'\].*'fail'"):
+        meta.decide(
+            present, portfolios, {}, settings(), sleeves=["crypto", "tradfi"], as_of="2026-06-30"
+        )
+    record = meta.decide(
+        present,
+        portfolios,
+        {},
+        settings(missing="allocate_present"),
+        sleeves=["crypto", "tradfi"],
+        as_of=pd.Timestamp("2026-06-30"),
+    )
+    assert record.sleeves.loc["crypto", "weight"] == 1.0
+    assert record.sleeves.loc["tradfi", "weight"] == 0.0
+    assert record.missing == {
+        "tradfi": "no stored backtest and portfolio for 2026-06-30 "
+        "(missing_sleeve = allocate_present)"
+    }
+    assert set(record.holdings["sleeve"]) == {"crypto"}
+
+
+def test_walk_forward_charges_each_sleeves_own_costs():
+    data = streams()
+    joined = meta.join_calendars(data, as_of="2026-06-30").returns
+    chosen = settings(profile="equal_weight")
+    result = meta.walk_forward(joined, chosen)
+    # Equal weight across sleeves is the baseline: same windows, same costs, same returns.
+    pd.testing.assert_series_equal(
+        result.returns[meta.META], result.returns[meta.BASELINE], check_names=False
+    )
+    first = result.returns.index[0]
+    gross = joined.loc[first].mean()
+    cost = 0.5 * (0.0014 * 0.5 + 0.0006 * 0.5)  # from cash: half the book each side
+    assert result.returns.loc[first, meta.BASELINE] == pytest.approx(gross - cost, abs=1e-15)
+    assert result.metrics.index.tolist() == [meta.META, meta.BASELINE]
+    assert len(result.targets) == len(result.turnover)
+
+
+def test_the_joined_stream_uses_the_sparsest_calendar():
+    assert settings().joined_periods_per_year(["crypto", "tradfi"]) == 252
+    assert settings().joined_periods_per_year(["crypto"]) == 365
+
+
+def test_the_engine_settings_have_no_defaults_of_their_own():
+    # One home for every default: the catalog's MetaPolicy (tvq_assets/catalog.py).
+    import dataclasses
+
+    assert all(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        for f in dataclasses.fields(meta.MetaSettings)
+    )

@@ -1,0 +1,455 @@
+"""The meta-portfolio: capital across sleeves from their champions' out-of-sample returns.
+
+A sleeve's champion is judged by the tournament on its own calendar; the meta-portfolio treats
+each sleeve's stitched out-of-sample (net of the sleeve's own costs) return stream of that
+champion as one asset and allocates across sleeves with the same profile engine as inside a
+sleeve (:func:`tvq_assets.quant.optimise.allocate`).
+
+Conventions:
+
+- **Calendar join** (:func:`join_calendars`): the meta calendar is the *common dates*, the dates
+  on which every sleeve has a return. A sleeve's return on a date that is not common (a crypto
+  Saturday, Sunday or a weekday venue's holiday) is compounded, ``Π(1 + r) − 1``, onto the next
+  common date, never dropped: Friday → Monday carries crypto's Saturday, Sunday and Monday. The
+  first common date carries only its own return (its interval would start before the join);
+  returns after the last common date are *pending* (they join the next common date of a later
+  run) and are reported, not used. The join reads dates ≤ the as-of date only, so a run as of D
+  is unchanged by anything after D.
+- **Periods per year** of the joined stream: the smallest ``periods_per_year`` of the sleeves
+  joined (252 as soon as a weekday sleeve takes part, 365 for crypto sleeves alone): there is
+  one joined row per common date, and common dates follow the sparsest calendar.
+- **Sleeve weights** (:func:`sleeve_weights`): the profile's weights over the last ``lookback``
+  common dates, then the per-sleeve floors and caps by bounded proportional scaling
+  ``w_i = clip(s·v_i, floor_i, cap_i)`` with the one ``s`` that makes ``Σ w = 1``
+  (:func:`bounded_weights`). Bounds that admit no fully invested portfolio raise
+  :class:`MetaInfeasible` naming them.
+- **Firm-wide holdings** (:func:`firm_holdings`): sleeve weight × the sleeve's portfolio, one row
+  per (sleeve, symbol); a sleeve whose portfolio is cash keeps its weight as a ``CASH`` row so
+  the table still sums to 1 and says where the capital is.
+- **Walk-forward** (:func:`walk_forward`): rolling windows on the joined stream that decide on
+  the same ``lookback`` rows as the as-of decision, then hold for ``test`` rows every ``step``
+  rows; weights decided on the training rows only, held with drift through the test
+  rows; a rebalance costs ``½·Σ_i c_i·|w_i − w_i⁻|`` with ``c_i`` each sleeve's own cost rate
+  (trading a sleeve's share trades its book). The baseline is the equal weight of the sleeves on
+  the same windows with the same costs.
+
+Pure numpy/pandas: no Dagster, MLflow or Ray.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tvq_assets.quant import metrics as performance
+from tvq_assets.quant import optimise
+
+MISSING_RULES: tuple[str, ...] = ("fail", "allocate_present")
+CASH = "CASH"  # the symbol of a sleeve's capital when its portfolio holds nothing
+META = "meta"
+BASELINE = "baseline_equal_sleeves"
+_BOUND_TOLERANCE = 1e-9
+
+
+class MetaInfeasible(ValueError):
+    """Per-sleeve floors and caps admit no fully invested portfolio of the sleeves present."""
+
+
+class MissingSleeve(ValueError):
+    """A sleeve of the meta-portfolio has no run for the date and the rule says ``fail``."""
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    """Every parameter of the meta-portfolio; built only from the catalog's ``meta`` section
+    (``tvq_assets.meta.meta_settings``), so it has no defaults of its own.
+
+    lookback, test, step: rows of the joined (common-date) calendar. caps, floors: per
+    sleeve, fractions of capital. cost_rates: per sleeve, cost per unit of traded notional.
+    periods_per_year: per sleeve; the joined stream uses the smallest of those joined.
+    ridge: the max_sharpe covariance ridge.
+    """
+
+    profile: str
+    lookback: int
+    test: int
+    step: int
+    missing: str
+    caps: Mapping[str, float]
+    floors: Mapping[str, float]
+    cost_rates: Mapping[str, float]
+    periods_per_year: Mapping[str, int]
+    ridge: float
+
+    def __post_init__(self) -> None:
+        if self.profile not in optimise.PROFILES:
+            raise ValueError(f"meta profile {self.profile!r} is not one of {optimise.PROFILES}")
+        if self.missing not in MISSING_RULES:
+            raise ValueError(f"meta missing rule {self.missing!r} is not one of {MISSING_RULES}")
+
+    def joined_periods_per_year(self, sleeves: Sequence[str]) -> int:
+        """Periods per year of the joined stream of ``sleeves`` (see the module docstring)."""
+        return min(int(self.periods_per_year[s]) for s in sleeves)
+
+
+# --------------------------------------------------------------------------------------------
+# The calendar join
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Joined:
+    """Sleeve returns on the common dates (dates × sleeves), how many own-calendar returns each
+    common row compounds (same shape), and the pending returns after the last common date."""
+
+    returns: pd.DataFrame
+    compounded: pd.DataFrame
+    pending: pd.Series  # sleeve -> count of own-calendar returns after the last common date
+
+
+def join_calendars(streams: Mapping[str, pd.Series], *, as_of: pd.Timestamp) -> Joined:
+    """Join each sleeve's return stream (own calendar, NaN = not traded) on the common dates.
+
+    Only dates ≤ ``as_of`` are read. See the module docstring for the rule.
+    """
+    as_of = pd.Timestamp(as_of)
+    names = list(streams)
+    clean = {}
+    for name in names:
+        series = pd.Series(streams[name], dtype=float).dropna()
+        series.index = pd.DatetimeIndex(series.index)
+        clean[name] = series[series.index <= as_of].sort_index()
+    if not names:
+        empty = pd.DataFrame(index=pd.DatetimeIndex([], name="date"))
+        return Joined(empty, empty.copy(), pd.Series(dtype=int))
+    common = clean[names[0]].index
+    for name in names[1:]:
+        common = common.intersection(clean[name].index)
+    common = common.sort_values().rename("date")
+    columns, counts, pending = {}, {}, {}
+    for name in names:
+        series = clean[name]
+        if len(common) == 0:
+            columns[name] = pd.Series(dtype=float)
+            counts[name] = pd.Series(dtype=int)
+            pending[name] = len(series)
+            continue
+        # Each own-calendar date goes to the first common date on or after it.
+        slot = common.searchsorted(series.index, side="left")
+        inside = (slot < len(common)) & (series.index >= common[0])
+        pending[name] = int((slot >= len(common)).sum())
+        growth = np.log1p(series.to_numpy()[inside])
+        target = common[slot[inside]]
+        summed = pd.Series(growth, index=target).groupby(level=0).sum()
+        columns[name] = np.expm1(summed).reindex(common)
+        counts[name] = pd.Series(1, index=target).groupby(level=0).sum().reindex(common)
+    returns = pd.DataFrame(columns, index=common)
+    compounded = pd.DataFrame(counts, index=common).fillna(0).astype(int)
+    return Joined(returns, compounded, pd.Series(pending, dtype=int))
+
+
+# --------------------------------------------------------------------------------------------
+# Sleeve weights
+# --------------------------------------------------------------------------------------------
+def check_bounds(
+    sleeves: Sequence[str], caps: Mapping[str, float], floors: Mapping[str, float]
+) -> None:
+    """Raise :class:`MetaInfeasible` when the floors and caps of ``sleeves`` admit no fully
+    invested portfolio (a floor above its cap, Σ floors > 1, or Σ caps < 1)."""
+    problems = [
+        f"sleeve {s!r}: floor {floors[s]:.4g} > cap {caps[s]:.4g}"
+        for s in sleeves
+        if floors[s] > caps[s] + _BOUND_TOLERANCE
+    ]
+    floor_sum = sum(floors[s] for s in sleeves)
+    cap_sum = sum(caps[s] for s in sleeves)
+    if floor_sum > 1 + _BOUND_TOLERANCE:
+        problems.append(f"floors of {list(sleeves)} sum to {floor_sum:.4g} > 1")
+    if cap_sum < 1 - _BOUND_TOLERANCE:
+        problems.append(f"caps of {list(sleeves)} sum to {cap_sum:.4g} < 1")
+    if problems:
+        raise MetaInfeasible(
+            "meta-portfolio bounds admit no fully invested portfolio (rule: floor <= cap, "
+            "sum of floors <= 1 <= sum of caps over the sleeves present): " + "; ".join(problems)
+        )
+
+
+def bounded_weights(
+    raw: pd.Series, caps: Mapping[str, float], floors: Mapping[str, float]
+) -> pd.Series:
+    """``w_i = clip(s·raw_i, floor_i, cap_i)`` with ``Σ w = 1``: the profile's proportions where
+    no bound binds. ``s`` is found exactly: ``Σ w(s)`` is piecewise linear and non-decreasing in
+    ``s``, with breakpoints where a sleeve reaches its floor or its cap."""
+    sleeves = list(raw.index)
+    check_bounds(sleeves, caps, floors)
+    v = np.clip(raw.to_numpy(dtype=float), 0.0, None)
+    lo = np.array([floors[s] for s in sleeves], dtype=float)
+    hi = np.array([caps[s] for s in sleeves], dtype=float)
+    if not (v > 0).any():
+        v = np.ones_like(v)  # nothing to be proportional to: the floors first, then equally
+    with np.errstate(divide="ignore", invalid="ignore"):
+        breaks = np.concatenate([lo / v, hi / v])
+    breaks = np.unique(np.concatenate([[0.0], breaks[np.isfinite(breaks)]]))
+
+    def total(s: float) -> float:
+        return float(np.clip(s * v, lo, hi).sum())
+
+    sums = np.array([total(s) for s in breaks])
+    k = int(np.searchsorted(sums, 1.0, side="left"))
+    if k == 0:
+        s = breaks[0]
+    elif k >= len(breaks):
+        s = breaks[-1]
+    else:
+        a, b = breaks[k - 1], breaks[k]
+        fa, fb = sums[k - 1], sums[k]
+        s = b if fb == fa else a + (1.0 - fa) * (b - a) / (fb - fa)
+    weights = np.clip(s * v, lo, hi)
+    if v.sum() > 0 and abs(weights.sum() - 1.0) > 1e-9:
+        # Sleeves with raw weight 0 sit at their floor whatever s is: share the rest equally
+        # among those still below their cap (only reached when the positive ones are all capped).
+        room = (hi - weights) * (v == 0)
+        if room.sum() > 0:
+            weights = weights + room / room.sum() * (1.0 - weights.sum())
+    return pd.Series(weights / weights.sum(), index=raw.index, name="weight")
+
+
+@dataclass(frozen=True)
+class SleeveWeights:
+    weights: pd.Series  # sleeve -> weight, summing to 1
+    raw: pd.Series  # the profile's weights before floors and caps
+    allocation: optimise.Allocation | None  # None for a single sleeve
+
+
+def sleeve_weights(returns: pd.DataFrame, settings: MetaSettings) -> SleeveWeights:
+    """The profile's weights of the sleeves (columns of ``returns``, rows the training dates),
+    then the per-sleeve floors and caps (:func:`bounded_weights`)."""
+    sleeves = list(returns.columns)
+    check_bounds(sleeves, settings.caps, settings.floors)
+    if len(sleeves) == 1:
+        one = pd.Series([1.0], index=returns.columns, name="weight")
+        return SleeveWeights(one, one.copy(), None)
+    allocation = optimise.allocate(
+        settings.profile,
+        returns,
+        constraints=optimise.Constraints(
+            cap=1.0,  # per-sleeve caps are applied after, sleeve by sleeve
+            cluster_cap=None,
+            turnover_penalty=0.0,
+            ridge=settings.ridge,
+            infeasible_cap="fail",
+        ),
+    )
+    raw = allocation.weights.reindex(returns.columns).fillna(0.0)
+    return SleeveWeights(bounded_weights(raw, settings.caps, settings.floors), raw, allocation)
+
+
+def firm_holdings(weights: pd.Series, portfolios: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """One row per (sleeve, symbol): ``weight`` = sleeve weight × the symbol's weight in the
+    sleeve's portfolio, plus the sleeve's weight and the symbol's weight inside the sleeve."""
+    frames = []
+    for sleeve, share in weights.items():
+        inside = pd.Series(portfolios[sleeve], dtype=float)
+        inside = inside[inside > 0]
+        if inside.empty:
+            inside = pd.Series([1.0], index=[CASH])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sleeve": str(sleeve),
+                    "symbol": inside.index.astype(str),
+                    "sleeve_weight": float(share),
+                    "weight_in_sleeve": inside.to_numpy(dtype=float),
+                    "weight": float(share) * inside.to_numpy(dtype=float),
+                }
+            )
+        )
+    columns = ["sleeve", "symbol", "sleeve_weight", "weight_in_sleeve", "weight"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    table = pd.concat(frames, ignore_index=True)
+    return table.sort_values(["weight", "sleeve", "symbol"], ascending=[False, True, True])[
+        columns
+    ].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Walk-forward
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetaBacktest:
+    returns: pd.DataFrame  # out-of-sample dates × {meta, baseline}
+    turnover: pd.DataFrame  # rebalance dates × {meta, baseline}
+    targets: pd.DataFrame  # rebalance dates × sleeves: the meta target weights
+    metrics: pd.DataFrame  # metrics_table of ``returns``
+
+
+def _hold(
+    targets: Sequence[np.ndarray],
+    values: np.ndarray,
+    windows: Sequence[tuple[int, int]],
+    costs: np.ndarray,
+) -> tuple[np.ndarray, list[int], list[float]]:
+    """Net returns per row of the test slices and the one-sided turnover per rebalance."""
+    weights = np.zeros(values.shape[1])
+    net = np.full(values.shape[0], np.nan)
+    starts, turnovers = [], []
+    for target, (start, stop) in zip(targets, windows, strict=True):
+        trade = np.abs(target - weights)
+        growth = np.cumprod(1.0 + values[start:stop], axis=0)
+        value = growth @ target
+        previous = np.concatenate(([1.0], value[:-1]))
+        gross = value / previous - 1.0
+        gross[0] -= 0.5 * float(costs @ trade)
+        net[start:stop] = gross
+        weights = target * growth[-1] / value[-1] if value[-1] > 0 else np.zeros_like(target)
+        starts.append(start)
+        turnovers.append(0.5 * float(trade.sum()))
+    return net, starts, turnovers
+
+
+def walk_forward(joined: pd.DataFrame, settings: MetaSettings) -> MetaBacktest:
+    """The meta-portfolio and the equal-weight-of-sleeves baseline, walk-forward on the joined
+    stream (see the module docstring); metrics with the joined periods per year."""
+    sleeves = list(joined.columns)
+    n = len(joined)
+    starts = list(range(0, max(n - settings.lookback, 0), settings.step))
+    windows = [
+        (s + settings.lookback, min(s + settings.lookback + settings.test, n)) for s in starts
+    ]
+    # Overlapping test slices: the next rebalance truncates the previous holding.
+    windows = [
+        (a, min(b, windows[k + 1][0]) if k + 1 < len(windows) else b)
+        for k, (a, b) in enumerate(windows)
+    ]
+    values = joined.to_numpy(dtype=float)
+    costs = np.array([settings.cost_rates[s] for s in sleeves], dtype=float)
+    meta_targets = [
+        sleeve_weights(joined.iloc[s : s + settings.lookback], settings).weights.to_numpy()
+        for s in starts
+    ]
+    equal = [np.full(len(sleeves), 1.0 / len(sleeves)) for _ in starts]
+    columns, turnover = {}, {}
+    for name, targets in ((META, meta_targets), (BASELINE, equal)):
+        net, rebalanced, traded = _hold(targets, values, windows, costs)
+        columns[name] = net
+        turnover[name] = pd.Series(traded, index=joined.index[rebalanced], dtype=float)
+    returns = pd.DataFrame(columns, index=joined.index).dropna(how="all")
+    turnover_table = pd.DataFrame(turnover)
+    targets = pd.DataFrame(
+        meta_targets, index=joined.index[[a for a, _ in windows]], columns=sleeves
+    ).rename_axis("rebalance")
+    table = performance.metrics_table(
+        returns,
+        periods_per_year=settings.joined_periods_per_year(sleeves) if sleeves else 252,
+        turnover=turnover_table,
+    )
+    return MetaBacktest(returns, turnover_table, targets, table)
+
+
+def present_sleeves(
+    expected: Sequence[str], present: Sequence[str], *, rule: str, where: str
+) -> tuple[list[str], list[str]]:
+    """(sleeves to allocate, sleeves missing). Raises :class:`MissingSleeve` under ``fail`` (or
+    when none is present) naming the missing sleeves and the rule."""
+    missing = [s for s in expected if s not in present]
+    chosen = [s for s in expected if s in present]
+    if missing and (rule == "fail" or not chosen):
+        raise MissingSleeve(
+            f"{where}: sleeve(s) {missing} have no successful backtest and portfolio for this "
+            f"date (rule missing_sleeve = {rule!r}"
+            + (": nothing left to allocate" if not chosen else "")
+            + "); materialise them first, or set meta.missing_sleeve: allocate_present"
+        )
+    return chosen, missing
+
+
+# --------------------------------------------------------------------------------------------
+# One run of the meta-portfolio
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetaRecord:
+    """What the ``meta_portfolio`` asset stores.
+
+    sleeves: one row per sleeve of the meta-portfolio (present or not): ``weight`` (0 when
+        missing), ``raw_weight`` (the profile's, before floors and caps), ``cap``, ``floor``,
+        ``champion``, ``present`` and ``missing_reason``.
+    holdings: firm-wide (sleeve, symbol) weights (:func:`firm_holdings`).
+    joined: the sleeves' champion returns on the common dates (:func:`join_calendars`).
+    returns, turnover, targets, metrics: the meta walk-forward (:func:`walk_forward`).
+    """
+
+    sleeves: pd.DataFrame
+    holdings: pd.DataFrame
+    joined: pd.DataFrame
+    returns: pd.DataFrame
+    turnover: pd.DataFrame
+    targets: pd.DataFrame
+    metrics: pd.DataFrame
+
+    @property
+    def missing(self) -> dict[str, str]:
+        rows = self.sleeves[~self.sleeves["present"]]
+        return {str(s): str(r) for s, r in rows["missing_reason"].items()}
+
+
+def decide(
+    streams: Mapping[str, pd.Series],
+    portfolios: Mapping[str, pd.Series],
+    champions: Mapping[str, str],
+    settings: MetaSettings,
+    *,
+    sleeves: Sequence[str],
+    as_of: pd.Timestamp,
+    where: str = "meta_portfolio",
+) -> MetaRecord:
+    """The meta-portfolio as of ``as_of`` from the sleeves present (keys of ``streams``, the
+    champions' out-of-sample returns; ``portfolios``: each sleeve's weight by symbol).
+
+    Sleeves of ``sleeves`` absent from ``streams`` follow ``settings.missing``
+    (:func:`present_sleeves`). Raises :class:`MetaInfeasible` when fewer than two joined dates
+    are left to estimate the weights of several sleeves.
+    """
+    chosen, _ = present_sleeves(sleeves, list(streams), rule=settings.missing, where=where)
+    joined = join_calendars({s: streams[s] for s in chosen}, as_of=as_of)
+    window = joined.returns.tail(settings.lookback)
+    if len(chosen) > 1 and len(window) < 2:
+        raise MetaInfeasible(
+            f"{where}: only {len(window)} common date(s) of {chosen} up to {as_of:%Y-%m-%d}; "
+            "the sleeve weights need at least 2 (rule: sleeves' out-of-sample returns must "
+            "overlap)"
+        )
+    decided = sleeve_weights(window, settings)
+    backtest = walk_forward(joined.returns, settings)
+    table = pd.DataFrame(
+        {
+            "weight": decided.weights.reindex(list(sleeves)).fillna(0.0),
+            "raw_weight": decided.raw.reindex(list(sleeves)).fillna(0.0),
+            "cap": [float(settings.caps[s]) for s in sleeves],
+            "floor": [float(settings.floors[s]) for s in sleeves],
+            "champion": [str(champions.get(s, "")) for s in sleeves],
+            "present": [s in chosen for s in sleeves],
+            "missing_reason": [
+                ""
+                if s in chosen
+                else f"no stored backtest and portfolio for {as_of:%Y-%m-%d} "
+                f"(missing_sleeve = {settings.missing})"
+                for s in sleeves
+            ],
+            "compounded_rows": [
+                int(joined.compounded[s].tail(settings.lookback).sum()) if s in chosen else 0
+                for s in sleeves
+            ],
+            "pending_rows": [int(joined.pending.get(s, 0)) for s in sleeves],
+        },
+        index=pd.Index(list(sleeves), name="sleeve"),
+    )
+    holdings = firm_holdings(decided.weights, {s: portfolios[s] for s in chosen})
+    return MetaRecord(
+        sleeves=table,
+        holdings=holdings,
+        joined=joined.returns,
+        returns=backtest.returns,
+        turnover=backtest.turnover,
+        targets=backtest.targets,
+        metrics=backtest.metrics,
+    )

@@ -509,6 +509,19 @@ def compact(lake: ParquetLake, sleeve: str) -> Written:
         )
 
 
+def resume_date(current: State, defects: pd.DataFrame) -> pd.Timestamp:
+    """The date after which an incremental refresh re-reads the source: ``REVISION_DAYS``
+    before the stored last date, or the day before the oldest bar held back as not final within
+    ``HELD_BACK_DAYS`` of it (see ``bars.REVISION_DAYS``)."""
+    last = current.last_date
+    since = last - pd.Timedelta(days=bar_lake.REVISION_DAYS)
+    held = defects.loc[defects["rule"].isin(bar_lake.TRANSIENT), "date"]
+    held = held[held >= last - pd.Timedelta(days=bar_lake.HELD_BACK_DAYS)]
+    if len(held):
+        since = min(since, pd.Timestamp(held.min()) - pd.Timedelta(days=1))
+    return since
+
+
 @dataclass(frozen=True)
 class Plan:
     """A refresh merged in memory and not yet written (see :func:`prepare`, :func:`commit`)."""
@@ -548,7 +561,7 @@ def prepare(
     context = bar_lake.context_rows(volume_spike_window)
     since = None
     if not full and current is not None and current.last_date is not None:
-        since = current.last_date - pd.Timedelta(days=bar_lake.REVISION_DAYS)
+        since = resume_date(current, _defects_and_revisions(lake, sleeve, current)[0])
     batch = fetch(since)
     fetched = time.perf_counter()
     if since is None:
@@ -566,18 +579,30 @@ def prepare(
         )
     read = time.perf_counter()
     incoming = batch.bars
-    cleaned = bar_lake.clean(
-        pd.concat([before, incoming], ignore_index=True) if len(before) else incoming,
-        calendar=calendar,
-        policy=bar_policy,
-        now=now,
-        superseded=batch.superseded,
-    )
+    keys = ["symbol", "date"]
     if since is not None:
-        # Context rows are stored bars, cleaned when they came in: only the delivery counts.
+        # The cleaning looks back on the stored bars (filler copies, the partial-last-bar median):
+        # every stored bar the delivery does not bring again is context. Context rows were
+        # cleaned when they came in, so only the delivered rows' findings and bars count.
+        stored_rows = pd.concat([before, stored.bars], ignore_index=True)
+        delivered = pd.MultiIndex.from_frame(incoming[keys])
+        context_rows = stored_rows[~pd.MultiIndex.from_frame(stored_rows[keys]).isin(delivered)]
+        cleaned = bar_lake.clean(
+            pd.concat([context_rows, incoming[list(bar_lake.BAR_COLUMNS)]], ignore_index=True),
+            calendar=calendar,
+            policy=bar_policy,
+            now=now,
+            superseded=batch.superseded,
+        )
+        ours = pd.MultiIndex.from_frame(cleaned.bars[keys]).isin(delivered)
+        found = pd.MultiIndex.from_frame(cleaned.defects[keys]).isin(delivered)
         cleaned = bar_lake.Cleaned(
-            bars=cleaned.bars[cleaned.bars["date"] > since].reset_index(drop=True),
-            defects=cleaned.defects[cleaned.defects["date"] > since].reset_index(drop=True),
+            bars=cleaned.bars[ours].reset_index(drop=True),
+            defects=cleaned.defects[found].reset_index(drop=True),
+        )
+    else:
+        cleaned = bar_lake.clean(
+            incoming, calendar=calendar, policy=bar_policy, now=now, superseded=batch.superseded
         )
     update = bar_lake.refresh(stored, cleaned, seen_at=now)
     frame = _sorted(pd.concat([before, update.history.bars], ignore_index=True))

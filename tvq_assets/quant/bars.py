@@ -65,6 +65,9 @@ PARTIAL_WINDOW = 30
 # the source's revisions of bars inside that margin are seen and recorded; older revisions are
 # seen only by a full refresh (a new store, or ``since=None``).
 REVISION_DAYS = 7
+# ... and from the oldest bar it held back as not final (a transient finding) dated at most this
+# many days before the stored last date, so that the bar comes in once the source has it final.
+HELD_BACK_DAYS = 31
 # Findings about a bar that is not final yet: they leave the history once the bar is stored.
 TRANSIENT = (UNFINISHED, "partial_last_bar")
 
@@ -501,6 +504,18 @@ def refresh(
     )
     # Unfinished bars are held back, not history: they are reported by the delivery only.
     found = cleaned.defects[cleaned.defects["rule"] != UNFINISHED]
+    if len(old_defects) and (len(found) or len(cleaned.bars)):
+        # The newest finding of a (symbol, date, rule) wins; a bar held back as not final and
+        # delivered again is judged anew (its old transient finding goes, a new one may come).
+        rule_keys = ["symbol", "date", "rule"]
+        replaced = pd.MultiIndex.from_frame(old_defects[rule_keys]).isin(
+            pd.MultiIndex.from_frame(found[rule_keys])
+        )
+        delivered = pd.concat([incoming[keys], cleaned.defects[keys]], ignore_index=True)
+        rejudged = old_defects["rule"].isin(TRANSIENT).to_numpy() & _key_mask(
+            old_defects, delivered
+        )
+        old_defects = old_defects[~(replaced | rejudged)]
     defects = _defect_table([old_defects, found])
     defects = defects.drop_duplicates(["symbol", "date", "rule"], keep="last").reset_index(
         drop=True

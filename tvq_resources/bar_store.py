@@ -343,12 +343,12 @@ def read_history(
 
 
 def read_tail(
-    lake: ParquetLake, sleeve: str, *, since: pd.Timestamp, context: int
+    lake: ParquetLake, sleeve: str, *, since: pd.Timestamp, context: int, symbols=None
 ) -> bar_lake.BarHistory:
-    """Stored bars dated after ``since``, plus at least ``context`` bars per symbol on or before
-    it (all of a symbol's bars when it has fewer): what a refresh delivering the dates after
-    ``since`` must merge with and clean against. Widens the date window until every symbol with
-    older bars has its ``context`` rows (crypto: one pass)."""
+    """Stored bars dated after ``since``, plus at least ``context`` bars on or before it of each
+    of ``symbols`` (the delivered ones; all when None), or all of a symbol's bars when it has
+    fewer: what a refresh delivering the dates after ``since`` must merge with and clean
+    against. Widens the date window until those symbols have their context (daily: one pass)."""
     current = state(lake, sleeve)
     first = current.first_date if current is not None else None
     span = pd.Timedelta(days=max(2 * context, 7))
@@ -364,6 +364,8 @@ def read_tail(
             {s: pd.Timestamp(f) for s, (f, _) in (current.symbols.items() if current else ())}
         )
         short = counts[counts["size"] < context]
+        if symbols is not None:
+            short = short[short.index.isin(list(symbols))]
         if short.empty or not (older.reindex(short.index) < start).any():
             return history
         span *= 2
@@ -569,7 +571,8 @@ def prepare(
         stored = read_window(lake, sleeve, since=None) if exists else None
         before = bar_lake.empty_bars()
     else:
-        stored = read_tail(lake, sleeve, since=since, context=context)
+        delivered_symbols = pd.unique(batch.bars["symbol"])
+        stored = read_tail(lake, sleeve, since=since, context=context, symbols=delivered_symbols)
         old = stored.bars
         before = old[old["date"] <= since].reset_index(drop=True)
         stored = bar_lake.BarHistory(

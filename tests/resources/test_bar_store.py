@@ -71,6 +71,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("calendar", ["crypto", "weekday"])
 def test_a_lake_built_by_daily_refreshes_equals_one_built_in_one_go(tmp_path, calendar):
     days = [f"{d:%Y-%m-%d}" for d in pd.date_range("2025-03-01", "2025-03-20")]
@@ -228,6 +229,7 @@ def _kill_during(root: Path, day: str, target: str) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["segment", "manifest"])
 def test_a_refresh_killed_before_the_switch_leaves_the_previous_lake(tmp_path, target):
     lake = ParquetLake(root=str(tmp_path))
@@ -327,6 +329,7 @@ REAL_STEPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REAL_STEPS))
 def test_real_folders_refreshed_in_steps_equal_one_build(tmp_path, name):
     """The real exports as they stood on earlier days (rows up to a cutoff), refreshed step by

@@ -102,6 +102,23 @@ def test_a_lake_built_by_daily_refreshes_equals_one_built_in_one_go(tmp_path, ca
     assert state.rows == len(built.bars)
 
 
+def test_three_refreshes_with_a_compaction_equal_one_build(tmp_path):
+    days = ("2025-03-01", "2025-03-02", "2025-03-04")
+    stepped = ParquetLake(root=str(tmp_path / "stepped"))
+    for day in days:
+        _, written = refresh(
+            stepped,
+            synthetic(day, faults=FAULTS[:1]),
+            calendar="crypto",
+            now=next_day(day),
+            compact_after=2,
+        )
+    assert written.compacted and written.segments == 1
+    once = ParquetLake(root=str(tmp_path / "once"))
+    refresh(once, synthetic(days[-1], faults=FAULTS[:1]), calendar="crypto", now=next_day(days[-1]))
+    assert_same_history(stepped.read(["bars"], SLEEVE), once.read(["bars"], SLEEVE))
+
+
 def test_one_day_refresh_reads_only_the_tail_and_checks_only_the_new_rows(tmp_path):
     lake = ParquetLake(root=str(tmp_path))
     first, second = (

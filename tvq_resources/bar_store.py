@@ -220,11 +220,17 @@ def _defects_and_revisions(
 
 
 def read_window(
-    lake: ParquetLake, sleeve: str, *, since: pd.Timestamp | None
+    lake: ParquetLake,
+    sleeve: str,
+    *,
+    since: pd.Timestamp | None,
+    last_bars: bool = True,
+    tables: bool = True,
 ) -> bar_lake.BarHistory:
     """The stored bars dated on or after ``since`` (all of them when None), plus the last bar of
     every symbol whose stored bars all end before ``since`` (so a run still sees when each
-    symbol last traded), with every defect and revision. Sorted by (symbol, date)."""
+    symbol last traded; not with ``last_bars=False``), with every defect and revision (empty
+    tables with ``tables=False``). Sorted by (symbol, date)."""
     current = state(lake, sleeve)
     if current is None:
         if not lake.exists(ASSET, sleeve):
@@ -247,10 +253,14 @@ def read_window(
             continue  # nothing in the window
         parts.append(_read_segment(base / segment.file, what=what, since=since))
     bars, _ = _resolve(parts)
-    if since is not None:
+    if since is not None and last_bars:
         ended = {s: last for s, (_, last) in current.symbols.items() if pd.Timestamp(last) < since}
         if ended:
             bars = _with_last_bars(bars, ended, lake, sleeve, current)
+    if not tables:
+        return bar_lake.BarHistory(
+            bars=bars, defects=bar_lake.empty_defects(), revisions=bar_lake.empty_revisions()
+        )
     defects, revisions = _defects_and_revisions(lake, sleeve, current)
     return bar_lake.BarHistory(bars=bars, defects=defects, revisions=revisions)
 
@@ -351,10 +361,11 @@ def read_tail(
     against. Widens the date window until those symbols have their context (daily: one pass)."""
     current = state(lake, sleeve)
     first = current.first_date if current is not None else None
-    span = pd.Timedelta(days=max(2 * context, 7))
+    span = pd.Timedelta(days=context + 3)  # daily bars: one pass; gaps widen it
     while True:
         start = since - span
-        history = read_window(lake, sleeve, since=start)
+        # Symbols that ended before the window are not delivered: no context needed for them.
+        history = read_window(lake, sleeve, since=start, last_bars=False, tables=False)
         bars = history.bars
         if first is None or start <= first:
             return history
@@ -392,6 +403,7 @@ def write(
     sources: Mapping[str, list] | None = None,
     compact_after: int = COMPACT_AFTER,
     replace: bool = False,
+    previous: Mapping[str, pd.DataFrame] | None = None,
 ) -> Written:
     """Append one segment (``delta`` rows and tombstones for ``removed`` keys), replace defects
     and revisions, and switch the manifest; compact when more than ``compact_after`` segments
@@ -422,9 +434,9 @@ def write(
             segments = [_put(base, BASE, uuid.uuid4().hex[:12], _segment_frame(merged), written)]
         tables = {}
         for name, frame in (("defects", defects), ("revisions", revisions)):
-            previous = current.tables.get(name)
-            if previous and not (legacy or replace) and _same(lake, sleeve, previous, frame):
-                tables[name] = previous
+            stored = current.tables.get(name)
+            if stored and not (legacy or replace) and _same(lake, sleeve, stored, frame, previous):
+                tables[name] = stored
             else:
                 tables[name] = f"{name}-{token}.parquet"
                 lake_module.write_file(_frame_bytes(frame), base / tables[name])
@@ -483,9 +495,14 @@ def _put(base: Path, table: str, token: str, frame: pa.Table, written: list[str]
     )
 
 
-def _same(lake: ParquetLake, sleeve: str, file: str, frame: pd.DataFrame) -> bool:
-    """Whether the stored table ``file`` already holds ``frame`` (no rewrite needed)."""
-    stored = lake_module.read_table(folder(lake, sleeve) / file, what=_what(sleeve))
+def _same(lake: ParquetLake, sleeve: str, file: str, frame: pd.DataFrame, previous=None) -> bool:
+    """Whether the stored table ``file`` (``previous`` holds it when already read, by table
+    name) already holds ``frame`` (no rewrite needed)."""
+    name = file.rsplit("-", 1)[0]
+    if previous is not None and name in previous:
+        stored = previous[name]
+    else:
+        stored = lake_module.read_table(folder(lake, sleeve) / file, what=_what(sleeve))
     return stored.shape == frame.shape and stored.reset_index(drop=True).equals(
         frame.reset_index(drop=True)
     )
@@ -539,6 +556,7 @@ class Plan:
     total_rows: int
     rows_read: int
     seconds: Mapping[str, float]
+    stored_tables: Mapping[str, pd.DataFrame] | None = None  # defects, revisions as read
 
 
 def prepare(
@@ -562,8 +580,11 @@ def prepare(
     current = state(lake, sleeve)
     context = bar_lake.context_rows(volume_spike_window)
     since = None
+    stored_tables = None
+    if current is not None:
+        stored_tables = _defects_and_revisions(lake, sleeve, current)
     if not full and current is not None and current.last_date is not None:
-        since = resume_date(current, _defects_and_revisions(lake, sleeve, current)[0])
+        since = resume_date(current, stored_tables[0])
     batch = fetch(since)
     fetched = time.perf_counter()
     if since is None:
@@ -577,8 +598,8 @@ def prepare(
         before = old[old["date"] <= since].reset_index(drop=True)
         stored = bar_lake.BarHistory(
             bars=old[old["date"] > since].reset_index(drop=True),
-            defects=stored.defects,
-            revisions=stored.revisions,
+            defects=stored_tables[0],
+            revisions=stored_tables[1],
         )
     read = time.perf_counter()
     incoming = batch.bars
@@ -636,6 +657,9 @@ def prepare(
         known_symbols=tuple(current.symbols) if current is not None else (),
         total_rows=int(total),
         rows_read=len(incoming),
+        stored_tables=None
+        if stored_tables is None
+        else {"defects": stored_tables[0], "revisions": stored_tables[1]},
         seconds={
             "source": fetched - started,
             "read": read - fetched,
@@ -671,4 +695,5 @@ def commit(lake: ParquetLake, plan: Plan, *, compact_after: int = COMPACT_AFTER)
         symbols=plan.symbols,
         rows=plan.total_rows,
         compact_after=compact_after,
+        previous=plan.stored_tables,
     )

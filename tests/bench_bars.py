@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from tvq_assets import bar_store
 from tvq_assets.quant import bars as bar_lake
 from tvq_checks import contracts
-from tvq_resources import bar_store
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData, SourceConfig
 

@@ -5,12 +5,12 @@ import time
 import dagster as dg
 import pandas as pd
 
+from tvq_assets import bar_store
 from tvq_assets.partitions import run_of, sleeve, sleeve_of, sleeve_run
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import checks, contracts
-from tvq_resources import bar_store
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData
 

@@ -51,7 +51,7 @@ BASE = "bars"  # the base segment's table name (also what the lake's bundle call
 COMPACT_AFTER = 16  # live segments beyond which a write compacts them into one base segment
 ROW_GROUP = 32_768  # rows per Parquet row group: the unit a date filter can skip
 VERSION = 1
-_ASSEMBLE = "tvq_resources.bar_store:assemble"
+_ASSEMBLE = "tvq_assets.bar_store:assemble"
 _SCHEMA = pa.schema(
     [
         ("symbol", pa.string()),

@@ -13,10 +13,10 @@ import pytest
 
 from tests.conftest import synthetic_source
 from tests.real.folders import BY_NAME, source
+from tvq_assets import bar_store
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy as policy_engine
 from tvq_checks import contracts
-from tvq_resources import bar_store
 from tvq_resources.lake import MANIFEST, ParquetLake
 from tvq_resources.market_data import Batch, MarketData
 
@@ -229,7 +229,7 @@ def _kill_during(root: Path, day: str, target: str) -> subprocess.CompletedProce
         f"""
         import os
         from tvq_resources import lake as lake_module
-        from tests.resources.test_bar_store import refresh, synthetic, next_day
+        from tests.assets.test_bar_store import refresh, synthetic, next_day
         from tvq_resources.lake import ParquetLake
         real = lake_module.write_file
         def dying(data, path):

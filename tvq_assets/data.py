@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from tvq_assets import bar_store
 from tvq_assets.partitions import run_of, sleeve, sleeve_of, sleeve_run
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy
@@ -77,30 +78,33 @@ def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, la
     started = time.perf_counter()
     sleeve_entry = sleeve_of(context)
     policy = sleeve_entry.policy
-    key, partition = context.asset_key.path, context.partition_key
-    stored = _stored_history(lake, key, partition)
-    batch = market_data.fetch(sleeve_entry.name)
+    partition = context.partition_key
     now = pd.Timestamp.now(tz="UTC")
     try:
-        cleaned = bar_lake.clean(
-            batch.bars,
+        plan, batch = bar_store.prepare(
+            lake,
+            partition,
+            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since),
             calendar=sleeve_entry.calendar,
-            policy=policy.bar_policy,
+            bar_policy=policy.bar_policy,
+            volume_spike_window=policy.volume_spike_window,
             now=now,
-            superseded=batch.superseded,
         )
     except bar_lake.FutureBarError as exc:
         raise dg.Failure(description=f"bars of sleeve {partition}: {exc}") from exc
-    update = bar_lake.refresh(stored, cleaned, seen_at=now)
-    merged = update.history.bars
-    # The cleaned lake must satisfy the bar contract by construction; this guards the cleaning.
+    update, cleaned = plan.update, plan.cleaned
+    validating = time.perf_counter()
+    # The stored bars passed this contract when they came in; the rows this refresh adds or
+    # revises are checked, against the stored context their continuity rules look back on.
     errors, warnings = contracts.bar_violations(
-        merged,
+        plan.frame,
         calendar=sleeve_entry.calendar,
         stall_bars=policy.stall_bars,
         volume_spike_window=policy.volume_spike_window,
         volume_spike_sigma=policy.volume_spike_sigma,
+        rows=plan.rows,
     )
+    validated = time.perf_counter()
     load_errors = pd.DataFrame(
         [(e.file, e.line, e.reason) for e in batch.errors], columns=["file", "line", "reason"]
     )
@@ -109,16 +113,25 @@ def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, la
     summary_table = dg.MetadataValue.md(checks.markdown(summary))
     per_symbol = dg.MetadataValue.md(checks.markdown(_defects_by_symbol(cleaned.defects)))
     if errors.empty:
-        yield dg.Output(
-            update.history,
+        # The store writes one small segment and switches its manifest (never through the IO
+        # manager, which would rewrite the whole lake); readers load it with ``lake.read``.
+        written = bar_store.commit(lake, plan)
+        wrote = time.perf_counter()
+        symbols = plan.symbols
+        yield dg.MaterializeResult(
             metadata={
-                "symbols": merged["symbol"].nunique(),
-                "rows": len(merged),
+                "symbols": len(symbols),
+                "rows": written.rows,
+                "rows_read": plan.rows_read,
                 "rows_added": update.added,
                 "rows_revised_at_source": update.revised,
                 "rows_removed_by_defects": update.removed,
-                "new_symbols": len(update.new_symbols),
-                "date_range": _date_range(pd.Index(merged["date"])),
+                "rows_validated": int(plan.rows.sum()),
+                "new_symbols": len(set(update.changed["symbol"]) - set(plan.known_symbols)),
+                "date_range": _symbol_range(symbols),
+                "read_since": "everything" if plan.since is None else f"{plan.since:%Y-%m-%d}",
+                "segments": written.segments,
+                "compacted": written.compacted,
                 "source": sleeve_entry.source["kind"],
                 "duplicates_resolved": batch.duplicates,
                 **{
@@ -129,14 +142,20 @@ def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, la
                 "defects_by_symbol": per_symbol,
                 "unreadable_files": len(load_errors),
                 "load_errors": load_table,
-                "seconds": round(time.perf_counter() - started, 3),
+                "path": dg.MetadataValue.path(str(bar_store.folder(lake, partition))),
+                "seconds_source": round(plan.seconds["source"], 3),
+                "seconds_read": round(plan.seconds["read"], 3),
+                "seconds_merge": round(plan.seconds["merge"], 3),
+                "seconds_validate": round(validated - validating, 3),
+                "seconds_write": round(wrote - validated, 3),
+                "seconds": round(wrote - started, 3),
             },
         )
     yield checks.result(
         BARS_CONTRACT,
         errors,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"rows_checked": len(merged)},
+        metadata={"rows_checked": int(plan.rows.sum())},
     )
     yield checks.result(BARS_QUALITY, warnings, severity=dg.AssetCheckSeverity.WARN)
     yield dg.AssetCheckResult(
@@ -188,16 +207,10 @@ def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, la
         raise checks.blocking_failure("bars", partition, errors)
 
 
-def _stored_history(lake: ParquetLake, key, partition: str) -> "bar_lake.BarHistory | None":
-    """The stored lake; a lake written before defects were recorded is read as bars only."""
-    if not lake.exists(key, partition):
-        return None
-    stored = lake.read(key, partition)
-    if isinstance(stored, bar_lake.BarHistory):
-        return stored
-    return bar_lake.BarHistory(
-        bars=stored, defects=bar_lake.empty_defects(), revisions=bar_lake.empty_revisions()
-    )
+def _symbol_range(symbols) -> str:
+    if not symbols:
+        return "empty"
+    return f"{min(f for f, _ in symbols.values())} .. {max(last for _, last in symbols.values())}"
 
 
 def _defects_by_symbol(defects: pd.DataFrame) -> pd.DataFrame:
@@ -226,12 +239,21 @@ def _defects_by_symbol(defects: pd.DataFrame) -> pd.DataFrame:
         ],
         sleeve_run,
     ),
+    # The bars are read from the sleeve's bar store, only the date window the run needs.
+    ins={"bars": dg.AssetIn(dagster_type=dg.Nothing)},
 )
-def returns(context: dg.AssetExecutionContext, bars: bar_lake.BarHistory):
+def returns(context: dg.AssetExecutionContext, lake: ParquetLake):
     """Point-in-time returns: the eligible window ending at the as-of date, and its history."""
     run = run_of(context)
     settings = run.settings
     quarantine = run.sleeve.toxic_policy == "quarantine"
+    bars = bar_store.read_history(
+        lake,
+        run.sleeve.name,
+        as_of=run.as_of,
+        rows=settings.history_rows,
+        calendar=settings.calendar,
+    )
     window = policy.point_in_time(
         bars.bars,
         as_of=run.as_of,
@@ -271,6 +293,7 @@ def returns(context: dg.AssetExecutionContext, bars: bar_lake.BarHistory):
                 date_range=_date_range(frame.index),
                 history_symbols=window.history.shape[1],
                 history_range=_date_range(window.history.index),
+                bars_read=len(bars.bars),
                 excluded=len(excluded),
                 excluded_symbols=dg.MetadataValue.md(checks.markdown(excluded)),
                 quarantined=dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),

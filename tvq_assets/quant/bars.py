@@ -61,6 +61,13 @@ FUTURE_TOLERANCE = pd.Timedelta(days=1)
 # PARTIAL_WINDOW of them).
 PARTIAL_VOLUME_RATIO = 0.1
 PARTIAL_WINDOW = 30
+# An incremental refresh re-reads the source from this many days before the stored last date:
+# the source's revisions of bars inside that margin are seen and recorded; older revisions are
+# seen only by a full refresh (a new store, or ``since=None``).
+REVISION_DAYS = 7
+# ... and from the oldest bar it held back as not final (a transient finding) dated at most this
+# many days before the stored last date, so that the bar comes in once the source has it final.
+HELD_BACK_DAYS = 31
 # Findings about a bar that is not final yet: they leave the history once the bar is stored.
 TRANSIENT = (UNFINISHED, "partial_last_bar")
 
@@ -129,6 +136,18 @@ class Refresh:
     removed: int  # stored rows a defect now drops or quarantines
     new_symbols: tuple[str, ...]
     new_revisions: pd.DataFrame  # the revisions this refresh recorded
+    # BAR_COLUMNS rows of the delivery that are new or differ from the stored row: what an
+    # incremental store appends (the rows the bar contract must check)
+    changed: pd.DataFrame = field(default_factory=lambda: empty_bars())
+    removed_keys: pd.DataFrame = field(  # (symbol, date) of stored rows this refresh removed
+        default_factory=lambda: empty_bars()[["symbol", "date"]]
+    )
+
+
+def context_rows(volume_spike_window: int) -> int:
+    """Stored bars per symbol before a delivery that its cleaning and its contract look back on:
+    the partial-last-bar median, the volume-spike window, filler and order continuity."""
+    return max(PARTIAL_WINDOW, volume_spike_window) + 1
 
 
 def empty_bars() -> pd.DataFrame:
@@ -468,11 +487,15 @@ def refresh(
         else empty_revisions()
     )
     fresh = (joined["_merge"] == "left_only").to_numpy()
+    changed = fresh.copy()
+    changed[np.flatnonzero(~fresh)[revised_rows]] = True
     removed_keys = cleaned.defects[cleaned.defects["action"].isin(["dropped", "quarantined"])]
     kept_old = base[~_key_mask(base, incoming)] if len(base) else base
     removal = _key_mask(kept_old, removed_keys) if len(kept_old) and len(removed_keys) else None
     removed = 0 if removal is None else int(removal.sum())
+    removed_keys = empty_bars()[keys]
     if removal is not None:
+        removed_keys = kept_old.loc[removal, keys].reset_index(drop=True)
         kept_old = kept_old[~removal]
     bars = (
         pd.concat([kept_old, incoming], ignore_index=True)
@@ -481,6 +504,18 @@ def refresh(
     )
     # Unfinished bars are held back, not history: they are reported by the delivery only.
     found = cleaned.defects[cleaned.defects["rule"] != UNFINISHED]
+    if len(old_defects) and (len(found) or len(cleaned.bars)):
+        # The newest finding of a (symbol, date, rule) wins; a bar held back as not final and
+        # delivered again is judged anew (its old transient finding goes, a new one may come).
+        rule_keys = ["symbol", "date", "rule"]
+        replaced = pd.MultiIndex.from_frame(old_defects[rule_keys]).isin(
+            pd.MultiIndex.from_frame(found[rule_keys])
+        )
+        delivered = pd.concat([incoming[keys], cleaned.defects[keys]], ignore_index=True)
+        rejudged = old_defects["rule"].isin(TRANSIENT).to_numpy() & _key_mask(
+            old_defects, delivered
+        )
+        old_defects = old_defects[~(replaced | rejudged)]
     defects = _defect_table([old_defects, found])
     defects = defects.drop_duplicates(["symbol", "date", "rule"], keep="last").reset_index(
         drop=True
@@ -502,6 +537,8 @@ def refresh(
         removed=removed,
         new_symbols=new_symbols,
         new_revisions=new_revisions.reset_index(drop=True),
+        changed=incoming[changed].reset_index(drop=True),
+        removed_keys=removed_keys,
     )
 
 

@@ -1,0 +1,699 @@
+"""The bar store: a sleeve's bar lake as immutable Parquet segments named by one manifest.
+
+Layout, inside the lake's value folder of ``bars[sleeve]`` (``ParquetLake.location``)::
+
+    manifest.json                 the lake's bundle manifest, extended with a ``bar_store`` entry
+    bars-<token>.parquet          the base segment: every bar as of the last compaction
+    bars_00007-<token>.parquet    segment 7: the rows one refresh added or revised, and tombstones
+    defects-<token>.parquet       every defect found (small; rewritten when it changes)
+    revisions-<token>.parquet     every source revision (small; rewritten when it changes)
+
+Newest wins: segments are ordered (base first, then by sequence number); for a (symbol, date)
+the row of the newest segment holding it is the bar, and a tombstone (``removed`` true: a stored
+bar a later delivery dropped or quarantined) deletes it. Compaction (when more than
+``COMPACT_AFTER`` segments are live) merges them under this rule into a new base segment.
+Segments are sorted by (date, symbol) in row groups of ``ROW_GROUP`` rows so that a reader of a
+date window (``read_window``) decodes only the row groups that overlap it.
+
+Atomicity: a write never changes a file the manifest names. New segments and tables are written
+under fresh names, each atomically (the lake's ``write_file``: a temporary file, then a rename);
+then ``manifest.json`` is switched in one atomic ``write_file``; only then are the files the new
+manifest no longer names deleted. A write killed before the switch leaves the previous manifest
+and every file it names untouched (readers never see a half refresh); what it wrote is a file no
+manifest names, which ``tvq lake verify`` lists as a leftover and ``tvq lake clean`` removes.
+The caller holds the value's writer lock (``ParquetLake.writer``) across read-merge-write.
+
+The manifest stays a valid lake bundle (``{"tables": {name: file}, "type": ...}``) whose type is
+:func:`assemble`, so ``ParquetLake.read`` returns the whole ``BarHistory`` and ``verify``,
+``clean`` and ``quarantine`` work on it unchanged. Only path operations that ``UPath`` also
+supports are used here (``/``, ``open``, ``exists``, ``unlink``, ``iterdir``).
+"""
+
+import io
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tvq_assets.quant import bars as bar_lake
+from tvq_resources import lake as lake_module
+from tvq_resources.lake import MANIFEST, ParquetLake
+
+ASSET = ("bars",)
+BASE = "bars"  # the base segment's table name (also what the lake's bundle called the bars)
+COMPACT_AFTER = 16  # live segments beyond which a write compacts them into one base segment
+ROW_GROUP = 32_768  # rows per Parquet row group: the unit a date filter can skip
+VERSION = 1
+_ASSEMBLE = "tvq_assets.bar_store:assemble"
+_SCHEMA = pa.schema(
+    [
+        ("symbol", pa.string()),
+        ("date", pa.timestamp("ns")),
+        *((name, pa.float64()) for name in bar_lake.VALUE_COLUMNS),
+        ("removed", pa.bool_()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Segment:
+    table: str  # name in the manifest's tables (``bars`` or ``bars_00007``)
+    file: str
+    rows: int
+    first: str | None  # ISO date of the segment's first and last row
+    last: str | None
+
+
+@dataclass(frozen=True)
+class State:
+    """What the manifest says about the stored bars (empty for a sleeve never stored)."""
+
+    segments: tuple[Segment, ...] = ()
+    tables: Mapping[str, str] = field(default_factory=dict)  # defects, revisions
+    # per symbol: (first, last) ISO date of its stored bars
+    symbols: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    rows: int = 0
+    sequence: int = 0  # the last segment number used
+    sources: Mapping[str, list] = field(default_factory=dict)  # file fingerprints of the source
+
+    @property
+    def last_date(self) -> pd.Timestamp | None:
+        dates = [s.last for s in self.segments if s.last]
+        return pd.Timestamp(max(dates)) if dates else None
+
+    @property
+    def first_date(self) -> pd.Timestamp | None:
+        dates = [s.first for s in self.segments if s.first]
+        return pd.Timestamp(min(dates)) if dates else None
+
+
+def folder(lake: ParquetLake, sleeve: str) -> Path:
+    return lake.location(ASSET, sleeve)
+
+
+def _what(sleeve: str) -> str:
+    return f"bars[{sleeve}]"
+
+
+def state(lake: ParquetLake, sleeve: str) -> State | None:
+    """The manifest's view of the store; None when nothing is stored in the segment layout
+    (a sleeve never refreshed, or a lake written by the single-bundle layout before)."""
+    path = folder(lake, sleeve) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as stream:
+            manifest = json.loads(stream.read())
+    except (OSError, ValueError) as error:
+        raise lake_module.LakeReadError(
+            lake_module._damaged(_what(sleeve), path, error), path
+        ) from error
+    entry = manifest.get("bar_store")
+    if entry is None:
+        return None
+    return State(
+        segments=tuple(Segment(**segment) for segment in entry["segments"]),
+        tables={k: v for k, v in manifest["tables"].items() if k in ("defects", "revisions")},
+        symbols={k: tuple(v) for k, v in entry["symbols"].items()},
+        rows=int(entry["rows"]),
+        sequence=int(entry["sequence"]),
+        sources=entry.get("sources", {}),
+    )
+
+
+def _segment_frame(bars: pd.DataFrame, removed: pd.DataFrame | None = None) -> pa.Table:
+    """Rows (and tombstones for ``removed`` keys) as a segment, sorted by (date, symbol)."""
+    frame = bars[list(bar_lake.BAR_COLUMNS)].assign(removed=False)
+    if removed is not None and len(removed):
+        stones = removed[["symbol", "date"]].assign(
+            **{name: np.nan for name in bar_lake.VALUE_COLUMNS}, removed=True
+        )
+        frame = pd.concat([frame, stones[frame.columns]], ignore_index=True)
+    frame = frame.sort_values(["date", "symbol"], ignore_index=True, kind="stable")
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    return pa.Table.from_pandas(frame, schema=_SCHEMA, preserve_index=False)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=ROW_GROUP, compression="snappy")
+    return buffer.getvalue()
+
+
+def _frame_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=True)
+    return buffer.getvalue()
+
+
+def _read_segment(path: Path, *, what: str, since: pd.Timestamp | None = None) -> pd.DataFrame:
+    try:
+        with path.open("rb") as stream:
+            filters = None if since is None else [("date", ">=", pd.Timestamp(since))]
+            table = pq.read_table(stream, filters=filters)
+    except Exception as error:
+        raise lake_module.LakeReadError(lake_module._damaged(what, path, error), path) from error
+    return table.to_pandas()
+
+
+def _resolve(segments: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """Bars by (symbol, date) from segments oldest first: the newest row of a key wins, a
+    tombstone deletes it. Also the number of tombstones that were applied."""
+    parts = [s for s in segments if len(s)]
+    if not parts:
+        return bar_lake.empty_bars(), 0
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    order_of_segment = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    codes, _ = pd.factorize(frame["symbol"].to_numpy(dtype=object), sort=True)
+    dates = frame["date"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    order = np.lexsort((order_of_segment, dates, codes))
+    codes, dates = codes[order], dates[order]
+    newest = np.ones(len(order), dtype=bool)
+    newest[:-1] = (codes[1:] != codes[:-1]) | (dates[1:] != dates[:-1])
+    chosen = order[newest]
+    removed = frame["removed"].to_numpy(dtype=bool)[chosen]
+    kept = frame.iloc[chosen[~removed]]
+    bars = pd.DataFrame(
+        {
+            "symbol": kept["symbol"].to_numpy(dtype=object),
+            "date": kept["date"].to_numpy(dtype="datetime64[ns]"),
+            **{name: kept[name].to_numpy(dtype=float) for name in bar_lake.VALUE_COLUMNS},
+        },
+        columns=list(bar_lake.BAR_COLUMNS),
+    )
+    return bars, int(removed.sum())
+
+
+def assemble(**tables: pd.DataFrame) -> bar_lake.BarHistory:
+    """The ``BarHistory`` of a manifest's tables (how ``ParquetLake.read`` rebuilds the store):
+    the segments resolved newest-wins in table-name order, with defects and revisions."""
+    defects = tables.pop("defects", None)
+    revisions = tables.pop("revisions", None)
+    segments = [tables[name] for name in sorted(tables)]  # bars < bars_00001 < bars_00002 ...
+    bars, _ = _resolve(segments)
+    return bar_lake.BarHistory(
+        bars=bars,
+        defects=bar_lake.empty_defects() if defects is None else defects,
+        revisions=bar_lake.empty_revisions() if revisions is None else revisions,
+    )
+
+
+def _defects_and_revisions(
+    lake: ParquetLake, sleeve: str, current: State
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    base, what = folder(lake, sleeve), _what(sleeve)
+    tables = {
+        name: lake_module.read_table(base / file, what=what)
+        for name, file in current.tables.items()
+    }
+    return (
+        tables.get("defects", bar_lake.empty_defects()),
+        tables.get("revisions", bar_lake.empty_revisions()),
+    )
+
+
+def read_window(
+    lake: ParquetLake,
+    sleeve: str,
+    *,
+    since: pd.Timestamp | None,
+    last_bars: bool = True,
+    tables: bool = True,
+) -> bar_lake.BarHistory:
+    """The stored bars dated on or after ``since`` (all of them when None), plus the last bar of
+    every symbol whose stored bars all end before ``since`` (so a run still sees when each
+    symbol last traded; not with ``last_bars=False``), with every defect and revision (empty
+    tables with ``tables=False``). Sorted by (symbol, date)."""
+    current = state(lake, sleeve)
+    if current is None:
+        if not lake.exists(ASSET, sleeve):
+            raise FileNotFoundError(f"{_what(sleeve)} has not been materialised; refresh it first")
+        history = _legacy(lake, sleeve)
+        if since is None:
+            return history
+        bars = history.bars
+        last = bars.groupby("symbol", sort=False)["date"].transform("max")
+        keep = (bars["date"] >= since) | (bars["date"] == last)
+        return bar_lake.BarHistory(
+            bars=bars[keep].reset_index(drop=True),
+            defects=history.defects,
+            revisions=history.revisions,
+        )
+    base, what = folder(lake, sleeve), _what(sleeve)
+    parts = []
+    for segment in current.segments:
+        if since is not None and segment.last is not None and pd.Timestamp(segment.last) < since:
+            continue  # nothing in the window
+        parts.append(_read_segment(base / segment.file, what=what, since=since))
+    bars, _ = _resolve(parts)
+    if since is not None and last_bars:
+        ended = {s: last for s, (_, last) in current.symbols.items() if pd.Timestamp(last) < since}
+        if ended:
+            bars = _with_last_bars(bars, ended, lake, sleeve, current)
+    if not tables:
+        return bar_lake.BarHistory(
+            bars=bars, defects=bar_lake.empty_defects(), revisions=bar_lake.empty_revisions()
+        )
+    defects, revisions = _defects_and_revisions(lake, sleeve, current)
+    return bar_lake.BarHistory(bars=bars, defects=defects, revisions=revisions)
+
+
+def _with_last_bars(
+    bars: pd.DataFrame, ended: Mapping[str, str], lake: ParquetLake, sleeve: str, current: State
+) -> pd.DataFrame:
+    """``bars`` plus the stored row of each (symbol, last date) in ``ended``."""
+    base, what = folder(lake, sleeve), _what(sleeve)
+    wanted = pd.DataFrame(
+        {"symbol": list(ended), "date": pd.to_datetime(list(ended.values())).astype("M8[ns]")}
+    )
+    days = sorted(set(ended.values()))
+    parts = []
+    for segment in current.segments:
+        if segment.first is None or segment.first > days[-1] or segment.last < days[0]:
+            continue
+        path = base / segment.file
+        try:
+            with path.open("rb") as stream:
+                table = pq.read_table(
+                    stream,
+                    filters=[
+                        ("date", "in", [pd.Timestamp(day) for day in days]),
+                        ("symbol", "in", list(ended)),
+                    ],
+                )
+        except Exception as error:
+            raise lake_module.LakeReadError(
+                lake_module._damaged(what, path, error), path
+            ) from error
+        # The filter is per column; keep each symbol's own last date only.
+        parts.append(table.to_pandas().merge(wanted, on=["symbol", "date"]))
+    last_rows, _ = _resolve(parts)
+    frame = pd.concat([last_rows, bars], ignore_index=True)
+    return _sorted(frame)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    codes, _ = pd.factorize(frame["symbol"].to_numpy(dtype=object), sort=True)
+    order = np.lexsort((frame["date"].to_numpy(dtype="datetime64[ns]").view(np.int64), codes))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _legacy(lake: ParquetLake, sleeve: str) -> bar_lake.BarHistory:
+    """A lake written before the segment layout: one table, or one BarHistory bundle."""
+    stored = lake.read(list(ASSET), sleeve)
+    if isinstance(stored, bar_lake.BarHistory):
+        return stored
+    return bar_lake.BarHistory(
+        bars=stored, defects=bar_lake.empty_defects(), revisions=bar_lake.empty_revisions()
+    )
+
+
+def read_history(
+    lake: ParquetLake, sleeve: str, *, as_of: pd.Timestamp, rows: int, calendar: str
+) -> bar_lake.BarHistory:
+    """What a run's returns history of ``rows`` grid dates ending at its last bar on or before
+    ``as_of`` needs (``returns.returns_history``): the bars from a date window that covers that
+    grid (widened until it does), each symbol's last bar, every defect and revision.
+
+    The window is ``rows + 1`` calendar dates before ``as_of`` (crypto) or 7/5 of that plus a
+    month of holidays (weekday); it is doubled while the grid would start at its edge."""
+    from tvq_assets.quant import returns as returns_engine
+
+    as_of = pd.Timestamp(as_of).normalize()
+    current = state(lake, sleeve)
+    first = current.first_date if current is not None else None
+    if first is None:
+        return read_window(lake, sleeve, since=None)
+    days = rows + 2 if calendar == "crypto" else int(np.ceil((rows + 1) * 7 / 5)) + 31
+    span = pd.Timedelta(days=days)
+    while True:
+        since = as_of - span
+        history = read_window(lake, sleeve, since=since)
+        if since <= first:
+            return history
+        known = history.bars[history.bars["date"] <= as_of]
+        inside = known[known["date"] >= since]
+        if len(inside):
+            grid = returns_engine.calendar_grid(
+                pd.DatetimeIndex(inside["date"].unique()),
+                calendar=calendar,
+                end=known["date"].max(),
+                rows=rows + 1,
+            )
+            if len(grid) == rows + 1 and grid[0] > since:
+                return history
+        span *= 2
+
+
+def read_tail(
+    lake: ParquetLake, sleeve: str, *, since: pd.Timestamp, context: int, symbols=None
+) -> bar_lake.BarHistory:
+    """Stored bars dated after ``since``, plus at least ``context`` bars on or before it of each
+    of ``symbols`` (the delivered ones; all when None), or all of a symbol's bars when it has
+    fewer: what a refresh delivering the dates after ``since`` must merge with and clean
+    against. Widens the date window until those symbols have their context (daily: one pass)."""
+    current = state(lake, sleeve)
+    first = current.first_date if current is not None else None
+    span = pd.Timedelta(days=context + 3)  # daily bars: one pass; gaps widen it
+    while True:
+        start = since - span
+        # Symbols that ended before the window are not delivered: no context needed for them.
+        history = read_window(lake, sleeve, since=start, last_bars=False, tables=False)
+        bars = history.bars
+        if first is None or start <= first:
+            return history
+        before = bars[bars["date"] <= since]
+        counts = before.groupby("symbol")["date"].agg(["size", "min"])
+        older = pd.Series(
+            {s: pd.Timestamp(f) for s, (f, _) in (current.symbols.items() if current else ())}
+        )
+        short = counts[counts["size"] < context]
+        if symbols is not None:
+            short = short[short.index.isin(list(symbols))]
+        if short.empty or not (older.reindex(short.index) < start).any():
+            return history
+        span *= 2
+
+
+@dataclass(frozen=True)
+class Written:
+    segments: int  # live segments after the write
+    compacted: bool
+    rows: int  # stored bars after the write
+    files: tuple[str, ...]
+
+
+def write(
+    lake: ParquetLake,
+    sleeve: str,
+    *,
+    delta: pd.DataFrame,
+    removed: pd.DataFrame,
+    defects: pd.DataFrame,
+    revisions: pd.DataFrame,
+    symbols: Mapping[str, tuple[str, str]],
+    rows: int,
+    sources: Mapping[str, list] | None = None,
+    compact_after: int = COMPACT_AFTER,
+    replace: bool = False,
+    previous: Mapping[str, pd.DataFrame] | None = None,
+) -> Written:
+    """Append one segment (``delta`` rows and tombstones for ``removed`` keys), replace defects
+    and revisions, and switch the manifest; compact when more than ``compact_after`` segments
+    would be live; with ``replace``, ``delta`` becomes the only (base) segment. The caller holds
+    the writer lock. See the module docstring for atomicity."""
+    base = folder(lake, sleeve)
+    base.mkdir(parents=True, exist_ok=True)
+    current = state(lake, sleeve)
+    legacy = current is None and lake.exists(ASSET, sleeve) and not replace
+    current = current or State()
+    token = uuid.uuid4().hex[:12]
+    written: list[str] = []
+    try:
+        segments = [] if replace else list(current.segments)
+        sequence = current.sequence
+        if legacy:
+            # The first write after the single-bundle layout: its bars become the base segment.
+            old = _legacy(lake, sleeve).bars
+            segments = [_put(base, BASE, token, _segment_frame(old), written)]
+        if len(delta) or len(removed):
+            sequence += 1
+            table = f"{BASE}_{sequence:05d}" if segments else BASE
+            segments.append(_put(base, table, token, _segment_frame(delta, removed), written))
+        compacted = len(segments) > compact_after
+        if compacted:
+            parts = [_read_segment(base / s.file, what=_what(sleeve)) for s in segments]
+            merged, _ = _resolve(parts)
+            segments = [_put(base, BASE, uuid.uuid4().hex[:12], _segment_frame(merged), written)]
+        tables = {}
+        for name, frame in (("defects", defects), ("revisions", revisions)):
+            stored = current.tables.get(name)
+            if stored and not (legacy or replace) and _same(lake, sleeve, stored, frame, previous):
+                tables[name] = stored
+            else:
+                tables[name] = f"{name}-{token}.parquet"
+                lake_module.write_file(_frame_bytes(frame), base / tables[name])
+                written.append(tables[name])
+        manifest = {
+            "tables": {**{s.table: s.file for s in segments}, **tables},
+            "type": _ASSEMBLE,
+            "series": [],
+            "bar_store": {
+                "version": VERSION,
+                "segments": [s.__dict__ for s in segments],
+                "symbols": {k: list(v) for k, v in sorted(symbols.items())},
+                "rows": int(rows),
+                "sequence": sequence,
+                "sources": dict(sources if sources is not None else current.sources),
+            },
+        }
+        # The switch: one atomic replace of manifest.json.
+        lake_module.write_file(json.dumps(manifest).encode(), base / MANIFEST)
+    except BaseException:
+        for name in written:
+            (base / name).unlink(missing_ok=True)
+        raise
+    named = set(manifest["tables"].values())
+    for path in base.iterdir():
+        # Files of the previous manifest (compacted segments, replaced tables), a legacy single
+        # table, and whatever a killed write left: the caller holds the lock, no writer is live.
+        hidden = path.name.startswith(".")
+        stale = (hidden and path.name.endswith(".tmp")) or not (hidden or path.name in named)
+        if stale and path.name != MANIFEST:
+            path.unlink(missing_ok=True)
+    single = base.parent / f"{base.name}.parquet"
+    if single.exists():
+        single.unlink()
+    return Written(
+        segments=len(segments),
+        compacted=compacted,
+        rows=int(rows),
+        files=tuple(written),
+    )
+
+
+def _put(base: Path, table: str, token: str, frame: pa.Table, written: list[str]) -> Segment:
+    name = f"{table}-{token}.parquet"
+    lake_module.write_file(_parquet_bytes(frame), base / name)
+    written.append(name)
+    dates = frame.column("date")
+    first = pc.min(dates).as_py() if len(frame) else None
+    last = pc.max(dates).as_py() if len(frame) else None
+    return Segment(
+        table=table,
+        file=name,
+        rows=len(frame),
+        first=None if first is None else pd.Timestamp(first).strftime("%Y-%m-%d"),
+        last=None if last is None else pd.Timestamp(last).strftime("%Y-%m-%d"),
+    )
+
+
+def _same(lake: ParquetLake, sleeve: str, file: str, frame: pd.DataFrame, previous=None) -> bool:
+    """Whether the stored table ``file`` (``previous`` holds it when already read, by table
+    name) already holds ``frame`` (no rewrite needed)."""
+    name = file.rsplit("-", 1)[0]
+    if previous is not None and name in previous:
+        stored = previous[name]
+    else:
+        stored = lake_module.read_table(folder(lake, sleeve) / file, what=_what(sleeve))
+    return stored.shape == frame.shape and stored.reset_index(drop=True).equals(
+        frame.reset_index(drop=True)
+    )
+
+
+def compact(lake: ParquetLake, sleeve: str) -> Written:
+    """Merge every live segment into one base segment (content unchanged), by manifest switch."""
+    with lake.writer(list(ASSET), sleeve):
+        current = state(lake, sleeve)
+        if current is None:
+            raise FileNotFoundError(f"{_what(sleeve)}: no segment store to compact")
+        defects, revisions = _defects_and_revisions(lake, sleeve, current)
+        return write(
+            lake,
+            sleeve,
+            delta=bar_lake.empty_bars(),
+            removed=bar_lake.empty_bars()[["symbol", "date"]],
+            defects=defects,
+            revisions=revisions,
+            symbols=current.symbols,
+            rows=current.rows,
+            compact_after=0,
+        )
+
+
+def resume_date(current: State, defects: pd.DataFrame) -> pd.Timestamp:
+    """The date after which an incremental refresh re-reads the source: ``REVISION_DAYS``
+    before the stored last date, or the day before the oldest bar held back as not final within
+    ``HELD_BACK_DAYS`` of it (see ``bars.REVISION_DAYS``)."""
+    last = current.last_date
+    since = last - pd.Timedelta(days=bar_lake.REVISION_DAYS)
+    held = defects.loc[defects["rule"].isin(bar_lake.TRANSIENT), "date"]
+    held = held[held >= last - pd.Timedelta(days=bar_lake.HELD_BACK_DAYS)]
+    if len(held):
+        since = min(since, pd.Timestamp(held.min()) - pd.Timedelta(days=1))
+    return since
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A refresh merged in memory and not yet written (see :func:`prepare`, :func:`commit`)."""
+
+    sleeve: str
+    since: pd.Timestamp | None  # the delivery holds the source's bars dated after it (None: all)
+    cleaned: bar_lake.Cleaned  # the delivery, cleaned (defects of the delivered rows only)
+    update: bar_lake.Refresh  # the merge of the delivery into the stored tail
+    frame: pd.DataFrame  # the bars the contract sees: stored context + merged tail, sorted
+    rows: np.ndarray  # mask of ``frame``: the rows this refresh adds or revises
+    symbols: Mapping[str, tuple[str, str]]  # the per-symbol date range after the refresh
+    known_symbols: tuple[str, ...]  # symbols stored before the refresh
+    total_rows: int
+    rows_read: int
+    seconds: Mapping[str, float]
+    stored_tables: Mapping[str, pd.DataFrame] | None = None  # defects, revisions as read
+
+
+def prepare(
+    lake: ParquetLake,
+    sleeve: str,
+    *,
+    fetch,
+    calendar: str,
+    bar_policy: bar_lake.BarPolicy,
+    volume_spike_window: int,
+    now: pd.Timestamp,
+    full: bool = False,
+) -> tuple[Plan, object]:
+    """Read what can be new from the source (``fetch(since)`` returns a market-data batch of
+    the bars dated after ``since``), clean it against the stored context, merge it into the
+    stored tail. Returns the plan and the batch. Nothing is written. Raises
+    ``bars.FutureBarError`` like ``bars.clean``."""
+    import time
+
+    started = time.perf_counter()
+    current = state(lake, sleeve)
+    context = bar_lake.context_rows(volume_spike_window)
+    since = None
+    stored_tables = None
+    if current is not None:
+        stored_tables = _defects_and_revisions(lake, sleeve, current)
+    if not full and current is not None and current.last_date is not None:
+        since = resume_date(current, stored_tables[0])
+    batch = fetch(since)
+    fetched = time.perf_counter()
+    if since is None:
+        exists = lake.exists(ASSET, sleeve)
+        stored = read_window(lake, sleeve, since=None) if exists else None
+        before = bar_lake.empty_bars()
+    else:
+        delivered_symbols = pd.unique(batch.bars["symbol"])
+        stored = read_tail(lake, sleeve, since=since, context=context, symbols=delivered_symbols)
+        old = stored.bars
+        before = old[old["date"] <= since].reset_index(drop=True)
+        stored = bar_lake.BarHistory(
+            bars=old[old["date"] > since].reset_index(drop=True),
+            defects=stored_tables[0],
+            revisions=stored_tables[1],
+        )
+    read = time.perf_counter()
+    incoming = batch.bars
+    keys = ["symbol", "date"]
+    if since is not None:
+        # The cleaning looks back on the stored bars (filler copies, the partial-last-bar median):
+        # every stored bar the delivery does not bring again is context. Context rows were
+        # cleaned when they came in, so only the delivered rows' findings and bars count.
+        stored_rows = pd.concat([before, stored.bars], ignore_index=True)
+        delivered = pd.MultiIndex.from_frame(incoming[keys])
+        context_rows = stored_rows[~pd.MultiIndex.from_frame(stored_rows[keys]).isin(delivered)]
+        cleaned = bar_lake.clean(
+            pd.concat([context_rows, incoming[list(bar_lake.BAR_COLUMNS)]], ignore_index=True),
+            calendar=calendar,
+            policy=bar_policy,
+            now=now,
+            superseded=batch.superseded,
+        )
+        ours = pd.MultiIndex.from_frame(cleaned.bars[keys]).isin(delivered)
+        found = pd.MultiIndex.from_frame(cleaned.defects[keys]).isin(delivered)
+        cleaned = bar_lake.Cleaned(
+            bars=cleaned.bars[ours].reset_index(drop=True),
+            defects=cleaned.defects[found].reset_index(drop=True),
+        )
+    else:
+        cleaned = bar_lake.clean(
+            incoming, calendar=calendar, policy=bar_policy, now=now, superseded=batch.superseded
+        )
+    update = bar_lake.refresh(stored, cleaned, seen_at=now)
+    frame = _sorted(pd.concat([before, update.history.bars], ignore_index=True))
+    changed = update.changed
+    rows = pd.MultiIndex.from_frame(frame[["symbol", "date"]]).isin(
+        pd.MultiIndex.from_frame(changed[["symbol", "date"]])
+    )
+    symbols = dict(current.symbols) if current is not None and since is not None else {}
+    if len(frame):
+        span = frame.groupby("symbol", sort=True)["date"].agg(["min", "max"])
+        for symbol, first, last in zip(span.index, span["min"], span["max"], strict=True):
+            old_first = symbols.get(symbol, (None, None))[0]
+            first = first if old_first is None else min(first, pd.Timestamp(old_first))
+            symbols[symbol] = (f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}")
+    if since is None or current is None:
+        total = len(update.history.bars)
+    else:
+        total = current.rows + update.added - update.removed
+    merged = time.perf_counter()
+    plan = Plan(
+        sleeve=sleeve,
+        since=since,
+        cleaned=cleaned,
+        update=update,
+        frame=frame,
+        rows=np.asarray(rows, dtype=bool),
+        symbols=symbols,
+        known_symbols=tuple(current.symbols) if current is not None else (),
+        total_rows=int(total),
+        rows_read=len(incoming),
+        stored_tables=None
+        if stored_tables is None
+        else {"defects": stored_tables[0], "revisions": stored_tables[1]},
+        seconds={
+            "source": fetched - started,
+            "read": read - fetched,
+            "merge": merged - read,
+        },
+    )
+    return plan, batch
+
+
+def commit(lake: ParquetLake, plan: Plan, *, compact_after: int = COMPACT_AFTER) -> Written:
+    """Write a prepared refresh: a full store when it read the whole source, else one segment."""
+    history = plan.update.history
+    if plan.since is None:
+        # A whole delivery: the merged history replaces whatever was stored, as one base.
+        return write(
+            lake,
+            plan.sleeve,
+            delta=history.bars,
+            removed=bar_lake.empty_bars()[["symbol", "date"]],
+            defects=history.defects,
+            revisions=history.revisions,
+            symbols=plan.symbols,
+            rows=plan.total_rows,
+            replace=True,
+        )
+    return write(
+        lake,
+        plan.sleeve,
+        delta=plan.update.changed,
+        removed=plan.update.removed_keys,
+        defects=history.defects,
+        revisions=history.revisions,
+        symbols=plan.symbols,
+        rows=plan.total_rows,
+        compact_after=compact_after,
+        previous=plan.stored_tables,
+    )

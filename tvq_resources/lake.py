@@ -469,11 +469,22 @@ class LakeProblem:
         return f"{self.kind:8} {where}: {self.path} ({self.detail})"
 
 
+def root_setting(explicit: str | None = None) -> "str | dg.EnvVar | None":
+    """The lake root the definitions configure: ``explicit`` (a test's folder), else
+    ``EnvVar("TVQ_LAKE")`` when that variable is set — Dagster resolves it as a run starts and
+    the UI's resource page shows it as the variable —, else None: ``$DAGSTER_HOME/lake`` when
+    used. (Dagster fails a run on an ``EnvVar`` that is unset, so the local default cannot be one.)
+    """
+    if explicit is not None:
+        return explicit
+    return dg.EnvVar("TVQ_LAKE") if os.environ.get("TVQ_LAKE") else None
+
+
 class ParquetLake(dg.ConfigurableResource):
     """Where asset values live: ``{root}/{asset}/{sleeve}[/{run}].parquet`` (or a bundle folder).
 
     ``root`` is a folder or an fsspec URL (``s3://bucket/prefix``); the definitions pass
-    ``EnvVar("TVQ_LAKE")`` (see :func:`lake_root`). Unset, it is ``$TVQ_LAKE``, else
+    ``EnvVar("TVQ_LAKE")`` (see :func:`root_setting`). Unset, it is ``$TVQ_LAKE``, else
     ``$DAGSTER_HOME/lake``, resolved when used (never at import time). ``lock_timeout`` is how
     long a writer waits for another writer of the same value; ``lock_lease`` how long an S3 lock
     object counts as held before a waiter may break it (longer than any write of one value).

@@ -177,19 +177,21 @@ def test_a_table_that_fails_to_serialise_leaves_the_previous_value(lake, root):
 
 def test_a_second_writer_waits_for_the_lock_object_then_sees_the_first_ones_rows(lake, root):
     lake.write(["bars"], "crypto", returns_frame().iloc[:1])
-    first_holds, order = threading.Event(), []
+    first_holds, release, second_in = threading.Event(), threading.Event(), threading.Event()
+    order = []
 
     def first():
         with lake.writer(["bars"], "crypto"):
             stored = lake.read(["bars"], "crypto")
             first_holds.set()
-            time.sleep(0.8)
+            release.wait(60)  # a slow source: the second writer arrives meanwhile
             lake.write(["bars"], "crypto", pd.concat([stored, returns_frame().iloc[1:2]]))
             order.append("first")
 
     def second():
         first_holds.wait()
         with lake.writer(["bars"], "crypto"):
+            second_in.set()
             stored = lake.read(["bars"], "crypto")
             lake.write(["bars"], "crypto", pd.concat([stored, returns_frame().iloc[2:3]]))
             order.append("second")
@@ -197,10 +199,15 @@ def test_a_second_writer_waits_for_the_lock_object_then_sees_the_first_ones_rows
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for thread in threads:
         thread.start()
-    first_holds.wait()
-    assert "bars/.crypto.lock" in objects(root)  # the lock is an object while held
-    for thread in threads:
-        thread.join()
+    try:
+        first_holds.wait(60)
+        time.sleep(2.0)
+        assert not second_in.is_set(), "the second writer got in while the first held the lock"
+        assert "bars/.crypto.lock" in objects(root)  # the lock is an object while held
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
     assert order == ["first", "second"]
     pd.testing.assert_frame_equal(
         lake.read(["bars"], "crypto"), returns_frame().iloc[:3], check_freq=False

@@ -92,7 +92,8 @@ class Chromium:
         return path
 
     def show(self, url: str, expected: list[str], screenshot: Path, *, timeout: float = 90) -> str:
-        """Open ``url``, wait until every expected text is on the page, save a screenshot.
+        """Open ``url``, wait until every expected text is on the page, save a screenshot (and
+        the page's text next to it).
 
         Returns the page's text. Raises ``PageNotShown`` naming the url, the missing texts and
         the screenshot when the navigation fails or the texts do not appear within ``timeout``.
@@ -101,21 +102,42 @@ class Chromium:
         if navigation.get("errorText"):
             self.screenshot(screenshot)
             raise PageNotShown(f"{url}: {navigation['errorText']} (screenshot {screenshot})")
+        return self.wait_for(expected, screenshot, timeout=timeout, what=url)
+
+    def wait_for(
+        self, expected: list[str], screenshot: Path, *, timeout: float = 90, what: str = "page"
+    ) -> str:
+        """Wait until every expected text is on the current page, then save the screenshot."""
         deadline = time.monotonic() + timeout
         while True:
             text = self.text()
             missing = [e for e in expected if e not in text]
-            if not missing:
+            if not missing or time.monotonic() > deadline:
                 time.sleep(1.0)  # let the graph's layout and the images settle for the picture
                 self.screenshot(screenshot)
-                return self.text()
-            if time.monotonic() > deadline:
-                self.screenshot(screenshot)
-                raise PageNotShown(
-                    f"{url}: {missing} not shown after {timeout:g} s (screenshot {screenshot}); "
-                    f"the page read: {text[:1500]!r}"
-                )
+                text = self.text()
+                screenshot.with_suffix(".txt").write_text(text)
+                if missing:
+                    raise PageNotShown(
+                        f"{what}: {missing} not shown after {timeout:g} s (screenshot "
+                        f"{screenshot}); the page read: {text[:1500]!r}"
+                    )
+                return text
             time.sleep(1.0)
+
+    def click(self, label: str) -> None:
+        """Click the innermost element whose text is exactly ``label`` (a tab, a button)."""
+        script = f"""(() => {{
+            const label = {json.dumps(label)};
+            const found = [...document.querySelectorAll('body *')].filter(
+                e => e.innerText && e.innerText.trim() === label);
+            if (!found.length) return false;
+            found[found.length - 1].click();
+            return true;
+        }})()"""
+        answer = self.call("Runtime.evaluate", expression=script, returnByValue=True)
+        if not answer["result"].get("value"):
+            raise PageNotShown(f"nothing labelled {label!r} to click on the page")
 
     def close(self) -> None:
         socket = getattr(self, "socket", None)

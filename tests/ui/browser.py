@@ -125,6 +125,12 @@ class Chromium:
                 return text
             time.sleep(1.0)
 
+    def shortcut(self, key: str, code: str, *, alt: bool = False) -> None:
+        """Press a keyboard shortcut on the page (``alt``: with the Alt key held)."""
+        modifiers = 1 if alt else 0
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, code=code, modifiers=modifiers)
+
     def click(self, label: str) -> None:
         """Click the innermost element whose text is exactly ``label`` (a tab, a button)."""
         script = f"""(() => {{

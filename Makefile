@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | ck
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup demo dev test test-slow test-all check bench backfill flow-production clean mlflow-ui
+.PHONY: setup demo dev test test-slow test-all check bench backfill flow-production clean mlflow-ui browser
 
 setup: $(STAMP)
 
@@ -56,8 +56,13 @@ mlflow-ui: $(STAMP)
 test: $(STAMP)
 	cd $(ROOT) && $(PY) -m pytest -m "not slow" -q
 
-## test-slow: end-to-end tests (whole jobs, the dev server); CI runs them
-test-slow: $(STAMP)
+## browser: Debian's headless Chromium for the UI test (tests/ui), installed when missing (root)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
+
+## test-slow: end-to-end tests (whole jobs, the dev server, the UI in Chromium); CI runs them
+test-slow: $(STAMP) browser
 	cd $(ROOT) && $(PY) -m pytest -m slow -q
 
 test-all: test test-slow

@@ -7,7 +7,7 @@ import dagster as dg
 from tvq_assets import allocation, alpha, data, meta, tracking
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
-from tvq_resources.lake import ParquetIOManager, ParquetLake
+from tvq_resources.lake import ParquetIOManager, ParquetLake, root_setting
 from tvq_resources.market_data import MarketData, SourceConfig
 from tvq_resources.tracking import MlflowTracker
 
@@ -26,7 +26,7 @@ def build_resources(
 ) -> dict:
     """Resources for a definitions object or a test: the catalog's sources, the Parquet lake and
     MLflow tracking (every sleeve × run value the IO manager stores is tracked)."""
-    lake = ParquetLake(root=lake_root)
+    lake = ParquetLake(root=root_setting(lake_root))
     mlflow = mlflow or MlflowTracker()
     return {
         "market_data": market_data or market_data_from_catalog(),

@@ -1,20 +1,36 @@
 """The Parquet lake: every asset value as Parquet files under one root, written atomically.
 
-A value is either one DataFrame (one file) or a bundle of named tables (a directory holding one
-file per table plus a manifest): a ``dict[str, DataFrame]``, or a typed value — a frozen dataclass
-whose fields are DataFrames or Series, rebuilt as that class on read (the manifest names the class;
-only classes of this project's packages are ever imported). Writes never leave a half file and never
-replace a good value with a broken one: a table is written to a temporary file in the same folder
-and moved into place with ``os.replace``; a bundle's manifest, replaced last, names the complete
-set of tables, so a crash mid-bundle leaves the previous bundle readable.
+The root is a local folder or any fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``memory://…``);
+every path of the lake is then a ``pathlib.Path`` or a ``upath.UPath`` and the helpers below
+(``write_file``, ``write_table``, ``read_table``, ``write_bundle``, ``read_bundle``,
+``exclusive``) take either. A value is either one DataFrame (one file) or a bundle of named
+tables (a folder holding one file per table plus a manifest): a ``dict[str, DataFrame]``, or a
+typed value — a frozen dataclass whose fields are DataFrames or Series, rebuilt as that class on
+read (the manifest names the class; only classes of this project's packages are ever imported).
+
+Writes never leave a half file and never replace a good value with a broken one. On a local disk
+a file is written to a temporary file in the same folder, fsynced and moved into place with
+``os.replace``. On object storage a file is one PUT, which the store makes visible whole or not
+at all (no rename exists there). A bundle's tables get names of their own (a fresh token per
+write) and its small manifest, written last, switches the value to the complete new set of
+tables, so a crash mid-bundle leaves the previous bundle readable.
 
 One writer per value: every write holds an exclusive lock on the value (``.{name}.lock`` next to
-it, an ``fcntl`` lock the kernel releases when the process dies), and an incremental writer holds
-it across read-merge-write with ``with lake.writer(asset, partition):`` so a concurrent writer
-waits instead of overwriting rows it never saw. A write also removes what a killed earlier write
-of the same value left behind (temporary files, tables no manifest names). ``verify``, ``clean``
-and ``quarantine`` (``tvq lake ...``) find damaged values, remove leftovers and set a damaged value
-aside so its asset can be recomputed; a read error always names the asset, partition and file.
+it) and an incremental writer holds it across read-merge-write with ``with lake.writer(asset,
+partition):`` so a concurrent writer waits instead of overwriting rows it never saw. Locally the
+lock is an ``fcntl`` lock the kernel releases when the process dies. On S3 it is a lock object
+created with a conditional PUT (``If-None-Match: *``: exactly one creator wins), holding its
+holder and a lease; it is deleted on release only if it is still ours (``If-Match`` on its ETag),
+and a waiter may delete it (again by ETag) once its lease has expired, so a killed holder blocks
+its value for at most ``lock_lease`` seconds. A holder that keeps a value longer than the lease
+can lose it: the lease must exceed the longest write (an hour by default). Other object stores
+get no cross-process lock: there one writer per value rests on the run queue's limits (one run
+per partition key, ``dagster_home/dagster.yaml``).
+
+A write also removes what a killed earlier write of the same value left behind (temporary files,
+tables no manifest names). ``verify``, ``clean`` and ``quarantine`` (``tvq lake ...``) find
+damaged values, remove leftovers and set a damaged value aside so its asset can be recomputed; a
+read error always names the asset, partition and file.
 """
 
 import contextlib
@@ -26,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -35,6 +52,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from upath import UPath
 
 MANIFEST = "manifest.json"
 TRUSTED_PACKAGES = ("tvq_assets", "tvq_checks", "tvq_resources")
@@ -48,12 +66,44 @@ FAN_IN = "fan_in"
 QUARANTINE = ".corrupt"  # under the lake root: values set aside by `tvq lake quarantine`
 # A bundle's table files are `{table}-{12 hex token}.parquet` (see write_bundle).
 _BUNDLE_TABLE = re.compile(r"^.+-[0-9a-f]{12}\.parquet$")
+# Protocols of a UPath that are the local disk (os calls, fcntl, rename work there).
+_LOCAL = ("", "file", "local")
+_S3 = ("s3", "s3a")
+
+LakePath = Path | UPath
+
+
+def lake_path(location: "str | os.PathLike[str]", **storage_options) -> LakePath:
+    """The lake path of a folder or URL: a ``Path`` on the local disk, else a ``UPath``.
+
+    Object-store credentials and endpoint come from the store's usual environment (for S3:
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
+    ``AWS_ENDPOINT_URL`` for an S3-compatible server) or ``storage_options``.
+    """
+    if isinstance(location, UPath):
+        return location
+    text = os.fspath(location)
+    if "://" not in text:
+        return Path(text).expanduser()
+    if text.startswith("file://"):
+        return Path(UPath(text).path)
+    options = dict(storage_options)
+    if text.split("://", 1)[0] in _S3:
+        # Several processes write the lake: a listing cached by this process would hide their
+        # values (and their locks) from it.
+        options.setdefault("use_listings_cache", False)
+    return UPath(text, **options)
+
+
+def is_remote(path: LakePath) -> bool:
+    """True for a path on object storage (or any fsspec filesystem but the local disk)."""
+    return isinstance(path, UPath) and path.protocol not in _LOCAL
 
 
 class LakeReadError(OSError):
     """A stored value that cannot be read; the message names asset, partition and file."""
 
-    def __init__(self, message: str, path: Path):
+    def __init__(self, message: str, path: LakePath):
         super().__init__(message)
         self.path = path
 
@@ -69,14 +119,20 @@ class LakeBusy(TimeoutError):
 # (the bars asset around its read-merge-write) re-enters it when the IO manager writes the value.
 _held: dict[tuple[str, int], list] = {}
 _held_guard = threading.Lock()
+# Without a cross-process lock (object stores other than S3), threads of one process still
+# exclude each other.
+_process_locks: dict[str, threading.Lock] = {}
 
 
 @contextlib.contextmanager
-def exclusive(lock: Path, *, what: str, timeout: float) -> Iterator[None]:
+def exclusive(
+    lock: LakePath, *, what: str, timeout: float, lease: float = 3600.0
+) -> Iterator[None]:
     """Hold the exclusive lock ``lock`` (created if missing), waiting up to ``timeout`` seconds.
 
-    Re-entrant within one thread. The lock file stays (deleting it would race with waiters); it
-    holds the pid of the last holder, for the error message of a writer that gave up.
+    Re-entrant within one thread. A local lock file stays (deleting it would race with waiters)
+    and holds the pid of the last holder, for the error message of a writer that gave up; an S3
+    lock object exists only while held, and a lock older than ``lease`` seconds may be broken.
     """
     key = (str(lock), threading.get_ident())
     with _held_guard:
@@ -90,6 +146,24 @@ def exclusive(lock: Path, *, what: str, timeout: float) -> Iterator[None]:
             with _held_guard:
                 entry[1] -= 1
         return
+    if not is_remote(lock):
+        acquire = _file_lock(Path(lock), what=what, timeout=timeout)
+    elif lock.protocol in _S3:
+        acquire = _object_lock(lock, what=what, timeout=timeout, lease=lease)
+    else:
+        acquire = _thread_lock(lock, what=what, timeout=timeout)
+    with acquire:
+        with _held_guard:
+            _held[key] = [None, 1]
+        try:
+            yield
+        finally:
+            with _held_guard:
+                del _held[key]
+
+
+@contextlib.contextmanager
+def _file_lock(lock: Path, *, what: str, timeout: float) -> Iterator[None]:
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -115,24 +189,103 @@ def exclusive(lock: Path, *, what: str, timeout: float) -> Iterator[None]:
                 time.sleep(0.05)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        with _held_guard:
-            _held[key] = [descriptor, 1]
         try:
             yield
         finally:
-            with _held_guard:
-                del _held[key]
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
 
 
-def lock_path(base: Path) -> Path:
+@contextlib.contextmanager
+def _object_lock(lock: UPath, *, what: str, timeout: float, lease: float) -> Iterator[None]:
+    """A lock object on S3: created by a conditional PUT, deleted by a conditional DELETE."""
+    fs = lock.fs
+    bucket, key, _ = fs.split_path(lock.path)
+    holder = f"{socket.gethostname()} pid {os.getpid()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        body = json.dumps({"holder": holder, "expires": time.time() + lease}).encode()
+        try:
+            answer = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            etag = answer["ETag"]
+            break
+        except FileExistsError:
+            pass  # held by someone: who, and until when?
+        except OSError as error:
+            raise OSError(
+                f"{what}: cannot create the writer lock {lock} ({error}); does the store "
+                "support conditional writes (If-None-Match) and may these credentials write?"
+            ) from error
+        current = _lock_object(fs, bucket, key)
+        if current is None:
+            continue  # released meanwhile
+        other, expires, other_etag = current
+        if expires < time.time():
+            _delete_if_match(fs, bucket, key, other_etag)  # a dead holder's: break it
+            continue
+        if time.monotonic() >= deadline:
+            raise LakeBusy(
+                f"{what}: another writer ({other}) has held {lock} for more than {timeout:g} s "
+                f"(its lease ends {time.strftime('%H:%M:%S', time.gmtime(expires))} UTC); wait "
+                "for it to finish (one writer per value)"
+            )
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        _delete_if_match(fs, bucket, key, etag)
+
+
+def _lock_object(fs, bucket: str, key: str) -> tuple[str, float, str] | None:
+    """Holder, lease end and ETag of an S3 lock object; None if there is none."""
+    try:
+        answer = fs.call_s3("get_object", Bucket=bucket, Key=key)
+        body = _read_body(fs, answer)
+    except FileNotFoundError:
+        return None
+    try:
+        content = json.loads(body)
+        return str(content["holder"]), float(content["expires"]), answer["ETag"]
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable lock", 0.0, answer["ETag"]  # not ours to honour: break it
+
+
+def _read_body(fs, answer) -> bytes:
+    from fsspec.asyn import sync
+
+    async def read() -> bytes:
+        async with answer["Body"] as stream:
+            return await stream.read()
+
+    return sync(fs.loop, read)
+
+
+def _delete_if_match(fs, bucket: str, key: str, etag: str) -> None:
+    """Delete a lock object only if it is still the one with ``etag`` (else someone broke an
+    expired lease of ours and holds it now, or another waiter broke it first)."""
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+
+
+@contextlib.contextmanager
+def _thread_lock(lock: UPath, *, what: str, timeout: float) -> Iterator[None]:
+    with _held_guard:
+        mutex = _process_locks.setdefault(str(lock), threading.Lock())
+    if not mutex.acquire(timeout=timeout):
+        raise LakeBusy(f"{what}: another thread has held {lock} for more than {timeout:g} s")
+    try:
+        yield
+    finally:
+        mutex.release()
+
+
+def lock_path(base: LakePath) -> LakePath:
     """The lock file of the value stored at ``base`` (a ``.parquet`` file or a bundle folder)."""
     return base.parent / f".{base.name}.lock"
 
 
-def _try_lock(base: Path) -> contextlib.AbstractContextManager | None:
+def _try_lock(base: LakePath) -> contextlib.AbstractContextManager | None:
     """The value's lock if it is free now, else None (a live writer is at work)."""
     stack = contextlib.ExitStack()
     try:
@@ -142,7 +295,7 @@ def _try_lock(base: Path) -> contextlib.AbstractContextManager | None:
     return stack
 
 
-def _leftovers(base: Path) -> list[Path]:
+def _leftovers(base: LakePath) -> list[LakePath]:
     """What killed writes of the value at ``base`` left behind: temporary files next to it, and
     inside its bundle folder temporary files and tables the manifest does not name."""
     found = list(base.parent.glob(f".{glob_escape(base.name)}.*.tmp"))
@@ -184,7 +337,7 @@ def _tables_of(value: object) -> tuple[dict[str, pd.DataFrame], dict]:
     return tables, {"type": f"{kind.__module__}:{kind.__qualname__}", "series": series}
 
 
-def _rebuild(tables: dict[str, pd.DataFrame], manifest: dict, where: Path) -> object:
+def _rebuild(tables: dict[str, pd.DataFrame], manifest: dict, where: LakePath) -> object:
     kind = manifest.get("type")
     if kind is None:
         return tables
@@ -197,8 +350,12 @@ def _rebuild(tables: dict[str, pd.DataFrame], manifest: dict, where: Path) -> ob
     return cls(**tables)
 
 
-def write_file(data: bytes, path: Path) -> None:
-    """Write bytes to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+def write_file(data: bytes, path: LakePath) -> None:
+    """Write bytes to ``path`` atomically: locally a temporary file in the same folder, fsync,
+    rename; on object storage one PUT (an object appears whole or not at all)."""
+    if is_remote(path):
+        path.fs.pipe_file(path.path, data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -212,7 +369,7 @@ def write_file(data: bytes, path: Path) -> None:
         raise
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
+def write_table(frame: pd.DataFrame, path: LakePath) -> None:
     """Write one DataFrame to ``path`` atomically."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=True)
@@ -220,30 +377,22 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_bundle(
-    tables: Mapping[str, pd.DataFrame], folder: Path, *, describe: Mapping | None = None
+    tables: Mapping[str, pd.DataFrame], folder: LakePath, *, describe: Mapping | None = None
 ) -> None:
-    """Write named tables as one unit: the manifest is switched only once every table is on disk.
+    """Write named tables as one unit: the manifest is switched only once every table is stored.
 
     A failure before the switch removes the tables already written for this bundle, so the
     folder holds exactly the previous bundle.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    if not is_remote(folder):
+        folder.mkdir(parents=True, exist_ok=True)  # object stores have no folders to make
     token = uuid.uuid4().hex[:12]
     files = {name: f"{name}-{token}.parquet" for name in tables}
-    manifest = folder / MANIFEST
     try:
         for name, frame in tables.items():
             write_table(frame, folder / files[name])
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                json.dump({"tables": files, **(describe or {})}, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, manifest)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        manifest = json.dumps({"tables": files, **(describe or {})}).encode()
+        write_file(manifest, folder / MANIFEST)
     except BaseException:
         for file in files.values():
             (folder / file).unlink(missing_ok=True)
@@ -257,7 +406,7 @@ def write_bundle(
         stale.unlink(missing_ok=True)
 
 
-def read_bundle(folder: Path, *, what: str | None = None) -> object:
+def read_bundle(folder: LakePath, *, what: str | None = None) -> object:
     """A bundle as written: a dict of tables, or the typed value its manifest names."""
     what = what or str(folder)
     path = folder / MANIFEST
@@ -270,15 +419,19 @@ def read_bundle(folder: Path, *, what: str | None = None) -> object:
     return _rebuild(tables, manifest, folder)
 
 
-def read_table(path: Path, *, what: str) -> pd.DataFrame:
+def read_table(path: LakePath, *, what: str) -> pd.DataFrame:
     """One stored table; any failure is a ``LakeReadError`` naming ``what`` and the file."""
     try:
+        if is_remote(path):
+            # One GET of the whole object: the store's own credentials and endpoint (those of
+            # the path) serve it, and a value is read as of one moment.
+            return pd.read_parquet(io.BytesIO(path.read_bytes()))
         return pd.read_parquet(path)
     except Exception as error:
         raise LakeReadError(_damaged(what, path, error), path) from error
 
 
-def _damaged(what: str, path: Path, error: BaseException) -> str:
+def _damaged(what: str, path: LakePath, error: BaseException) -> str:
     asset, _, partition = what.partition("[")
     return (
         f"{what}: cannot read {path} ({type(error).__name__}: {error}). "
@@ -287,7 +440,7 @@ def _damaged(what: str, path: Path, error: BaseException) -> str:
     )
 
 
-def _load_manifest(path: Path, *, what: str) -> dict:
+def _load_manifest(path: LakePath, *, what: str) -> dict:
     try:
         manifest = json.loads(path.read_text())
         if not isinstance(manifest.get("tables"), dict):
@@ -297,7 +450,7 @@ def _load_manifest(path: Path, *, what: str) -> dict:
     return manifest
 
 
-def _read_manifest(path: Path, *, what: str | None = None) -> dict[str, str] | None:
+def _read_manifest(path: LakePath, *, what: str | None = None) -> dict[str, str] | None:
     """The manifest's table files by name; None when there is no manifest (no bundle)."""
     if not path.exists():
         return None
@@ -311,7 +464,7 @@ class LakeProblem:
     kind: str
     asset: str
     partition: str | None
-    path: Path
+    path: LakePath
     detail: str
     size: int
 
@@ -320,27 +473,45 @@ class LakeProblem:
         return f"{self.kind:8} {where}: {self.path} ({self.detail})"
 
 
+def root_setting(explicit: str | None = None) -> "str | dg.EnvVar | None":
+    """The lake root the definitions configure: ``explicit`` (a test's folder), else
+    ``EnvVar("TVQ_LAKE")`` when that variable is set — Dagster resolves it as a run starts and
+    the UI's resource page shows it as the variable —, else None: ``$DAGSTER_HOME/lake`` when
+    used. (Dagster fails a run on an ``EnvVar`` that is unset, so the local default cannot be one.)
+    """
+    if explicit is not None:
+        return explicit
+    return dg.EnvVar("TVQ_LAKE") if os.environ.get("TVQ_LAKE") else None
+
+
 class ParquetLake(dg.ConfigurableResource):
     """Where asset values live: ``{root}/{asset}/{sleeve}[/{run}].parquet`` (or a bundle folder).
 
-    ``root`` defaults to ``$TVQ_LAKE``, else ``$DAGSTER_HOME/lake``, resolved when used (never at
-    import time). ``lock_timeout`` is how long a writer waits for another writer of the same value.
+    ``root`` is a folder or an fsspec URL (``s3://bucket/prefix``); the definitions pass
+    ``EnvVar("TVQ_LAKE")`` (see :func:`root_setting`). Unset, it is ``$TVQ_LAKE``, else
+    ``$DAGSTER_HOME/lake``, resolved when used (never at import time). ``lock_timeout`` is how
+    long a writer waits for another writer of the same value; ``lock_lease`` how long an S3 lock
+    object counts as held before a waiter may break it (longer than any write of one value).
     """
 
     root: str | None = None
     lock_timeout: float = 600.0
+    lock_lease: float = 3600.0
 
     @property
-    def root_path(self) -> Path:
-        if self.root:
-            return Path(self.root)
-        if os.environ.get("TVQ_LAKE"):
-            return Path(os.environ["TVQ_LAKE"])
-        if os.environ.get("DAGSTER_HOME"):
-            return Path(os.environ["DAGSTER_HOME"]) / "lake"
+    def root_path(self) -> LakePath:
+        root = self.root
+        if isinstance(root, dg.EnvVar):  # a resource not yet resolved by Dagster (the CLI)
+            root = root.get_value()
+        root = root or dg.EnvVar("TVQ_LAKE").get_value()
+        if root:
+            return lake_path(root)
+        home = dg.EnvVar("DAGSTER_HOME").get_value()
+        if home:
+            return Path(home) / "lake"
         raise RuntimeError("set TVQ_LAKE or DAGSTER_HOME (the Makefile exports DAGSTER_HOME)")
 
-    def location(self, asset: Sequence[str], partition: str | None) -> Path:
+    def location(self, asset: Sequence[str], partition: str | None) -> LakePath:
         path = self.root_path.joinpath(*asset)
         if partition is None:
             return path / "value"
@@ -364,12 +535,14 @@ class ParquetLake(dg.ConfigurableResource):
         """
         base = self.location(asset, partition)
         what = _describe(asset, partition)
-        with exclusive(lock_path(base), what=what, timeout=self.lock_timeout):
+        with exclusive(
+            lock_path(base), what=what, timeout=self.lock_timeout, lease=self.lock_lease
+        ):
             yield
 
     def write(
         self, asset: Sequence[str], partition: str | None, value: "pd.DataFrame | dict"
-    ) -> Path:
+    ) -> LakePath:
         base = self.location(asset, partition)
         if not isinstance(value, pd.DataFrame) and not (
             is_typed_value(value)
@@ -389,7 +562,7 @@ class ParquetLake(dg.ConfigurableResource):
                 path = base.with_suffix(".parquet")
                 write_table(value, path)
                 if base.is_dir():
-                    shutil.rmtree(base)
+                    _remove_tree(base)
                 return path
             tables, describe = _tables_of(value)
             write_bundle(tables, base, describe=describe)
@@ -409,32 +582,31 @@ class ParquetLake(dg.ConfigurableResource):
 
     # Integrity: find damaged values and leftovers, remove leftovers, set damaged values aside.
 
-    def _values(self) -> list[Path]:
+    def _values(self) -> list[LakePath]:
         """Every stored value's base path (a table's path without ``.parquet``, or a bundle
         folder), including values of which a killed write left only temporary files."""
-        root = self.root_path
-        bases: set[Path] = set()
-        for folder, subfolders, names in os.walk(root):
-            here = Path(folder)
-            if here == root:
-                subfolders[:] = [d for d in subfolders if d != QUARANTINE]
+        bases: dict[str, LakePath] = {}
+        for here, names in _folders(self.root_path):
             if MANIFEST in names or any(
                 _BUNDLE_TABLE.match(n.removeprefix(".").split(".parquet")[0] + ".parquet")
                 or n.startswith(".manifest.")
                 for n in names
             ):
-                bases.add(here)  # a bundle folder: its files belong to it
+                bases[str(here)] = here  # a bundle folder: its files belong to it
                 continue
             for name in names:
                 if name.endswith(".parquet"):
-                    bases.add(here / name.removesuffix(".parquet"))
+                    base = here / name.removesuffix(".parquet")
                 elif name.startswith(".") and name.endswith(".tmp"):
-                    bases.add(here / name[1:].split(".")[0])
-        return sorted(bases)
+                    base = here / name[1:].split(".")[0]
+                else:
+                    continue
+                bases[str(base)] = base
+        return [bases[key] for key in sorted(bases)]
 
-    def _where(self, base: Path) -> tuple[str, str | None]:
+    def _where(self, base: LakePath) -> tuple[str, str | None]:
         """Asset and partition of a value path (assets are single-component keys here)."""
-        parts = base.relative_to(self.root_path).parts
+        parts = _relative_parts(base, self.root_path)
         asset, rest = parts[0], parts[1:]
         if rest == ("value",) or not rest:
             return asset, None
@@ -480,11 +652,11 @@ class ParquetLake(dg.ConfigurableResource):
             with held:
                 problem.path.unlink(missing_ok=True)
             removed.append(problem)
-            if base.is_dir() and not any(base.iterdir()):
-                base.rmdir()
+            if not is_remote(base) and base.is_dir() and not any(base.iterdir()):
+                base.rmdir()  # (an object store's folder vanishes with its last object)
         return removed
 
-    def quarantine(self, asset: Sequence[str], partition: str | None) -> Path:
+    def quarantine(self, asset: Sequence[str], partition: str | None) -> LakePath:
         """Move a stored value to ``{root}/.corrupt/`` (nothing is deleted) so that the next
         materialisation recomputes it; returns where it went."""
         base = self.location(asset, partition)
@@ -493,11 +665,10 @@ class ParquetLake(dg.ConfigurableResource):
             found = [p for p in (base.with_suffix(".parquet"), base) if p.exists()]
             if not found:
                 raise FileNotFoundError(f"{_describe(asset, partition)}: nothing stored at {base}")
-            target = self.root_path / QUARANTINE / base.relative_to(self.root_path)
+            target = self.root_path.joinpath(QUARANTINE, *_relative_parts(base, self.root_path))
             target = target.with_name(f"{target.name}.{stamp}")
-            target.mkdir(parents=True, exist_ok=True)
             for path in found:
-                shutil.move(str(path), str(target / path.name))
+                _move(path, target / path.name)
         return target
 
 
@@ -506,11 +677,54 @@ def _describe(asset: Sequence[str], partition: str | None) -> str:
     return f"{name}[{partition}]" if partition is not None else name
 
 
-def _size(path: Path) -> int:
+def _size(path: LakePath) -> int:
     try:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _relative_parts(path: LakePath, root: LakePath) -> tuple[str, ...]:
+    if not is_remote(path):
+        return Path(path).relative_to(root).parts
+    inner, top = path.path.rstrip("/"), root.path.rstrip("/")
+    if not inner.startswith(top + "/"):
+        raise ValueError(f"{path} is not under the lake root {root}")
+    return tuple(inner[len(top) + 1 :].split("/"))
+
+
+def _folders(root: LakePath) -> Iterator[tuple[LakePath, list[str]]]:
+    """Every folder under ``root`` but the quarantine, with the names of its files."""
+    if not is_remote(root):
+        for folder, subfolders, names in os.walk(root):
+            if Path(folder) == Path(root):
+                subfolders[:] = [d for d in subfolders if d != QUARANTINE]
+            yield Path(folder), names
+        return
+    if not root.exists():
+        return
+    top = root.path.rstrip("/")
+    for folder, _subfolders, names in root.fs.walk(top):
+        relative = folder.rstrip("/")[len(top) + 1 :]
+        if relative.split("/")[0] == QUARANTINE:
+            continue
+        yield (root.joinpath(*relative.split("/")) if relative else root), list(names)
+
+
+def _remove_tree(path: LakePath) -> None:
+    if is_remote(path):
+        path.fs.rm(path.path, recursive=True)
+    else:
+        shutil.rmtree(path)
+
+
+def _move(source: LakePath, target: LakePath) -> None:
+    """Move a file or folder; on object storage a copy then a delete (under the value's lock)."""
+    if is_remote(source):
+        source.fs.mv(source.path, target.path, recursive=source.is_dir())
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):

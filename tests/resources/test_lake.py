@@ -440,3 +440,65 @@ def test_a_read_only_lake_refuses_a_write_naming_the_value_and_the_lock(tmp_path
         pd.testing.assert_frame_equal(lake.read(["bars"], "crypto"), bars_frame())
     finally:
         os.chmod(tmp_path / "bars", 0o755)
+
+
+# The same lake on an fsspec filesystem that is not the local disk (object-store code paths,
+# without a server: tests/resources/test_lake_s3.py runs them against an S3 server).
+
+
+@pytest.fixture
+def remote_lake() -> ParquetLake:
+    import uuid
+
+    return ParquetLake(root=f"memory://lake-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_lake_on_a_url_keeps_the_layout_and_round_trips(remote_lake):
+    from tvq_resources.lake import is_remote
+
+    path = remote_lake.write(["returns"], KEY, returns_frame())
+    assert is_remote(path) and str(path).endswith("/returns/crypto/2026-11-20.parquet")
+    pd.testing.assert_frame_equal(
+        remote_lake.read(["returns"], KEY), returns_frame(), check_freq=False
+    )
+    folder = remote_lake.write(["returns"], KEY, bundle(seed=1))  # table -> bundle
+    assert not path.exists() and (folder / MANIFEST).exists()
+    back = remote_lake.read(["returns"], KEY)
+    pd.testing.assert_frame_equal(back["excluded"], bars_frame())
+
+
+def test_a_remote_bundle_whose_manifest_fails_keeps_the_previous_bundle(remote_lake, monkeypatch):
+    folder = remote_lake.write(["returns"], KEY, bundle(seed=1))
+    before = sorted(p.name for p in folder.iterdir())
+    fs = folder.fs
+    original = fs.pipe_file
+
+    def manifest_fails(path, data, **options):
+        if path.endswith(MANIFEST):
+            raise OSError("connection reset")
+        return original(path, data, **options)
+
+    monkeypatch.setattr(fs, "pipe_file", manifest_fails)
+    with pytest.raises(OSError, match="connection reset"):
+        remote_lake.write(["returns"], KEY, bundle(seed=2))
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.iterdir()) == before
+    pd.testing.assert_frame_equal(
+        remote_lake.read(["returns"], KEY)["returns"], returns_frame(seed=1), check_freq=False
+    )
+
+
+def test_verify_clean_and_quarantine_on_a_url(remote_lake):
+    from tvq_resources.lake import write_file
+
+    good = remote_lake.write(["returns"], KEY, bundle())
+    damaged = remote_lake.write(["bars"], "crypto", bars_frame())
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    write_file(b"orphan", good / "returns-0123456789ab.parquet")
+    assert [(p.kind, p.asset) for p in remote_lake.verify()] == [
+        ("damaged", "bars"),
+        ("leftover", "returns"),
+    ]
+    assert [p.path.name for p in remote_lake.clean()] == ["returns-0123456789ab.parquet"]
+    target = remote_lake.quarantine(["bars"], "crypto")
+    assert ".corrupt/bars/crypto." in str(target) and remote_lake.verify() == []

@@ -22,12 +22,8 @@ explicit address, so a stale cluster file cannot make a run hang.
 """
 
 import contextlib
-import ctypes
 import json
-import os
 import pickle
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,153 +37,16 @@ import dagster as dg
 from dagster_ray import LocalRay, RayResource
 from pydantic import Field, PrivateAttr
 
-# Environment of the Ray processes a supervisor starts: loopback only (Ray resolves 127.0.0.1 to
-# the machine's address unless multi-node clustering is off), no token (a local driver connects
-# by explicit address), no usage reporting, and agent start-up waits long enough for a loaded
-# machine (the default gives up after ~15-60 s and the raylet aborts).
-HEAD_ENVIRONMENT = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_agent_register_timeout_ms": "300000",
-}
-# ``ray start`` flags that take a port: all chosen free at start so that concurrent clusters on
-# one machine never collide on Ray's fixed defaults (8265, 52365, 10001, ...).
-PORT_FLAGS = (
-    "--port",
-    "--dashboard-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--metrics-export-port",
-    "--runtime-env-agent-port",
-    "--ray-client-server-port",
-    "--node-manager-port",
-    "--object-manager-port",
-)
-READY = "TVQ_RAY_READY"
-PR_SET_CHILD_SUBREAPER = 36
-STARTUP_NICE = -10
+from tvq_resources.ray_supervisor import READY
 
 
 class FanoutError(RuntimeError):
     """A fan-out could not run, or one of its tasks failed (the message names the task)."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def head_command(temp_dir: str, *, num_cpus: int | None, block: bool) -> tuple[list[str], str]:
-    """``ray start --head`` on 127.0.0.1 with every port free and its own temp dir; returns the
-    command and the GCS address a driver connects to."""
-    ports = {flag: free_port() for flag in PORT_FLAGS}
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    command = [
-        ray,
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        "--include-dashboard=false",
-        "--dashboard-host=127.0.0.1",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        *(f"{flag}={port}" for flag, port in ports.items()),
-    ]
-    if num_cpus is not None:
-        command.append(f"--num-cpus={num_cpus}")
-    if block:
-        command.append("--block")
-    return command, f"127.0.0.1:{ports['--port']}"
-
-
-# --------------------------------------------------------------------------------------------
-# The supervisor: ``python -m tvq_resources.ray_fanout TEMP_DIR NUM_CPUS``
-# --------------------------------------------------------------------------------------------
-def _descendants() -> list:
-    import psutil
-
-    try:
-        return psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _purge(grace: float = 5.0) -> list[int]:
-    """Terminate, then kill, every descendant of this process; returns their pids."""
-    import psutil
-
-    victims = _descendants()
-    for process in victims:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(victims, timeout=grace)
-    for process in alive + _descendants():
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=grace)
-    # Reap orphans re-parented to this subreaper so that none is left as a zombie entry.
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    return [process.pid for process in victims]
-
-
-def _set_priority(pid: int, nice: int) -> bool:
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
-    except OSError:  # not root, or the process is gone
-        return False
-    return True
-
-
-def supervise(temp_dir: str, num_cpus: int | None) -> int:
-    """Start a Ray head as a child, report ``READY address pids`` on stdout, purge on stdin EOF."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        print(f"ERROR prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}", flush=True)
-        return 1
-    # Signals that end the step's session end this process too: purge first.
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, lambda *_: (_purge(), os._exit(0)))
-    command, address = head_command(temp_dir, num_cpus=num_cpus, block=True)
-    # The raylet aborts when its dashboard agent has not written its port file within ~15 s,
-    # which a loaded machine exceeds (the agent's imports alone take that long at load 10+ on two
-    # cores): start the head at a raised priority (root only), back to normal once it is up.
-    raised = _set_priority(os.getpid(), STARTUP_NICE)
-    log_path = os.path.join(temp_dir, "ray-start.log")
-    with open(log_path, "w") as log:
-        head = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **HEAD_ENVIRONMENT},
-        )
-    while head.poll() is None:
-        with open(log_path) as written:
-            if "Ray runtime started" in written.read():
-                break
-        time.sleep(0.2)
-    else:
-        _purge()
-        print(f"ERROR ray start exited with {head.returncode}; see {log_path}", flush=True)
-        return 1
-    if raised:
-        _set_priority(os.getpid(), 0)
-        for process in _descendants():
-            _set_priority(process.pid, 0)
-    pids = [process.pid for process in _descendants()]
-    print(f"{READY} {address} {json.dumps(pids)}", flush=True)
-    sys.stdin.read()  # EOF: the step closed the pipe, or died
-    _purge()
-    return 0
-
-
 @dataclass
 class LocalHead:
-    """A supervised private Ray head (see :func:`supervise`)."""
+    """A supervised private Ray head (see :mod:`tvq_resources.ray_supervisor`)."""
 
     process: subprocess.Popen
     address: str
@@ -228,7 +87,7 @@ class LocalHead:
     def _attempt(cls, *, num_cpus: int | None, deadline: float, temp_root: str | None):
         temp_dir = tempfile.mkdtemp(prefix="tvq-ray-", dir=temp_root)
         process = subprocess.Popen(
-            [sys.executable, "-m", "tvq_resources.ray_fanout", temp_dir, str(num_cpus or 0)],
+            [sys.executable, "-m", "tvq_resources.ray_supervisor", temp_dir, str(num_cpus or 0)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -488,7 +347,3 @@ def tournament_metadata(chosen: TaskMap, seconds: float) -> dict[str, Any]:
         "tournament_tasks": chosen.tasks,
         "tournament_seconds": round(seconds, 3),
     }
-
-
-if __name__ == "__main__":
-    sys.exit(supervise(sys.argv[1], int(sys.argv[2]) or None))

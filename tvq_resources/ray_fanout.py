@@ -24,6 +24,7 @@ explicit address, so a stale cluster file cannot make a run hang.
 import contextlib
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ class LocalHead:
         timeout: float,
         attempts: int = 3,
         temp_root: str | None = None,
+        dashboard: bool = False,
     ) -> "LocalHead":
         """Start a supervised head; a start that fails (on a loaded machine the raylet gives up
         on its agents) is purged and retried, ``attempts`` times in all within ``timeout``."""
@@ -70,7 +72,9 @@ class LocalHead:
         deadline = time.monotonic() + timeout
         failures = []
         for _ in range(attempts):
-            head = cls._attempt(num_cpus=num_cpus, deadline=deadline, temp_root=temp_root)
+            head = cls._attempt(
+                num_cpus=num_cpus, deadline=deadline, temp_root=temp_root, dashboard=dashboard
+            )
             if isinstance(head, cls):
                 head.seconds = time.perf_counter() - begun
                 head.attempts = len(failures) + 1
@@ -84,10 +88,13 @@ class LocalHead:
         )
 
     @classmethod
-    def _attempt(cls, *, num_cpus: int | None, deadline: float, temp_root: str | None):
+    def _attempt(
+        cls, *, num_cpus: int | None, deadline: float, temp_root: str | None, dashboard: bool
+    ):
         temp_dir = tempfile.mkdtemp(prefix="tvq-ray-", dir=temp_root)
+        supervisor = [sys.executable, "-m", "tvq_resources.ray_supervisor"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "tvq_resources.ray_supervisor", temp_dir, str(num_cpus or 0)],
+            [*supervisor, temp_dir, str(num_cpus or 0), *(["dashboard"] if dashboard else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -103,14 +110,15 @@ class LocalHead:
         reader.join(max(deadline - time.monotonic(), 0.0))
         line = answer[0] if answer else ""
         if not line.startswith(READY):
-            head.stop()
+            head.stop(remove=False)  # keep the logs the error points to
             return f"{line.strip() or 'no answer in time'} (logs under {temp_dir})"
         _, head.address, pids = line.split(" ", 2)
         head.pids = json.loads(pids)
         return head
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Close the pipe (the supervisor purges every Ray process) and wait for it."""
+    def stop(self, timeout: float = 60.0, *, remove: bool = True) -> None:
+        """Close the pipe (the supervisor purges every Ray process), wait for it, and remove the
+        head's temp dir (sessions, logs, spilled objects)."""
         with contextlib.suppress(Exception):
             assert self.process.stdin is not None
             self.process.stdin.close()
@@ -119,6 +127,8 @@ class LocalHead:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if remove:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

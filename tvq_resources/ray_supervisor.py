@@ -52,7 +52,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def head_command(temp_dir: str, *, num_cpus: int | None, block: bool) -> tuple[list[str], str]:
+def head_command(
+    temp_dir: str, *, num_cpus: int | None, block: bool, dashboard: bool = False
+) -> tuple[list[str], str]:
     """``ray start --head`` on 127.0.0.1 with every port free and its own temp dir; returns the
     command and the GCS address a driver connects to."""
     ports = {flag: free_port() for flag in PORT_FLAGS}
@@ -62,7 +64,7 @@ def head_command(temp_dir: str, *, num_cpus: int | None, block: bool) -> tuple[l
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",
-        "--include-dashboard=false",
+        f"--include-dashboard={str(dashboard).lower()}",
         "--dashboard-host=127.0.0.1",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
@@ -115,7 +117,7 @@ def _purge_once(grace: float) -> list[int]:
     return [process.pid for process in victims]
 
 
-def supervise(temp_dir: str, num_cpus: int | None) -> int:
+def supervise(temp_dir: str, num_cpus: int | None, dashboard: bool = False) -> int:
     """Start a Ray head as a child, report ``READY address pids`` on stdout, purge on stdin EOF."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -127,7 +129,7 @@ def supervise(temp_dir: str, num_cpus: int | None) -> int:
     # From the first moment: the step's end (or death) closes stdin, even during start-up.
     watcher = threading.Thread(target=lambda: (sys.stdin.read(), _purge_and_exit(0)))
     watcher.start()
-    command, address = head_command(temp_dir, num_cpus=num_cpus, block=True)
+    command, address = head_command(temp_dir, num_cpus=num_cpus, block=True, dashboard=dashboard)
     log_path = os.path.join(temp_dir, "ray-start.log")
     with open(log_path, "w") as log:
         head = subprocess.Popen(
@@ -161,4 +163,4 @@ def _purge_and_exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(supervise(sys.argv[1], int(sys.argv[2]) or None))
+    sys.exit(supervise(sys.argv[1], int(sys.argv[2]) or None, sys.argv[3:] == ["dashboard"]))

@@ -2,7 +2,6 @@
 on the cluster the test started, and no Ray process outlives the run that started it."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -100,10 +99,10 @@ def test_the_tournaments_policies_pickle_for_another_process_and_decide_the_same
 # Slow: a real Ray head on 127.0.0.1, started by the test and stopped by process id
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    started = LocalHead.start(
-        num_cpus=2, timeout=600, temp_root=str(tmp_path_factory.mktemp("ray-head"))
-    )
+def head():
+    # Under /tmp (the default): Ray's socket paths inside a pytest tmp_path exceed AF_UNIX's limit.
+    # The dashboard (on 127.0.0.1, a free port) serves Ray's state API.
+    started = LocalHead.start(num_cpus=2, timeout=900, dashboard=True)
     supervisor = started.process.pid
     everything = [supervisor, *started.pids]
     yield started
@@ -250,7 +249,6 @@ def start_run(ending: str, tmp_path: Path) -> tuple[subprocess.Popen, dict, list
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     deadline = time.monotonic() + 900
     while not report.exists() or not report.read_text():

@@ -23,6 +23,7 @@ explicit address, so a stale cluster file cannot make a run hang.
 
 import contextlib
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -39,6 +40,8 @@ from dagster_ray import LocalRay, RayResource
 from pydantic import Field, PrivateAttr
 
 from tvq_resources.ray_supervisor import READY
+
+LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class FanoutError(RuntimeError):
@@ -127,8 +130,20 @@ class LocalHead:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+            self._kill_recorded()
         if remove:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _kill_recorded(self) -> None:
+        """A supervisor that did not finish its purge: kill the head's recorded processes (those
+        whose command line still names this head's temp dir, so a reused pid is never hit)."""
+        import psutil
+
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if any(self.temp_dir in part for part in process.cmdline()):
+                    process.kill()
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +296,17 @@ class RayFanout(LocalRay):
         discovery of a ``ray_current_cluster`` file)."""
         if self.mode == "serial":
             return None
-        import ray
-
         address = self.ray_address
+        loopback = address is None or address.split(":")[0] in ("127.0.0.1", "localhost")
+        if loopback:
+            # Ray replaces a loopback address by the machine's unless multi-node clustering is
+            # off; a head on 127.0.0.1 (ours, or `make services`) is then unreachable.
+            os.environ.setdefault(LOOPBACK_VARIABLE, "0")
+        import ray
+        import ray._private.ray_constants as constants
+
+        if loopback:  # ray was imported before the variable was set
+            constants.ENABLE_RAY_CLUSTER = False
         if address is None:
             self._head = LocalHead.start(num_cpus=self.num_cpus, timeout=self.start_timeout)
             address = self._head.address

@@ -54,9 +54,9 @@ def free_port() -> int:
 
 def head_command(
     temp_dir: str, *, num_cpus: int | None, block: bool, dashboard: bool = False
-) -> tuple[list[str], str]:
+) -> tuple[list[str], str, dict[str, int]]:
     """``ray start --head`` on 127.0.0.1 with every port free and its own temp dir; returns the
-    command and the GCS address a driver connects to."""
+    command, the GCS address a driver connects to, and the ports by flag."""
     ports = {flag: free_port() for flag in PORT_FLAGS}
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     command = [
@@ -74,7 +74,42 @@ def head_command(
         command.append(f"--num-cpus={num_cpus}")
     if block:
         command.append("--block")
-    return command, f"127.0.0.1:{ports['--port']}"
+    return command, f"127.0.0.1:{ports['--port']}", ports
+
+
+# Port files the raylet waits for (``{session}/{name}_{node id}``, the port as text), by the
+# ``ray start`` flag that fixes the port. Ray 2.60's raylet gives each of them a hard-coded 15 s
+# (``WaitForPersistedPort``; ``RAY_agent_register_timeout_ms`` does not apply) and aborts the
+# node after that; on a loaded machine the dashboard agent's imports alone take longer. The ports
+# are fixed by our flags, so the supervisor writes these files itself as soon as the node id is
+# known; the agents write the same values when they are up.
+PORT_FILES = {
+    "dashboard_agent_listen_port": "--dashboard-agent-listen-port",
+    "metrics_agent_port": "--dashboard-agent-grpc-port",
+    "metrics_export_port": "--metrics-export-port",
+    "runtime_env_agent_port": "--runtime-env-agent-port",
+}
+
+
+def _persist_agent_ports(temp_dir: str, ports: dict[str, int]) -> bool:
+    """Write the agents' port files once the session and its node id exist; True when done."""
+    session = os.path.join(temp_dir, "session_latest")
+    try:
+        names = os.listdir(session)
+    except OSError:
+        return False
+    gcs = [name for name in names if name.startswith("gcs_server_port_")]
+    if not gcs:
+        return False
+    node = gcs[0].removeprefix("gcs_server_port_")
+    for name, flag in PORT_FILES.items():
+        path = os.path.join(session, f"{name}_{node}")
+        if not os.path.exists(path):
+            partial = f"{path}.tvq"
+            with open(partial, "w") as out:
+                out.write(str(ports[flag]))
+            os.replace(partial, path)
+    return True
 
 
 def _descendants() -> list:
@@ -129,7 +164,9 @@ def supervise(temp_dir: str, num_cpus: int | None, dashboard: bool = False) -> i
     # From the first moment: the step's end (or death) closes stdin, even during start-up.
     watcher = threading.Thread(target=lambda: (sys.stdin.read(), _purge_and_exit(0)))
     watcher.start()
-    command, address = head_command(temp_dir, num_cpus=num_cpus, block=True, dashboard=dashboard)
+    command, address, ports = head_command(
+        temp_dir, num_cpus=num_cpus, block=True, dashboard=dashboard
+    )
     log_path = os.path.join(temp_dir, "ray-start.log")
     with open(log_path, "w") as log:
         head = subprocess.Popen(
@@ -139,7 +176,9 @@ def supervise(temp_dir: str, num_cpus: int | None, dashboard: bool = False) -> i
             stderr=subprocess.STDOUT,
             env={**os.environ, **HEAD_ENVIRONMENT},
         )
+    persisted = False
     while head.poll() is None:
+        persisted = persisted or _persist_agent_ports(temp_dir, ports)
         with open(log_path) as written:
             if "Ray runtime started" in written.read():
                 break

@@ -21,6 +21,7 @@ from tests.quant.test_policy import SHORT, window
 from tvq_assets import allocation, data
 from tvq_assets.definitions import build_resources, ray_resource
 from tvq_assets.quant import policy
+from tvq_assets.quant.optimise import PROFILES
 from tvq_resources import ray_fanout
 from tvq_resources.ray_fanout import FanoutError, LocalHead, RayFanout, RayMap, SerialMap
 
@@ -128,7 +129,7 @@ def test_the_tournament_runs_on_the_cluster_and_equals_the_serial_path(small, co
     assert_same_outcome(on_ray, serial)
 
     windows = policy.walk_forward_count(len(small.history), SHORT)
-    assert fanout.tasks == windows * (len(policy.SCORERS) * 3 + len(policy.BASELINES))
+    assert fanout.tasks == windows * (len(policy.SCORERS) * len(PROFILES) + len(policy.BASELINES))
     assert fanout.calls == windows
     ours = set(fanout.task_names)
     ran = [

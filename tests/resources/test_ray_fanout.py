@@ -111,8 +111,10 @@ def head():
     assert wait_gone(everything) == []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def connected(head):
+    # One driver connection per test: a resource's own ray.init (the asset, a local head) needs
+    # this process disconnected.
     with ray_fanout.connected(RayFanout(address=head.address)) as resource:
         yield resource
 

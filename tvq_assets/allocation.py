@@ -1,7 +1,10 @@
 """Synthesis layer: optimised weights of the run's winners, and the walk-forward tournament."""
 
+import time
+
 import dagster as dg
 import pandas as pd
+from dagster_ray import RayResource
 
 from tvq_assets.partitions import previous_run, previous_run_key, run_of, sleeve_run
 from tvq_assets.plots import equity_plot
@@ -15,6 +18,7 @@ from tvq_assets.quant.policy import (
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import allocation_contracts, backtest_contracts, checks
 from tvq_checks.checks import Evaluation
+from tvq_resources import ray_fanout
 from tvq_resources.lake import ParquetLake, write_file
 from tvq_resources.window_cache import lake_window_cache
 
@@ -150,19 +154,28 @@ def backtest(
     returns: ReturnsWindow,
     previous: TournamentRecord | None,
     lake: ParquetLake,
+    ray: RayResource,
 ):
     """Walk-forward out-of-sample returns and metrics per policy, and the champion verdict.
 
     Policies: every scorer × profile replaying the production policy on point-in-time windows,
     plus the two equal-weight baselines. The incumbent is the previous run's champion (same
     sleeve, as-of − 1 day, a declared input); without it the best candidate becomes champion.
-    Window outcomes are reused from, and added to, the lake's window cache (``cache/windows``).
+    Window outcomes are reused from, and added to, the lake's window cache (``cache/windows``);
+    the windows still to compute fan out through the ``ray`` resource (serial in process, or Ray).
     """
     run = run_of(context)
     incumbent = previous.champion if previous is not None else None
+    fanout = ray_fanout.task_map(ray)
+    started = time.perf_counter()
     outcome = policy.tournament(
-        returns, run.settings, incumbent=incumbent, cache=lake_window_cache(lake)
+        returns,
+        run.settings,
+        incumbent=incumbent,
+        cache=lake_window_cache(lake),
+        map_tasks=fanout,
     )
+    how = ray_fanout.tournament_metadata(fanout, time.perf_counter() - started)
     reuse = outcome.reuse
     incomplete = Evaluation(
         BACKTEST_COMPLETE,
@@ -172,7 +185,7 @@ def backtest(
     )
     if outcome.verdict is None:
         # No candidate ever traded: nothing is stored and the contract stops the run.
-        yield from checks.emit("backtest", run.key, None, metadata={}, evaluations=[incomplete])
+        yield from checks.emit("backtest", run.key, None, metadata=how, evaluations=[incomplete])
         return
     stored = policy.record(outcome, incumbent=incumbent, dates=returns.history.index)
     champion = outcome.verdict.champion
@@ -208,6 +221,7 @@ def backtest(
             alphas_reused=reuse.alphas_reused,
             out_of_sample_days=len(stored.returns),
             target_rows=len(stored.targets),
+            **how,
         ),
         evaluations=[incomplete],
     )

@@ -9,6 +9,7 @@ from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake, root_setting
 from tvq_resources.market_data import MarketData, SourceConfig
+from tvq_resources.ray_fanout import RayFanout
 from tvq_resources.tracking import MlflowTracker
 
 
@@ -23,6 +24,7 @@ def build_resources(
     market_data: MarketData | None = None,
     lake_root: str | None = None,
     mlflow: MlflowTracker | None = None,
+    ray: RayFanout | None = None,
 ) -> dict:
     """Resources for a definitions object or a test: the catalog's sources, the Parquet lake and
     MLflow tracking (every sleeve × run value the IO manager stores is tracked)."""
@@ -33,7 +35,16 @@ def build_resources(
         "lake": lake,
         "mlflow": mlflow,
         "io_manager": tracking.TrackedIOManager(store=ParquetIOManager(lake=lake), mlflow=mlflow),
+        "ray": ray or ray_resource(os.environ.get("TV_ORCH_MODE", "local")),
     }
+
+
+def ray_resource(mode: str) -> RayFanout:
+    """``local``: the serial in-process fan-out (faster than Ray on a small machine; see the
+    README section "Ray"); ``production``: the cluster at ``RAY_ADDRESS``."""
+    if mode == "production":
+        return RayFanout(address=dg.EnvVar("RAY_ADDRESS"))
+    return RayFanout()
 
 
 def executor() -> dg.ExecutorDefinition:

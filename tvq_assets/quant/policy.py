@@ -401,6 +401,13 @@ class Tournament:
         self._memo: dict[tuple, Alpha] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        # Pickled for another process (a Ray worker): the lock and the memo are process-local.
+        return {**self.__dict__, "_memo": {}, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     @property
     def candidates(self) -> list[str]:
         return [f"{s}/{p}" for s in self.scorers for p in self.profiles]

@@ -281,7 +281,7 @@ def watch_backfill(instance: dg.DagsterInstance, marker: str, keys: list[str]) -
             if run is not None and run.is_finished and run.run_id not in shown:
                 shown.add(run.run_id)
                 print(
-                    f"[{sum(r.is_finished for r in newest.values()):>3}/{len(keys)}] {key}  "
+                    f"[{len(shown):>3}/{len(keys)}] {key}  "
                     f"{run.status.value}  {UI}/runs/{run.run_id}  "
                     f"({time.perf_counter() - started:.0f}s)",
                     flush=True,

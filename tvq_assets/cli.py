@@ -68,16 +68,25 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
                 pending.add(daily)
                 return
             key = keys.get(name, run_key(as_of or newest, name))
-            ok = _report(instance, lake, name, key, runs[name], time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            ok, fresh = _report(instance, lake, name, key, runs[name], seconds)
             status |= 0 if ok else 1
-            print(tracking.summary(defs.resources["mlflow"], key) if ok else "", flush=True)
+            if "returns" in fresh:  # a tracked run: its MLflow run, finished or failed
+                print(tracking.summary(defs.resources["mlflow"], key))
+            sys.stdout.flush()
 
         launcher.wait(pending, finished)
-    print(f"\nruns: {UI}/runs  (the UI of `make dev`); MLflow: `make mlflow-ui`")
+    print(
+        f"\n{len(names)} sleeve(s) in {time.perf_counter() - started:.0f}s"
+        f"{'' if status == 0 else ', SOME FAILED (see FAILED above)'}. "
+        f"Runs: {UI}/runs (`make dev`); MLflow: `make mlflow-ui`"
+    )
     return status
 
 
-def _report(instance, lake, name: str, key: str, run_ids: list[str], seconds: float) -> bool:
+def _report(
+    instance, lake, name: str, key: str, run_ids: list[str], seconds: float
+) -> tuple[bool, set[str]]:
     """The sleeve's summary from its runs' events in the instance: runs, checks, failures and
     what they produced."""
     from tvq_assets.launch import events
@@ -113,7 +122,7 @@ def _report(instance, lake, name: str, key: str, run_ids: list[str], seconds: fl
         for e in events(instance, r.run_id, kinds.ASSET_MATERIALIZATION)
     }
     _summarise(lake, name, key, fresh)
-    return ok
+    return ok, fresh
 
 
 def _last_session(lake, sleeve_name: str, newest: str) -> str:

@@ -55,7 +55,7 @@ def test_demo_runs_carry_the_code_locations_origin_and_pass_through_the_queue(ho
             assert each.tags["dagster/code_location"] == "tvq"
             # Submitted to the run coordinator, dequeued under its limits, not executed around it.
             assert instance.all_logs(each.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
-            assert instance.all_logs(each.run_id, of_type=dg.DagsterEventType.RUN_DEQUEUED)
+            assert instance.all_logs(each.run_id, of_type=dg.DagsterEventType.RUN_STARTING)
         # The job page's "latest run" of `daily` is this run.
         [latest] = instance.get_runs(dg.RunsFilter(job_name="daily"), limit=1)
         assert latest.tags["dagster/partition"] == "2026-06-30|crypto"

@@ -64,13 +64,17 @@ def test_demo_runs_carry_the_code_locations_origin_and_pass_through_the_queue(ho
 
 
 def _sensor_skips(instance: dg.DagsterInstance) -> list[str]:
-    selector = InstigatorSelector("tvq", "__repository__", "run_daily_after_bars")
+    selector = InstigatorSelector(
+        location_name="tvq", repository_name="__repository__", name="run_daily_after_bars"
+    )
     ticks = instance.get_ticks("", create_snapshot_id(selector))
     return [reason for tick in ticks for reason in ([tick.skip_reason] if tick.skip_reason else [])]
 
 
 def _sensor_ticked(instance: dg.DagsterInstance) -> bool:
-    selector = InstigatorSelector("tvq", "__repository__", "run_daily_after_bars")
+    selector = InstigatorSelector(
+        location_name="tvq", repository_name="__repository__", name="run_daily_after_bars"
+    )
     return bool(instance.get_ticks("", create_snapshot_id(selector)))
 
 

@@ -25,7 +25,7 @@ $(STAMP): $(ROOT)/pyproject.toml $(ROOT)/uv.lock | $(UV)
 
 ## demo: refresh the bars and materialise the newest run of every sleeve on the synthetic market
 demo: $(STAMP)
-	$(PY) -m tvq_assets.cli demo
+	TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli demo
 
 ## dev: the Dagster UI (asset graph, partitions, checks) and daemon on http://$(HOST):$(PORT)
 ## Stop it with Ctrl-C, or SIGINT/SIGTERM to make: the server's whole process group (webserver,
@@ -33,7 +33,7 @@ demo: $(STAMP)
 DEV_GRACE ?= 30
 dev: $(STAMP)
 	@cd $(ROOT); set -m; \
-	$(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT) & server=$$!; \
+	$(VENV)/bin/dg dev -w workspace.yaml -h $(HOST) -p $(PORT) & server=$$!; \
 	stop() { \
 	  kill -INT -- -$$server 2>/dev/null; \
 	  ( sleep $(DEV_GRACE); kill -KILL -- -$$server 2>/dev/null ) & watchdog=$$!; \
@@ -76,13 +76,13 @@ check: $(STAMP)
 bench: $(STAMP)
 	cd $(ROOT) && $(PY) -m tests.bench
 
-## flow-production: the production flow now (bars, then the newest run; a process per step)
+## flow-production: the production flow now (bars, then the newest run), through the run queue
 flow-production: $(STAMP)
-	cd $(ROOT) && PATH=$(VENV)/bin:$$PATH $(PY) -m tvq_assets.cli production
+	cd $(ROOT) && TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli production
 
-## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: queue one run per as-of date (needs `make dev`)
+## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: one run per as-of date (`make dev` runs them)
 backfill: $(STAMP)
-	cd $(ROOT) && PATH=$(VENV)/bin:$$PATH $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
+	cd $(ROOT) && TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
 
 clean:
 	find $(DAGSTER_HOME) -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -134,7 +134,7 @@ def test_contracts_import_no_dagster():
 
 
 @pytest.mark.parametrize(
-    ("mode", "executor_name"), [("local", "in_process"), ("production", "multiprocess")]
+    ("mode", "executor_name"), [("local", "in_process"), ("production", "in_process")]
 )
 def test_tv_orch_mode_selects_the_executor(monkeypatch, mode, executor_name):
     from tvq_assets.definitions import executor

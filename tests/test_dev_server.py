@@ -1,4 +1,4 @@
-"""`make dev`'s server serves the asset graph with its partition-scoped checks."""
+"""`make dev`'s server (`dg dev`) serves the asset graph with its partition-scoped checks."""
 
 import json
 import os
@@ -42,7 +42,7 @@ def test_the_dev_server_serves_every_asset_with_its_checks(tmp_path):
     port = _free_port()
     server = subprocess.Popen(
         [
-            str(ROOT / ".venv/bin/dagster"),
+            str(ROOT / ".venv/bin/dg"),
             "dev",
             "-w",
             "workspace.yaml",

@@ -1,20 +1,20 @@
 """``tvq``: run the graph from the command line and summarise what it produced.
 
 ``tvq demo`` refreshes every sleeve's bars and materialises the newest run partition of every sleeve
-through the real jobs of the code location (the runs appear in ``dagster dev``), then prints a short
-summary per sleeve. ``tvq production`` does the same as production does, a process per step.
-``tvq backfill`` submits a range of run partitions of one sleeve to Dagster's
-backfill machinery (the daemon of ``make dev`` executes them). ``tvq lake verify|clean|quarantine``
-checks the Parquet lake, removes what killed writes left behind, and sets a damaged value aside
-and recomputes it.
+as runs of the workspace's code location, submitted to the run queue (they appear on the job pages
+of ``make dev`` and its sensors see them), then prints a short summary per sleeve. ``tvq
+production`` does the same in production mode. ``tvq backfill`` submits a range of run partitions
+of one sleeve to Dagster's backfill machinery (the daemon of ``make dev`` executes them) and shows
+them finish. ``tvq lake verify|clean|quarantine`` checks the Parquet lake, removes what killed
+writes left behind, and sets a damaged value aside and recomputes it.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -26,72 +26,107 @@ WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-
-def _checks_line(result: dg.ExecuteInProcessResult) -> tuple[str, list[str]]:
-    evaluations = result.get_asset_check_evaluations()
-    failed = [
-        f"{e.asset_key.to_user_string()}.{e.check_name} ({e.severity.value}): {e.description}"
-        for e in evaluations
-        if not e.passed
-    ]
-    return f"{len(evaluations) - len(failed)} passed, {len(failed)} failed", failed
+# Where the runs are shown: `make dev` serves the UI here (the Makefile passes its HOST and PORT).
+UI = os.environ.get("TVQ_UI_URL", "http://127.0.0.1:3000")
 
 
-def demo(sleeves: list[str] | None, as_of: str | None) -> int:
-    from tvq_assets import tracking
+def flow(sleeves: list[str] | None, as_of: str | None) -> int:
+    """Each sleeve's bars, then its run partition, as runs of the code location through the
+    queue: the sleeves' runs go side by side as far as the queue's limits allow; a summary per
+    sleeve as soon as its daily run has finished."""
+    from tvq_assets import launch, tracking
     from tvq_assets.definitions import defs
+    from tvq_assets.jobs import DAILY_LAUNCHED_BY
     from tvq_assets.partitions import catalog, run, run_key
 
     instance = dg.DagsterInstance.get()
     lake = defs.resources["lake"]
     newest = run.get_last_partition_key()
+    names = sleeves or list(catalog.sleeves)
     status = 0
-    for name in sleeves or list(catalog.sleeves):
+    with launch.Launcher(instance) as launcher:
+        if launch.daemon_dequeues(instance):
+            print(f"the daemon of `make dev` runs these runs (queue: {UI}/runs)", flush=True)
         started = time.perf_counter()
-        results = [
-            defs.resolve_job_def("refresh_bars").execute_in_process(
-                partition_key=name, instance=instance, raise_on_error=False, run_config=QUIET
-            )
-        ]
-        key = run_key(as_of or _last_session(lake, name, newest), name)
-        print(f"\n== {name}  (run partition {key})")
-        if results[0].success:
-            results.append(
-                defs.resolve_job_def("daily").execute_in_process(
-                    partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
-                )
-            )
-        failed_checks: list[str] = []
-        passed = failed = 0
-        for result in results:
-            line, failures = _checks_line(result)
-            failed_checks += failures
-            passed += int(line.split()[0])
-            failed += len(failures)
-        ok = all(r.success for r in results)
-        status |= 0 if ok else 1
-        print(
-            f"   runs:    {', '.join(r.run_id[:8] for r in results)}  "
-            f"({'success' if ok else 'FAILED'}, {time.perf_counter() - started:.1f}s)"
-        )
-        print(f"   checks:  {passed} passed, {failed} failed")
-        for line in failed_checks:
-            print(f"            - {line}")
-        for line in _failures(results):
-            print(f"   FAILED:  {line}")
-        fresh = {
-            event.asset_key.to_user_string()
-            for result in results
-            for event in result.get_asset_materialization_events()
-        }
-        _summarise(lake, name, key, fresh)
-        if "returns" in fresh:
-            print(tracking.summary(defs.resources["mlflow"], key))
-    status |= demo_meta(instance, as_of or newest, sleeves or list(catalog.sleeves))
+        # The daily run follows here, not from `run_daily_after_bars` (which would also start one
+        # when a daemon is running): only this command knows the as-of date it was asked for.
+        tags = {DAILY_LAUNCHED_BY: "tvq"}
+        sleeve_of = {launcher.submit("refresh_bars", name, tags): name for name in names}
+        runs: dict[str, list[str]] = {name: [] for name in names}
+        keys: dict[str, str] = {}
+        pending = set(sleeve_of)
+
+        def finished(done: dg.DagsterRun) -> None:
+            nonlocal status
+            name = sleeve_of[done.run_id]
+            runs[name].append(done.run_id)
+            print(f"-- {done.job_name} [{done.tags['dagster/partition']}] {done.status.value}")
+            if done.job_name == "refresh_bars" and done.is_success:
+                keys[name] = run_key(as_of or _last_session(lake, name, newest), name)
+                daily = launcher.submit("daily", keys[name])
+                sleeve_of[daily] = name
+                pending.add(daily)
+                return
+            key = keys.get(name, run_key(as_of or newest, name))
+            seconds = time.perf_counter() - started
+            ok, fresh = _report(instance, lake, name, key, runs[name], seconds)
+            status |= 0 if ok else 1
+            if "returns" in fresh:  # a tracked run: its MLflow run, finished or failed
+                print(tracking.summary(defs.resources["mlflow"], key))
+            sys.stdout.flush()
+
+        launcher.wait(pending, finished)
+        status |= demo_meta(instance, launcher, as_of or newest, names)
+    print(
+        f"\n{len(names)} sleeve(s) in {time.perf_counter() - started:.0f}s"
+        f"{'' if status == 0 else ', SOME FAILED (see FAILED above)'}. "
+        f"Runs: {UI}/runs (`make dev`); MLflow: `make mlflow-ui`"
+    )
     return status
 
 
-def demo_meta(instance: dg.DagsterInstance, as_of: str, ran: list[str]) -> int:
+def _report(
+    instance, lake, name: str, key: str, run_ids: list[str], seconds: float
+) -> tuple[bool, set[str]]:
+    """The sleeve's summary from its runs' events in the instance: runs, checks, failures and
+    what they produced."""
+    from tvq_assets.launch import events
+
+    kinds = dg.DagsterEventType
+    runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
+    ok = all(r.is_success for r in runs) and any(r.job_name == "daily" for r in runs)
+    print(f"\n== {name}  (run partition {key})")
+    print(
+        f"   runs:    {', '.join(r.run_id[:8] for r in runs)}  "
+        f"({'success' if ok else 'FAILED'}, {seconds:.1f}s)  {UI}/runs/{runs[-1].run_id}"
+    )
+    evaluations = [
+        e.event_specific_data
+        for r in runs
+        for e in events(instance, r.run_id, kinds.ASSET_CHECK_EVALUATION)
+    ]
+    failed_checks = [
+        f"{e.asset_key.to_user_string()}.{e.check_name} ({e.severity.value}): {e.description}"
+        for e in evaluations
+        if not e.passed
+    ]
+    print(
+        f"   checks:  {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed"
+    )
+    for line in failed_checks:
+        print(f"            - {line}")
+    for line in _failures(instance, runs):
+        print(f"   FAILED:  {line}")
+    fresh = {
+        e.asset_key.to_user_string()
+        for r in runs
+        for e in events(instance, r.run_id, kinds.ASSET_MATERIALIZATION)
+    }
+    _summarise(lake, name, key, fresh)
+    return ok, fresh
+
+
+def demo_meta(instance: dg.DagsterInstance, launcher, as_of: str, ran: list[str]) -> int:
     """Materialise the meta-portfolio of ``as_of`` after the sleeves and print it: the sleeve
     weights, the largest firm-wide holdings, and its walk-forward against the equal weight of
     the sleeves. Skipped (exit 0) when the demo did not run every sleeve it needs."""
@@ -105,17 +140,28 @@ def demo_meta(instance: dg.DagsterInstance, as_of: str, ran: list[str]) -> int:
     if left_out:
         print(f"   not run: this demo did not run sleeve(s) {left_out}")
         return 0
+    from tvq_assets.launch import events
+
     started = time.perf_counter()
-    result = defs.resolve_job_def("meta_portfolio_job").execute_in_process(
-        partition_key=as_of, instance=instance, raise_on_error=False, run_config=QUIET
-    )
-    line, failures = _checks_line(result)
-    state = "success" if result.success else "FAILED"
-    print(f"   run:     {result.run_id[:8]}  ({state}, {time.perf_counter() - started:.1f}s)")
-    print(f"   checks:  {line}")
-    for failure in [*failures, *_failures([result])]:
+    finished: list[dg.DagsterRun] = []
+    launcher.wait({launcher.submit("meta_portfolio_job", as_of)}, finished.append)
+    [run] = finished
+    evaluations = [
+        e.event_specific_data
+        for e in events(instance, run.run_id, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+    failures = [
+        f"{e.asset_key.to_user_string()}.{e.check_name} ({e.severity.value}): {e.description}"
+        for e in evaluations
+        if not e.passed
+    ]
+    state = "success" if run.is_success else "FAILED"
+    seconds = time.perf_counter() - started
+    print(f"   run:     {run.run_id[:8]}  ({state}, {seconds:.1f}s)  {UI}/runs/{run.run_id}")
+    print(f"   checks:  {len(evaluations) - len(failures)} passed, {len(failures)} failed")
+    for failure in [*failures, *_failures(instance, [run])]:
         print(f"            - {failure}")
-    if not result.success:
+    if not run.is_success:
         return 1
     record = defs.resources["lake"].read(["meta_portfolio"], as_of)
     sleeves = record.sleeves
@@ -152,15 +198,25 @@ def _last_session(lake, sleeve_name: str, newest: str) -> str:
     return min(pd.Timestamp(newest), bars["date"].max()).strftime("%Y-%m-%d")
 
 
-def _failures(results: list[dg.ExecuteInProcessResult]) -> list[str]:
-    """One line per failed step: the step and the first line of its error."""
+def _failures(instance, runs: list[dg.DagsterRun]) -> list[str]:
+    """One line per failed step (the step and the first line of its error), or the run's own
+    failure when no step failed (e.g. its process died)."""
+    from tvq_assets.launch import events
+
     lines = []
-    for result in results:
-        for event in result.get_step_failure_events():
+    for run in runs:
+        steps = events(instance, run.run_id, dg.DagsterEventType.STEP_FAILURE)
+        for event in steps:
             error = event.step_failure_data.error
             cause = error.cause if error and error.cause else error
             message = (cause.message if cause else event.message or "").strip()
             lines.append(f"{event.step_key}: {message.splitlines()[0] if message else '?'}")
+        if run.status == dg.DagsterRunStatus.FAILURE and not steps:
+            [*_, failure] = events(instance, run.run_id, dg.DagsterEventType.RUN_FAILURE) or [None]
+            message = (failure.message if failure else "") or "no failure event recorded"
+            lines.append(f"run {run.run_id[:8]} ({run.job_name}): {message.splitlines()[0]}")
+        elif run.status == dg.DagsterRunStatus.CANCELED:
+            lines.append(f"run {run.run_id[:8]} ({run.job_name}) was canceled")
     return lines
 
 
@@ -229,30 +285,27 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
 
 
 def production(sleeves: list[str] | None) -> int:
-    """The production flow from the command line: each sleeve's bars, then its newest run, each
-    as a real job run in production mode (a process per step), recorded in ``DAGSTER_HOME``."""
-    from tvq_assets.partitions import catalog, run, run_key
-
-    newest = run.get_last_partition_key()
-    environment = {**os.environ, "TV_ORCH_MODE": "production"}
-    base = ["dagster", "job", "execute", "-m", "tvq_assets.definitions"]
-    for name in sleeves or list(catalog.sleeves):
-        for job, partition in (("refresh_bars", name), ("daily", run_key(newest, name))):
-            print(f"== {job} [{partition}]", flush=True)
-            tags = json.dumps({"dagster/partition": partition})
-            status = subprocess.call([*base, "-j", job, "--tags", tags], env=environment)
-            if status:
-                print(f"{job} [{partition}] failed; see the run in `make dev`", file=sys.stderr)
-                return status
-    return 0
+    """The production flow from the command line: each sleeve's bars, then its newest run, as
+    runs of the code location through the queue, with the production executor."""
+    # Read when the definitions are imported (below, in `flow`): the executor of these runs. A
+    # daemon that is already running (`make dev`) executes them with its own code server's mode.
+    os.environ["TV_ORCH_MODE"] = "production"
+    return flow(sleeves, None)
 
 
-def backfill(sleeve_name: str, start: str, end: str) -> int:
+def backfill(sleeve_name: str, start: str, end: str, wait: bool) -> int:
+    """Submit the range to Dagster's backfill machinery (the daemon launches its runs through the
+    queue); while a daemon runs, show each partition as its run finishes, then a table."""
+    from tvq_assets import launch
     from tvq_assets.partitions import run_key
 
     dates = pd.date_range(start, end, freq="D")
-    keys = ",".join(run_key(d, sleeve_name) for d in dates)
+    keys = [run_key(d, sleeve_name) for d in dates]
+    # Our own tag finds the backfill's runs (Dagster copies a backfill's tags to its runs).
+    marker = uuid.uuid4().hex[:12]
     command = [
+        sys.executable,
+        "-m",
         "dagster",
         "job",
         "backfill",
@@ -261,11 +314,65 @@ def backfill(sleeve_name: str, start: str, end: str) -> int:
         "-j",
         "daily",
         "--partitions",
-        keys,
+        ",".join(keys),
+        "--tags",
+        f'{{"{BACKFILL_TAG}": "{marker}"}}',
         "--noprompt",
     ]
-    print(f"submitting {len(dates)} run partitions of {sleeve_name} to the backfill daemon")
-    return subprocess.call(command)
+    print(f"submitting {len(keys)} run partitions of {sleeve_name} to Dagster's backfill daemon")
+    status = subprocess.call(command, stdout=subprocess.DEVNULL)
+    if status:
+        return status
+    instance = dg.DagsterInstance.get()
+    if not wait or not launch.daemon_dequeues(instance):
+        print(
+            f"submitted (tag {BACKFILL_TAG}={marker}); no daemon is running: `make dev` executes "
+            f"it, see {UI}/runs/b/ (Backfills tab)"
+            if wait
+            else f"submitted (tag {BACKFILL_TAG}={marker}); follow it at {UI}/overview/backfills"
+        )
+        return 0
+    return watch_backfill(instance, marker, keys)
+
+
+BACKFILL_TAG = "tvq/backfill"
+
+
+def watch_backfill(instance: dg.DagsterInstance, marker: str, keys: list[str]) -> int:
+    """A line per partition as its run finishes, then the table of succeeded and failed ones.
+    A partition's outcome is its newest run (a retry replaces a run whose process died)."""
+    started = time.perf_counter()
+    shown: set[str] = set()
+    while True:
+        newest: dict[str, dg.DagsterRun] = {}
+        for run in instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: marker})):  # newest first
+            newest.setdefault(run.tags.get("dagster/partition", "?"), run)
+        for key in keys:
+            run = newest.get(key)
+            if run is not None and run.is_finished and run.run_id not in shown:
+                shown.add(run.run_id)
+                print(
+                    f"[{len(shown):>3}/{len(keys)}] {key}  "
+                    f"{run.status.value}  {UI}/runs/{run.run_id}  "
+                    f"({time.perf_counter() - started:.0f}s)",
+                    flush=True,
+                )
+        [job] = [b for b in instance.get_backfills() if b.tags.get(BACKFILL_TAG) == marker] or [
+            None
+        ]
+        submitted_all = job is not None and job.status != dg.BulkActionStatus.REQUESTED
+        if all(r.is_finished for r in newest.values()) and (
+            len(newest) == len(keys) or submitted_all
+        ):
+            break
+        time.sleep(2)
+    succeeded = [k for k in keys if k in newest and newest[k].is_success]
+    width = max(len(k) for k in keys)
+    print(f"\n{'partition':<{width}}  result")
+    for key in keys:
+        print(f"{key:<{width}}  {newest[key].status.value if key in newest else 'NOT RUN'}")
+    print(f"\n{len(succeeded)} succeeded, {len(keys) - len(succeeded)} failed")
+    return 0 if len(succeeded) == len(keys) else 1
 
 
 def lake_command(action: str, asset: str | None, partition: str | None, recompute: bool) -> int:
@@ -316,7 +423,7 @@ def lake_command(action: str, asset: str | None, partition: str | None, recomput
         raise_on_error=False,
         run_config=QUIET,
     )
-    for line in _failures([result]):
+    for line in _failures(instance, [instance.get_run_by_id(result.run_id)]):
         print(f"FAILED: {line}")
     print(f"recomputed {asset}[{partition}]: {'success' if result.success else 'FAILED'}")
     return 0 if result.success else 1
@@ -366,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     run_backfill.add_argument("sleeve")
     run_backfill.add_argument("start")
     run_backfill.add_argument("end")
+    run_backfill.add_argument(
+        "--no-wait", action="store_true", help="submit only; do not show the runs finish"
+    )
     run_lake = commands.add_parser("lake", help="verify, clean or repair the Parquet lake")
     run_lake.add_argument("action", choices=["verify", "clean", "quarantine"])
     run_lake.add_argument("asset", nargs="?", help="quarantine: the asset, e.g. bars")
@@ -388,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
-        return demo(arguments.sleeve, arguments.as_of)
+        return flow(arguments.sleeve, arguments.as_of)
     if arguments.command == "production":
         return production(arguments.sleeve)
     if arguments.command == "lake":
@@ -399,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         return track(arguments.sleeve, arguments.start, arguments.end)
     if arguments.command == "diff":
         return diff(arguments.sleeve, arguments.run_a, arguments.run_b, arguments.stage)
-    return backfill(arguments.sleeve, arguments.start, arguments.end)
+    return backfill(arguments.sleeve, arguments.start, arguments.end, not arguments.no_wait)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ import dagster as dg
 from tvq_assets.partitions import run as run_dimension
 from tvq_assets.partitions import run_key, sleeve_run
 
+# A bars run with this tag was started by a command (``tvq demo``/``tvq production``) that starts
+# the sleeve's daily run itself, for the as-of date it was asked for: the sensor leaves it alone.
+DAILY_LAUNCHED_BY = "tvq/daily_launched_by"
+
 bars_job = dg.define_asset_job(
     "refresh_bars",
     selection=dg.AssetSelection.assets("bars"),
@@ -38,6 +42,12 @@ def daily_schedule(context: dg.ScheduleEvaluationContext):
 def run_daily_after_bars(context: dg.RunStatusSensorContext):
     """When a sleeve's bars are fresh, compute that sleeve's newest run partition."""
     sleeve_name = context.dagster_run.tags.get("dagster/partition")
+    launcher = context.dagster_run.tags.get(DAILY_LAUNCHED_BY)
+    if launcher:
+        return dg.SkipReason(
+            f"bars of {sleeve_name} refreshed by run {context.dagster_run.run_id}: `{launcher}` "
+            "that started it starts the daily run itself"
+        )
     newest = run_dimension.get_last_partition_key()
     if sleeve_name and newest:
         return dg.RunRequest(

@@ -8,13 +8,22 @@ launcher answers the monitoring daemon's health check from the pid recorded with
 event: the run is healthy while that process exists and is not a zombie. Runs here execute on the
 daemon's host (default launcher, local CLI), so the pid is meaningful there; a recycled pid only
 delays the verdict until ``max_runtime_seconds``.
+
+A run dequeued by a process that has the code location loaded in itself (``tvq demo`` and ``tvq
+production`` when no daemon is dequeuing, see ``tvq_assets.launch``) is executed right there, as
+Dagster's in-memory launcher does: the imports are already paid for, and the run still came
+through the queue with the code location's origin. Every other process (the daemon, the UI)
+loads the code location from a code server, so its runs start in run workers as before.
 """
 
 import os
 from pathlib import Path
 
 from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher
-from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
+from dagster._core.execution.api import execute_run
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+from dagster._core.remote_representation.code_location import InProcessCodeLocation
+from dagster._utils.hosted_user_process import recon_job_from_origin
 
 
 def run_worker_pid(instance, run_id: str) -> int | None:
@@ -48,6 +57,21 @@ def process_alive(pid: int) -> bool:
 
 class MonitoredRunLauncher(DefaultRunLauncher):
     """``DefaultRunLauncher`` whose run workers the monitoring daemon can health-check."""
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        origin = run.remote_job_origin
+        location = (
+            context.workspace.get_code_location(
+                origin.repository_origin.code_location_origin.location_name
+            )
+            if context.workspace is not None and origin is not None
+            else None
+        )
+        if isinstance(location, InProcessCodeLocation) and context.job_code_origin is not None:
+            execute_run(recon_job_from_origin(context.job_code_origin), run, self._instance)
+            return
+        super().launch_run(context)
 
     @property
     def supports_check_run_worker_health(self) -> bool:

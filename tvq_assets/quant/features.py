@@ -80,19 +80,21 @@ def permutation_entropy(values: np.ndarray, *, order: int = 5, delay: int = 1) -
     n_windows = n_rows - span + 1
     # Element k of every window, as one 2-D slice per k: windows x columns, no 3-D temporary.
     lagged = [array[k * delay : k * delay + n_windows] for k in range(order)]
-    complete = np.ones((n_windows, n_cols), dtype=bool)
+    complete = np.ones_like(lagged[0], dtype=bool)  # the input's memory order, C or F
     for values in lagged:
         complete &= ~np.isnan(values)
     # Lehmer code of the ordinal pattern: c_i counts later values strictly below value i, which
     # is exactly the stable-argsort tie rule, and maps the order! patterns onto 0..order!-1.
-    code = np.zeros((n_windows, n_cols), dtype=np.int64)
+    # Narrow integers (the code is below order!) keep the passes over windows x columns cheap.
+    code_type = np.int16 if n_patterns <= np.iinfo(np.int16).max else np.int64
+    code = np.zeros_like(lagged[0], dtype=code_type)
     for i in range(order):
-        later_below = np.zeros((n_windows, n_cols), dtype=np.int64)
+        later_below = np.zeros_like(code)
         for j in range(i + 1, order):
             later_below += lagged[j] < lagged[i]
-        code = code * (order - i) + later_below
-    code += np.arange(n_cols) * n_patterns
-    counts = np.bincount(code[complete], minlength=n_cols * n_patterns).reshape(n_cols, n_patterns)
+        code = code * code_type(order - i) + later_below
+    flat = code.astype(np.int64) + np.arange(n_cols, dtype=np.int64) * n_patterns
+    counts = np.bincount(flat[complete], minlength=n_cols * n_patterns).reshape(n_cols, n_patterns)
     totals = counts.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         probabilities = counts / totals[:, None]

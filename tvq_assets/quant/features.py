@@ -376,14 +376,15 @@ def compute_features_at(
     volume = dollar_volume.reindex(index=returns.index, columns=returns.columns)
     all_volume = volume.to_numpy(dtype=np.float64)
     cumulative_valid = np.cumsum(~np.isnan(all_returns), axis=0)
+    layout = np.asfortranarray if all_returns.flags.f_contiguous else np.ascontiguousarray
     by_length: dict[int, list[int]] = {}
     for t in dict.fromkeys(int(t) for t in ends):
         by_length.setdefault(min(lookback, t + 1), []).append(t)
     tables = {}
     for length, group in by_length.items():
-        # Column-major like a DataFrame's own block, so every per-column reduction sums in the
-        # same order as a single-date call.
-        window = np.asfortranarray(np.hstack([all_returns[t + 1 - length : t + 1] for t in group]))
+        # The memory order of the frame's own values, so that every per-column reduction sums
+        # in the same order as a single-date call and the tables are equal bit for bit.
+        window = layout(np.hstack([all_returns[t + 1 - length : t + 1] for t in group]))
         volume_window = np.hstack([all_volume[t + 1 - length : t + 1] for t in group])
         history = np.concatenate([cumulative_valid[t] for t in group]).astype(np.float64)
         columns = _feature_block(

@@ -202,7 +202,11 @@ def _copy(source: Path, target: Path) -> Path:
 
 
 def scenario(root: Path, sizes: list[int]) -> dict[str, dict]:
-    """D, D+1 warm and D+1 cold at the first size; a cold ``daily`` at every other size."""
+    """D, D+1 warm and D+1 cold at the first size; a cold ``daily`` at every other size.
+
+    The table of the first size is printed as soon as it is complete, then one row per size, so
+    that a long larger case never hides the figures already measured.
+    """
     first, *others = sizes
     warm = root / f"warm-{first}"
     results = {"bars_initial": case(warm, "refresh_bars", first, DAY)}
@@ -212,10 +216,14 @@ def scenario(root: Path, sizes: list[int]) -> dict[str, dict]:
     results["daily_next_warm"] = case(warm, "daily", first, NEXT_DAY)
     results["bars_next_cold"] = case(cold, "refresh_bars", first, NEXT_DAY)
     results["daily_next_cold"] = case(cold, "daily", first, NEXT_DAY)
+    report(results, first)
     for size in others:
         workspace = root / f"cold-{size}"
         results[f"bars_initial_{size}"] = case(workspace, "refresh_bars", size, DAY)
         results[f"daily_{size}"] = case(workspace, "daily", size, DAY)
+        print(HEADER)
+        _single(f"full daily at {size}, cold", results[f"daily_{size}"], "daily_cold_large")
+        _single(f"bars initial load at {size}", results[f"bars_initial_{size}"], "")
     return results
 
 
@@ -225,13 +233,20 @@ def _row(name: str, wall: float, cpu: float, peak: float, validation: float, key
     return f"{name:<50}{wall:>9.1f}{cpu:>9.1f}{peak:>9.0f}{share:>17}  {before:<22}{goal:<16}"
 
 
-def report(results: dict[str, dict], sizes: list[int]) -> None:
-    first = sizes[0]
-    header = (
-        f"{'figure':<50}{'wall s':>9}{'CPU s':>9}{'peak MB':>9}{'validation s':>17}  "
-        f"{'before (issue)':<22}{'goal':<16}"
+HEADER = (
+    f"{'figure':<50}{'wall s':>9}{'CPU s':>9}{'peak MB':>9}{'validation s':>17}  "
+    f"{'before (issue)':<22}{'goal':<16}"
+)
+
+
+def _single(name: str, outcome: dict, key: str) -> None:
+    print(
+        _row(name, outcome["wall"], outcome["cpu"], outcome["peak_mb"], outcome["validation"], key)
     )
-    print("\n" + header + "\n" + "-" * len(header))
+
+
+def report(results: dict[str, dict], first: int) -> None:
+    print("\n" + HEADER + "\n" + "-" * len(HEADER))
 
     def pair(name: str, bars: str, daily: str, key: str) -> None:
         a, b = results[bars], results[daily]
@@ -246,18 +261,6 @@ def report(results: dict[str, dict], sizes: list[int]) -> None:
             )
         )
 
-    def single(name: str, outcome: dict, key: str) -> None:
-        print(
-            _row(
-                name,
-                outcome["wall"],
-                outcome["cpu"],
-                outcome["peak_mb"],
-                outcome["validation"],
-                key,
-            )
-        )
-
     pair(f"D+1 at {first}: bars + daily, cold", "bars_next_cold", "daily_next_cold", "d1_cold")
     pair(
         f"D+1 at {first}: bars + daily, D materialised",
@@ -265,12 +268,10 @@ def report(results: dict[str, dict], sizes: list[int]) -> None:
         "daily_next_warm",
         "d1_warm",
     )
-    single(f"bars refresh adding one day at {first}", results["bars_next_warm"], "bars_one_day")
-    single(f"bars initial load at {first} (3 years)", results["bars_initial"], "")
-    single(f"full daily at {first}, cold", results["daily_d"], "daily_cold")
-    for size in sizes[1:]:
-        single(f"full daily at {size}, cold", results[f"daily_{size}"], "daily_cold_large")
-    print("-" * len(header))
+    _single(f"bars refresh adding one day at {first}", results["bars_next_warm"], "bars_one_day")
+    _single(f"bars initial load at {first} (3 years)", results["bars_initial"], "")
+    _single(f"full daily at {first}, cold", results["daily_d"], "daily_cold")
+    print("-" * len(HEADER))
     bars = results["bars_next_warm"]
     print(
         f"validation in the bars refresh: {bars['validation']:.2f} s of {bars['wall']:.1f} s "
@@ -289,7 +290,8 @@ def report(results: dict[str, dict], sizes: list[int]) -> None:
     slowest = sorted(results["daily_d"]["steps"].items(), key=lambda item: -item[1])[:6]
     print(
         f"slowest steps of the cold daily at {first}: "
-        + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in slowest)
+        + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in slowest),
+        flush=True,
     )
 
 
@@ -365,8 +367,7 @@ def main() -> None:
                 }
             report_large(runs[sizes[0]], runs[sizes[1]], sizes)
         else:
-            results = scenario(root, arguments.sizes)
-            report(results, arguments.sizes)
+            scenario(root, arguments.sizes)
             if arguments.engine:
                 from tests import bench_engine
 

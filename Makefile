@@ -11,7 +11,7 @@ STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | ck
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup demo dev test test-slow test-all check bench backfill flow-production clean mlflow-ui browser
+.PHONY: setup demo dev test test-slow test-all check bench bench-large backfill flow-production clean mlflow-ui browser
 
 setup: $(STAMP)
 
@@ -72,9 +72,14 @@ check: $(STAMP)
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	cd $(ROOT) && $(VENV)/bin/dg check defs
 
-## bench: engine timings at 100 and 1000 symbols
+## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold), one table with the
+## previous figures and goals; BENCH_ARGS="--sizes 1000 3000 --engine" adds the engine stages
 bench: $(STAMP)
-	cd $(ROOT) && $(PY) -m tests.bench
+	cd $(ROOT) && $(PY) -m tests.bench $(BENCH_ARGS)
+
+## bench-large: refresh_bars + daily at 1000 and 10,000 symbols, seconds and memory per stage
+bench-large: $(STAMP)
+	cd $(ROOT) && $(PY) -m tests.bench --large $(BENCH_ARGS)
 
 ## flow-production: the production flow now (bars, then the newest run), through the run queue
 flow-production: $(STAMP)

@@ -1,288 +1,383 @@
-"""Engine timings per stage at 100 and 1000 crypto symbols (``make bench``).
+"""The performance bench of the real jobs (``make bench``, ``make bench-large``).
 
-Every stage is called exactly as its asset calls it, on the synthetic market (seed 7, three years
-of daily bars ending 2026-11-27) with the default crypto sleeve's policy. Cheap stages report the
-best of ``--repeats`` runs (wall-clock seconds); a stage whose first run takes longer than
-``--cheap`` seconds is run once. ``--profile`` prints the cProfile top functions of the
-1000-symbol backtest. Timings depend on the machine's load: repeat when they look noisy.
+Every case drives the code location's own jobs (``tvq_assets.definitions.defs``: ``refresh_bars``
+then ``daily``) with ``execute_in_process`` in a FRESH subprocess, so that each case's peak memory
+(``ru_maxrss``) and CPU seconds are its own. A case runs in a temporary workspace: its own
+``DAGSTER_HOME`` (a SQLite instance, as in production), lake (``TVQ_LAKE``) and MLflow store, and
+a one-sleeve catalog (``TVQ_SLEEVES``) whose ``crypto`` sleeve reads the synthetic market (seed 7,
+bars from 2023-11-01, ``symbols`` as asked) ending on day D = 2026-11-27, or on D+1 for the next
+day's refresh. Nothing is stubbed: sources, contracts, IO manager, MLflow tracking and the equity
+plot all run.
 
-Usage: ``python -m tests.bench [--sizes 100 1000] [--repeats 3] [--profile]``
+``make bench`` (one run, several minutes) prints one table:
+
+- D+1 at 1000 symbols, bars refresh adding one day + ``daily`` of D+1, cold (a lake holding only
+  the bars of D) and with the previous day already materialised (``daily`` of D ran first);
+- the bars refresh adding one day, and the seconds of it spent validating (the bar contract);
+- the full ``daily`` at 1000 and 3000 symbols, cold (an empty lake but for the bars);
+- peak memory per case and the validation share (every ``*_violations`` contract, timed around
+  the call) with the bars refresh included;
+
+with the figures measured before this work and the goals beside them (reference columns: they are
+quoted, not re-measured). A second section times the engine stages in-process
+(``tests.bench_engine``) when ``--engine`` is given.
+
+``make bench-large`` runs the same ``refresh_bars`` + ``daily`` at 1000 and at 10,000 symbols
+(``TVQ_BENCH_LARGE``) and prints the seconds and peak memory per stage (Dagster step) with the
+growth 1000 -> 10,000 per stage (10x = linear in symbols).
+
+Sizes: ``--sizes 1000 3000`` (env ``TVQ_BENCH_SIZES``; the first is the D+1 size), ``--large
+10000`` (env ``TVQ_BENCH_LARGE``). ``--keep DIR`` keeps the workspaces. Timings depend on the load
+of the machine: compare ratios taken in one run.
+
+Usage: ``python -m tests.bench [--sizes 1000 3000] [--engine]``,
+``python -m tests.bench --large [10000]``.
 """
 
 import argparse
-import cProfile
+import functools
+import json
 import os
 import platform
-import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
-
-import numpy as np
-import pandas as pd
-
-from tvq_assets.catalog import CALENDAR_DEFAULTS, CALENDARS, Policy, Sleeve
-from tvq_assets.quant import clusters, optimise, policy, quality
-from tvq_assets.settings import policy_settings
-from tvq_checks import contracts
-from tvq_resources.synthetic import generate_market
+from pathlib import Path
 
 SEED = 7
-END = "2026-11-27"
-OPTIMISER_SYMBOLS = 1000
-OPTIMISER_CLUSTERS = 20
-OPTIMISER_CAP = 0.05
-OPTIMISER_CLUSTER_CAP = 0.08
-# Per-period variance units. The 1000-symbol minimum-variance book has a daily variance of about
-# 2.5e-5; 1e-7 per unit of turnover cuts the rebalance by a third without freezing the book.
-OPTIMISER_TURNOVER_PENALTY = 1e-7
-OPTIMISER_SHIFT_BARS = 10
-BACKTEST = "backtest (+ metrics, verdict)"
+START = "2023-11-01"
+DAY = "2026-11-27"  # D
+NEXT_DAY = "2026-11-28"  # D+1
+MARKER = "BENCH_CASE "
+CONTRACT_MODULES = (
+    "tvq_checks.contracts",
+    "tvq_checks.alpha_contracts",
+    "tvq_checks.allocation_contracts",
+    "tvq_checks.backtest_contracts",
+)
+
+# The figures of the issue, measured on this machine before this work: (before, goal).
+REFERENCE = {
+    "d1_cold": ("63 s", "-"),
+    "d1_warm": ("63 s", "<= 10 s"),
+    "bars_one_day": ("10.9 s", "<= 1 s"),
+    "bars_validation": ("1.2 s", "<= 0.2 s"),
+    "daily_cold": ("~30 s CPU (52 s wall)", "<= 10 s CPU"),
+    "daily_cold_large": ("~5 min, 2.1 GB", "<= 60 s, <= 2 GB"),
+    "validation_share": ("3.4-4.9 %", "< 2 %"),
+}
 
 
-@dataclass(frozen=True)
-class Timing:
-    seconds: float
-    runs: int
+# --- one case, in its own process -----------------------------------------------------------
 
 
-def timed(function: Callable[[], Any], *, repeats: int, cheap: float) -> tuple[Any, Timing]:
-    """Best wall time of up to ``repeats`` runs; a first run slower than ``cheap`` s runs once."""
-    started = time.perf_counter()
-    result = function()
-    best = time.perf_counter() - started
-    runs = 1
-    while runs < repeats and best < cheap:
+def _catalog(symbols: int, end: str) -> str:
+    return (
+        f'first_run: "2021-01-01"\n'
+        f"sleeves:\n"
+        f"  crypto:\n"
+        f"    source: {{kind: synthetic, seed: {SEED}, symbols: {symbols}, clusters: 8, "
+        f'start: "{START}", end: "{end}"}}\n'
+        f"    calendar: crypto\n"
+        f"    toxic_policy: fail\n"
+    )
+
+
+def _time_contracts() -> dict[str, float]:
+    """Wrap every ``*_violations`` contract so that the seconds spent validating add up.
+
+    The assets call the contracts through their module (``contracts.bar_violations``), so
+    replacing the module attribute times every call; a contract calling another counts once.
+    """
+    import importlib
+
+    spent = {"seconds": 0.0, "depth": 0}
+
+    def timed(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            spent["depth"] += 1
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent["depth"] -= 1
+                if spent["depth"] == 0:
+                    spent["seconds"] += time.perf_counter() - started
+
+        return wrapper
+
+    for name in CONTRACT_MODULES:
+        module = importlib.import_module(name)
+        for attribute in dir(module):
+            if attribute.endswith("_violations") and callable(getattr(module, attribute)):
+                setattr(module, attribute, timed(getattr(module, attribute)))
+    return spent
+
+
+def run_case(workspace: Path, job: str, symbols: int, end: str) -> dict:
+    """Run ``job`` (``refresh_bars`` or ``daily`` of run ``end``) in this process."""
+    (workspace / "home").mkdir(parents=True, exist_ok=True)
+    catalog = workspace / f"sleeves-{end}.yaml"
+    catalog.write_text(_catalog(symbols, end))
+    (workspace / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    os.environ.update(
+        DAGSTER_HOME=str(workspace / "home"),
+        TVQ_LAKE=str(workspace / "lake"),
+        TVQ_SLEEVES=str(catalog),
+        TV_ORCH_MODE="local",
+    )
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the default store under DAGSTER_HOME
+    started_import = time.perf_counter()
+    import dagster as dg
+
+    from tvq_assets.definitions import defs
+    from tvq_assets.partitions import run_key
+
+    validation = _time_contracts()
+    imported = time.perf_counter() - started_import
+    partition = "crypto" if job == "refresh_bars" else run_key(end, "crypto")
+    with dg.DagsterInstance.get() as instance:
+        instance.get_runs(limit=1)  # create the SQLite storage outside the timed run
+        before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - started)
-        runs += 1
-    return result, Timing(best, runs)
-
-
-def crypto_sleeve() -> Sleeve:
-    """The default crypto sleeve: Policy defaults with the crypto calendar's overrides."""
-    return Sleeve(
-        name="crypto",
-        source={"kind": "synthetic", "seed": SEED},
-        calendar="crypto",
-        periods_per_year=CALENDARS["crypto"],
-        toxic_policy="fail",
-        policy=Policy(**CALENDAR_DEFAULTS["crypto"]),
-    )
-
-
-def bench_sleeve(
-    n_symbols: int, *, repeats: int, cheap: float, profile: bool
-) -> tuple[dict[str, Timing], dict[str, Any]]:
-    """Timings of every stage for one sleeve size, and a few facts about the run."""
-    sleeve = crypto_sleeve()
-    catalog_policy = sleeve.policy
-    settings = policy_settings(sleeve)
-    as_of = pd.Timestamp(END)
-    times: dict[str, Timing] = {}
-
-    def stage(name: str, function: Callable[[], Any], *, once: bool = False) -> Any:
-        result, times[name] = timed(function, repeats=1 if once else repeats, cheap=cheap)
-        return result
-
-    bars = stage(
-        "source (synthetic)", lambda: generate_market(seed=SEED, n_symbols=n_symbols, end=END)
-    )
-    stage(
-        "bar contract (full)",
-        lambda: contracts.bar_violations(
-            bars,
-            calendar=sleeve.calendar,
-            stall_bars=catalog_policy.stall_bars,
-            volume_spike_window=catalog_policy.volume_spike_window,
-            volume_spike_sigma=catalog_policy.volume_spike_sigma,
-        ),
-    )
-    window = stage(
-        "returns window",
-        lambda: policy.point_in_time(bars, as_of=as_of, settings=settings, quarantine=False),
-    )
-    returns, volume = window.returns, window.dollar_volume
-    stage(
-        "returns contract",
-        lambda: contracts.returns_violations(
-            returns, toxic_threshold=catalog_policy.toxic_threshold
-        ),
-    )
-
-    def features_asset() -> pd.DataFrame:
-        table = policy.features(returns, volume, settings)
-        spikes = quality.volume_spikes(
-            bars,
-            sigma=catalog_policy.volume_spike_sigma,
-            window=catalog_policy.volume_spike_window,
-            as_of=as_of,
+        result = defs.get_job_def(job).execute_in_process(
+            instance=instance, partition_key=partition, raise_on_error=False
         )
-        table["volume_spike"] = table.index.isin(spikes["symbol"])
-        return table
-
-    features = stage("features (+ stall/spike rules)", features_asset)
-    universe_returns, universe_volume = returns[features.index], volume[features.index]
-    champion = stage(
-        "inference log_mps",
-        lambda: policy.score("log_mps", features, universe_returns, universe_volume, settings),
-    )
-    stage(
-        "inference rank_ic",
-        lambda: policy.score("rank_ic", features, universe_returns, universe_volume, settings),
-    )
-    labels = stage("clusters", lambda: policy.cluster(universe_returns, settings))
-    selection = stage(
-        "selection",
-        lambda: policy.select_winners(
-            features, champion["score"], labels, window.excluded, settings
-        ),
-    )
-    winners = selection.winners
-
-    def weights_asset() -> dict[str, optimise.Allocation]:
-        return {
-            profile: policy.allocate(profile, winners, returns, settings, previous=None)
-            for profile in optimise.PROFILES
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        steps = {
+            stat.step_key: stat.end_time - stat.start_time
+            for stat in instance.get_run_step_stats(result.run_id)
+            if stat.end_time and stat.start_time
         }
-
-    allocations = stage("weights (5 profiles)", weights_asset)
-
-    def walk_forward() -> policy.TournamentOutcome:
-        return policy.tournament(window, settings, incumbent=None)
-
-    if profile and n_symbols >= 1000:
-        profiler = cProfile.Profile()
-        profiler.enable()
-    outcome = stage(BACKTEST, walk_forward, once=True)
-    result = outcome.result
-    if profile and n_symbols >= 1000:
-        profiler.disable()
-        print(f"\ncProfile of the {n_symbols}-symbol backtest (cumulative, top 30):")
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
-
-    facts = {
-        "rows": len(bars),
-        "universe": returns.shape[1],
-        "window": returns.shape[0],
-        "winners": len(winners),
-        "clusters": int(labels.nunique()),
-        "windows": len(result.windows),
-        "policies": result.returns.shape[1],
-        "solvers": sorted({a.solver or a.status for a in allocations.values()}),
+    return {
+        "job": job,
+        "symbols": symbols,
+        "end": end,
+        "success": result.success,
+        "wall": wall,
+        "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "peak_mb": after.ru_maxrss / 1024,  # kilobytes on Linux
+        "validation": validation["seconds"],
+        "import": imported,
+        "steps": steps,
     }
-    return times, facts
 
 
-def bench_optimiser(*, repeats: int, cheap: float) -> tuple[Timing, Timing, dict[str, Any]]:
-    """min_variance at 1000 symbols over three years: 5% cap, 20 cluster caps, turnover term."""
-    bars = generate_market(seed=SEED, n_symbols=OPTIMISER_SYMBOLS, end=END)
-    close = bars.pivot(index="date", columns="symbol", values="close")
-    returns = close.pct_change(fill_method=None).iloc[1:]
-    labels = clusters.cluster_symbols(
-        returns.tail(252), threshold=1e-9, max_clusters=OPTIMISER_CLUSTERS
+def case(workspace: Path, job: str, symbols: int, end: str) -> dict:
+    """One case in a fresh subprocess; its JSON line is the result."""
+    command = [
+        sys.executable,
+        "-m",
+        "tests.bench",
+        "--case",
+        json.dumps({"workspace": str(workspace), "job": job, "symbols": symbols, "end": end}),
+    ]
+    print(f"  {job:<13} {symbols:>6} symbols, end {end} ...", end="", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if done.returncode or not lines:
+        print(" FAILED")
+        raise RuntimeError(
+            f"bench case {job} at {symbols} symbols (end {end}) failed with code "
+            f"{done.returncode}:\n{done.stderr[-4000:]}"
+        )
+    outcome = json.loads(lines[-1][len(MARKER) :])
+    if not outcome["success"]:
+        raise RuntimeError(f"bench case {job} at {symbols} symbols (end {end}): the run failed")
+    print(f" {outcome['wall']:.1f} s wall, {outcome['cpu']:.1f} s CPU, {outcome['peak_mb']:.0f} MB")
+    return outcome
+
+
+# --- the scenarios ----------------------------------------------------------------------------
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def scenario(root: Path, sizes: list[int]) -> dict[str, dict]:
+    """D, D+1 warm and D+1 cold at the first size; a cold ``daily`` at every other size.
+
+    The table of the first size is printed as soon as it is complete, then one row per size, so
+    that a long larger case never hides the figures already measured.
+    """
+    first, *others = sizes
+    warm = root / f"warm-{first}"
+    results = {"bars_initial": case(warm, "refresh_bars", first, DAY)}
+    cold = _copy(warm, root / f"cold-{first}")  # the bars of D and nothing else
+    results["daily_d"] = case(warm, "daily", first, DAY)
+    results["bars_next_warm"] = case(warm, "refresh_bars", first, NEXT_DAY)
+    results["daily_next_warm"] = case(warm, "daily", first, NEXT_DAY)
+    results["bars_next_cold"] = case(cold, "refresh_bars", first, NEXT_DAY)
+    results["daily_next_cold"] = case(cold, "daily", first, NEXT_DAY)
+    report(results, first)
+    for size in others:
+        workspace = root / f"cold-{size}"
+        results[f"bars_initial_{size}"] = case(workspace, "refresh_bars", size, DAY)
+        results[f"daily_{size}"] = case(workspace, "daily", size, DAY)
+        print(HEADER)
+        _single(f"full daily at {size}, cold", results[f"daily_{size}"], "daily_cold_large")
+        _single(f"bars initial load at {size}", results[f"bars_initial_{size}"], "")
+    return results
+
+
+def _row(name: str, wall: float, cpu: float, peak: float, validation: float, key: str) -> str:
+    before, goal = REFERENCE.get(key, ("", ""))
+    share = f"{validation:.2f} ({100 * validation / wall:.1f} %)" if wall else ""
+    return f"{name:<50}{wall:>9.1f}{cpu:>9.1f}{peak:>9.0f}{share:>17}  {before:<22}{goal:<16}"
+
+
+HEADER = (
+    f"{'figure':<50}{'wall s':>9}{'CPU s':>9}{'peak MB':>9}{'validation s':>17}  "
+    f"{'before (issue)':<22}{'goal':<16}"
+)
+
+
+def _single(name: str, outcome: dict, key: str) -> None:
+    print(
+        _row(name, outcome["wall"], outcome["cpu"], outcome["peak_mb"], outcome["validation"], key)
     )
-    policy = replace(crypto_sleeve().policy, cap=OPTIMISER_CAP, cluster_cap=OPTIMISER_CLUSTER_CAP)
-    base = optimise.Constraints.of(policy, clusters=labels)
-    held, first = timed(
-        lambda: optimise.allocate(
-            "min_variance",
-            returns.iloc[:-OPTIMISER_SHIFT_BARS],
-            constraints=base,
-            solvers=("CLARABEL",),
-        ),
-        repeats=repeats,
-        cheap=cheap,
+
+
+def report(results: dict[str, dict], first: int) -> None:
+    print("\n" + HEADER + "\n" + "-" * len(HEADER))
+
+    def pair(name: str, bars: str, daily: str, key: str) -> None:
+        a, b = results[bars], results[daily]
+        print(
+            _row(
+                name,
+                a["wall"] + b["wall"],
+                a["cpu"] + b["cpu"],
+                max(a["peak_mb"], b["peak_mb"]),
+                a["validation"] + b["validation"],
+                key,
+            )
+        )
+
+    pair(f"D+1 at {first}: bars + daily, cold", "bars_next_cold", "daily_next_cold", "d1_cold")
+    pair(
+        f"D+1 at {first}: bars + daily, D materialised",
+        "bars_next_warm",
+        "daily_next_warm",
+        "d1_warm",
     )
-    constraints = optimise.Constraints.of(
-        replace(policy, turnover_penalty=OPTIMISER_TURNOVER_PENALTY),
-        clusters=labels,
-        previous=held.weights,
+    _single(f"bars refresh adding one day at {first}", results["bars_next_warm"], "bars_one_day")
+    _single(f"bars initial load at {first} (3 years)", results["bars_initial"], "")
+    _single(f"full daily at {first}, cold", results["daily_d"], "daily_cold")
+    print("-" * len(HEADER))
+    bars = results["bars_next_warm"]
+    print(
+        f"validation in the bars refresh: {bars['validation']:.2f} s of {bars['wall']:.1f} s "
+        f"(before: 1.2 s; goal <= 0.2 s)"
     )
-    allocation, second = timed(
-        lambda: optimise.allocate(
-            "min_variance", returns, constraints=constraints, solvers=("CLARABEL",)
-        ),
-        repeats=repeats,
-        cheap=cheap,
+    for label, bars_key, daily_key in (
+        ("cold", "bars_next_cold", "daily_next_cold"),
+        ("D materialised", "bars_next_warm", "daily_next_warm"),
+    ):
+        spent = results[bars_key]["validation"] + results[daily_key]["validation"]
+        total = results[bars_key]["wall"] + results[daily_key]["wall"]
+        print(
+            f"validation share of D+1 including the bars refresh ({label}): "
+            f"{100 * spent / total:.1f} % (before 3.4-4.9 %, goal < 2 %)"
+        )
+    slowest = sorted(results["daily_d"]["steps"].items(), key=lambda item: -item[1])[:6]
+    print(
+        f"slowest steps of the cold daily at {first}: "
+        + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in slowest),
+        flush=True,
     )
-    weights = allocation.weights
-    facts = {
-        "symbols": returns.shape[1],
-        "rows": returns.shape[0],
-        "clusters": int(labels.nunique()),
-        "status": allocation.status,
-        "solver_seconds": round(allocation.seconds, 3),
-        "held": int((weights > 0).sum()),
-        "turnover": round(
-            0.5 * float((weights - held.weights.reindex(weights.index).fillna(0.0)).abs().sum()),
-            4,
-        ),
-    }
-    return first, second, facts
+
+
+def report_large(small: dict[str, dict], large: dict[str, dict], sizes: tuple[int, int]) -> None:
+    a, b = sizes
+    header = (
+        f"{'stage (Dagster step)':<34}{f'{a} s':>12}{f'{b} s':>12}{'growth':>9}"
+        f"{f'(linear = {b / a:.0f}x)':>18}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for job in ("bars", "daily"):
+        steps = list(large[job]["steps"])
+        for step in steps:
+            t_small = small[job]["steps"].get(step, float("nan"))
+            t_large = large[job]["steps"][step]
+            growth = t_large / t_small if t_small else float("nan")
+            print(f"{step:<34}{t_small:>12.1f}{t_large:>12.1f}{growth:>8.1f}x")
+    print("-" * len(header))
+    for job in ("bars", "daily"):
+        print(
+            f"{job:<6} job: {a} symbols {small[job]['wall']:.1f} s wall, "
+            f"{small[job]['cpu']:.1f} s CPU, peak {small[job]['peak_mb']:.0f} MB; "
+            f"{b} symbols {large[job]['wall']:.1f} s wall, {large[job]['cpu']:.1f} s CPU, "
+            f"peak {large[job]['peak_mb']:.0f} MB"
+        )
+
+
+def _sizes(value: str | None, default: list[int]) -> list[int]:
+    return [int(part) for part in value.split()] if value else default
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cheap", type=float, default=5.0, help="repeat stages faster than this")
-    parser.add_argument("--profile", action="store_true", help="cProfile the 1000-symbol backtest")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=_sizes(os.environ.get("TVQ_BENCH_SIZES"), [1000, 3000]),
+    )
+    parser.add_argument(
+        "--large",
+        type=int,
+        nargs="?",
+        const=_sizes(os.environ.get("TVQ_BENCH_LARGE"), [10_000])[0],
+        help="run the large case (default 10000 symbols) instead of the main table",
+    )
+    parser.add_argument("--engine", action="store_true", help="also time the engine stages")
+    parser.add_argument("--keep", type=Path, help="keep the workspaces under this folder")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
 
+    if arguments.case:
+        spec = json.loads(arguments.case)
+        outcome = run_case(Path(spec["workspace"]), spec["job"], spec["symbols"], spec["end"])
+        print(MARKER + json.dumps(outcome), flush=True)
+        return
+
     print(
-        f"tvq engine bench: python {platform.python_version()}, numpy {np.__version__}, "
-        f"pandas {pd.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
+        f"tvq bench: python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.2f}; each case in a fresh process"
     )
     started = time.perf_counter()
-    results = {}
-    for size in arguments.sizes:
-        results[size] = bench_sleeve(
-            size, repeats=arguments.repeats, cheap=arguments.cheap, profile=arguments.profile
-        )
-    first, second, optimiser_facts = bench_optimiser(
-        repeats=arguments.repeats, cheap=arguments.cheap
-    )
+    root = Path(tempfile.mkdtemp(prefix="tvq-bench-", dir=arguments.keep))
+    try:
+        if arguments.large:
+            sizes = (arguments.sizes[0], arguments.large)
+            runs = {}
+            for size in sizes:
+                workspace = root / f"large-{size}"
+                runs[size] = {
+                    "bars": case(workspace, "refresh_bars", size, DAY),
+                    "daily": case(workspace, "daily", size, DAY),
+                }
+            report_large(runs[sizes[0]], runs[sizes[1]], sizes)
+        else:
+            scenario(root, arguments.sizes)
+            if arguments.engine:
+                from tests import bench_engine
 
-    stages = list(results[arguments.sizes[0]][0])
-    header = f"{'stage':<34}" + "".join(f"{f'{s} symbols s':>16}" for s in arguments.sizes)
-    print("\n" + header + "\n" + "-" * len(header))
-    for name in stages:
-        cells = []
-        for size in arguments.sizes:
-            timing = results[size][0][name]
-            marker = "" if timing.runs > 1 else "*"
-            cells.append(f"{timing.seconds:>15.3f}{marker or ' '}")
-        print(f"{name:<34}" + "".join(cells))
-    totals = [sum(t.seconds for t in results[size][0].values()) for size in arguments.sizes]
-    print("-" * len(header))
-    print(f"{'total':<34}" + "".join(f"{total:>15.3f} " for total in totals))
-    alpha = ("features", "inference", "clusters", "selection")
-    for size in arguments.sizes:
-        times = results[size][0]
-        layer = sum(t.seconds for n, t in times.items() if n.startswith(alpha))
-        synthesis = times["weights (5 profiles)"].seconds + times[BACKTEST].seconds
-        print(
-            f"{size} symbols: alpha layer {layer:.2f} s, weights + backtest {synthesis:.2f} s; "
-            f"{results[size][1]}"
-        )
-    print(
-        f"\noptimiser alone, min_variance CLARABEL at {optimiser_facts['symbols']} symbols x "
-        f"{optimiser_facts['rows']} bars, cap {OPTIMISER_CAP:.0%}, {optimiser_facts['clusters']} "
-        f"cluster caps of {OPTIMISER_CLUSTER_CAP:.0%}:"
-    )
-    print(f"  {'without turnover term':<32}{first.seconds:>10.3f} s")
-    print(
-        f"  {'with turnover term':<32}{second.seconds:>10.3f} s  "
-        f"(lambda {OPTIMISER_TURNOVER_PENALTY:g}; {optimiser_facts})"
-    )
-    print(
-        f"\n* = one run (slower than {arguments.cheap:g} s), otherwise best of up to "
-        f"{arguments.repeats}. Bench wall time {time.perf_counter() - started:.1f} s."
-    )
+                print("\nengine stages, in-process (tests.bench_engine):")
+                sys.argv = [sys.argv[0], "--sizes", str(arguments.sizes[0]), "--repeats", "1"]
+                bench_engine.main()
+    finally:
+        if arguments.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nbench wall time {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from scipy.spatial.distance import squareform
 UNINFORMATIVE_DISTANCE = math.sqrt(0.5)
 """Distance of a pair without a usable correlation: ``sqrt(0.5 * (1 - 0))``, i.e. rho = 0."""
 
+MIN_OVERLAP = 20
+"""Shared returns a pair needs inside a lookback for that lookback's correlation to count."""
+
 # A per-observation variance below this (a standard deviation of 1e-14 in return units) is
 # floating-point residue of centring a constant series, not dispersion.
 _DEGENERATE_VARIANCE = 1e-28
@@ -30,41 +33,108 @@ def _fitting_lookbacks(lookbacks: Sequence[int], rows: int) -> list[int]:
     return fitting or [rows]
 
 
-def _pairwise_correlation(values: np.ndarray, min_overlap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairwise-complete Pearson correlation of the columns of ``values`` (NaN = missing).
+def _masked_rows(
+    values: np.ndarray, rows: np.ndarray, min_overlap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise-complete correlation of the columns ``rows`` against every column.
 
-    Returns ``(rho, usable)``: ``usable`` is False where the pair shares fewer than ``min_overlap``
-    observations or either side is constant on the shared dates (rho is set to 0 there).
-    Computed with masked matrix products, O(T·n²) without a loop over pairs.
+    Masked matrix products, O(T·|rows|·n): each pair re-centres on the dates both have. Returns
+    ``(rho, usable)`` of shape ``(len(rows), n)``; ``usable`` is False where the pair shares fewer
+    than ``min_overlap`` observations or either side is constant on them (rho is 0 there).
     """
     present = np.isfinite(values)
     mask = present.astype(np.float64)
     counts = mask.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        column_means = np.where(counts > 0, np.nansum(values, axis=0) / counts, 0.0)
+        column_means = np.where(
+            counts > 0, np.where(present, values, 0.0).sum(axis=0) / counts, 0.0
+        )
     # Centring on each column's own mean changes no pairwise correlation (each pair re-centres on
     # its overlap below) but avoids cancellation in the sums of squares.
     centred = np.where(present, values - column_means, 0.0)
-
-    overlap = mask.T @ mask
-    sums = centred.T @ mask  # [i, j]: sum of x_i over the dates where j is present
-    squares = (centred * centred).T @ mask
-    cross = centred.T @ centred
+    mask_rows, centred_rows = mask[:, rows], centred[:, rows]
+    overlap = mask_rows.T @ mask
+    sums_row = centred_rows.T @ mask  # [i, j]: sum of x_i over the dates where j is present
+    sums_col = mask_rows.T @ centred  # [i, j]: sum of x_j over the dates where i is present
+    squares_row = (centred_rows * centred_rows).T @ mask
+    squares_col = mask_rows.T @ (centred * centred)
+    cross = centred_rows.T @ centred
     with np.errstate(invalid="ignore", divide="ignore"):
-        covariance = cross - sums * sums.T / overlap
-        variance = squares - sums * sums / overlap
-        variance_t = variance.T
+        covariance = cross - sums_row * sums_col / overlap
+        variance_row = squares_row - sums_row * sums_row / overlap
+        variance_col = squares_col - sums_col * sums_col / overlap
         usable = (
             (overlap >= min_overlap)
-            & (variance > _DEGENERATE_VARIANCE * overlap)
-            & (variance_t > _DEGENERATE_VARIANCE * overlap)
+            & (variance_row > _DEGENERATE_VARIANCE * overlap)
+            & (variance_col > _DEGENERATE_VARIANCE * overlap)
         )
-        rho = np.where(usable, covariance / np.sqrt(variance * variance_t), 0.0)
+        rho = np.where(usable, covariance / np.sqrt(variance_row * variance_col), 0.0)
     return np.clip(rho, -1.0, 1.0), usable
 
 
+def _lookback_distance(values: np.ndarray, min_overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correlation distance of one lookback's rows and where it is defined (pairwise-complete).
+
+    Returns ``(distance, usable)``: ``sqrt(0.5 * (1 - rho))`` (0 where not usable) and a uint8
+    matrix of the usable pairs. Columns observed on every row of the lookback (almost all of a
+    sleeve) need no masking: their correlations are one product of standardised columns in
+    float64 BLAS (a symmetric rank-k update, so the result is exactly symmetric). Only columns
+    with a gap (listed or delisted inside the lookback) take the masked products, for their rows
+    and columns alone. The distance is transformed in place: one N×N temporary per lookback.
+    """
+    n_rows = values.shape[0]
+    complete = np.isfinite(values).all(axis=0)
+    observed = np.where(complete, values, 0.0)
+    centred = np.where(complete, observed - observed.mean(axis=0), 0.0)
+    sums = centred.sum(axis=0)
+    variance = (centred * centred).sum(axis=0) - sums * sums / n_rows
+    usable_column = complete & (variance > _DEGENERATE_VARIANCE * n_rows) & (n_rows >= min_overlap)
+    scale = np.where(usable_column, 1.0 / np.sqrt(np.where(usable_column, variance, 1.0)), 0.0)
+    standardised = centred * scale
+    distance = standardised.T @ standardised  # rho; zero rows and columns where not usable
+    np.clip(distance, -1.0, 1.0, out=distance)
+    np.subtract(1.0, distance, out=distance)
+    distance *= 0.5
+    np.sqrt(distance, out=distance)
+    usable = np.multiply.outer(usable_column.astype(np.uint8), usable_column.astype(np.uint8))
+    distance *= usable
+    gaps = np.flatnonzero(~complete)
+    if gaps.size:
+        rho, usable_gaps = _masked_rows(values, gaps, min_overlap)
+        # Symmetric by construction: the gap-by-gap block takes the mean of its two orientations.
+        block = rho[:, gaps]
+        rho[:, gaps] = 0.5 * (block + block.T)
+        rows = np.where(usable_gaps, np.sqrt(0.5 * (1.0 - rho)), 0.0)
+        distance[gaps, :] = rows
+        distance[:, gaps] = rows.T
+        usable[gaps, :] = usable_gaps
+        usable[:, gaps] = usable_gaps.T
+    return distance, usable
+
+
+def _distance_matrix(values: np.ndarray, lookbacks: Sequence[int], min_overlap: int) -> np.ndarray:
+    """The mean correlation distance over the fitting lookbacks as a symmetric ndarray."""
+    n_columns = values.shape[1]
+    total = np.zeros((n_columns, n_columns))
+    contributions = np.zeros(
+        (n_columns, n_columns), dtype=np.int64 if len(lookbacks) > 255 else np.uint8
+    )
+    for lookback in _fitting_lookbacks(lookbacks, len(values)):
+        distance, usable = _lookback_distance(values[-lookback:], min_overlap)
+        total += distance
+        contributions += usable
+        del distance, usable
+    np.divide(total, contributions, out=total, where=contributions > 0)
+    total[contributions == 0] = UNINFORMATIVE_DISTANCE
+    np.fill_diagonal(total, 0.0)
+    return total
+
+
 def correlation_distance(
-    returns: pd.DataFrame, *, lookbacks: Sequence[int] = (60, 120, 200), min_overlap: int = 20
+    returns: pd.DataFrame,
+    *,
+    lookbacks: Sequence[int] = (60, 120, 200),
+    min_overlap: int = MIN_OVERLAP,
 ) -> pd.DataFrame:
     """Correlation distance ``sqrt(0.5 * (1 - rho))`` in [0, 1] averaged over several lookbacks.
 
@@ -79,17 +149,7 @@ def correlation_distance(
     """
     symbols = pd.Index(returns.columns, name="symbol")
     values = returns.to_numpy(dtype=np.float64, copy=False)
-    n_symbols = values.shape[1]
-    total = np.zeros((n_symbols, n_symbols))
-    contributions = np.zeros((n_symbols, n_symbols))
-    for lookback in _fitting_lookbacks(lookbacks, len(returns)):
-        rho, usable = _pairwise_correlation(values[-lookback:], min_overlap)
-        total += np.where(usable, np.sqrt(0.5 * (1.0 - rho)), 0.0)
-        contributions += usable
-    with np.errstate(invalid="ignore", divide="ignore"):
-        distance = np.where(contributions > 0, total / contributions, UNINFORMATIVE_DISTANCE)
-    distance = 0.5 * (distance + distance.T)
-    np.fill_diagonal(distance, 0.0)
+    distance = _distance_matrix(values, lookbacks, min_overlap)
     return pd.DataFrame(distance, index=symbols, columns=symbols.copy())
 
 
@@ -127,15 +187,14 @@ def cluster_symbols(
     if len(original) == 1:
         return pd.Series([1], index=original, name="cluster", dtype=np.int64)
 
-    ordered = returns.reindex(columns=sorted(original))
-    distance = correlation_distance(ordered, lookbacks=lookbacks)
-    linkage = hierarchy.linkage(
-        squareform(distance.to_numpy(), checks=False), method="ward", optimal_ordering=False
-    )
+    ordered = pd.Index(sorted(original), name="symbol")
+    values = returns.reindex(columns=ordered).to_numpy(dtype=np.float64)
+    distance = _distance_matrix(values, lookbacks, MIN_OVERLAP)
+    condensed = squareform(distance, checks=False)
+    del distance  # the square matrix is not needed by the linkage: free N² floats first
+    linkage = hierarchy.linkage(condensed, method="ward", optimal_ordering=False)
     labels = hierarchy.fcluster(linkage, t=threshold, criterion="distance")
     if labels.max() > max_clusters:
         labels = hierarchy.fcluster(linkage, t=max_clusters, criterion="maxclust")
-    clusters = pd.Series(
-        _renumber(labels, distance.index), index=distance.index, name="cluster", dtype=np.int64
-    )
+    clusters = pd.Series(_renumber(labels, ordered), index=ordered, name="cluster", dtype=np.int64)
     return clusters.reindex(original)

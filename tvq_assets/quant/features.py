@@ -6,6 +6,7 @@ and returns one value per symbol; no function loops over symbols.
 """
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -76,17 +77,24 @@ def permutation_entropy(values: np.ndarray, *, order: int = 5, delay: int = 1) -
     n_patterns = math.factorial(order)
     if n_rows < span:
         return np.full(n_cols, np.nan)
-    windows = np.lib.stride_tricks.sliding_window_view(array, span, axis=0)[..., ::delay]
-    complete = ~np.isnan(windows).any(axis=-1)
+    n_windows = n_rows - span + 1
+    # Element k of every window, as one 2-D slice per k: windows x columns, no 3-D temporary.
+    lagged = [array[k * delay : k * delay + n_windows] for k in range(order)]
+    complete = np.ones_like(lagged[0], dtype=bool)  # the input's memory order, C or F
+    for values in lagged:
+        complete &= ~np.isnan(values)
     # Lehmer code of the ordinal pattern: c_i counts later values strictly below value i, which
     # is exactly the stable-argsort tie rule, and maps the order! patterns onto 0..order!-1.
-    code = np.zeros(complete.shape, dtype=np.int64)
+    # Narrow integers (the code is below order!) keep the passes over windows x columns cheap.
+    code_type = np.int16 if n_patterns <= np.iinfo(np.int16).max else np.int64
+    code = np.zeros_like(lagged[0], dtype=code_type)
     for i in range(order):
-        later_below = (windows[..., i + 1 :] < windows[..., i : i + 1]).sum(axis=-1)
-        code = code * (order - i) + later_below
-    column = np.broadcast_to(np.arange(n_cols), code.shape)
-    flat = (column * n_patterns + code)[complete]
-    counts = np.bincount(flat, minlength=n_cols * n_patterns).reshape(n_cols, n_patterns)
+        later_below = np.zeros_like(code)
+        for j in range(i + 1, order):
+            later_below += lagged[j] < lagged[i]
+        code = code * code_type(order - i) + later_below
+    flat = code.astype(np.int64) + np.arange(n_cols, dtype=np.int64) * n_patterns
+    counts = np.bincount(flat[complete], minlength=n_cols * n_patterns).reshape(n_cols, n_patterns)
     totals = counts.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         probabilities = counts / totals[:, None]
@@ -217,13 +225,16 @@ def _moments(window: np.ndarray) -> dict[str, np.ndarray]:
     Skew and kurtosis follow scipy.stats.skew(bias=False) and kurtosis(fisher=True, bias=False),
     including scipy's rule that a numerically constant column gives NaN.
     """
-    n = (~np.isnan(window)).sum(axis=0).astype(np.float64)
+    valid = ~np.isnan(window)
+    n = valid.sum(axis=0).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.nansum(window, axis=0) / n
-        deviation = window - mean
-        m2 = np.nansum(deviation**2, axis=0) / n
-        m3 = np.nansum(deviation**3, axis=0) / n
-        m4 = np.nansum(deviation**4, axis=0) / n
+        mean = np.where(valid, window, 0.0).sum(axis=0) / n
+        # Missing observations contribute an exact 0 to every power sum, as nansum would.
+        deviation = np.where(valid, window - mean, 0.0)
+        squared = deviation * deviation
+        m2 = squared.sum(axis=0) / n
+        m3 = (squared * deviation).sum(axis=0) / n
+        m4 = (squared * squared).sum(axis=0) / n
         std = np.sqrt(m2 * n / (n - 1))
         constant = m2 <= (np.finfo(np.float64).eps * mean) ** 2
         skew = np.sqrt(n * (n - 1)) / (n - 2) * m3 / m2**1.5
@@ -235,6 +246,67 @@ def _moments(window: np.ndarray) -> dict[str, np.ndarray]:
         "skew": np.where(~constant & (n > 2), skew, np.nan),
         "kurtosis": np.where(~constant & (n > 3), kurtosis, np.nan),
     }
+
+
+def _check_parameters(lookback: int, periods_per_year: int, liquidity_baseline: float) -> None:
+    if lookback < 2:
+        raise ValueError(f"compute_features needs lookback >= 2, got {lookback}")
+    if periods_per_year <= 0:
+        raise ValueError(f"compute_features needs periods_per_year > 0, got {periods_per_year}")
+    if not liquidity_baseline > 0:
+        raise ValueError(f"compute_features needs liquidity_baseline > 0, got {liquidity_baseline}")
+
+
+def _feature_block(
+    window: np.ndarray,
+    volume_window: np.ndarray,
+    history: np.ndarray,
+    *,
+    periods_per_year: int,
+    liquidity_baseline: float,
+    entropy_order: int,
+) -> dict[str, np.ndarray]:
+    """Every feature of each column of a (time x columns) window; see :func:`compute_features`.
+
+    Each column is computed on its own, so windows of several dates can be laid side by side
+    and computed in one call.
+    """
+    moments = _moments(window)
+    enough = moments["n"] >= MIN_OBSERVATIONS
+    volatility = moments["std"] * math.sqrt(periods_per_year)
+    with np.errstate(divide="ignore"):
+        stability = np.where(volatility > _ZERO_VOLATILITY, 1.0 / volatility, np.nan)
+    hurst = hurst_rs(window, anis_lloyd=True)
+    with np.errstate(divide="ignore"):
+        survival = np.where(
+            history > 0, 1.0 / (1.0 + (SURVIVAL_HALF_LIFE_BARS / history) ** 2), 0.0
+        )
+    median_volume = _median(volume_window)
+
+    def masked(values: np.ndarray) -> np.ndarray:
+        return np.where(enough, values, np.nan)
+
+    return {
+        "momentum": masked(moments["mean"] * periods_per_year),
+        "volatility": masked(volatility),
+        "stability": masked(stability),
+        "entropy": masked(permutation_entropy(window, order=entropy_order)),
+        "efficiency": masked(efficiency_ratio(window)),
+        "hurst": masked(hurst),
+        "hurst_clean": masked(1.0 - 2.0 * np.abs(hurst - 0.5)),
+        "skew": masked(moments["skew"]),
+        "kurtosis": masked(moments["kurtosis"]),
+        "cvar_95": masked(cvar(window, level=0.95)),
+        "dollar_volume": median_volume,
+        "liquidity": np.minimum(1.0, median_volume / liquidity_baseline),
+        "history": history,
+        "survival": survival,
+    }
+
+
+def _table(columns: dict[str, np.ndarray], symbols: pd.Index) -> pd.DataFrame:
+    index = pd.Index(symbols.astype(str), name="symbol")
+    return pd.DataFrame(columns, index=index, columns=list(FEATURE_COLUMNS), dtype=np.float64)
 
 
 def compute_features(
@@ -264,48 +336,66 @@ def compute_features(
     sizes of 8). ``dollar_volume`` is aligned to ``returns``' rows and columns; symbols without
     any dollar volume in the window get NaN liquidity. Index: symbol, in ``returns.columns`` order.
     """
-    if lookback < 2:
-        raise ValueError(f"compute_features needs lookback >= 2, got {lookback}")
-    if periods_per_year <= 0:
-        raise ValueError(f"compute_features needs periods_per_year > 0, got {periods_per_year}")
-    if not liquidity_baseline > 0:
-        raise ValueError(f"compute_features needs liquidity_baseline > 0, got {liquidity_baseline}")
+    _check_parameters(lookback, periods_per_year, liquidity_baseline)
     all_returns = returns.to_numpy(dtype=np.float64)
-    window = all_returns[-lookback:]
     volume = dollar_volume.reindex(index=returns.index, columns=returns.columns)
-    volume_window = volume.to_numpy(dtype=np.float64)[-lookback:]
+    columns = _feature_block(
+        all_returns[-lookback:],
+        volume.to_numpy(dtype=np.float64)[-lookback:],
+        (~np.isnan(all_returns)).sum(axis=0).astype(np.float64),
+        periods_per_year=periods_per_year,
+        liquidity_baseline=liquidity_baseline,
+        entropy_order=entropy_order,
+    )
+    return _table(columns, returns.columns)
 
-    moments = _moments(window)
-    enough = moments["n"] >= MIN_OBSERVATIONS
-    volatility = moments["std"] * math.sqrt(periods_per_year)
-    with np.errstate(divide="ignore"):
-        stability = np.where(volatility > _ZERO_VOLATILITY, 1.0 / volatility, np.nan)
-    hurst = hurst_rs(window, anis_lloyd=True)
-    history = (~np.isnan(all_returns)).sum(axis=0).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        survival = np.where(
-            history > 0, 1.0 / (1.0 + (SURVIVAL_HALF_LIFE_BARS / history) ** 2), 0.0
+
+def compute_features_at(
+    returns: pd.DataFrame,
+    dollar_volume: pd.DataFrame,
+    ends: Sequence[int],
+    *,
+    periods_per_year: int,
+    lookback: int = 120,
+    liquidity_baseline: float,
+    entropy_order: int = 5,
+) -> dict[int, pd.DataFrame]:
+    """The feature tables at several row positions of one frame, computed in one pass.
+
+    ``result[t]`` equals ``compute_features(returns.iloc[: t + 1], dollar_volume, ...)``: the
+    features of the ``lookback`` rows ending at row ``t`` (fewer near the start), with
+    ``history`` counted from the first row to ``t`` (one cumulative count for every ``t``).
+    The windows of all positions with the same length are laid side by side and computed in a
+    single call of every building block, instead of one call per position.
+    """
+    _check_parameters(lookback, periods_per_year, liquidity_baseline)
+    n_rows, n_cols = returns.shape
+    if any(not 0 <= t < n_rows for t in ends):
+        raise ValueError(f"compute_features_at needs row positions in [0, {n_rows}), got {ends}")
+    all_returns = returns.to_numpy(dtype=np.float64)
+    volume = dollar_volume.reindex(index=returns.index, columns=returns.columns)
+    all_volume = volume.to_numpy(dtype=np.float64)
+    cumulative_valid = np.cumsum(~np.isnan(all_returns), axis=0)
+    layout = np.asfortranarray if all_returns.flags.f_contiguous else np.ascontiguousarray
+    by_length: dict[int, list[int]] = {}
+    for t in dict.fromkeys(int(t) for t in ends):
+        by_length.setdefault(min(lookback, t + 1), []).append(t)
+    tables = {}
+    for length, group in by_length.items():
+        # The memory order of the frame's own values, so that every per-column reduction sums
+        # in the same order as a single-date call and the tables are equal bit for bit.
+        window = layout(np.hstack([all_returns[t + 1 - length : t + 1] for t in group]))
+        volume_window = np.hstack([all_volume[t + 1 - length : t + 1] for t in group])
+        history = np.concatenate([cumulative_valid[t] for t in group]).astype(np.float64)
+        columns = _feature_block(
+            window,
+            volume_window,
+            history,
+            periods_per_year=periods_per_year,
+            liquidity_baseline=liquidity_baseline,
+            entropy_order=entropy_order,
         )
-    median_volume = _median(volume_window)
-
-    def masked(values: np.ndarray) -> np.ndarray:
-        return np.where(enough, values, np.nan)
-
-    columns = {
-        "momentum": masked(moments["mean"] * periods_per_year),
-        "volatility": masked(volatility),
-        "stability": masked(stability),
-        "entropy": masked(permutation_entropy(window, order=entropy_order)),
-        "efficiency": masked(efficiency_ratio(window)),
-        "hurst": masked(hurst),
-        "hurst_clean": masked(1.0 - 2.0 * np.abs(hurst - 0.5)),
-        "skew": masked(moments["skew"]),
-        "kurtosis": masked(moments["kurtosis"]),
-        "cvar_95": masked(cvar(window, level=0.95)),
-        "dollar_volume": median_volume,
-        "liquidity": np.minimum(1.0, median_volume / liquidity_baseline),
-        "history": history,
-        "survival": survival,
-    }
-    index = pd.Index(returns.columns.astype(str), name="symbol")
-    return pd.DataFrame(columns, index=index, columns=list(FEATURE_COLUMNS), dtype=np.float64)
+        for position, t in enumerate(group):
+            part = slice(position * n_cols, (position + 1) * n_cols)
+            tables[t] = _table({k: v[part] for k, v in columns.items()}, returns.columns)
+    return {int(t): tables[int(t)] for t in ends}

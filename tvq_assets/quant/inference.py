@@ -151,6 +151,7 @@ def rank_ic(
     liquidity_baseline: float,
     horizon: int = 20,
     fits: int = 6,
+    features: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Challenger score: rank-IC-weighted mean of feature probabilities, fitted walk-forward.
 
@@ -165,6 +166,11 @@ def rank_ic(
     in [PROBABILITY_FLOOR, 1]. Same columns as ``log_mps`` with model "rank_ic"; ``attrs`` hold
     "weights", "mean_ic" (per feature, NaN read as 0), "anchor_ics" ({anchor date: {feature:
     IC}}) and "fallback" (None, or why DEFAULT_WEIGHTS were used).
+
+    ``features``: the caller's feature table of this same ``returns`` / ``dollar_volume`` with the
+    same parameters (``compute_features``, extra columns allowed), reused for the last row
+    instead of being computed again; its index must be ``returns.columns``. The anchors' tables
+    are computed together in one pass (``compute_features_at``).
     """
     if horizon < 1 or fits < 0:
         raise ValueError(f"rank_ic needs horizon >= 1 and fits >= 0, got {horizon}, {fits}")
@@ -178,16 +184,15 @@ def rank_ic(
     ]
     with np.errstate(invalid="ignore"):
         growth = np.log1p(values)  # a return below -100% is invalid input: NaN, left out
+    parameters = {
+        "periods_per_year": periods_per_year,
+        "lookback": lookback,
+        "liquidity_baseline": liquidity_baseline,
+    }
+    past_tables = feature_engine.compute_features_at(returns, dollar_volume, anchors, **parameters)
     anchor_ics = {}
     for t in anchors:
-        past = feature_engine.compute_features(
-            returns.iloc[: t + 1],
-            dollar_volume,
-            periods_per_year=periods_per_year,
-            lookback=lookback,
-            liquidity_baseline=liquidity_baseline,
-        )
-        probabilities = feature_probabilities(past)[[f"p_{name}" for name in names]]
+        probabilities = feature_probabilities(past_tables[t])[[f"p_{name}" for name in names]]
         forward = np.expm1(growth[t + 1 : t + 1 + horizon].sum(axis=0))
         anchor_ics[returns.index[t]] = _spearman_by_column(probabilities.to_numpy(), forward)
     anchor_frame = pd.DataFrame.from_dict(anchor_ics, orient="index", columns=names).astype(
@@ -206,13 +211,15 @@ def rank_ic(
         fallback = None
         weights = {name: float(positive[name] / positive.sum()) for name in names}
 
-    latest = feature_engine.compute_features(
-        returns,
-        dollar_volume,
-        periods_per_year=periods_per_year,
-        lookback=lookback,
-        liquidity_baseline=liquidity_baseline,
-    )
+    if features is None:
+        latest = feature_engine.compute_features(returns, dollar_volume, **parameters)
+    elif not features.index.equals(pd.Index(returns.columns.astype(str))):
+        raise ValueError(
+            "rank_ic: the feature table's symbols differ from the returns' columns "
+            f"({len(features)} rows vs {returns.shape[1]} columns); pass the table of these returns"
+        )
+    else:
+        latest = features
     probabilities, vector = _weighted_probabilities(latest, _normalised(weights))
     score = np.clip(probabilities.to_numpy() @ vector, PROBABILITY_FLOOR, 1.0)
     frame = pd.DataFrame({"score": score}, index=latest.index)

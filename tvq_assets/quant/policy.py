@@ -243,6 +243,7 @@ def score(
             periods_per_year=settings.periods_per_year,
             lookback=settings.feature_lookback,
             liquidity_baseline=settings.liquidity_baseline,
+            features=table,
         )
     raise ValueError(f"unknown scorer {scorer!r}; expected one of {SCORERS}")
 

@@ -181,9 +181,15 @@ def production(sleeves: list[str] | None) -> int:
     """The production flow from the command line: each sleeve's bars, then its newest run, each
     as a real job run in production mode (a process per step), recorded in ``DAGSTER_HOME``."""
     from tvq_assets.partitions import catalog, run, run_key
+    from tvq_resources.mode import ProductionUnavailable, check_production
 
-    newest = run.get_last_partition_key()
     environment = {**os.environ, "TV_ORCH_MODE": "production"}
+    try:
+        check_production(environment)
+    except ProductionUnavailable as error:
+        print(error, file=sys.stderr)
+        return 2
+    newest = run.get_last_partition_key()
     base = ["dagster", "job", "execute", "-m", "tvq_assets.definitions"]
     for name in sleeves or list(catalog.sleeves):
         for job, partition in (("refresh_bars", name), ("daily", run_key(newest, name))):

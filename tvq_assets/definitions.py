@@ -1,7 +1,5 @@
 """The composition root: every asset, check, job, schedule and resource of the code location."""
 
-import os
-
 import dagster as dg
 
 from tvq_assets import allocation, alpha, data, tracking
@@ -9,6 +7,7 @@ from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake
 from tvq_resources.market_data import MarketData, SourceConfig
+from tvq_resources.mode import orchestration_mode
 from tvq_resources.tracking import MlflowTracker
 
 
@@ -38,12 +37,9 @@ def build_resources(
 
 def executor() -> dg.ExecutorDefinition:
     """``TV_ORCH_MODE=local`` (default): one process; ``production``: a process per step."""
-    mode = os.environ.get("TV_ORCH_MODE", "local")
-    if mode == "local":
-        return dg.in_process_executor
-    if mode == "production":
+    if orchestration_mode().is_production:
         return dg.multiprocess_executor.configured({"max_concurrent": 2})
-    raise ValueError(f"TV_ORCH_MODE={mode!r}: expected 'local' or 'production'")
+    return dg.in_process_executor
 
 
 ASSETS = [

@@ -154,7 +154,8 @@ class Services:
             took = time.perf_counter() - started
             print(f"{name}: started on {HOST}:{self.port(name)} in {took:.1f}s")
 
-    def _wait(self, name: str, seconds: float = 120.0) -> None:
+    def _wait(self, name: str, seconds: float = 420.0) -> None:
+        # MLflow creates its tables on a first start: over a minute on a loaded two-core machine.
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.answers(name):

@@ -54,8 +54,22 @@ class Services:
 
     # -- where ---------------------------------------------------------------------------------
     @property
+    def pg_home(self) -> Path:
+        """Postgres's folder: the state folder, or, when we are root and the ``postgres`` user
+        cannot reach the state folder (a checkout under a private home), a folder of its own
+        under /var/lib/postgresql, linked from the state folder as ``pg``."""
+        if not _is_root() or _reachable_by_others(self.state):
+            return self.state
+        digest = hashlib.sha1(str(self.state.resolve()).encode()).hexdigest()[:10]
+        return Path("/var/lib/postgresql") / f"tvq-{digest}"
+
+    @property
     def pgdata(self) -> Path:
-        return self.state / "pg"
+        return self.pg_home / "pg"
+
+    @property
+    def pg_log(self) -> Path:
+        return self.logs / "postgres.log" if self.pg_home == self.state else self.pg_home / "log"
 
     @property
     def password_file(self) -> Path:
@@ -163,22 +177,28 @@ class Services:
             if not self.running()[name]:
                 break
             time.sleep(0.25)
-        log = self.logs / f"{name}.log"
+        log = self.pg_log if name == "postgres" else self.logs / f"{name}.log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise ServiceError(f"{name} did not come up on {HOST}:{self.port(name)}; {log}:\n{tail}")
 
     def _start_postgres(self) -> None:
         _ensure_postgres_installed()
         bin_dir = _postgres_bin()
-        log = self.logs / "postgres.log"
+        log = self.pg_log
         if not (self.pgdata / "PG_VERSION").exists():
             if self.pgdata.exists():
                 shutil.rmtree(self.pgdata)  # a half-done initdb
+            if self.pg_home != self.state:
+                self.pg_home.mkdir(parents=True, exist_ok=True)
+                _own_by_postgres(self.pg_home)
+                link = self.state / "pg"
+                if not link.is_symlink():
+                    link.symlink_to(self.pgdata)
             self.pgdata.mkdir(mode=0o700)
             password = secrets.token_urlsafe(24)
             self.password_file.write_text(password + "\n")
             self.password_file.chmod(0o600)
-            pwfile = self.state / ".initdb-password"
+            pwfile = self.pg_home / ".initdb-password"
             pwfile.write_text(password + "\n")
             _own_by_postgres(self.pgdata, pwfile)
             try:
@@ -364,7 +384,7 @@ class Services:
                     "-D",
                     str(self.pgdata),
                 ],
-                self.logs / "postgres.log",
+                self.pg_log,
             )
         _wait_gone(family, STOP_SECONDS)
 
@@ -474,6 +494,15 @@ def _ensure_postgres_installed() -> None:
 
 def _is_root() -> bool:
     return os.geteuid() == 0
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Every folder from / to ``path`` can be traversed by another user."""
+    path = path.resolve()
+    for folder in [path, *path.parents]:
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            return False
+    return True
 
 
 def _own_by_postgres(*paths: Path) -> None:

@@ -71,7 +71,7 @@ def test_services_that_do_not_answer_are_named_with_their_address():
     closed = _free_port()  # nothing listens there
     environ = {
         "DAGSTER_HOME": str(PRODUCTION_YAML.parent),
-        "TVQ_POSTGRES_URL": f"postgresql://tvq:x@127.0.0.1:{closed}/dagster",
+        "TVQ_POSTGRES_URL": f"postgresql+psycopg2://tvq:x@127.0.0.1:{closed}/dagster",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}",
         "RAY_ADDRESS": f"127.0.0.1:{closed}",
     }
@@ -81,6 +81,15 @@ def test_services_that_do_not_answer_are_named_with_their_address():
     assert "Postgres of DAGSTER_HOME=" in message and "does not answer" in message
     assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{closed}: the server does not answer" in message
     assert f"RAY_ADDRESS=127.0.0.1:{closed}: no Ray head answers there" in message
+
+
+def test_a_postgres_url_without_the_installed_driver_is_refused():
+    environ = {
+        "DAGSTER_HOME": str(PRODUCTION_YAML.parent),
+        "TVQ_POSTGRES_URL": "postgresql://tvq:x@127.0.0.1:5433/dagster",
+    }
+    with pytest.raises(ProductionUnavailable, match=r"must start with postgresql\+psycopg2://"):
+        check_production(environ)
 
 
 def test_the_production_instance_is_the_local_one_on_postgres():

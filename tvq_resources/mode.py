@@ -86,7 +86,7 @@ def check_production(environ: dict[str, str] | None = None) -> ProductionService
         except ProductionUnavailable as error:
             problems.append(str(error))
         else:
-            problem = _postgres_answers(postgres_url)
+            problem = _postgres_driver(postgres_url) or _postgres_answers(postgres_url)
             if problem:
                 problems.append(f"Postgres of DAGSTER_HOME={home} does not answer: {problem}")
     tracking = env.get("MLFLOW_TRACKING_URI", "")
@@ -143,7 +143,7 @@ def _postgres_url(home: Path, env: dict[str, str]) -> str:
     if db.get("password"):
         credentials += ":" + quote(str(db["password"]), safe="")
     host = f"{db.get('hostname', '')}:{db.get('port', 5432)}"
-    return f"postgresql://{credentials}@{host}/{db.get('db_name', '')}"
+    return f"{db.get('scheme', 'postgresql')}://{credentials}@{host}/{db.get('db_name', '')}"
 
 
 def _resolve(value: Any, env: dict[str, str], home: Path) -> Any:
@@ -161,11 +161,23 @@ def _resolve(value: Any, env: dict[str, str], home: Path) -> Any:
     return value
 
 
+def _postgres_driver(url: str) -> str | None:
+    """dagster-postgres connects through SQLAlchemy, whose default Postgres driver (psycopg 3) is
+    not installed (and cannot take its ``NOTIFY``): the URL must name psycopg2."""
+    scheme = url.partition("://")[0]
+    if scheme in ("postgresql+psycopg2", "postgres+psycopg2"):
+        return None
+    return f"the URL must start with postgresql+psycopg2:// (the driver installed), not {scheme}://"
+
+
 def _postgres_answers(url: str) -> str | None:
     import psycopg2
 
+    scheme, _, rest = url.partition("://")
     try:
-        psycopg2.connect(url, connect_timeout=int(PROBE_SECONDS)).close()
+        psycopg2.connect(
+            f"{scheme.split('+')[0]}://{rest}", connect_timeout=int(PROBE_SECONDS)
+        ).close()
     except psycopg2.Error as error:
         return str(error).strip().splitlines()[0]
     return None

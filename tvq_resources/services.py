@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
+PG_SCHEME = "postgresql+psycopg2"
 USER = "tvq"
 DATABASES = ("dagster", "mlflow")
 DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "ray": 6379}
@@ -91,8 +92,11 @@ class Services:
         return self.state / "ray"
 
     def postgres_url(self, database: str = "dagster") -> str:
+        """A SQLAlchemy URL naming the psycopg2 driver (``postgresql+psycopg2://``): SQLAlchemy
+        2.1's default Postgres driver is psycopg 3, which is not installed and whose server-side
+        parameters dagster-postgres's ``NOTIFY`` cannot take."""
         password = self.password_file.read_text().strip()
-        return f"postgresql://{USER}:{password}@{HOST}:{self.pg_port}/{database}"
+        return f"{PG_SCHEME}://{USER}:{password}@{HOST}:{self.pg_port}/{database}"
 
     @property
     def mlflow_uri(self) -> str:
@@ -247,7 +251,7 @@ class Services:
     def _create_databases(self) -> None:
         import psycopg2
 
-        connection = psycopg2.connect(self.postgres_url("postgres"), connect_timeout=10)
+        connection = psycopg2.connect(libpq_url(self.postgres_url("postgres")), connect_timeout=10)
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:
@@ -265,8 +269,7 @@ class Services:
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             "--backend-store-uri",
-            # SQLAlchemy's default Postgres driver is psycopg 3; the wheel installed is psycopg2.
-            self.postgres_url("mlflow").replace("postgresql://", "postgresql+psycopg2://", 1),
+            self.postgres_url("mlflow"),
             "--artifacts-destination",
             str(artifacts),
             "--host",
@@ -387,6 +390,12 @@ class Services:
                 self.pg_log,
             )
         _wait_gone(family, STOP_SECONDS)
+
+
+def libpq_url(url: str) -> str:
+    """The same URL as libpq (psycopg2.connect) reads it: without SQLAlchemy's driver name."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}://{rest}"
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -131,13 +132,24 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path):
 
 # -- end to end on the services ----------------------------------------------------------------
 def _make(target: str, variables: dict[str, str], env: dict[str, str] | None = None):
-    return subprocess.run(
+    """Run a make target in a session of its own; on timeout the whole session is killed (make,
+    the flow and its step processes), not make alone."""
+    process = subprocess.Popen(
         ["make", "-s", "-C", str(ROOT), target, *[f"{k}={v}" for k, v in variables.items()]],
         env=env or os.environ.copy(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
+        start_new_session=True,
     )
+    try:
+        # Generous: a process per step imports for 15-20 s each on two loaded cores.
+        stdout, stderr = process.communicate(timeout=2400)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _pids(state: Path) -> dict[str, list[int]]:

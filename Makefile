@@ -1,7 +1,8 @@
 # tvq — every target bootstraps its own pinned environment on first use (.tools/uv, then .venv).
 SHELL := bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
-export DAGSTER_HOME := $(ROOT)/dagster_home
+# An exported DAGSTER_HOME wins (production mode points it at dagster_home/production).
+export DAGSTER_HOME ?= $(ROOT)/dagster_home
 export UV_PYTHON_DOWNLOADS := never
 UV_VERSION := 0.13.8
 UV := $(ROOT)/.tools/bin/uv
@@ -11,7 +12,8 @@ STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | ck
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup demo dev test test-slow test-all check bench bench-large backfill flow-production clean mlflow-ui browser
+.PHONY: setup demo dev test test-slow test-all check bench bench-large backfill flow-production clean \
+	mlflow-ui browser services services-stop services-status services-env postgres-server
 
 setup: $(STAMP)
 
@@ -81,13 +83,53 @@ bench: $(STAMP)
 bench-large: $(STAMP)
 	cd $(ROOT) && $(PY) -m tests.bench --large $(BENCH_ARGS)
 
-## flow-production: the production flow now (bars, then the newest run), through the run queue
+## flow-production: the production flow now (bars, then the newest run), through the run queue, on
+## the services: those of `make services`, unless TV_ORCH_MODE=production is already exported
+## with your own (DAGSTER_HOME, TVQ_POSTGRES_URL, MLFLOW_TRACKING_URI, RAY_ADDRESS)
 flow-production: $(STAMP)
-	cd $(ROOT) && TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli production
+	@cd $(ROOT) && if [ "$${TV_ORCH_MODE:-}" != production ]; then \
+	  env=$$($(SERVICES) env) || exit 1; eval "$$env"; fi; \
+	TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli production
+
+## services: production mode's servers on 127.0.0.1, state in $(SERVICES_DIR): Postgres (Dagster's
+## storage, MLflow's store) on PG_PORT, an MLflow tracking server on MLFLOW_PORT, a Ray head on
+## RAY_PORT. Idempotent; waits until each answers. services-env prints the exports of production
+## mode; services-stop stops them by their pids; services-status shows them.
+SERVICES_DIR ?= $(ROOT)/dagster_home/services
+PRODUCTION_HOME ?= $(ROOT)/dagster_home/production
+PG_PORT ?= 5433
+RAY_PORT ?= 6379
+SERVICES = $(PY) -m tvq_resources.services --state $(SERVICES_DIR) --production-home $(PRODUCTION_HOME) \
+	--pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT) --ray-port $(RAY_PORT)
+services: $(STAMP) postgres-server
+	@$(SERVICES) start
+
+services-stop: $(STAMP)
+	@$(SERVICES) stop
+
+services-status: $(STAMP)
+	@$(SERVICES) status
+
+services-env: $(STAMP)
+	@$(SERVICES) env
+
+## postgres-server: Debian's PostgreSQL server, installed with apt-get when no server is there
+## (without the package's own cluster on port 5432: make services runs its own)
+postgres-server:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl >/dev/null; then \
+	  echo "installing Debian's postgresql package (the server for make services)"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo mkdir -p /etc/postgresql-common; \
+	  echo "create_main_cluster = false" | $$sudo tee /etc/postgresql-common/createcluster.conf >/dev/null; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	    -o Dpkg::Options::=--force-confold --no-install-recommends postgresql >/dev/null; \
+	fi
 
 ## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: one run per as-of date (`make dev` runs them)
 backfill: $(STAMP)
 	cd $(ROOT) && TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
 
+## clean: forget the local runs and lake (the production instance and services are left alone)
 clean:
-	find $(DAGSTER_HOME) -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +
+	find $(ROOT)/dagster_home -mindepth 1 -maxdepth 1 ! -name dagster.yaml ! -name production \
+	  ! -name services -exec rm -rf {} +

@@ -286,10 +286,17 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
 
 def production(sleeves: list[str] | None) -> int:
     """The production flow from the command line: each sleeve's bars, then its newest run, as
-    runs of the code location through the queue, with the production executor."""
-    # Read when the definitions are imported (below, in `flow`): the executor of these runs. A
+    runs of the code location through the queue, on the services production mode names."""
+    from tvq_resources.mode import ProductionUnavailable, check_production
+
+    # Read when the definitions are imported (below, in `flow`): the resources of these runs. A
     # daemon that is already running (`make dev`) executes them with its own code server's mode.
     os.environ["TV_ORCH_MODE"] = "production"
+    try:
+        check_production(dict(os.environ))
+    except ProductionUnavailable as error:
+        print(error, file=sys.stderr)
+        return 2
     return flow(sleeves, None)
 
 

@@ -1,7 +1,5 @@
 """The composition root: every asset, check, job, schedule and resource of the code location."""
 
-import os
-
 import dagster as dg
 
 from tvq_assets import allocation, alpha, data, meta, tracking
@@ -9,6 +7,7 @@ from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake, root_setting
 from tvq_resources.market_data import MarketData, SourceConfig
+from tvq_resources.mode import orchestration_mode
 from tvq_resources.ray_fanout import RayFanout
 from tvq_resources.tracking import MlflowTracker
 
@@ -35,27 +34,26 @@ def build_resources(
         "lake": lake,
         "mlflow": mlflow,
         "io_manager": tracking.TrackedIOManager(store=ParquetIOManager(lake=lake), mlflow=mlflow),
-        "ray": ray or ray_resource(os.environ.get("TV_ORCH_MODE", "local")),
+        "ray": ray or ray_resource(orchestration_mode().is_production),
     }
 
 
-def ray_resource(mode: str) -> RayFanout:
+def ray_resource(production: bool) -> RayFanout:
     """``local``: the serial in-process fan-out (faster than Ray on a small machine; see the
     README section "Ray"); ``production``: the cluster at ``RAY_ADDRESS``."""
-    if mode == "production":
+    if production:
         return RayFanout(address=dg.EnvVar("RAY_ADDRESS"))
     return RayFanout()
 
 
 def executor() -> dg.ExecutorDefinition:
-    """``TV_ORCH_MODE=local`` (default) and ``production``: every step of a run in the run's own
-    process. A process per step cost 15-20 s of imports for 1-3 s of work (7 min for two demo
-    sleeves); a forkserver pays the imports once per run, still more than the whole run's steps.
-    Production parallelism comes from runs: the sleeves' runs go side by side through the queue."""
-    mode = os.environ.get("TV_ORCH_MODE", "local")
-    if mode in ("local", "production"):
-        return dg.in_process_executor
-    raise ValueError(f"TV_ORCH_MODE={mode!r}: expected 'local' or 'production'")
+    """Both modes run every step of a run in the run's own process (the mode is still validated
+    here: an unknown ``TV_ORCH_MODE`` stops the code location from loading). A process per step
+    cost 15-20 s of imports for 1-3 s of work (7 min for two demo sleeves); a forkserver pays the
+    imports once per run, still more than the whole run's steps. Production parallelism comes from
+    runs: the sleeves' runs go side by side through the queue."""
+    orchestration_mode()
+    return dg.in_process_executor
 
 
 ASSETS = [

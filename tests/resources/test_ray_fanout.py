@@ -71,7 +71,7 @@ def test_the_local_default_is_serial_and_production_connects_to_RAY_ADDRESS():
     assert chosen(lambda x: x * 2, [1, 2, 3]) == [2, 4, 6]
     assert (chosen.calls, chosen.tasks) == (1, 3)
 
-    production = ray_resource("production")
+    production = ray_resource(production=True)
     assert production.mode == "ray"
     assert isinstance(production.address, dg.EnvVar) and production.address == "RAY_ADDRESS"
 

@@ -1,0 +1,592 @@
+"""Production mode's services on loopback: Postgres, an MLflow tracking server and a Ray head.
+
+``python -m tvq_resources.services start|stop|status|env`` (what ``make services``,
+``services-stop``, ``services-status`` and ``services-env`` run). Everything lives in one state
+folder (default ``$DAGSTER_HOME/services``): the Postgres cluster (``pg/``, Dagster's run, event
+and schedule storage in database ``dagster``, MLflow's store in ``mlflow``), MLflow's artifacts,
+Ray's temp dir, logs, and one pid file per service.
+
+Every service binds 127.0.0.1 only. A service is stopped by the process ids it was started with
+(never by process name, which would hit other clusters on the machine): Postgres through
+``pg_ctl`` (its postmaster pid), MLflow and Ray by the session they were started in, each in a
+session of its own, so that workers they fork are found even after their parent exits.
+
+Postgres refuses to run as root: as root its commands run as the ``postgres`` system user that
+Debian's package creates (``runuser``).
+"""
+
+import argparse
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+PG_SCHEME = "postgresql+psycopg2"
+USER = "tvq"
+DATABASES = ("dagster", "mlflow")
+DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "ray": 6379}
+# Unix socket paths are limited to 107 bytes; Ray puts `session_<date>_<pid>/sockets/plasma_store`
+# (about 60 characters) under its temp dir, so a longer temp dir moves to /tmp (linked from the
+# state folder).
+RAY_TEMP_MAX = 45
+STOP_SECONDS = 30.0
+
+
+class ServiceError(RuntimeError):
+    """A service cannot be started or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Services:
+    state: Path
+    pg_port: int = DEFAULT_PORTS["postgres"]
+    mlflow_port: int = DEFAULT_PORTS["mlflow"]
+    ray_port: int = DEFAULT_PORTS["ray"]
+
+    # -- where ---------------------------------------------------------------------------------
+    @property
+    def pg_home(self) -> Path:
+        """Postgres's folder: the state folder, or, when we are root and the ``postgres`` user
+        cannot reach the state folder (a checkout under a private home), a folder of its own
+        under /var/lib/postgresql, linked from the state folder as ``pg``."""
+        if not _is_root() or _reachable_by_others(self.state):
+            return self.state
+        digest = hashlib.sha1(str(self.state.resolve()).encode()).hexdigest()[:10]
+        return Path("/var/lib/postgresql") / f"tvq-{digest}"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.pg_home / "pg"
+
+    @property
+    def pg_log(self) -> Path:
+        return self.logs / "postgres.log" if self.pg_home == self.state else self.pg_home / "log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.state / "pg.password"
+
+    @property
+    def ray_token(self) -> Path:
+        return self.state / "ray.token"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    def pid_file(self, name: str) -> Path:
+        return self.state / f"{name}.pid"
+
+    @property
+    def ray_temp(self) -> Path:
+        return self.state / "ray"
+
+    def postgres_url(self, database: str = "dagster") -> str:
+        """A SQLAlchemy URL naming the psycopg2 driver (``postgresql+psycopg2://``): SQLAlchemy
+        2.1's default Postgres driver is psycopg 3, which is not installed and whose server-side
+        parameters dagster-postgres's ``NOTIFY`` cannot take."""
+        password = self.password_file.read_text().strip()
+        return f"{PG_SCHEME}://{USER}:{password}@{HOST}:{self.pg_port}/{database}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"{HOST}:{self.ray_port}"
+
+    def environment(self, production_home: Path) -> dict[str, str]:
+        """The variables that put ``TV_ORCH_MODE=production`` on these services."""
+        return {
+            "TV_ORCH_MODE": "production",
+            "DAGSTER_HOME": str(production_home),
+            "TVQ_POSTGRES_URL": self.postgres_url(),
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "RAY_ADDRESS": self.ray_address,
+            # The head runs with token authentication; clients read the token from this file.
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.ray_token),
+        }
+
+    # -- status --------------------------------------------------------------------------------
+    def running(self) -> dict[str, list[int]]:
+        """The live processes of each service, by the pids recorded when it started."""
+        found = {}
+        for name in DEFAULT_PORTS:
+            leader = _read_pid(self.pid_file(name))
+            found[name] = [] if leader is None else _family(leader)
+        return found
+
+    def port(self, name: str) -> int:
+        return {"postgres": self.pg_port, "mlflow": self.mlflow_port, "ray": self.ray_port}[name]
+
+    def answers(self, name: str) -> bool:
+        if name == "mlflow":
+            try:
+                with urllib.request.urlopen(f"{self.mlflow_uri}/health", timeout=2) as reply:
+                    return reply.status == 200
+            except OSError:
+                return False
+        try:
+            socket.create_connection((HOST, self.port(name)), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        running = self.running()
+        # A busy port is refused before anything starts, naming the service and the variable.
+        for name, processes in running.items():
+            if not processes and not _port_free(self.port(name)):
+                variable = {"postgres": "PG_PORT", "mlflow": "MLFLOW_PORT", "ray": "RAY_PORT"}[name]
+                raise ServiceError(
+                    f"{name}: port {HOST}:{self.port(name)} is already in use by another "
+                    f"process; choose another with {variable}=<port> (e.g. make services "
+                    f"{variable}={self.port(name) + 1000})"
+                )
+        for name, starter in (
+            ("postgres", self._start_postgres),
+            ("mlflow", self._start_mlflow),
+            ("ray", self._start_ray),
+        ):
+            if running[name]:
+                print(f"{name}: already running (pid {running[name][0]}) on port {self.port(name)}")
+                continue
+            started = time.perf_counter()
+            starter()
+            self._wait(name)
+            took = time.perf_counter() - started
+            print(f"{name}: started on {HOST}:{self.port(name)} in {took:.1f}s")
+
+    def _wait(self, name: str, seconds: float = 420.0) -> None:
+        # MLflow creates its tables on a first start: over a minute on a loaded two-core machine.
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.answers(name):
+                return
+            if not self.running()[name]:
+                break
+            time.sleep(0.25)
+        log = self.pg_log if name == "postgres" else self.logs / f"{name}.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise ServiceError(f"{name} did not come up on {HOST}:{self.port(name)}; {log}:\n{tail}")
+
+    def _start_postgres(self) -> None:
+        _ensure_postgres_installed()
+        bin_dir = _postgres_bin()
+        log = self.pg_log
+        if not (self.pgdata / "PG_VERSION").exists():
+            if self.pgdata.exists():
+                shutil.rmtree(self.pgdata)  # a half-done initdb
+            if self.pg_home != self.state:
+                self.pg_home.mkdir(parents=True, exist_ok=True)
+                _own_by_postgres(self.pg_home)
+                link = self.state / "pg"
+                if not link.is_symlink():
+                    link.symlink_to(self.pgdata)
+            self.pgdata.mkdir(mode=0o700)
+            password = secrets.token_urlsafe(24)
+            self.password_file.write_text(password + "\n")
+            self.password_file.chmod(0o600)
+            pwfile = self.pg_home / ".initdb-password"
+            pwfile.write_text(password + "\n")
+            _own_by_postgres(self.pgdata, pwfile)
+            try:
+                _as_postgres(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.pgdata),
+                        "-U",
+                        USER,
+                        f"--pwfile={pwfile}",
+                        "--auth-host=scram-sha-256",
+                        "--auth-local=scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--no-instructions",
+                    ],
+                    log,
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
+        log.touch()
+        _own_by_postgres(log)
+        # TCP on loopback only; no Unix socket (its default folder may not exist or be shared).
+        options = f"-p {self.pg_port} -c listen_addresses={HOST} -c unix_socket_directories=''"
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "120",
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(log),
+                "-o",
+                options,
+            ],
+            log,
+        )
+        postmaster = (self.pgdata / "postmaster.pid").read_text().split()[0]
+        self.pid_file("postgres").write_text(postmaster + "\n")
+        self._create_databases()
+
+    def _create_databases(self) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(libpq_url(self.postgres_url("postgres")), connect_timeout=10)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                for database in DATABASES:
+                    cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+                    if cursor.fetchone() is None:
+                        cursor.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            connection.close()
+
+    def _start_mlflow(self) -> None:
+        artifacts = self.state / "mlflow" / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            self.postgres_url("mlflow"),
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            HOST,
+            "--port",
+            str(self.mlflow_port),
+            "--workers",
+            "1",
+        ]
+        # No background job runner: nothing here uses MLflow jobs, and it is one process less.
+        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self._spawn("mlflow", command, environment)
+
+    def _start_ray(self) -> None:
+        temp = self._ray_temp_dir()
+        if not self.ray_token.exists():
+            self.ray_token.write_text(secrets.token_hex(32) + "\n")
+            self.ray_token.chmod(0o600)
+        # Ray's auxiliary ports default to fixed numbers (10001, 52365, ...) that another
+        # cluster on the machine may hold; free ones are picked instead (only the GCS port,
+        # RAY_ADDRESS, is for clients).
+        extra = {
+            "--ray-client-server-port": _free_port(),
+            "--dashboard-agent-listen-port": _free_port(),
+            "--dashboard-agent-grpc-port": _free_port(),
+            "--metrics-export-port": _free_port(),
+            "--runtime-env-agent-port": _free_port(),
+            "--node-manager-port": _free_port(),
+            "--object-manager-port": _free_port(),
+        }
+        command = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            HOST,
+            "--port",
+            str(self.ray_port),
+            "--include-dashboard=false",
+            "--dashboard-host",
+            HOST,
+            "--temp-dir",
+            str(temp),
+            "--disable-usage-stats",
+            *[str(part) for option, port in extra.items() for part in (option, port)],
+            "--block",
+        ]
+        environment = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.ray_token),
+            # The raylet waits this long for its agents to report their ports (default 15 s);
+            # on a loaded two-core machine their imports alone can take longer.
+            "RAY_raylet_start_wait_time_s": "120",
+        }
+        environment.pop("RAY_ADDRESS", None)
+        self._spawn("ray", command, environment)
+
+    def _ray_temp_dir(self) -> Path:
+        if len(str(self.ray_temp.resolve())) <= RAY_TEMP_MAX:
+            self.ray_temp.mkdir(exist_ok=True)
+            return self.ray_temp.resolve()
+        digest = hashlib.sha1(str(self.state.resolve()).encode()).hexdigest()[:10]
+        temp = Path("/tmp") / f"tvq-ray-{digest}"
+        temp.mkdir(exist_ok=True)
+        if not self.ray_temp.is_symlink():
+            if self.ray_temp.exists():
+                shutil.rmtree(self.ray_temp)
+            self.ray_temp.symlink_to(temp)
+        return temp
+
+    def _spawn(self, name: str, command: list[str], environment: dict[str, str]) -> None:
+        """Start a server in a session of its own, recording the session leader's pid."""
+        with open(self.logs / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                cwd=self.state,
+                start_new_session=True,
+            )
+        self.pid_file(name).write_text(f"{process.pid}\n")
+
+    # -- stop ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        for name in ("ray", "mlflow", "postgres"):
+            processes = self.running()[name]
+            if not processes:
+                print(f"{name}: not running")
+                self.pid_file(name).unlink(missing_ok=True)
+                continue
+            if name == "postgres":
+                self._stop_postgres()
+            else:
+                _stop_session(processes[0])
+            left = [p for p in processes if _alive(p)] + self.running()[name]
+            if left:
+                raise ServiceError(f"{name}: processes {sorted(set(left))} are still alive")
+            self.pid_file(name).unlink(missing_ok=True)
+            print(f"{name}: stopped (pids {', '.join(map(str, processes))})")
+
+    def _stop_postgres(self) -> None:
+        leader = _read_pid(self.pid_file("postgres"))
+        family = _family(leader) if leader else []
+        with contextlib.suppress(ServiceError):  # then the pids decide
+            _as_postgres(
+                [
+                    str(_postgres_bin() / "pg_ctl"),
+                    "stop",
+                    "-w",
+                    "-m",
+                    "fast",
+                    "-D",
+                    str(self.pgdata),
+                ],
+                self.pg_log,
+            )
+        _wait_gone(family, STOP_SECONDS)
+
+
+def libpq_url(url: str) -> str:
+    """The same URL as libpq (psycopg2.connect) reads it: without SQLAlchemy's driver name."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme.split('+')[0]}://{rest}"
+
+
+# -- processes ---------------------------------------------------------------------------------
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, session id) of a process, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[3])
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _family(leader: int) -> list[int]:
+    """The live processes of a service: the leader, its descendants, and its session's members
+    (a server's workers stay in its session even when their parent has exited)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[0] not in ("Z", "X"):
+                table[int(entry.name)] = stat
+    if leader not in table and not any(s[2] == leader for s in table.values()):
+        return []
+    members = {leader} & set(table)
+    members |= {pid for pid, (_, _, session) in table.items() if session == leader}
+    grew = True
+    while grew:
+        children = {pid for pid, (_, parent, _) in table.items() if parent in members}
+        grew = not children <= members
+        members |= children
+    return sorted(members, key=lambda pid: pid != leader)
+
+
+def _wait_gone(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.2)
+    return not any(_alive(p) for p in pids)
+
+
+def _stop_session(leader: int) -> None:
+    """SIGTERM to every process of the service, then SIGKILL to whatever is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        family = _family(leader)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        # Late children (a worker forked while we signalled) get the next round.
+        if _wait_gone(family, STOP_SECONDS if sig == signal.SIGTERM else 5.0) and not _family(
+            leader
+        ):
+            return
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+# -- postgres as its own user -------------------------------------------------------------------
+def _postgres_bin() -> Path:
+    """The newest installed server's bin folder (Debian keeps them in /usr/lib/postgresql/N)."""
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "pg_ctl").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1]
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent
+    raise ServiceError(
+        "postgres: no server installed (pg_ctl not found); `make services` installs Debian's "
+        "`postgresql` package, or run `apt-get install postgresql`"
+    )
+
+
+def _ensure_postgres_installed() -> None:
+    _postgres_bin()
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Every folder from / to ``path`` can be traversed by another user."""
+    path = path.resolve()
+    for folder in [path, *path.parents]:
+        if folder.exists() and not folder.stat().st_mode & 0o001:
+            return False
+    return True
+
+
+def _own_by_postgres(*paths: Path) -> None:
+    if _is_root():
+        for path in paths:
+            shutil.chown(path, "postgres", "postgres")
+
+
+def _as_postgres(command: list[str], log: Path) -> None:
+    """Run a Postgres command, as the ``postgres`` user when we are root (Postgres refuses root)."""
+    if _is_root():
+        command = ["runuser", "-u", "postgres", "--", *command]
+    result = subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd="/",  # the postgres user may not be allowed into our working directory
+    )
+    if result.returncode:
+        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise ServiceError(
+            f"postgres: `{' '.join(command)}` failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-1500:]}\n{tail}"
+        )
+
+
+# -- command line ------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tvq_resources.services", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("action", choices=["start", "stop", "status", "env"])
+    home = Path(
+        os.environ.get("DAGSTER_HOME") or Path(__file__).resolve().parents[1] / "dagster_home"
+    )
+    parser.add_argument("--state", type=Path, default=home / "services")
+    parser.add_argument("--production-home", type=Path, default=home / "production")
+    parser.add_argument("--pg-port", type=int, default=DEFAULT_PORTS["postgres"])
+    parser.add_argument("--mlflow-port", type=int, default=DEFAULT_PORTS["mlflow"])
+    parser.add_argument("--ray-port", type=int, default=DEFAULT_PORTS["ray"])
+    arguments = parser.parse_args(argv)
+    services = Services(
+        arguments.state.resolve(), arguments.pg_port, arguments.mlflow_port, arguments.ray_port
+    )
+    try:
+        if arguments.action == "start":
+            started = time.perf_counter()
+            services.start()
+            print(f"services up in {time.perf_counter() - started:.1f}s; production mode:")
+            print('  eval "$(make -s services-env)"   # then make flow-production, make dev, ...')
+        elif arguments.action == "stop":
+            services.stop()
+        elif arguments.action == "status":
+            running = services.running()
+            for name, processes in running.items():
+                if processes:
+                    answers = "answers" if services.answers(name) else "DOES NOT ANSWER"
+                    print(
+                        f"{name}: running on {HOST}:{services.port(name)}, {answers} "
+                        f"(pids {', '.join(map(str, processes))})"
+                    )
+                else:
+                    print(f"{name}: stopped")
+            return 0 if all(running.values()) else 3
+        else:
+            if not services.password_file.exists():
+                raise ServiceError(f"no services under {services.state}: run `make services`")
+            for name, value in services.environment(arguments.production_home.resolve()).items():
+                print(f"export {name}={value}")
+    except ServiceError as error:
+        print(f"make services: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

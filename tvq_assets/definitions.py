@@ -56,7 +56,8 @@ def executor() -> dg.ExecutorDefinition:
     return dg.in_process_executor
 
 
-ASSETS = [
+# The graph of one sleeve (partitioned by sleeve, or sleeve × run), then the fan-in over sleeves.
+SLEEVE_ASSETS = [
     data.bars,
     data.returns,
     alpha.features,
@@ -66,8 +67,8 @@ ASSETS = [
     allocation.weights,
     allocation.backtest,
     allocation.portfolio,
-    meta.meta_portfolio,
 ]
+ASSETS = [*SLEEVE_ASSETS, meta.meta_portfolio]
 
 defs = dg.Definitions(
     assets=ASSETS,

@@ -135,7 +135,7 @@ def run_folder(folder: Folder, lake_root: str) -> str:
     import dagster as dg
 
     from tests.conftest import resources_for
-    from tvq_assets.definitions import ASSETS as assets
+    from tvq_assets.definitions import SLEEVE_ASSETS as assets
     from tvq_assets.partitions import catalog
 
     name = "crypto" if folder.calendar == "crypto" else "tradfi"

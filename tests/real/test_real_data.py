@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import evaluations, materialised, metadata, resources_for
 from tests.real.folders import BY_NAME, FOLDERS, REAL, blocking, cleaned, source
 from tvq_assets import data
-from tvq_assets.definitions import ASSETS
+from tvq_assets.definitions import SLEEVE_ASSETS
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import contracts
 from tvq_resources import files
@@ -22,7 +22,7 @@ from tvq_resources.market_data import MarketData, SourceConfig
 
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"real fixtures not found at {REAL}")
 
-ALL = ASSETS  # bars first: the runs below materialise the rest of the graph
+ALL = SLEEVE_ASSETS  # bars first: the runs below materialise the rest of the graph
 PERP = BY_NAME["crypto_binance_perp_gravestone"]
 
 

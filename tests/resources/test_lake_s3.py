@@ -284,16 +284,20 @@ def test_the_public_helpers_take_a_upath(root):
 
 def test_the_graph_materialises_a_partition_into_the_s3_lake(root, instance):
     """Bars, then every asset of one sleeve × run partition, with the lake on S3."""
-    from tvq_assets.definitions import ASSETS
+    from tvq_assets.definitions import SLEEVE_ASSETS
 
     resources = resources_for(root, crypto=synthetic_source())
     bars = dg.materialize(
-        ASSETS, selection=["bars"], partition_key="crypto", resources=resources, instance=instance
+        SLEEVE_ASSETS,
+        selection=["bars"],
+        partition_key="crypto",
+        resources=resources,
+        instance=instance,
     )
     assert bars.success
     result = dg.materialize(
-        ASSETS,
-        selection=[a.key for a in ASSETS if a.key.path != ["bars"]],
+        SLEEVE_ASSETS,
+        selection=[a.key for a in SLEEVE_ASSETS if a.key.path != ["bars"]],
         partition_key=KEY,
         resources=resources,
         instance=instance,

@@ -220,8 +220,11 @@ def test_a_source_revision_keeps_the_newest_value_and_is_a_warning_with_the_tabl
 
     path = folder / "ETHUSDT.csv"
     raw = pd.read_csv(path)
-    old_close = float(raw.loc[600, "close"])
-    raw.loc[600, "close"] = old_close * 1.002  # the exchange corrected one close
+    # The exchange corrected one recent close (an incremental refresh re-reads the last
+    # bars.REVISION_DAYS days; older corrections are seen by a full refresh only).
+    row = raw.index[-3]
+    old_close = float(raw.loc[row, "close"])
+    raw.loc[row, "close"] = old_close * 1.002
     raw.to_csv(path, index=False)
     second = dg.materialize(
         [data.bars], partition_key="crypto", resources=resources, instance=instance
@@ -231,7 +234,7 @@ def test_a_source_revision_keeps_the_newest_value_and_is_a_warning_with_the_tabl
     assert not revision.passed and revision.severity == dg.AssetCheckSeverity.WARN
     assert "ETHUSDT" in revision.metadata["table"].value
     history = ParquetLake(root=lake_root).read(["bars"], "crypto")
-    when = pd.to_datetime(raw.loc[600, "timestamp"], unit="ms").normalize()
+    when = pd.to_datetime(raw.loc[row, "timestamp"], unit="ms").normalize()
     stored = history.bars.set_index(["symbol", "date"]).loc[("ETHUSDT", when), "close"]
     assert stored == pytest.approx(old_close * 1.002)
     [row] = history.revisions.to_dict("records")

@@ -21,7 +21,7 @@ from tests.conftest import AS_OF, resources_for, synthetic_source
 from tests.tracking.conftest import free_port
 from tvq_assets import registry, tracking
 from tvq_assets.catalog import policy_parameters
-from tvq_assets.definitions import ASSETS
+from tvq_assets.definitions import ASSETS, SLEEVE_ASSETS
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import metrics as performance
 from tvq_assets.quant import policy
@@ -30,7 +30,7 @@ from tvq_resources.tracking import MlflowTracker
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = f"{AS_OF}|crypto"
-BY_NAME = {a.key.to_user_string(): a for a in ASSETS}
+BY_NAME = {a.key.to_user_string(): a for a in SLEEVE_ASSETS}
 BACKTEST_METRICS = ("sharpe", "max_drawdown", "sortino", "calmar", "cagr", "volatility", "cvar_95")
 
 
@@ -317,14 +317,24 @@ def _small_catalog(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_multiprocess_executor_makes_one_mlflow_run_per_dagster_run(mlflow_server, tmp_path):
+    """Each step in its own process (both modes run steps in the run's process; a deployment may
+    choose the multiprocess executor): the step processes share one MLflow run."""
     uri, _, _ = mlflow_server
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
-    environment = {
-        **_environment(home, uri, _small_catalog(tmp_path)),
-        "TV_ORCH_MODE": "production",
-    }
+    environment = _environment(home, uri, _small_catalog(tmp_path))
+    location = tmp_path / "multiprocess_definitions.py"
+    location.write_text(
+        "import dagster as dg\n"
+        "from tvq_assets import definitions\n"
+        "defs = dg.Definitions(\n"
+        "    assets=definitions.ASSETS,\n"
+        "    jobs=[definitions.bars_job, definitions.daily_job],\n"
+        "    resources=definitions.build_resources(),\n"
+        "    executor=dg.multiprocess_executor.configured({'max_concurrent': 2}),\n"
+        ")\n"
+    )
     partition = "2026-06-29|crypto"
     for job, key in (("refresh_bars", "crypto"), ("daily", partition)):
         subprocess.run(
@@ -334,8 +344,8 @@ def test_the_multiprocess_executor_makes_one_mlflow_run_per_dagster_run(mlflow_s
                 "dagster",
                 "job",
                 "execute",
-                "-m",
-                "tvq_assets.definitions",
+                "-f",
+                str(location),
                 "-j",
                 job,
                 "--tags",

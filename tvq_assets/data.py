@@ -28,6 +28,14 @@ def _date_range(dates: pd.Index) -> str:
     return f"{pd.Timestamp(dates.min()):%Y-%m-%d} .. {pd.Timestamp(dates.max()):%Y-%m-%d}"
 
 
+class BarsRefresh(dg.Config):
+    """``full``: re-read the whole source instead of the days after the stored last date minus
+    the revision margin (``bars.REVISION_DAYS``): the way to take in a source's corrections of
+    older bars."""
+
+    full: bool = False
+
+
 @dg.asset(
     partitions_def=sleeve,
     group_name="data",
@@ -65,16 +73,23 @@ def _date_range(dates: pd.Index) -> str:
     metadata={"dagster/column_schema": checks.column_schema(contracts.BARS_STRUCTURE)},
     output_required=False,
 )
-def bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake):
+def bars(
+    context: dg.AssetExecutionContext,
+    config: BarsRefresh,
+    market_data: MarketData,
+    lake: ParquetLake,
+):
     """Daily OHLCV of every symbol in the sleeve by session date, cleaned under the sleeve's bar
     policy, with the defects found and the source's revisions (a ``BarHistory``)."""
     # One writer per sleeve's bar lake from the read of the stored bars to the write of the merge
     # (the IO manager writes inside this block): a concurrent refresh waits, then merges onto it.
     with lake.writer(context.asset_key.path, context.partition_key):
-        yield from _refresh_bars(context, market_data, lake)
+        yield from _refresh_bars(context, market_data, lake, full=config.full)
 
 
-def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake):
+def _refresh_bars(
+    context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake, *, full: bool
+):
     started = time.perf_counter()
     sleeve_entry = sleeve_of(context)
     policy = sleeve_entry.policy
@@ -89,6 +104,7 @@ def _refresh_bars(context: dg.AssetExecutionContext, market_data: MarketData, la
             bar_policy=policy.bar_policy,
             volume_spike_window=policy.volume_spike_window,
             now=now,
+            full=full,
         )
     except bar_lake.FutureBarError as exc:
         raise dg.Failure(description=f"bars of sleeve {partition}: {exc}") from exc

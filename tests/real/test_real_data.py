@@ -243,6 +243,41 @@ def test_a_source_revision_keeps_the_newest_value_and_is_a_warning_with_the_tabl
     assert metadata(second, "bars")["rows_revised_at_source"] == 1
 
 
+def test_an_old_correction_is_taken_in_by_a_full_refresh_not_by_an_incremental_one(
+    instance, lake_root, tmp_path
+):
+    folder = copy_files(tmp_path, ["ETHUSDT.csv"])
+    resources = resources_for(lake_root, crypto=csv_source(folder))
+    dg.materialize([data.bars], partition_key="crypto", resources=resources, instance=instance)
+    path = folder / "ETHUSDT.csv"
+    raw = pd.read_csv(path)
+    row = raw.index[600]  # years before the newest bar: outside the revision margin
+    old_close = float(raw.loc[row, "close"])
+    raw.loc[row, "close"] = old_close * 1.002
+    raw.to_csv(path, index=False)
+    when = pd.to_datetime(raw.loc[row, "timestamp"], unit="ms").normalize()
+
+    def stored_close() -> float:
+        history = ParquetLake(root=lake_root).read(["bars"], "crypto")
+        return history.bars.set_index(["symbol", "date"]).loc[("ETHUSDT", when), "close"]
+
+    incremental = dg.materialize(
+        [data.bars], partition_key="crypto", resources=resources, instance=instance
+    )
+    assert evaluations(incremental)[data.BARS_REVISIONS].passed and stored_close() == old_close
+    full = dg.materialize(
+        [data.bars],
+        partition_key="crypto",
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"bars": {"config": {"full": True}}}},
+    )
+    revision = evaluations(full)[data.BARS_REVISIONS]
+    assert not revision.passed and "ETHUSDT" in revision.metadata["table"].value
+    assert stored_close() == pytest.approx(old_close * 1.002)
+    assert metadata(full, "bars")["read_since"] == "everything"
+
+
 def test_an_in_progress_bar_is_held_back_and_a_future_bar_is_refused(instance, lake_root, tmp_path):
     folder = copy_files(tmp_path, ["BTCUSDT.csv"])
     path = folder / "BTCUSDT.csv"

@@ -80,9 +80,11 @@ def _sensor_ticked(instance: dg.DagsterInstance) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=True,
-    reason="known defect: a CLI run dequeued by a running daemon is marked failed from outside "
-    "its execution context (the daemon's launch of a run created with the in-process origin)",
+    # Not strict: on a quiet machine the daemon sometimes launches such a run correctly.
+    strict=False,
+    reason="known defect: a CLI run dequeued by a running daemon may be marked failed from "
+    "outside its execution context (the daemon's launch of a run created with the in-process "
+    "origin)",
 )
 def test_the_bars_sensor_sees_a_cli_run_executed_by_the_daemon(home):
     environment = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}

@@ -13,14 +13,13 @@ write the same bytes, so the last rename wins harmlessly.
 import hashlib
 import io
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tvq_resources.lake import ParquetLake, write_file
+from tvq_resources.lake import LakePath, ParquetLake, lake_path, write_file
 
 FOLDER = ("cache", "windows")
 # Schema metadata key holding the digest of an entry's content, checked on every read.
@@ -47,10 +46,11 @@ class WindowCache:
     Holds only its folder, so it can be pickled or recreated anywhere (no locks, no handles).
     """
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: "str | LakePath") -> None:
+        # A folder or a lake URL (object storage: the lake's own UPath).
+        self.root = lake_path(root) if isinstance(root, str) else root
 
-    def path(self, key: str) -> Path:
+    def path(self, key: str) -> LakePath:
         if len(key) < 3 or not key.isalnum():
             raise ValueError(f"window cache: malformed key {key!r} (expected a hex digest)")
         return self.root / key[:2] / f"{key}.parquet"
@@ -60,7 +60,7 @@ class WindowCache:
         if not path.exists():
             return None
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(io.BytesIO(path.read_bytes()))
             frame = table.to_pandas()
             stored = (table.schema.metadata or {}).get(CONTENT_KEY, b"").decode()
         except Exception as error:  # any unreadable file is a miss, whatever the cause

@@ -586,6 +586,11 @@ def prepare(
     if not full and current is not None and current.last_date is not None:
         since = resume_date(current, stored_tables[0])
     batch = fetch(since)
+    if since is not None and not set(pd.unique(batch.bars["symbol"])) <= set(current.symbols):
+        # A symbol the store has never seen (a new file, a new listing) may bring history from
+        # before ``since``: read the whole source once, or that history would be cut off.
+        since = None
+        batch = fetch(None)
     fetched = time.perf_counter()
     if since is None:
         exists = lake.exists(ASSET, sleeve)

@@ -1,6 +1,7 @@
 """The segment bar store: incremental refreshes equal one build, atomic manifest switches,
 compaction, window reads, and validation of only the rows a refresh adds or revises."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -142,6 +143,30 @@ def test_one_day_refresh_reads_only_the_tail_and_checks_only_the_new_rows(tmp_pa
     assert written.segments == 2
     segment = bar_store.state(lake, SLEEVE).segments[-1]
     assert segment.rows == symbols and segment.first == segment.last == "2025-03-02"
+
+
+def test_a_symbol_new_to_the_store_comes_in_with_its_whole_history(tmp_path):
+    """A new file in a folder source brings years of bars: a refresh that read only the tail
+    would cut them off, so it reads the whole source once."""
+    lake = ParquetLake(root=str(tmp_path))
+    wide = synthetic("2025-03-02", start="2024-06-01")
+
+    def without(symbol: str):
+        def fetch(since):
+            batch = wide(since)
+            kept = batch.bars[batch.bars["symbol"] != symbol].reset_index(drop=True)
+            return dataclasses.replace(batch, bars=kept)
+
+        return fetch
+
+    everything = wide(None).bars
+    late = str(everything["symbol"].iloc[-1])
+    refresh(lake, without(late), calendar="crypto", now=next_day("2025-03-02"))
+    assert late not in set(lake.read(["bars"], SLEEVE).bars["symbol"])
+    plan, _ = refresh(lake, wide, calendar="crypto", now=next_day("2025-03-02"))
+    assert plan.since is None  # the whole source, once
+    stored = lake.read(["bars"], SLEEVE).bars
+    assert len(stored[stored["symbol"] == late]) == len(everything[everything["symbol"] == late])
 
 
 def test_a_filler_copy_of_the_last_stored_bar_is_caught_across_the_refresh_boundary(tmp_path):

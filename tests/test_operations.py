@@ -48,7 +48,8 @@ def test_demo_runs_carry_the_code_locations_origin_and_pass_through_the_queue(ho
     assert "today's portfolio" in out.stdout and "checks:" in out.stdout
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs()
-        assert sorted(r.job_name for r in runs) == ["daily", "refresh_bars"]
+        # The sleeve's bars and daily run, then the meta-portfolio over the sleeves.
+        assert sorted(r.job_name for r in runs) == ["daily", "meta_portfolio_job", "refresh_bars"]
         for each in runs:
             assert each.is_success
             assert _origin(each) == ("tvq", "__repository__")

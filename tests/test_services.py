@@ -237,7 +237,7 @@ def test_production_flow_on_the_services_end_to_end(monkeypatch):
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             runs = {r.job_name: r for r in instance.get_runs()}
-            assert set(runs) == {"refresh_bars", "daily"}
+            assert set(runs) == {"refresh_bars", "daily", "meta_portfolio_job"}
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs.values())
             partition = runs["daily"].tags["dagster/partition"]
             assert instance.get_latest_materialization_event(dg.AssetKey("bars")) is not None

@@ -72,7 +72,7 @@ def test_the_dev_server_serves_every_asset_with_its_checks(tmp_path):
             }
             for n in nodes
         }
-        assert set(checks) == set(ASSETS)
+        assert set(checks) == {*ASSETS, "meta_portfolio"}
         assert all(n["isPartitioned"] for n in nodes)
         assert checks["returns"] == {"returns_contract": True}
         assert checks["selection"] == {"selection_contract": True, "winner_count": False}

@@ -284,7 +284,7 @@ def test_no_ray_process_outlives_its_run(ending, status, tmp_path):
         process.send_signal(signal.SIGINT)  # what terminating a run does to its process
     elif ending == "kill":
         process.send_signal(signal.SIGKILL)
-    output, _ = process.communicate(timeout=300)
+    output, _ = process.communicate(timeout=600)
     if status is not None:
         assert f" {status}" in output, output
     assert wait_gone(seen) == [], (ending, reported, output[-2000:])

@@ -1,5 +1,8 @@
-"""`tvq backfill`'s progress: a line per partition as its run finishes, then a table."""
+"""The ``tvq`` command: its exit status, and `tvq backfill`'s progress (a line per partition as
+its run finishes, then a table)."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -53,3 +56,28 @@ def test_the_backfill_watch_shows_each_partition_as_it_finishes_then_the_table(i
     assert f"{KEYS[1]}  SUCCESS" in table
     assert f"{KEYS[2]}  FAILURE" in table
     assert "2 succeeded, 1 failed" in out
+
+
+def _tvq(*arguments: str, code: str | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "tvq_assets.cli"]
+    return subprocess.run(
+        [*command, *arguments], capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def test_the_command_ends_with_its_status_after_the_exit_handlers_ran():
+    # finish() skips native teardown, not Python's: handlers run, buffered output is flushed.
+    code = (
+        "import atexit, sys; from tvq_assets.cli import finish; "
+        "atexit.register(lambda: print('handler ran')); sys.stdout.write('buffered'); finish(3)"
+    )
+    done = _tvq(code=code)
+    assert done.returncode == 3
+    assert done.stdout == "bufferedhandler ran\n"
+
+
+def test_usage_errors_and_help_keep_their_exit_status():
+    assert _tvq("no-such-command").returncode == 2
+    assert "usage: tvq" in _tvq("no-such-command").stderr
+    helped = _tvq("--help")
+    assert helped.returncode == 0 and "demo" in helped.stdout

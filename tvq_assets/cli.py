@@ -10,12 +10,17 @@ writes left behind, and sets a damaged value aside and recomputes it.
 """
 
 import argparse
+import atexit
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import dagster as dg
 import pandas as pd
@@ -519,5 +524,37 @@ def main(argv: list[str] | None = None) -> int:
     return backfill(arguments.sleeve, arguments.start, arguments.end, not arguments.no_wait)
 
 
+def run() -> NoReturn:
+    """The ``tvq`` entry point: :func:`main`, then :func:`finish` with its exit status."""
+    try:
+        status = main()
+    except SystemExit as stop:  # argparse's usage errors and --help
+        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finish(status)
+
+
+def finish(status: int) -> NoReturn:
+    """End the process with ``status`` after Python's exit handlers, skipping C++ static teardown.
+
+    Every command has committed its work (runs, lake files, MLflow runs) and closed the instance
+    before this point. What is skipped is the destruction of native thread pools: Arrow's tears
+    down at exit racing a still-joinable worker now and then ("terminate called without an active
+    exception", apache/arrow#34314), which turned a finished ``tvq demo`` into exit -6.
+    """
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

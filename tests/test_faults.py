@@ -492,3 +492,38 @@ def test_the_committed_instance_monitors_runs_and_retries_only_crashed_ones(tmp_
         assert instance.run_monitoring_max_resume_run_attempts == 0  # cannot resume in place
         assert instance.run_retries_max_retries == 1
         assert not instance.run_retries_retry_on_asset_or_op_failure
+
+
+def test_the_window_cache_is_surveyed_apart_from_values_and_pruned_by_age(cli_home, capsys):
+    from tvq_assets import cli
+    from tvq_resources.window_cache import LEFTOVER_SECONDS, lake_window_cache
+
+    lake = ParquetLake(root=str(cli_home))
+    lake.write(["bars"], "tradfi", _bars())
+    cache = lake_window_cache(lake)
+    frame = pd.DataFrame({"window": [1, 2], "weight": [0.25, 0.75]})
+    old, new, bad = "a1" + "0" * 38, "b2" + "0" * 38, "c3" + "0" * 38
+    for key in (old, new, bad):
+        cache.put(key, frame)
+    _truncate(cache.path(bad))
+    week_ago = time.time() - 7 * 86400
+    os.utime(cache.path(old), (week_ago, week_ago))
+    killed = cache.path(new).parent / f".{new}.parquet.x.tmp"
+    writing = cache.path(new).parent / f".{new}.parquet.y.tmp"
+    for leftover in (killed, writing):
+        leftover.write_bytes(b"PAR1")
+    long_ago = time.time() - 2 * LEFTOVER_SECONDS
+    os.utime(killed, (long_ago, long_ago))
+
+    # Cache entries are not asset values: a damaged entry does not fail verify (it is a miss).
+    assert cli.main(["lake", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert "cache[" not in out and "0 damaged value(s); 0 leftover(s)" in out
+    assert "3 entries" in out and "1 unreadable, 1 leftover(s)" in out
+    assert cli.main(["lake", "prune-cache", "--older-than", "3"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert [path.stem for path in cache.entries()] == [new]
+    assert not killed.exists() and writing.exists()  # a young temporary file may be in use
+    assert cache.get(new) is not None
+    assert cli.main(["lake", "prune-cache"]) == 0
+    assert len(cache) == 0

@@ -89,6 +89,9 @@ def _sensor_ticked(instance: dg.DagsterInstance) -> bool:
 )
 def test_the_bars_sensor_sees_a_cli_run_executed_by_the_daemon(home):
     environment = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # The instance's storage is created here first: two processes creating the SQLite tables at
+    # once fail ("table runs already exists").
+    dg.DagsterInstance.get().dispose()
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
         env=environment,
@@ -104,9 +107,9 @@ def test_the_bars_sensor_sees_a_cli_run_executed_by_the_daemon(home):
             while not _sensor_ticked(instance):
                 assert time.monotonic() < deadline, "the sensor did not tick within 5 minutes"
                 time.sleep(3)
-            production = [sys.executable, "-m", "tvq_assets.cli", "production"]
+            demo = [sys.executable, "-m", "tvq_assets.cli", "demo", "--as-of", "2026-06-30"]
             out = subprocess.run(
-                production, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900
+                demo, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900
             )
             assert out.returncode == 0, out.stdout + out.stderr
             assert "the daemon of `make dev` runs these runs" in out.stdout

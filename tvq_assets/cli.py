@@ -387,13 +387,29 @@ def watch_backfill(instance: dg.DagsterInstance, marker: str, keys: list[str]) -
     return 0 if len(succeeded) == len(keys) else 1
 
 
-def lake_command(action: str, asset: str | None, partition: str | None, recompute: bool) -> int:
+def lake_command(
+    action: str,
+    asset: str | None,
+    partition: str | None,
+    recompute: bool,
+    older_than_days: float | None = None,
+) -> int:
     """``verify``: list damaged values and leftovers of killed writes (exit 1 if a value is
-    damaged); ``clean``: remove the leftovers; ``quarantine``: move one value to ``.corrupt/`` and
+    damaged), and survey the window cache; ``clean``: remove the leftovers (and the cache's
+    unreadable entries); ``prune-cache``: remove window-cache entries older than
+    ``older_than_days`` (all without it); ``quarantine``: move one value to ``.corrupt/`` and
     recompute it (its sleeve's bars, or that asset alone for a sleeve × run partition)."""
     from tvq_assets.definitions import defs
+    from tvq_resources.window_cache import lake_window_cache
 
     lake = defs.resources["lake"]
+    cache = lake_window_cache(lake)
+    if action == "prune-cache":
+        removed = cache.prune(older_than_days)
+        age = "" if older_than_days is None else f" older than {older_than_days:g} days"
+        print(f"window cache {cache.root}: removed {removed.describe()}{age}")
+        print(f"window cache now: {cache.survey().describe()}")
+        return 0
     if action == "verify":
         problems = lake.verify()
         for problem in problems:
@@ -404,6 +420,8 @@ def lake_command(action: str, asset: str | None, partition: str | None, recomput
             f"{lake.root_path}: {len(damaged)} damaged value(s); {len(leftovers)} leftover(s) of "
             f"killed writes ({sum(p.size for p in leftovers) / 1e6:.1f} MB)"
         )
+        # A bad cache entry is a miss (recomputed and rewritten on use), never an input.
+        print(f"window cache {cache.root}: {cache.survey().describe()}")
         if damaged:
             print("set a damaged value aside and recompute it: tvq lake quarantine ASSET PARTITION")
         elif leftovers:
@@ -415,6 +433,8 @@ def lake_command(action: str, asset: str | None, partition: str | None, recomput
             f"removed {len(removed)} leftover(s) of killed writes "
             f"({sum(p.size for p in removed) / 1e6:.1f} MB) from {lake.root_path}"
         )
+        pruned = cache.prune(older_than_days=float("inf"))
+        print(f"window cache {cache.root}: removed {pruned.describe()}")
         return 0
     if asset is None or partition is None:
         print("tvq lake quarantine needs ASSET and PARTITION", file=sys.stderr)
@@ -489,11 +509,17 @@ def main(argv: list[str] | None = None) -> int:
         "--no-wait", action="store_true", help="submit only; do not show the runs finish"
     )
     run_lake = commands.add_parser("lake", help="verify, clean or repair the Parquet lake")
-    run_lake.add_argument("action", choices=["verify", "clean", "quarantine"])
+    run_lake.add_argument("action", choices=["verify", "clean", "quarantine", "prune-cache"])
     run_lake.add_argument("asset", nargs="?", help="quarantine: the asset, e.g. bars")
     run_lake.add_argument("partition", nargs="?", help="quarantine: e.g. crypto, 2026-11-20|crypto")
     run_lake.add_argument(
         "--no-recompute", action="store_true", help="quarantine only; recompute later"
+    )
+    run_lake.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="prune-cache: only entries written more than DAYS days ago (default: every entry)",
     )
     run_track = commands.add_parser(
         "track", help="record missing MLflow runs of a date range from the lake (no recompute)"
@@ -515,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         return production(arguments.sleeve)
     if arguments.command == "lake":
         return lake_command(
-            arguments.action, arguments.asset, arguments.partition, not arguments.no_recompute
+            arguments.action,
+            arguments.asset,
+            arguments.partition,
+            not arguments.no_recompute,
+            arguments.older_than,
         )
     if arguments.command == "track":
         return track(arguments.sleeve, arguments.start, arguments.end)

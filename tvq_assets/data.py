@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 import pandas as pd
+from dagster_ray import RayResource
 
 from tvq_assets import bar_store
 from tvq_assets.partitions import run_of, sleeve, sleeve_of, sleeve_run
@@ -11,6 +12,7 @@ from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import checks, contracts
+from tvq_resources import ray_fanout
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData
 
@@ -78,17 +80,25 @@ def bars(
     config: BarsRefresh,
     market_data: MarketData,
     lake: ParquetLake,
+    ray: RayResource,
 ):
     """Daily OHLCV of every symbol in the sleeve by session date, cleaned under the sleeve's bar
-    policy, with the defects found and the source's revisions (a ``BarHistory``)."""
+    policy, with the defects found and the source's revisions (a ``BarHistory``). A file source's
+    files are parsed as tasks of the ``ray`` resource (serial in process, or Ray)."""
     # One writer per sleeve's bar lake from the read of the stored bars to the write of the merge
     # (the IO manager writes inside this block): a concurrent refresh waits, then merges onto it.
     with lake.writer(context.asset_key.path, context.partition_key):
-        yield from _refresh_bars(context, market_data, lake, full=config.full)
+        fanout = ray_fanout.task_map(ray)
+        yield from _refresh_bars(context, market_data, lake, fanout, full=config.full)
 
 
 def _refresh_bars(
-    context: dg.AssetExecutionContext, market_data: MarketData, lake: ParquetLake, *, full: bool
+    context: dg.AssetExecutionContext,
+    market_data: MarketData,
+    lake: ParquetLake,
+    fanout: ray_fanout.TaskMap,
+    *,
+    full: bool,
 ):
     started = time.perf_counter()
     sleeve_entry = sleeve_of(context)
@@ -99,7 +109,7 @@ def _refresh_bars(
         plan, batch = bar_store.prepare(
             lake,
             partition,
-            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since),
+            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since, map_tasks=fanout),
             calendar=sleeve_entry.calendar,
             bar_policy=policy.bar_policy,
             volume_spike_window=policy.volume_spike_window,
@@ -160,6 +170,8 @@ def _refresh_bars(
                 "load_errors": load_table,
                 "path": dg.MetadataValue.path(str(bar_store.folder(lake, partition))),
                 "seconds_source": round(plan.seconds["source"], 3),
+                "source_parse_mode": fanout.mode,
+                "source_parse_tasks": fanout.tasks,
                 "seconds_read": round(plan.seconds["read"], 3),
                 "seconds_merge": round(plan.seconds["merge"], 3),
                 "seconds_validate": round(validated - validating, 3),

@@ -10,12 +10,16 @@ from file names and are validated, and files are only opened from the directory 
 symbol never becomes a path.
 """
 
+import dataclasses
+import itertools
 import os
 import re
 import warnings
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,6 +136,7 @@ def read_csv_directory(
     *,
     pattern: str = "{symbol}.csv",
     since: pd.Timestamp | None = None,
+    map_tasks: "MapTasks | None" = None,
 ) -> LoadResult:
     """Read every CSV file in `root` whose name matches `pattern` as one symbol's daily bars.
 
@@ -155,8 +160,17 @@ def read_csv_directory(
     match case-insensitively against file names in `root` (not recursive) and other files are
     ignored. When two files give the same symbol, the first one read in file-name order is kept
     and each later one is reported as an error. Raises FileNotFoundError if `root` is missing.
+    With `map_tasks` (the engine's fan-out contract, e.g. on Ray) the files are parsed in chunks
+    of `FILES_PER_TASK` as its tasks (the workers must see `root`); the result is the same.
     """
-    return _read_directory(root, pattern=pattern, since=since, load=_load_csv, locate=_csv_location)
+    return _read_directory(
+        root,
+        pattern=pattern,
+        since=since,
+        load=_load_csv,
+        locate=_csv_location,
+        map_tasks=map_tasks,
+    )
 
 
 def read_parquet_lake(
@@ -164,6 +178,7 @@ def read_parquet_lake(
     *,
     pattern: str = "{exchange}_{symbol}_1d.parquet",
     since: pd.Timestamp | None = None,
+    map_tasks: "MapTasks | None" = None,
 ) -> LoadResult:
     """Read every Parquet file in `root` whose name matches `pattern` as one symbol's bars.
 
@@ -174,7 +189,12 @@ def read_parquet_lake(
     reason, with `line` None. Raises FileNotFoundError if `root` is missing.
     """
     return _read_directory(
-        root, pattern=pattern, since=since, load=_load_parquet, locate=_parquet_location
+        root,
+        pattern=pattern,
+        since=since,
+        load=_load_parquet,
+        locate=_parquet_location,
+        map_tasks=map_tasks,
     )
 
 
@@ -190,6 +210,13 @@ def normalise_bars(frame: pd.DataFrame, *, symbol: str) -> pd.DataFrame:
     return _assemble([(name, bars)])
 
 
+# Files parsed per task when a directory's parsing is fanned out (``map_tasks``): parsing one
+# daily file takes milliseconds, so a task per file would cost more in scheduling than in work.
+FILES_PER_TASK = 64
+
+MapTasks = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
 def _read_directory(
     root: str | os.PathLike,
     *,
@@ -197,6 +224,7 @@ def _read_directory(
     since: pd.Timestamp | None,
     load: Callable[[Path], pd.DataFrame],
     locate: Callable[[BarsFormatError], tuple[int | None, str]],
+    map_tasks: MapTasks | None = None,
 ) -> LoadResult:
     directory = Path(root)
     if not directory.exists():
@@ -204,19 +232,38 @@ def _read_directory(
     if not directory.is_dir():
         raise NotADirectoryError(f"market data source {str(directory)!r} is not a directory")
     matcher = _compile_pattern(pattern)
-    cutoff = _cutoff(since)
     resolved_root = directory.resolve()
+
+    # (file name, symbol or the LoadError of a bad one, path, whether the path stays inside)
+    candidates = []
+    for file_name, raw_symbol, path in _matching_files(directory, matcher):
+        try:
+            symbol: str | LoadError = validate_symbol(raw_symbol)
+        except SymbolError as exc:
+            symbol = LoadError(file_name, None, f"{exc}; rename the file to a plain ticker")
+        inside = path.resolve().is_relative_to(resolved_root)
+        candidates.append((file_name, symbol, path, inside))
+    # Parsing is independent per file: fanned out in chunks when a map_tasks is given. Which
+    # file wins a symbol is then decided in file-name order, as if read one after the other.
+    readable = [
+        path for _, symbol, path, inside in candidates if inside and isinstance(symbol, str)
+    ]
+    parse = partial(_parse_files, cutoff=_cutoff(since), load=load, locate=locate)
+    chunks = [readable[i : i + FILES_PER_TASK] for i in range(0, len(readable), FILES_PER_TASK)]
+    if map_tasks is None or len(chunks) < 2:
+        parsed_chunks = [parse(chunk) for chunk in chunks]
+    else:
+        parsed_chunks = map_tasks(parse, chunks)
+    parsed_files = dict(zip(readable, itertools.chain.from_iterable(parsed_chunks), strict=True))
 
     blocks: list[tuple[str, dict[str, np.ndarray]]] = []
     superseded: list[tuple[str, dict[str, np.ndarray]]] = []
     errors: list[LoadError] = []
     source_of: dict[str, str] = {}
     duplicates = 0
-    for file_name, raw_symbol, path in _matching_files(directory, matcher):
-        try:
-            symbol = validate_symbol(raw_symbol)
-        except SymbolError as exc:
-            errors.append(LoadError(file_name, None, f"{exc}; rename the file to a plain ticker"))
+    for file_name, symbol, path, inside in candidates:
+        if isinstance(symbol, LoadError):
+            errors.append(symbol)
             continue
         if symbol in source_of:
             errors.append(
@@ -228,24 +275,16 @@ def _read_directory(
                 )
             )
             continue
-        if not path.resolve().is_relative_to(resolved_root):
+        if not inside:
             errors.append(
                 LoadError(file_name, None, "link points outside the source directory; replace it")
             )
             continue
-        try:
-            parsed = _parse_bars(load(path))
-        except _UnreadableFile as exc:
-            errors.append(LoadError(file_name, exc.line, exc.reason))
+        outcome = parsed_files[path]
+        if isinstance(outcome, LoadError):
+            errors.append(dataclasses.replace(outcome, file=file_name))
             continue
-        except BarsFormatError as exc:
-            line, reason = locate(exc)
-            errors.append(LoadError(file_name, line, reason))
-            continue
-        if cutoff is not None:
-            kept = parsed["date"] > cutoff.to_datetime64()
-            parsed = {name: values[kept] for name, values in parsed.items()}
-        bars, resolved, older = _last_of_each_date(parsed)
+        bars, older, resolved = outcome
         duplicates += resolved
         source_of[symbol] = file_name
         blocks.append((symbol, bars))
@@ -258,6 +297,34 @@ def _read_directory(
         files=len(blocks),
         superseded=_assemble(superseded),
     )
+
+
+def _parse_files(
+    paths: Sequence[Path],
+    *,
+    cutoff: pd.Timestamp | None,
+    load: Callable[[Path], pd.DataFrame],
+    locate: Callable[[BarsFormatError], tuple[int | None, str]],
+) -> list:
+    """Each file's bars, the rows its duplicate dates superseded and their count, or the
+    ``LoadError`` (file name filled in by the caller) that rejects it."""
+    outcomes: list = []
+    for path in paths:
+        try:
+            parsed = _parse_bars(load(path))
+        except _UnreadableFile as exc:
+            outcomes.append(LoadError("", exc.line, exc.reason))
+            continue
+        except BarsFormatError as exc:
+            line, reason = locate(exc)
+            outcomes.append(LoadError("", line, reason))
+            continue
+        if cutoff is not None:
+            kept = parsed["date"] > cutoff.to_datetime64()
+            parsed = {name: values[kept] for name, values in parsed.items()}
+        bars, resolved, older = _last_of_each_date(parsed)
+        outcomes.append((bars, older, resolved))
+    return outcomes
 
 
 def _compile_pattern(pattern: str) -> re.Pattern[str]:

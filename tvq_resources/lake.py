@@ -64,6 +64,9 @@ PREVIOUS_RUN = "previous_run"
 # asset applies its own rule to the absence.
 FAN_IN = "fan_in"
 QUARANTINE = ".corrupt"  # under the lake root: values set aside by `tvq lake quarantine`
+# Under the lake root: derived data that is recomputed when missing (the window cache). Not
+# values of assets: `verify` and `clean` leave it to its own store (`tvq lake cache`).
+CACHE = "cache"
 # A bundle's table files are `{table}-{12 hex token}.parquet` (see write_bundle).
 _BUNDLE_TABLE = re.compile(r"^.+-[0-9a-f]{12}\.parquet$")
 # Protocols of a UPath that are the local disk (os calls, fcntl, rename work there).
@@ -694,11 +697,12 @@ def _relative_parts(path: LakePath, root: LakePath) -> tuple[str, ...]:
 
 
 def _folders(root: LakePath) -> Iterator[tuple[LakePath, list[str]]]:
-    """Every folder under ``root`` but the quarantine, with the names of its files."""
+    """Every folder under ``root`` but the quarantine and the cache, with the names of its files."""
+    skipped = (QUARANTINE, CACHE)
     if not is_remote(root):
         for folder, subfolders, names in os.walk(root):
             if Path(folder) == Path(root):
-                subfolders[:] = [d for d in subfolders if d != QUARANTINE]
+                subfolders[:] = [d for d in subfolders if d not in skipped]
             yield Path(folder), names
         return
     if not root.exists():
@@ -706,7 +710,7 @@ def _folders(root: LakePath) -> Iterator[tuple[LakePath, list[str]]]:
     top = root.path.rstrip("/")
     for folder, _subfolders, names in root.fs.walk(top):
         relative = folder.rstrip("/")[len(top) + 1 :]
-        if relative.split("/")[0] == QUARANTINE:
+        if relative.split("/")[0] in skipped:
             continue
         yield (root.joinpath(*relative.split("/")) if relative else root), list(names)
 

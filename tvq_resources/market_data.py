@@ -68,8 +68,15 @@ class MarketData(dg.ConfigurableResource):
 
     sources: dict[str, SourceConfig]
 
-    def fetch(self, sleeve: str, *, since: pd.Timestamp | None = None) -> Batch:
-        """Bars of ``sleeve`` dated after ``since`` (all bars when ``since`` is None)."""
+    def fetch(
+        self,
+        sleeve: str,
+        *,
+        since: pd.Timestamp | None = None,
+        map_tasks: files.MapTasks | None = None,
+    ) -> Batch:
+        """Bars of ``sleeve`` dated after ``since`` (all bars when ``since`` is None); a file
+        source's files are parsed as tasks of ``map_tasks`` when given (see ``files``)."""
         if sleeve not in self.sources:
             raise KeyError(
                 f"sleeve {sleeve!r} has no market data source; known: {sorted(self.sources)}"
@@ -96,11 +103,14 @@ class MarketData(dg.ConfigurableResource):
         path = resolve_path(source.path)
         if source.kind == "csv":
             loaded = files.read_csv_directory(
-                path, pattern=source.pattern or "{symbol}.csv", since=since
+                path, pattern=source.pattern or "{symbol}.csv", since=since, map_tasks=map_tasks
             )
         else:
             loaded = files.read_parquet_lake(
-                path, pattern=source.pattern or "{exchange}_{symbol}_1d.parquet", since=since
+                path,
+                pattern=source.pattern or "{exchange}_{symbol}_1d.parquet",
+                since=since,
+                map_tasks=map_tasks,
             )
         bars, superseded = loaded.bars, loaded.superseded
         if source.volume == "quote":

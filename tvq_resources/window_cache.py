@@ -13,15 +13,20 @@ write the same bytes, so the last rename wins harmlessly.
 import hashlib
 import io
 import logging
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tvq_resources.lake import LakePath, ParquetLake, lake_path, write_file
+from tvq_resources.lake import CACHE, LakePath, ParquetLake, lake_path, write_file
 
-FOLDER = ("cache", "windows")
+FOLDER = (CACHE, "windows")
+# A temporary file older than this is left by a killed write (an entry is written in well under a
+# second); a younger one may belong to a run writing now and is never removed.
+LEFTOVER_SECONDS = 3600.0
 # Schema metadata key holding the digest of an entry's content, checked on every read.
 CONTENT_KEY = b"tvq_content_digest"
 log = logging.getLogger(__name__)
@@ -80,7 +85,76 @@ class WindowCache:
         write_file(buffer.getvalue(), self.path(key))
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.root.glob("*/*.parquet")) if self.root.exists() else 0
+        return len(self.entries())
+
+    def entries(self) -> list[LakePath]:
+        return sorted(self.root.glob("*/*.parquet")) if self.root.exists() else []
+
+    def survey(self, now: float | None = None) -> "CacheSurvey":
+        """Every entry read and checked against its digest, and the leftovers of killed writes."""
+        now = time.time() if now is None else now
+        survey = CacheSurvey()
+        for path in self.entries():
+            survey.entries += 1
+            survey.bytes += _size(path)
+            if self.get(path.stem) is None:
+                survey.unreadable.append(path)
+        if self.root.exists():
+            survey.leftovers = [
+                path
+                for path in sorted(self.root.glob("*/.*.tmp"))
+                if now - _modified(path, now) > LEFTOVER_SECONDS
+            ]
+        return survey
+
+    def prune(self, older_than_days: float | None, now: float | None = None) -> "CacheSurvey":
+        """Remove the entries written more than ``older_than_days`` ago (every entry when
+        ``None``), the unreadable ones and the leftovers of killed writes; returns what was
+        removed. Removing an entry costs only its recomputation by the next run that needs it."""
+        now = time.time() if now is None else now
+        found = self.survey(now)
+        removed = CacheSurvey(unreadable=found.unreadable, leftovers=found.leftovers)
+        doomed = set(map(str, found.unreadable))
+        cutoff = None if older_than_days is None else now - older_than_days * 86400
+        for path in self.entries():
+            if cutoff is None or _modified(path, now) < cutoff or str(path) in doomed:
+                removed.entries += 1
+                removed.bytes += _size(path)
+                path.unlink(missing_ok=True)
+        for path in found.leftovers:
+            path.unlink(missing_ok=True)
+        return removed
+
+
+@dataclass
+class CacheSurvey:
+    """Entries (count, bytes), unreadable entries (a miss on use) and leftovers of killed writes."""
+
+    entries: int = 0
+    bytes: int = 0
+    unreadable: list[LakePath] = field(default_factory=list)
+    leftovers: list[LakePath] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"{self.entries} entr{'y' if self.entries == 1 else 'ies'} "
+            f"({self.bytes / 1e6:.1f} MB), {len(self.unreadable)} unreadable, "
+            f"{len(self.leftovers)} leftover(s) of killed writes"
+        )
+
+
+def _size(path: LakePath) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _modified(path: LakePath, default: float) -> float:
+    try:
+        return path.stat().st_mtime
+    except (OSError, AttributeError, KeyError):
+        return default
 
 
 def lake_window_cache(lake: ParquetLake) -> WindowCache:

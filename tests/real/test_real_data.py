@@ -408,3 +408,23 @@ def test_an_illiquid_real_name_reaches_the_features_with_zero_liquidity(every_fo
     assert window.dollar_volume[fund].fillna(0).max() == 0.0
     assert table.loc[fund, "liquidity"] == 0.0  # ... but never liquid
     assert table.loc["HSBK-IL-1D-NO-BAD-DIVS", "liquidity"] > 0.0
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
+def test_a_real_folder_parsed_as_tasks_reads_as_in_one_pass(folder, monkeypatch):
+    from tvq_resources.ray_fanout import SerialMap
+
+    market = MarketData(sources={"real": source(folder)})
+    whole = market.fetch("real")
+    monkeypatch.setattr(files, "FILES_PER_TASK", 4)
+    fanout = SerialMap()
+    split = market.fetch("real", map_tasks=fanout)
+    chunks = -(-(whole.files + len(whole.errors)) // 4)
+    assert fanout.tasks == (chunks if chunks > 1 else 0)
+    pd.testing.assert_frame_equal(split.bars, whole.bars)
+    pd.testing.assert_frame_equal(split.superseded, whole.superseded)
+    assert (split.errors, split.duplicates, split.files) == (
+        whole.errors,
+        whole.duplicates,
+        whole.files,
+    )

@@ -793,3 +793,26 @@ def test_a_vendor_url_line_before_the_header_is_skipped_and_lines_still_count_fr
     [error] = read_csv_directory(tmp_path).errors
 
     assert error.line == 4 and "oops" in error.reason
+
+
+@pytest.mark.parametrize("per_task", [1, 2, 64])
+def test_a_symbol_goes_to_its_first_readable_file_however_the_parsing_is_split(
+    tmp_path, monkeypatch, per_task
+):
+    from tvq_resources import files
+    from tvq_resources.ray_fanout import SerialMap
+
+    header = "date,open,high,low,close,volume\n"
+    good = header + "2024-01-02,1,2,0.5,1.5,100\n2024-01-03,1,2,0.5,{},100\n"
+    (tmp_path / "A_BTC.csv").write_text(header)  # no bars
+    (tmp_path / "B_BTC.csv").write_text(good.format(1.6))
+    (tmp_path / "C_BTC.csv").write_text(good.format(1.7))
+    (tmp_path / "D_ETH.csv").write_text(good.format(1.8))
+    monkeypatch.setattr(files, "FILES_PER_TASK", per_task)
+    fanout = SerialMap()
+    loaded = read_csv_directory(tmp_path, pattern="{exchange}_{symbol}.csv", map_tasks=fanout)
+    assert fanout.tasks == (-(-4 // per_task) if per_task < 4 else 0)  # one chunk: in process
+    assert [str(error).split(":")[0] for error in loaded.errors] == ["A_BTC.csv", "C_BTC.csv"]
+    assert "already loaded from B_BTC.csv" in loaded.errors[1].reason
+    closes = loaded.bars.groupby("symbol")["close"].last()
+    assert closes.to_dict() == {"BTC": 1.6, "ETH": 1.8}

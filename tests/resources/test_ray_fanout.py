@@ -19,11 +19,12 @@ import pytest
 
 from tests.conftest import AS_OF, metadata, resources_for, synthetic_source
 from tests.quant.test_policy import SHORT, window
+from tests.real.folders import BY_NAME, REAL
 from tvq_assets import allocation, data
 from tvq_assets.definitions import build_resources, ray_resource
 from tvq_assets.quant import policy
 from tvq_assets.quant.optimise import PROFILES
-from tvq_resources import ray_fanout
+from tvq_resources import files, ray_fanout
 from tvq_resources.ray_fanout import FanoutError, LocalHead, RayFanout, RayMap, SerialMap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,6 +149,23 @@ def test_the_tournament_runs_on_the_cluster_and_equals_the_serial_path(small, co
 
 
 @pytest.mark.slow
+def test_a_real_folders_files_are_parsed_on_the_cluster_as_read_in_process(connected, monkeypatch):
+    folder = BY_NAME["crypto_bybit_perp_zxckotee"]  # 50 files: 7 tasks of 8
+    monkeypatch.setattr(files, "FILES_PER_TASK", 8)
+    fanout = connected.task_map()
+    on_ray = files.read_csv_directory(REAL / folder.name, pattern=folder.pattern, map_tasks=fanout)
+    serial = files.read_csv_directory(REAL / folder.name, pattern=folder.pattern)
+    assert (fanout.calls, fanout.tasks) == (1, 7)
+    pd.testing.assert_frame_equal(on_ray.bars, serial.bars)
+    pd.testing.assert_frame_equal(on_ray.superseded, serial.superseded)
+    assert (on_ray.errors, on_ray.duplicates, on_ray.files) == (
+        serial.errors,
+        serial.duplicates,
+        serial.files,
+    )
+
+
+@pytest.mark.slow
 def test_a_failing_task_is_named_and_an_unpicklable_function_is_refused(connected):
     fanout = connected.task_map()
 
@@ -215,7 +233,7 @@ RUN = textwrap.dedent(
     import json, sys, time
     import dagster as dg
     from dagster_ray import RayResource
-    from tvq_resources import ray_fanout
+    from tvq_resources import files, ray_fanout
 
     ending, report = sys.argv[1], sys.argv[2]
 

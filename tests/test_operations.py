@@ -80,13 +80,6 @@ def _sensor_ticked(instance: dg.DagsterInstance) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    # Not strict: on a quiet machine the daemon sometimes launches such a run correctly.
-    strict=False,
-    reason="known defect: a CLI run dequeued by a running daemon may be marked failed from "
-    "outside its execution context (the daemon's launch of a run created with the in-process "
-    "origin)",
-)
 def test_the_bars_sensor_sees_a_cli_run_executed_by_the_daemon(home):
     environment = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     # The instance's storage is created here first: two processes creating the SQLite tables at

@@ -53,8 +53,11 @@ EXECUTORS = ("inprocess", "multiprocess", "ray")
 CONCURRENT = 2
 # What a step process needs to find the instance, the lake, the catalog and the MLflow store. The
 # multiprocess executor's children inherit the run's environment; a Ray Job does not (it starts
-# under the head's raylet), so the Ray executor forwards these from the run's process.
+# under the head's raylet), so the Ray executor forwards these from the run's process. PATH too:
+# a run launched by the `dagster` command hands its steps the bare entry point `dagster api
+# execute_step`, which the Ray Job's shell must find in this environment's bin directory.
 STEP_ENVIRONMENT = (
+    "PATH",
     "DAGSTER_HOME",
     "TVQ_LAKE",
     "TVQ_SLEEVES",
@@ -70,16 +73,17 @@ LOCATION = '''"""The tvq code location with the {name} executor (tests.bench_exe
 
 import dagster as dg
 {imports}
-from tvq_assets.definitions import defs as base
+from tvq_assets import definitions
 
+# One Definitions object at module scope: the project's is reached through its module.
 defs = dg.Definitions(
-    assets=base.assets,
-    asset_checks=base.asset_checks,
-    jobs=base.jobs,
-    schedules=base.schedules,
-    sensors=base.sensors,
-    resources=base.resources,
-    loggers=base.loggers,
+    assets=definitions.defs.assets,
+    asset_checks=definitions.defs.asset_checks,
+    jobs=definitions.defs.jobs,
+    schedules=definitions.defs.schedules,
+    sensors=definitions.defs.sensors,
+    resources=definitions.defs.resources,
+    loggers=definitions.defs.loggers,
     executor={executor},
 )
 '''
@@ -88,7 +92,7 @@ defs = dg.Definitions(
 def location_source(name: str, dashboard: str | None = None) -> str:
     """The definitions module of one case: the project's code location but for its executor."""
     if name == "inprocess":
-        imports, executor = "", "base.executor"  # tvq_assets.definitions.executor()
+        imports, executor = "", "definitions.defs.executor"  # definitions.executor()
     elif name == "multiprocess":
         config = {
             "max_concurrent": CONCURRENT,
@@ -166,6 +170,7 @@ def prepare(workspace: Path, symbols: int) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
         "TV_ORCH_MODE": "local",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     for name in FOREIGN_RAY:
         environment.pop(name, None)
@@ -225,8 +230,10 @@ def inspect_run(name: str, home: Path, log: Path) -> Outcome:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records(dg.RunsFilter(job_name="daily"))
         if not records:
-            tail = log.read_text().strip().splitlines()[-5:]
-            return Outcome(name, "NO RUN", error=" | ".join(tail) or f"empty log {log}")
+            # The run never started (e.g. the code location did not load): the last line of the
+            # log is the exception.
+            lines = log.read_text().strip().splitlines()
+            return Outcome(name, "NO RUN", error=f"{lines[-1] if lines else 'empty log'} ({log})")
         [record] = records
         run = record.dagster_run
         outcome = Outcome(name, run.status.name)

@@ -153,6 +153,7 @@ class Outcome:
     run: float | None = None  # the run's start to end, as the instance recorded it
     error: str = ""
     steps: int = 0
+    step_seconds: float = 0.0  # the steps' own start to end, added up
 
 
 def prepare(workspace: Path, symbols: int) -> dict[str, str]:
@@ -239,7 +240,11 @@ def inspect_run(name: str, home: Path, log: Path) -> Outcome:
         outcome = Outcome(name, run.status.name)
         if record.start_time and record.end_time:
             outcome.run = record.end_time - record.start_time
-        outcome.steps = len(instance.get_run_step_stats(run.run_id))
+        stats = instance.get_run_step_stats(run.run_id)
+        outcome.steps = len(stats)
+        outcome.step_seconds = sum(
+            stat.end_time - stat.start_time for stat in stats if stat.start_time and stat.end_time
+        )
         if run.status != dg.DagsterRunStatus.SUCCESS:
             outcome.error = first_error(instance, run.run_id) or f"see {log}"
     return outcome
@@ -309,7 +314,10 @@ def run_case(name: str, root: Path, symbols: int, partition: str, timeout: float
 
 def report(outcomes: list[Outcome], startup: dict | None, symbols: int, partition: str) -> None:
     base = next((o for o in outcomes if o.executor == "inprocess" and o.status == "SUCCESS"), None)
-    header = f"{'executor':<14}{'wall s':>9}{'run s':>9}{'x in-process':>14}{'steps':>7}  status"
+    header = (
+        f"{'executor':<14}{'wall s':>9}{'run s':>9}{'x in-process':>14}{'steps':>7}"
+        f"{'step s':>9}  status"
+    )
     print(f"\none daily run of {partition}, {symbols} symbols")
     print(header + "\n" + "-" * len(header))
     for outcome in outcomes:
@@ -320,12 +328,16 @@ def report(outcomes: list[Outcome], startup: dict | None, symbols: int, partitio
             if base and outcome.wall is not None and outcome.status == "SUCCESS"
             else "-"
         )
-        steps = outcome.steps
-        print(f"{outcome.executor:<14}{wall:>9}{run:>9}{ratio:>14}{steps:>7}  {outcome.status}")
+        steps, spent = outcome.steps, f"{outcome.step_seconds:.1f}"
+        print(
+            f"{outcome.executor:<14}{wall:>9}{run:>9}{ratio:>14}{steps:>7}{spent:>9}  "
+            f"{outcome.status}"
+        )
     print("-" * len(header))
     print(
         "wall s: the `dagster job execute` process (start, code location load, run); run s: the "
-        "run's start to end in the instance; steps: steps the instance recorded"
+        "run's start to end in the instance; steps: steps the instance recorded; step s: their "
+        "own seconds added up (a step process's start-up before the step starts is not in them)"
     )
     if startup:
         print(

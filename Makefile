@@ -12,7 +12,7 @@ STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | ck
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup demo dev test test-slow test-all check bench bench-large backfill flow-production clean \
+.PHONY: setup demo dev test test-slow test-all check bench bench-large bench-executors backfill flow-production clean \
 	mlflow-ui browser services services-stop services-status services-env postgres-server
 
 setup: $(STAMP)
@@ -82,6 +82,10 @@ bench: $(STAMP)
 ## bench-large: refresh_bars + daily at 1000 and 10,000 symbols, seconds and memory per stage
 bench-large: $(STAMP)
 	cd $(ROOT) && $(PY) -m tests.bench --large $(BENCH_ARGS)
+
+## bench-executors: one daily run (100 symbols) with the in-process, multiprocess (forkserver) and Ray executors
+bench-executors: $(STAMP)
+	cd $(ROOT) && $(PY) -m tests.bench_executors $(BENCH_ARGS)
 
 ## flow-production: the production flow now (bars, then the newest run), through the run queue, on
 ## the services: those of `make services`, unless TV_ORCH_MODE=production is already exported

@@ -21,8 +21,11 @@ $(UV):
 	python3 -m venv $(ROOT)/.tools
 	$(ROOT)/.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
+# --compile-bytecode: every process (CLI, code server, run worker, Ray worker, test) imports the
+# installed packages from .pyc instead of compiling their sources (5 s instead of 11 s for the
+# code location here; Python never writes them itself when PYTHONDONTWRITEBYTECODE is set).
 $(STAMP): $(ROOT)/pyproject.toml $(ROOT)/uv.lock | $(UV)
-	cd $(ROOT) && $(UV) sync --locked --quiet
+	cd $(ROOT) && $(UV) sync --locked --quiet --compile-bytecode
 	rm -f $(VENV)/.synced-*; touch $@
 
 ## demo: refresh the bars and materialise the newest run of every sleeve on the synthetic market

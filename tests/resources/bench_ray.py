@@ -12,9 +12,11 @@ import argparse
 import time
 
 import pandas as pd
+import yaml
 
-from tests.bench import END, SEED, crypto_sleeve
+from tests.bench import DAY, SEED, START, _catalog
 from tests.resources.test_ray_fanout import assert_same_outcome
+from tvq_assets.catalog import parse_catalog
 from tvq_assets.quant import policy
 from tvq_assets.settings import policy_settings
 from tvq_resources import ray_fanout
@@ -28,7 +30,9 @@ def main() -> None:
     parser.add_argument("--address", default=None)
     parser.add_argument("--num-cpus", type=int, default=None)
     arguments = parser.parse_args()
-    settings = policy_settings(crypto_sleeve())
+    # The sleeve of `make bench` (its policy; the source is generated here at each size).
+    sleeve = parse_catalog(yaml.safe_load(_catalog(100, DAY))).sleeves["crypto"]
+    settings = policy_settings(sleeve)
     resource = (
         RayFanout(address=arguments.address)
         if arguments.address
@@ -45,9 +49,11 @@ def main() -> None:
         else:
             print(f"ray connect to {arguments.address}: {connected:.1f} s")
         for size in arguments.sizes:
-            bars = generate_market(seed=SEED, n_symbols=size, end=END)
+            bars = generate_market(
+                seed=SEED, n_symbols=size, n_clusters=8, start=START, end=DAY, calendar="crypto"
+            )
             window = policy.point_in_time(
-                bars, as_of=pd.Timestamp(END), settings=settings, quarantine=False
+                bars, as_of=pd.Timestamp(DAY), settings=settings, quarantine=False
             )
             started = time.perf_counter()
             serial = policy.tournament(window, settings, incumbent=None)

@@ -48,10 +48,11 @@ def ray_resource(production: bool) -> RayFanout:
 
 def executor() -> dg.ExecutorDefinition:
     """Both modes run every step of a run in the run's own process (the mode is still validated
-    here: an unknown ``TV_ORCH_MODE`` stops the code location from loading). A process per step
-    cost 15-20 s of imports for 1-3 s of work (7 min for two demo sleeves); a forkserver pays the
-    imports once per run, still more than the whole run's steps. Production parallelism comes from
-    runs: the sleeves' runs go side by side through the queue."""
+    here: an unknown ``TV_ORCH_MODE`` stops the code location from loading). Each step's own
+    process pays a process start and the imports for 0.1-3 s of work: one ``daily`` run took 1.55×
+    as long with a forkserver multiprocess executor and 2.8× with dagster-ray's ``ray_executor``
+    (``make bench-executors``). Production parallelism comes from runs: the sleeves' runs go side
+    by side through the queue, and the tournament fans out through the ``ray`` resource."""
     orchestration_mode()
     return dg.in_process_executor
 

@@ -110,7 +110,9 @@ def test_tvq_production_refuses_to_start_without_its_services(monkeypatch, capsy
     for variable in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "TVQ_POSTGRES_URL"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(LOCAL_YAML.parent))
+    monkeypatch.delenv("TV_ORCH_MODE", raising=False)
     assert cli.main(["production"]) == 2
+    assert "TV_ORCH_MODE" not in os.environ  # a refused start leaves this process's mode alone
     error = capsys.readouterr().err
     assert "TV_ORCH_MODE=production needs its services" in error
     assert "MLFLOW_TRACKING_URI is not set" in error and "make services" in error

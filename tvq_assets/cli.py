@@ -294,14 +294,14 @@ def production(sleeves: list[str] | None) -> int:
     runs of the code location through the queue, on the services production mode names."""
     from tvq_resources.mode import ProductionUnavailable, check_production
 
-    # Read when the definitions are imported (below, in `flow`): the resources of these runs. A
-    # daemon that is already running (`make dev`) executes them with its own code server's mode.
-    os.environ["TV_ORCH_MODE"] = "production"
     try:
-        check_production(dict(os.environ))
+        check_production({**os.environ, "TV_ORCH_MODE": "production"})
     except ProductionUnavailable as error:
         print(error, file=sys.stderr)
         return 2
+    # Read when the definitions are imported (below, in `flow`): the resources of these runs. A
+    # daemon that is already running (`make dev`) executes them with its own code server's mode.
+    os.environ["TV_ORCH_MODE"] = "production"
     return flow(sleeves, None)
 
 

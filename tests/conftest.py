@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import tempfile
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -33,6 +34,21 @@ ASSETS = (
     "backtest",
     "portfolio",
 )
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def start_daemon(environment: dict[str, str]) -> subprocess.Popen:
+    """The workspace's ``dagster-daemon`` in its own session (stop it with :func:`stop`)."""
+    return subprocess.Popen(
+        [str(REPOSITORY / ".venv" / "bin" / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        env=environment,
+        cwd=REPOSITORY,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop(process: subprocess.Popen) -> None:

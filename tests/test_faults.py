@@ -20,7 +20,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from tests.conftest import resources_for, stop
+from tests.conftest import resources_for, start_daemon, stop
 from tvq_assets import data
 from tvq_resources import synthetic
 from tvq_resources.lake import MANIFEST, ParquetLake
@@ -157,14 +157,7 @@ def test_killed_runs_are_marked_failed_free_the_sleeves_slot_and_are_retried(tmp
             for _ in range(2):
                 subprocess.run(launch, env=environment, cwd=ROOT, check=True)
             second, first = (r.run_id for r in instance.get_runs()[:2])  # newest first
-            daemon = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                env=environment,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            daemon = start_daemon(environment)
             failed = _wait(instance, orphan, lambda r: r.is_finished)
             assert failed.status == dg.DagsterRunStatus.FAILURE
             [failure] = instance.all_logs(orphan, of_type=dg.DagsterEventType.RUN_FAILURE)

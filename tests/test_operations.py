@@ -13,7 +13,7 @@ import pytest
 from dagster._core.definitions.selector import InstigatorSelector
 from dagster._serdes import create_snapshot_id
 
-from tests.conftest import stop
+from tests.conftest import start_daemon, stop
 from tests.test_faults import SMALL_CATALOG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,14 +85,7 @@ def test_the_bars_sensor_sees_a_cli_run_executed_by_the_daemon(home):
     # The instance's storage is created here first: two processes creating the SQLite tables at
     # once fail ("table runs already exists").
     dg.DagsterInstance.get().dispose()
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-        env=environment,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    daemon = start_daemon(environment)
     try:
         with dg.DagsterInstance.get() as instance:
             # A run status sensor only looks at runs that finish after its first tick.

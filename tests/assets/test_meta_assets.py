@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import evaluations, metadata, resources_for, stop
+from tests.conftest import evaluations, metadata, resources_for, start_daemon, stop
 from tvq_assets import meta as meta_assets
 from tvq_assets.catalog import CatalogError, MetaLimit, parse_catalog
 from tvq_assets.definitions import ASSETS
@@ -215,14 +215,7 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
         check=True,
         capture_output=True,
     )
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-        env=environment,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    daemon = start_daemon(environment)
     try:
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         with dg.DagsterInstance.get() as instance:

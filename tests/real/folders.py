@@ -48,6 +48,18 @@ FOLDERS = (
 BY_NAME = {folder.name: folder for folder in FOLDERS}
 
 
+def assert_same_load(read, expected) -> None:
+    """Two reads of a source folder (``files.LoadResult`` or ``market_data.Batch``) are equal:
+    bars, superseded rows, errors in order, duplicate count and files read."""
+    pd.testing.assert_frame_equal(read.bars, expected.bars)
+    pd.testing.assert_frame_equal(read.superseded, expected.superseded)
+    assert (read.errors, read.duplicates, read.files) == (
+        expected.errors,
+        expected.duplicates,
+        expected.files,
+    )
+
+
 def source(folder: Folder, **options) -> SourceConfig:
     return SourceConfig(
         kind="parquet" if folder.pattern.endswith(".parquet") else "csv",

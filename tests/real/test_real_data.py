@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 
 from tests.conftest import evaluations, materialised, metadata, resources_for
-from tests.real.folders import BY_NAME, FOLDERS, REAL, blocking, cleaned, source
+from tests.real.folders import (
+    BY_NAME,
+    FOLDERS,
+    REAL,
+    assert_same_load,
+    blocking,
+    cleaned,
+    source,
+)
 from tvq_assets import data
 from tvq_assets.definitions import SLEEVE_ASSETS
 from tvq_assets.quant import returns as returns_engine
@@ -421,10 +429,4 @@ def test_a_real_folder_parsed_as_tasks_reads_as_in_one_pass(folder, monkeypatch)
     split = market.fetch("real", map_tasks=fanout)
     chunks = -(-(whole.files + len(whole.errors)) // 4)
     assert fanout.tasks == (chunks if chunks > 1 else 0)
-    pd.testing.assert_frame_equal(split.bars, whole.bars)
-    pd.testing.assert_frame_equal(split.superseded, whole.superseded)
-    assert (split.errors, split.duplicates, split.files) == (
-        whole.errors,
-        whole.duplicates,
-        whole.files,
-    )
+    assert_same_load(split, whole)

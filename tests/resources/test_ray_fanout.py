@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import AS_OF, metadata, resources_for, synthetic_source
 from tests.quant.test_policy import SHORT, window
-from tests.real.folders import BY_NAME, REAL
+from tests.real.folders import BY_NAME, REAL, assert_same_load
 from tvq_assets import allocation, data
 from tvq_assets.definitions import build_resources, ray_resource
 from tvq_assets.quant import policy
@@ -156,13 +156,7 @@ def test_a_real_folders_files_are_parsed_on_the_cluster_as_read_in_process(conne
     on_ray = files.read_csv_directory(REAL / folder.name, pattern=folder.pattern, map_tasks=fanout)
     serial = files.read_csv_directory(REAL / folder.name, pattern=folder.pattern)
     assert (fanout.calls, fanout.tasks) == (1, 7)
-    pd.testing.assert_frame_equal(on_ray.bars, serial.bars)
-    pd.testing.assert_frame_equal(on_ray.superseded, serial.superseded)
-    assert (on_ray.errors, on_ray.duplicates, on_ray.files) == (
-        serial.errors,
-        serial.duplicates,
-        serial.files,
-    )
+    assert_same_load(on_ray, serial)
 
 
 @pytest.mark.slow

@@ -42,11 +42,11 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
     from tvq_assets import launch, tracking
     from tvq_assets.definitions import defs
     from tvq_assets.jobs import DAILY_LAUNCHED_BY
-    from tvq_assets.partitions import catalog, run, run_key
+    from tvq_assets.partitions import catalog, newest_run_date, run_key
 
     instance = dg.DagsterInstance.get()
     lake = defs.resources["lake"]
-    newest = run.get_last_partition_key()
+    newest = newest_run_date()
     names = sleeves or list(catalog.sleeves)
     status = 0
     with launch.Launcher(instance) as launcher:

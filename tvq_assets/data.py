@@ -12,7 +12,7 @@ from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import checks, contracts
-from tvq_resources import ray_fanout
+from tvq_resources import clock, ray_fanout
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData
 
@@ -104,7 +104,7 @@ def _refresh_bars(
     sleeve_entry = sleeve_of(context)
     policy = sleeve_entry.policy
     partition = context.partition_key
-    now = pd.Timestamp.now(tz="UTC")
+    now = clock.now()
     try:
         plan, batch = bar_store.prepare(
             lake,

@@ -2,8 +2,7 @@
 
 import dagster as dg
 
-from tvq_assets.partitions import run as run_dimension
-from tvq_assets.partitions import run_key, sleeve_run
+from tvq_assets.partitions import newest_run_date, run_key, sleeve_run
 
 # A bars run with this tag was started by a command (``tvq demo``/``tvq production``) that starts
 # the sleeve's daily run itself, for the as-of date it was asked for: the sensor leaves it alone.
@@ -48,7 +47,7 @@ def run_daily_after_bars(context: dg.RunStatusSensorContext):
             f"bars of {sleeve_name} refreshed by run {context.dagster_run.run_id}: `{launcher}` "
             "that started it starts the daily run itself"
         )
-    newest = run_dimension.get_last_partition_key()
+    newest = newest_run_date()
     if sleeve_name and newest:
         return dg.RunRequest(
             run_key=f"{run_key(newest, sleeve_name)}|{context.dagster_run.run_id}",

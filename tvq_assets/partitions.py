@@ -12,8 +12,10 @@ import dagster as dg
 import pandas as pd
 
 from tvq_assets.catalog import Catalog, Sleeve, load_catalog, policy_parameters
+from tvq_assets.quant import bars as bar_rules
 from tvq_assets.quant.policy import PolicySettings
 from tvq_assets.settings import policy_settings
+from tvq_resources import clock
 from tvq_resources.lake import PREVIOUS_RUN
 
 catalog: Catalog = load_catalog()
@@ -40,6 +42,12 @@ with warnings.catch_warnings():
             "sleeve": dg.DimensionPartitionMapping("sleeve", dg.IdentityPartitionMapping()),
         }
     )
+
+
+def newest_run_date() -> str:
+    """The newest run partition (``YYYY-MM-DD``): the last complete UTC day at ``clock.now()``
+    (``TVQ_NOW`` replays any day)."""
+    return f"{bar_rules.last_complete_session(clock.now()):%Y-%m-%d}"
 
 
 def previous_run(asset: str) -> dg.AssetIn:

@@ -14,7 +14,7 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
-from tvq_resources import files, synthetic
+from tvq_resources import clock, files, synthetic
 
 SYNTHETIC_START = "2023-11-01"
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ class MarketData(dg.ConfigurableResource):
                 n_symbols=source.symbols,
                 n_clusters=source.clusters,
                 start=source.start or SYNTHETIC_START,
-                end=source.end or pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d"),
+                end=source.end or clock.now().strftime("%Y-%m-%d"),
                 calendar=source.calendar,
                 faults=[synthetic.Fault(f.kind, f.symbol, f.date) for f in source.faults],
             )

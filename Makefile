@@ -12,7 +12,7 @@ STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | ck
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: setup demo dev test test-slow test-all check bench bench-large bench-executors backfill flow-production clean \
+.PHONY: setup demo dev test test-slow test-all check soak bench bench-large bench-executors backfill flow-production clean \
 	mlflow-ui browser services services-stop services-status services-env postgres-server
 
 setup: $(STAMP)
@@ -76,6 +76,12 @@ test-all: test test-slow
 check: $(STAMP)
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	cd $(ROOT) && $(VENV)/bin/dg check defs
+
+## soak: production replayed day by day over a simulated calendar, unattended (TVQ_NOW moves a
+## day at a time): DAYS=14 from 2024-03-25 is the CI span; DAYS=365 a year (from 2023-08-20)
+DAYS ?= 14
+soak: $(STAMP)
+	cd $(ROOT) && $(PY) -m tvq_assets.soak --days $(DAYS) $(SOAK_ARGS)
 
 ## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold), one table with the
 ## previous figures and goals; BENCH_ARGS="--sizes 1000 3000 --engine" adds the engine stages

@@ -1,0 +1,168 @@
+"""The soak's own parts: the scenario calendar, the replay of real files, the expected outcomes.
+The soak itself (production day after day) runs in the slow suite and in CI (`make soak`)."""
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from tvq_assets import soak
+
+HEADER = "Date,Open,High,Low,Close,Adj Close,Volume\n"
+
+
+def _line(day: str, close: float, offset: str = "-04:00") -> str:
+    return f"{day} 00:00:00{offset},{close},{close + 1},{close - 1},{close},{close},1000\n"
+
+
+def test_a_session_date_is_the_local_date_of_its_stamp_or_the_utc_day_of_an_epoch():
+    assert soak.session_date("2024-03-28 00:00:00-04:00") == pd.Timestamp("2024-03-28")
+    assert soak.session_date("2024-03-28 00:00:00+01:00") == pd.Timestamp("2024-03-28")
+    assert soak.session_date("1711584000") == pd.Timestamp("2024-03-28")  # seconds
+    assert soak.session_date("1711584000000") == pd.Timestamp("2024-03-28")  # milliseconds
+    assert soak.session_date("") is None
+    assert soak.session_date("Date") is None
+
+
+def test_the_ci_span_holds_its_scenarios_on_days_that_suit_them():
+    scenarios = soak.Scenarios(pd.Timestamp(soak.DEFAULT_START), soak.DEFAULT_DAYS)
+    dates = scenarios.dates
+    assert set(dates) == set(soak.SHORT_SPAN)
+    assert len(set(dates.values())) == len(dates), "two scenarios on one day"
+    both_open = soak.venues_open(scenarios.start, scenarios.end)
+    for name in scenarios.on_sessions:
+        assert dates[name] in both_open, f"{name} on {dates[name]:%F}, a venue holiday"
+    # Good Friday (both venues closed) and Easter Monday (London closed) are no such day.
+    assert pd.Timestamp("2024-03-29") not in both_open
+    assert pd.Timestamp("2024-04-01") not in both_open
+    assert pd.Timestamp("2024-04-02") in both_open
+    # The span has what the CI soak must contain: weekends, a holiday, a revision and a kill.
+    days = pd.date_range(scenarios.start, scenarios.end)
+    assert (days.dayofweek >= 5).sum() == 4
+    assert {"revision", "kill"} <= set(dates)
+
+
+def test_a_scenario_that_falls_after_the_span_is_left_out():
+    scenarios = soak.Scenarios(pd.Timestamp("2024-03-25"), 5)
+    assert set(scenarios.dates) == {"revision", "listing"}
+
+
+def test_the_year_lets_the_toxic_print_leave_the_crypto_window_before_it_ends():
+    scenarios = soak.Scenarios(pd.Timestamp(soak.YEAR_START), 365, dict(soak.LONG_SPAN))
+    toxic = scenarios.dates["toxic"]
+    lookback = soak.soak_catalog(Path("/x"), scenarios, None)["sleeves"]["crypto"]["policy"][
+        "lookback"
+    ]
+    assert toxic + pd.Timedelta(days=lookback) < scenarios.end
+
+
+def _folder(tmp_path: Path) -> Path:
+    source = tmp_path / "source"
+    source.mkdir()
+    days = ["2024-03-25", "2024-03-26", "2024-03-27", "2024-03-28", "2024-04-02"]
+    (source / "CALM-1d-no-bad-divs.csv").write_text(
+        HEADER + "".join(_line(d, 50 + i) for i, d in enumerate(days))
+    )
+    (source / "EWG-1d-no-bad-divs.csv").write_text(
+        HEADER + "".join(_line(d, 30 + i) for i, d in enumerate(days))
+    )
+    (source / "RGL-L-1d-bad-div.csv").write_text(
+        HEADER + "".join(_line(d, 10 + i, "+00:00") for i, d in enumerate(days))
+    )
+    return source
+
+
+def test_the_replay_reveals_each_file_up_to_the_simulated_day_line_for_line(tmp_path):
+    source = _folder(tmp_path)
+    scenarios = soak.Scenarios(pd.Timestamp("2024-03-25"), 14, {})
+    replay = soak.Replay(source, tmp_path / "out", scenarios, ("CALM-1d-no-bad-divs.csv",))
+    replay.reveal(pd.Timestamp("2024-03-27"))
+    original = (source / "CALM-1d-no-bad-divs.csv").read_text().splitlines(keepends=True)
+    assert (tmp_path / "out" / "CALM.csv").read_text() == "".join(original[:4])
+    replay.reveal(pd.Timestamp("2024-04-01"))  # a holiday: nothing new, nothing lost
+    assert (tmp_path / "out" / "CALM.csv").read_text() == "".join(original[:5])
+
+
+def test_the_replay_lists_late_delivers_late_and_revises_one_close(tmp_path):
+    source = _folder(tmp_path)
+    scenarios = soak.Scenarios(
+        pd.Timestamp("2024-03-25"), 14, {"revision": 2, "listing": 3, "late_bar": 7}
+    )
+    assert scenarios.dates == {
+        "revision": pd.Timestamp("2024-03-27"),
+        "listing": pd.Timestamp("2024-03-28"),
+        "late_bar": pd.Timestamp("2024-04-02"),
+    }
+    files = ("CALM-1d-no-bad-divs.csv", "EWG-1d-no-bad-divs.csv", "RGL-L-1d-bad-div.csv")
+    out = tmp_path / "out"
+    replay = soak.Replay(source, out, scenarios, files)
+    replay.reveal(pd.Timestamp("2024-03-27"))
+    assert not (out / "RGL-L.csv").exists(), "listed before its listing day"
+    ewg = (out / "EWG.csv").read_text().splitlines()
+    source_ewg = (source / "EWG-1d-no-bad-divs.csv").read_text().splitlines()
+    # The close two sessions back is revised up 1%; every other line is the source's.
+    assert [i for i, (a, b) in enumerate(zip(ewg, source_ewg, strict=False)) if a != b] == [1]
+    assert float(ewg[1].split(",")[4]) == pytest.approx(30 * 1.01)
+    replay.reveal(pd.Timestamp("2024-03-28"))
+    assert (out / "RGL-L.csv").read_text().splitlines()[1:] == [
+        _line("2024-03-28", 13, "+00:00").strip()
+    ], "a listing has no history before its first day"
+    assert (out / "EWG.csv").read_text().splitlines()[1] == ewg[1], "the revision stays"
+    replay.reveal(pd.Timestamp("2024-04-02"))
+    assert "2024-04-02" not in (out / "CALM.csv").read_text(), "the late bar came on time"
+    replay.reveal(pd.Timestamp("2024-04-03"))
+    assert "2024-04-02" in (out / "CALM.csv").read_text(), "the late bar never came"
+
+
+def test_a_fail_sleeve_is_expected_to_fail_while_the_toxic_print_is_in_its_window():
+    scenarios = soak.Scenarios(pd.Timestamp("2024-03-25"), 14, {"toxic": 11})
+    printed = scenarios.dates["toxic"]
+    catalog = SimpleNamespace(
+        sleeve=lambda name: SimpleNamespace(
+            toxic_policy={"crypto": "fail", "tradfi": "quarantine"}[name],
+            policy=SimpleNamespace(lookback=5),
+        )
+    )
+    expect = soak.expected_sleeve
+    assert expect("crypto", printed - pd.Timedelta(days=1), scenarios, catalog) == "success"
+    assert expect("crypto", printed, scenarios, catalog) == "fail:toxic"
+    assert expect("crypto", printed + pd.Timedelta(days=4), scenarios, catalog) == "fail:toxic"
+    assert expect("crypto", printed + pd.Timedelta(days=5), scenarios, catalog) == "success"
+    assert expect("tradfi", printed, scenarios, catalog) == "success"
+
+
+@pytest.mark.slow
+def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_and_a_kill(tmp_path):
+    """Six days from Wednesday 2024-03-27: Good Friday (both venues closed), a weekend with
+    London's switch to summer time, Easter Monday (London closed, New York open); a source
+    revision on Thursday and a kill -9 mid-step on Saturday."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tvq_assets.soak",
+            "--start",
+            "2024-03-27",
+            "--days",
+            "6",
+            "--scenario",
+            "revision=1",
+            "--scenario",
+            "kill=3",
+            "--workdir",
+            str(tmp_path / "soak"),
+        ],
+        cwd=soak.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    print(done.stdout[-6000:], done.stderr[-3000:])
+    assert done.returncode == 0
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("soak: 6 days, ")
+    assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
+    assert "killed run" in done.stdout

@@ -2,6 +2,7 @@
 (Postgres, an MLflow server, a Ray head) carrying a real production flow end to end."""
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -298,43 +299,36 @@ def test_production_names_services_stopped_since_their_exports_were_made(started
         check_production(exports)
 
 
-def _make_services(target: str, state: Path, *variables: str) -> subprocess.CompletedProcess:
-    """A services target as typed, its environment bootstrap taken as done (-o)."""
-    stamp = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "--eval=tvq-stamp: ; @echo $(STAMP)", "tvq-stamp"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+@functools.cache
+def _stamp() -> str:
+    """The Makefile's environment stamp: the tests run inside that environment already."""
+    show = "--eval=tvq-stamp: ; @echo $(STAMP)"
     return subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "-o", stamp, target, f"SERVICES_DIR={state}", *variables],
-        capture_output=True,
-        text=True,
-        env={
-            k: v for k, v in os.environ.items() if k not in ("PG_PORT", "MLFLOW_PORT", "RAY_PORT")
-        },
-    )
+        ["make", "-s", "-C", str(ROOT), show, "tvq-stamp"], capture_output=True, text=True
+    ).stdout.strip()
 
 
-def test_make_services_env_follows_the_record_and_refuses_other_ports(started):
-    """The defect's own commands: `make services MLFLOW_PORT=…`, then a plain `make -s
-    services-env` must name the port the services run on, and a different one is refused."""
-    running, _ = started
-    plain = _make_services("services-env", running.state)
-    assert plain.returncode == 0, plain.stderr
-    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{running.mlflow_port}\n" in plain.stdout
-    other = _free_port()
-    asked = _make_services("services-env", running.state, f"MLFLOW_PORT={other}")
-    assert asked.returncode != 0 and f"MLFLOW_PORT={other} (they run on" in asked.stderr
-    assert "export" not in asked.stdout
-
-
-# -- end to end on the services ----------------------------------------------------------------
 def _make(target: str, variables: dict[str, str], env: dict[str, str] | None = None):
-    """Run a make target in a session of its own; on timeout the whole session is killed (make,
-    the flow and its step processes), not make alone."""
+    """Run a make target in a session of its own, its environment bootstrap taken as done (-o);
+    on timeout the whole session is killed (make, the flow and its step processes), not make
+    alone. A port variable of the caller's environment is left out: only ``variables`` choose."""
+    environment = {
+        k: v
+        for k, v in (os.environ if env is None else env).items()
+        if k not in services.PORT_VARIABLES.values()
+    }
     process = subprocess.Popen(
-        ["make", "-s", "-C", str(ROOT), target, *[f"{k}={v}" for k, v in variables.items()]],
-        env=env or os.environ.copy(),
+        [
+            "make",
+            "-s",
+            "-C",
+            str(ROOT),
+            "-o",
+            _stamp(),
+            target,
+            *[f"{k}={v}" for k, v in variables.items()],
+        ],
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -350,6 +344,20 @@ def _make(target: str, variables: dict[str, str], env: dict[str, str] | None = N
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def test_make_services_env_follows_the_record_and_refuses_other_ports(started):
+    """The defect's own commands: `make services MLFLOW_PORT=…`, then a plain `make -s
+    services-env` must name the port the services run on, and a different one is refused."""
+    running, _ = started
+    plain = _make("services-env", {"SERVICES_DIR": str(running.state)})
+    assert plain.returncode == 0, plain.stderr
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{running.mlflow_port}\n" in plain.stdout
+    other = _free_port()
+    asked = _make("services-env", {"SERVICES_DIR": str(running.state), "MLFLOW_PORT": str(other)})
+    assert asked.returncode != 0 and f"MLFLOW_PORT={other} (they run on" in asked.stderr
+    assert "export" not in asked.stdout
+
+
+# -- end to end on the services ----------------------------------------------------------------
 def _pids(state: Path) -> dict[str, list[int]]:
     """Every process of each service: its recorded pid, descendants and session members."""
     table = {}
@@ -381,15 +389,68 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.slow
-def test_production_flow_on_the_services_end_to_end(monkeypatch):
-    # Postgres runs as the `postgres` user when we are root: the state must be reachable by it
-    # (pytest's own temporary folders are private to us).
+def _state_folder() -> tuple[Path, Path, Path]:
+    """A state folder and a production home under a temporary base. Postgres runs as the
+    `postgres` user when we are root: the state must be reachable by it (pytest's own temporary
+    folders are private to us)."""
     base = Path(tempfile.mkdtemp(prefix="tvq-services-"))
     base.chmod(0o755)
     state, home = base / "state", base / "home"
     home.mkdir()
     shutil.copy(PRODUCTION_YAML, home / "dagster.yaml")
+    return base, state, home
+
+
+@pytest.mark.slow
+def test_services_on_chosen_ports_are_found_by_env_and_restart_on_them_right_after_a_stop():
+    base, state, home = _state_folder()
+    chosen = {
+        "PG_PORT": str(_free_port()),
+        "MLFLOW_PORT": str(_free_port()),
+        "RAY_PORT": str(_free_port()),
+    }
+    where = {"SERVICES_DIR": str(state)}
+    try:
+        up = _make("services", {**where, "PRODUCTION_HOME": str(home), **chosen})
+        assert up.returncode == 0, up.stdout + up.stderr
+        exports = _make("services-env", where)
+        assert exports.returncode == 0, exports.stderr
+        production = dict(
+            line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()
+        )
+        assert production["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{chosen['MLFLOW_PORT']}"
+        assert production["RAY_ADDRESS"] == f"127.0.0.1:{chosen['RAY_PORT']}"
+        assert f"@127.0.0.1:{chosen['PG_PORT']}/dagster" in production["TVQ_POSTGRES_URL"]
+        assert production["DAGSTER_HOME"] == str(home)
+        check_production(production)  # every service answers, and the exports match the record
+        status = _make("services-status", where)
+        assert status.returncode == 0 and status.stdout.count("answers") == 3, status.stdout
+        other = {"RAY_PORT": str(_free_port())}
+        refused = _make("services-env", {**where, **other})
+        assert refused.returncode != 0 and "export" not in refused.stdout
+        assert f"RAY_PORT={other['RAY_PORT']} (they run on {chosen['RAY_PORT']})" in refused.stderr
+
+        down = _make("services-stop", where)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not (state / "services.json").exists()
+        lingering = sorted(_time_wait_ports() & {int(port) for port in chosen.values()})
+        # At once, on the same ports (some may hold connections in TIME_WAIT: shown below).
+        again = _make("services", {**where, "PRODUCTION_HOME": str(home), **chosen})
+        assert again.returncode == 0, again.stdout + again.stderr
+        print(f"ports in TIME_WAIT when started again: {lingering}")
+        assert _make("services-env", where).stdout == exports.stdout
+    finally:
+        before = _pids(state)
+        stopped = _make("services-stop", where)
+        left = {name: [p for p in pids if _alive(p)] for name, pids in before.items()}
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert all(not pids for pids in left.values()), left
+
+
+@pytest.mark.slow
+def test_production_flow_on_the_services_end_to_end(monkeypatch):
+    base, state, home = _state_folder()
     sleeves = base / "sleeves.yaml"
     source = {"kind": "synthetic", "seed": 7, "symbols": 30, "clusters": 4, "start": "2025-06-01"}
     sleeves.write_text(
@@ -413,7 +474,8 @@ def test_production_flow_on_the_services_end_to_end(monkeypatch):
         status = _make("services-status", variables)
         assert status.returncode == 0 and status.stdout.count("answers") == 3, status.stdout
 
-        exports = _make("services-env", variables)
+        # As typed after `make services PG_PORT=…`: the record names the ports and the home.
+        exports = _make("services-env", {"SERVICES_DIR": str(state)})
         assert exports.returncode == 0, exports.stderr
         production = dict(
             line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()

@@ -250,6 +250,18 @@ def test_services_env_refuses_services_that_are_down_or_never_started(started, t
     assert status == 1 and "no services recorded under" in err and "make services" in err
 
 
+def test_running_services_without_a_record_are_not_guessed_at(started, capsys):
+    """Services started before ports were recorded: their ports are unknown, so neither a start
+    (which would record the defaults) nor the exports guess them."""
+    running, _ = started
+    running.record_path.unlink()
+    for action in ("start", "env"):
+        status, exports, err = _env([action, "--state", str(running.state)], capsys)
+        assert (status, exports) == (1, {}), action
+        assert "without a record of their ports" in err and "make services-stop" in err
+    assert not running.record_path.exists()
+
+
 def test_stopping_the_services_removes_the_record_so_the_next_start_chooses_afresh(started):
     running, stand_ins = started
     # pg_ctl cannot stop a stand-in: here Postgres is the one service not running.

@@ -60,6 +60,11 @@ STATE_VARIABLE = "TVQ_SERVICES_DIR"
 # state folder).
 RAY_TEMP_MAX = 45
 STOP_SECONDS = 30.0
+# Services whose pid files predate the record: their ports are unknown, so nothing is guessed.
+_UNRECORDED = (
+    "services run under {state} without a record of their ports (started by an older "
+    "version): restart them with `make services-stop`, then `make services`"
+)
 
 
 class ServiceError(RuntimeError):
@@ -249,15 +254,10 @@ class Services:
         """:meth:`environment` of services that run, as ``env`` prints it; a named error when
         none were started here or some are down."""
         if self.recorded(self.state) is None:
-            legacy = any(self.running().values())
+            if any(self.running().values()):
+                raise ServiceError(_UNRECORDED.format(state=self.state))
             raise ServiceError(
-                f"no services recorded under {self.state}: "
-                + (
-                    "they were started without a record of their ports; restart them "
-                    "(`make services-stop`, then `make services`)"
-                    if legacy
-                    else "start them with `make services`"
-                )
+                f"no services recorded under {self.state}: start them with `make services`"
             )
         down = [name for name, pids in self.running().items() if not pids]
         if down:
@@ -297,14 +297,15 @@ class Services:
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         running = self.running()
+        live = [name for name, pids in running.items() if pids]
         recorded = self.recorded(self.state)
-        if recorded is not None and any(running.values()):
+        if live and recorded is None:
+            raise ServiceError(_UNRECORDED.format(state=self.state))
+        if live and recorded is not None:
             # Services of another start run here: only theirs may be recorded (resolve() gives
             # them; a Services built by hand with other settings is refused here).
             recorded.refuse_other(
-                {name: self.port(name) for name in DEFAULT_PORTS},
-                self.production_home,
-                [name for name, pids in running.items() if pids],
+                {name: self.port(name) for name in DEFAULT_PORTS}, self.production_home, live
             )
         # A busy port is refused before anything starts, naming the service and the variable.
         for name, processes in running.items():

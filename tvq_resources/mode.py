@@ -145,7 +145,8 @@ def _stale_exports(env: dict[str, str]) -> list[str]:
         return []
     return [
         f"these exports do not match the services recorded in {folder}: {', '.join(stale)}; "
-        'load theirs again with eval "$(make -s services-env)"'
+        'load theirs again with eval "$(make -s services-env)" (or unset '
+        f"{services.STATE_VARIABLE} to use services of your own)"
     ]
 
 

@@ -11,6 +11,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced-$(shell cat $(ROOT)/uv.lock $(ROOT)/pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 3000
+MLFLOW_PORT ?= 5000
+# Where people open runs: every link tvq prints, and those the runs of any target (`make dev`'s
+# daemon included) store in MLflow's tags and Dagster's metadata, follows these two
+# (tvq_resources/links.py; a tracking server's links point at the server). An exported value
+# wins, e.g. a proxy in front of the UIs.
+export TVQ_UI_URL ?= http://$(HOST):$(PORT)
+export TVQ_MLFLOW_UI_URL ?= http://$(HOST):$(MLFLOW_PORT)
 
 .PHONY: setup demo dev test test-slow test-all check soak bench bench-large bench-executors backfill flow-production clean \
 	mlflow-ui browser services services-stop services-status services-env postgres-server
@@ -30,7 +37,7 @@ $(STAMP): $(ROOT)/pyproject.toml $(ROOT)/uv.lock | $(UV)
 
 ## demo: refresh the bars and materialise the newest run of every sleeve on the synthetic market
 demo: $(STAMP)
-	TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli demo
+	$(PY) -m tvq_assets.cli demo
 
 ## dev: the Dagster UI (asset graph, partitions, checks) and daemon on http://$(HOST):$(PORT)
 ## Stop it with Ctrl-C, or SIGINT/SIGTERM to make: the server's whole process group (webserver,
@@ -48,7 +55,6 @@ dev: $(STAMP)
 	wait $$server
 
 ## mlflow-ui: the MLflow UI on http://$(HOST):$(MLFLOW_PORT) over $$MLFLOW_TRACKING_URI, else the local store
-MLFLOW_PORT ?= 5000
 mlflow-ui: $(STAMP)
 	@store="$${MLFLOW_TRACKING_URI:-sqlite:///$(DAGSTER_HOME)/mlflow/mlflow.db}"; \
 	case "$$store" in http*) echo "runs are on the tracking server: open $$store"; exit 0;; esac; \
@@ -102,18 +108,22 @@ bench-executors: $(STAMP)
 flow-production: $(STAMP)
 	@cd $(ROOT) && if [ "$${TV_ORCH_MODE:-}" != production ]; then \
 	  env=$$($(SERVICES) env) || exit 1; eval "$$env"; fi; \
-	TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli production
+	$(PY) -m tvq_assets.cli production
 
 ## services: production mode's servers on 127.0.0.1, state in $(SERVICES_DIR): Postgres (Dagster's
-## storage, MLflow's store) on PG_PORT, an MLflow tracking server on MLFLOW_PORT, a Ray head on
-## RAY_PORT. Idempotent; waits until each answers. services-env prints the exports of production
-## mode; services-stop stops them by their pids; services-status shows them.
+## storage, MLflow's store) on PG_PORT (5433), an MLflow tracking server on MLFLOW_PORT (5000), a
+## Ray head on RAY_PORT (6379); PRODUCTION_HOME (dagster_home/production) is their DAGSTER_HOME.
+## Idempotent; waits until each answers; records what it started in $(SERVICES_DIR)/services.json.
+## services-env prints the exports of production mode, services-stop stops them by their pids,
+## services-status shows them: all three act on the record, whatever ports they are given (other
+## ports than the running services' are refused, by name).
 SERVICES_DIR ?= $(ROOT)/dagster_home/services
-PRODUCTION_HOME ?= $(ROOT)/dagster_home/production
-PG_PORT ?= 5433
-RAY_PORT ?= 6379
-SERVICES = $(PY) -m tvq_resources.services --state $(SERVICES_DIR) --production-home $(PRODUCTION_HOME) \
-	--pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT) --ray-port $(RAY_PORT)
+# A variable given on make's command line or in the environment, as the option $(2); nothing when
+# it is the Makefile's default or unset (the record of the last start, else the defaults, decide).
+given = $(if $(filter command line environment override,$(origin $(1))),$(2) $($(1)))
+SERVICES = $(PY) -m tvq_resources.services --state $(SERVICES_DIR) \
+	$(call given,PRODUCTION_HOME,--production-home) $(call given,PG_PORT,--pg-port) \
+	$(call given,MLFLOW_PORT,--mlflow-port) $(call given,RAY_PORT,--ray-port)
 services: $(STAMP) postgres-server
 	@$(SERVICES) start
 

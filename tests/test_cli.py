@@ -1,10 +1,13 @@
 """The ``tvq`` command: its exit status, and `tvq backfill`'s progress (a line per partition as
 its run finishes, then a table)."""
 
+import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun
@@ -12,6 +15,7 @@ from dagster._core.utils import make_new_run_id
 
 from tvq_assets import cli
 
+ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["2026-06-28|tradfi", "2026-06-29|tradfi", "2026-06-30|tradfi"]
 
 
@@ -81,3 +85,51 @@ def test_usage_errors_and_help_keep_their_exit_status():
     assert "usage: tvq" in _tvq("no-such-command").stderr
     helped = _tvq("--help")
     assert helped.returncode == 0 and "demo" in helped.stdout
+
+
+# -- DAGSTER_HOME -------------------------------------------------------------------------------
+def test_without_dagster_home_tvq_uses_the_checkouts_instance_and_says_so():
+    environ: dict[str, str] = {}
+    note = cli.use_repository_home(environ)
+    home = Path(cli.__file__).resolve().parents[1] / "dagster_home"
+    assert environ == {"DAGSTER_HOME": str(home)} and home.is_absolute()
+    assert note == f"tvq: DAGSTER_HOME is not set; using this repository's instance {home}"
+    empty = {"DAGSTER_HOME": ""}
+    assert cli.use_repository_home(empty) == note and empty["DAGSTER_HOME"] == str(home)
+
+
+def test_an_exported_dagster_home_wins(tmp_path):
+    environ = {"DAGSTER_HOME": str(tmp_path)}
+    assert cli.use_repository_home(environ) is None
+    assert environ == {"DAGSTER_HOME": str(tmp_path)}
+
+
+def test_the_console_script_runs_in_a_fresh_shell_on_its_checkouts_instance(tmp_path):
+    """`.venv/bin/tvq …` as the README shows it, in a shell that never exported DAGSTER_HOME,
+    from another folder: a copy of the checkout's code runs on the copy's dagster_home (its
+    Dagster instance and MLflow store), not Dagster's DagsterHomeNotSetError."""
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for package in ("tvq_assets", "tvq_resources", "tvq_checks"):
+        shutil.copytree(ROOT / package, checkout / package, ignore=shutil.ignore_patterns("*.pyc"))
+    shutil.copy(ROOT / "workspace.yaml", checkout)
+    (checkout / "dagster_home").mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", checkout / "dagster_home")
+    unset = ("DAGSTER_HOME", "MLFLOW_TRACKING_URI", "TVQ_LAKE")
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "tvq"), "track", "crypto", "2026-06-01", "2026-06-02"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env={**environment, "PYTHONPATH": str(checkout)},
+        timeout=300,
+    )
+    home = checkout / "dagster_home"
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines()[0] == (
+        f"tvq: DAGSTER_HOME is not set; using this repository's instance {home}"
+    )
+    assert f"MLflow at sqlite:///{home}/mlflow/mlflow.db" in done.stdout
+    assert (home / "history").is_dir()  # the Dagster instance the command opened
+    assert not list(elsewhere.iterdir())

@@ -1,6 +1,8 @@
 """Production mode: the mode's one home, its service checks, and the services of ``make services``
 (Postgres, an MLflow server, a Ray head) carrying a real production flow end to end."""
 
+import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -118,8 +120,11 @@ def test_tvq_production_refuses_to_start_without_its_services(monkeypatch, capsy
     assert "MLFLOW_TRACKING_URI is not set" in error and "make services" in error
 
 
-def test_a_busy_port_is_refused_before_anything_starts(tmp_path):
+@pytest.mark.parametrize("reuse", [False, True], ids=["plain", "SO_REUSEADDR"])
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path, reuse):
     with socket.socket() as busy:
+        # A listener that set SO_REUSEADDR (as servers do) still holds its port against ours.
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
@@ -130,15 +135,212 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path):
     assert "MLFLOW_PORT=<port>" in str(raised.value)
     assert not list((tmp_path / "s").glob("*.pid"))
     assert not (tmp_path / "s" / "pg").exists()
+    assert not (tmp_path / "s" / "services.json").exists()
 
 
-# -- end to end on the services ----------------------------------------------------------------
+def _time_wait_ports() -> set[int]:
+    """Local ports of IPv4 TCP sockets in TIME_WAIT (state 06 of /proc/net/tcp)."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "06":
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+def test_a_port_whose_connections_linger_in_time_wait_is_free_to_start_on():
+    """A service stopped a moment ago leaves its side of closed connections in TIME_WAIT; the
+    servers bind with SO_REUSEADDR, so the check must not call the port busy."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: it is the one left in TIME_WAIT
+        client.recv(1)  # the FIN has arrived
+        client.close()
+    assert port in _time_wait_ports()
+    assert services._port_free(port)
+    with socket.socket() as server:  # and a server can indeed take it
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+
+
+# -- the record of what was started -------------------------------------------------------------
+@pytest.fixture
+def started(tmp_path):
+    """A state folder as ``start`` leaves it on free ports: the record, the password and token,
+    and a live process (a stand-in in a session of its own) behind each pid file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    ports = {name: _free_port() for name in services.DEFAULT_PORTS}
+    running = services.Services(
+        state, ports["postgres"], ports["mlflow"], ports["ray"], tmp_path / "production"
+    )
+    running.record()
+    running.password_file.write_text("secret\n")
+    running.ray_token.write_text("token\n")
+    stand_ins = {}
+    for name in services.DEFAULT_PORTS:
+        stand_ins[name] = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        running.pid_file(name).write_text(f"{stand_ins[name].pid}\n")
+    yield running, stand_ins
+    for process in stand_ins.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _env(argv: list[str], capsys) -> tuple[int, dict[str, str], str]:
+    status = services.main(argv)
+    out, err = capsys.readouterr()
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    return status, exports, err
+
+
+def test_services_env_exports_the_ports_the_services_were_started_on(started, capsys):
+    running, _ = started
+    status, exports, _ = _env(["env", "--state", str(running.state)], capsys)
+    assert status == 0
+    assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{running.mlflow_port}"
+    assert exports["RAY_ADDRESS"] == f"127.0.0.1:{running.ray_port}"
+    assert exports["TVQ_POSTGRES_URL"] == (
+        f"postgresql+psycopg2://tvq:secret@127.0.0.1:{running.pg_port}/dagster"
+    )
+    assert exports["DAGSTER_HOME"] == str(running.production_home)
+    assert exports["TVQ_SERVICES_DIR"] == str(running.state)
+
+
+def test_asking_for_other_ports_than_the_running_services_is_a_named_error(started, capsys):
+    running, _ = started
+    other = _free_port()
+    argv = ["--state", str(running.state), "--mlflow-port", str(other)]
+    for action in ("env", "start", "status", "stop"):
+        status, exports, err = _env([action, *argv], capsys)
+        assert (status, exports) == (1, {}), action
+        assert f"MLFLOW_PORT={other} (they run on {running.mlflow_port})" in err, action
+        assert f"started with PG_PORT={running.pg_port} " in err and "make services-stop" in err
+    # The same ports as the record's are no conflict.
+    same = ["env", "--state", str(running.state), "--ray-port", str(running.ray_port)]
+    assert _env(same, capsys)[0] == 0
+    with pytest.raises(services.SettingsConflict, match="PRODUCTION_HOME="):
+        services.Services.resolve(running.state, production_home=running.state / "elsewhere")
+
+
+def test_a_record_left_by_services_that_died_gives_the_next_start_its_ports(started):
+    running, stand_ins = started
+    for process in stand_ins.values():
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert services.Services.resolve(running.state) == running
+    other = _free_port()
+    moved = services.Services.resolve(running.state, ports={"mlflow": other})
+    assert (moved.mlflow_port, moved.pg_port) == (other, running.pg_port)
+
+
+def test_services_env_refuses_services_that_are_down_or_never_started(started, tmp_path, capsys):
+    running, stand_ins = started
+    os.killpg(stand_ins["mlflow"].pid, signal.SIGKILL)
+    stand_ins["mlflow"].wait()
+    status, _, err = _env(["env", "--state", str(running.state)], capsys)
+    assert status == 1 and f"mlflow under {running.state} not running: `make services`" in err
+    status, _, err = _env(["env", "--state", str(tmp_path / "never")], capsys)
+    assert status == 1 and "no services recorded under" in err and "make services" in err
+
+
+def test_running_services_without_a_record_are_not_guessed_at(started, capsys):
+    """Services started before ports were recorded: their ports are unknown, so neither a start
+    (which would record the defaults) nor the exports guess them."""
+    running, _ = started
+    running.record_path.unlink()
+    for action in ("start", "env"):
+        status, exports, err = _env([action, "--state", str(running.state)], capsys)
+        assert (status, exports) == (1, {}), action
+        assert "without a record of their ports" in err and "make services-stop" in err
+    assert not running.record_path.exists()
+
+
+def test_stopping_the_services_removes_the_record_so_the_next_start_chooses_afresh(started):
+    running, stand_ins = started
+    # pg_ctl cannot stop a stand-in: here Postgres is the one service not running.
+    os.killpg(stand_ins["postgres"].pid, signal.SIGKILL)
+    stand_ins["postgres"].wait()
+    running.stop()
+    assert not running.record_path.exists()
+    assert all(process.poll() is not None for process in stand_ins.values())
+    assert services.Services.resolve(running.state).mlflow_port == services.DEFAULT_PORTS["mlflow"]
+
+
+def test_production_refuses_exports_of_services_restarted_on_other_ports(started, capsys):
+    """A shell keeps the exports of an earlier start; the services now run elsewhere. The check
+    says so (and which variables), whatever might answer on the old ports."""
+    running, _ = started
+    _, exports, _ = _env(["env", "--state", str(running.state)], capsys)
+    old = _free_port()
+    exports["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{old}"
+    exports["TVQ_POSTGRES_URL"] = exports["TVQ_POSTGRES_URL"].replace("secret", "older")
+    with pytest.raises(ProductionUnavailable) as raised:
+        check_production(exports)
+    message = str(raised.value)
+    assert f"do not match the services recorded in {running.state}" in message
+    assert (
+        f"MLFLOW_TRACKING_URI=http://127.0.0.1:{old} "
+        f"(recorded: http://127.0.0.1:{running.mlflow_port})" in message
+    )
+    assert "TVQ_POSTGRES_URL=postgresql+psycopg2://tvq:***@" in message
+    assert "secret" not in message and "older" not in message
+    assert 'eval "$(make -s services-env)"' in message
+
+
+def test_production_accepts_exports_that_match_the_record(started, capsys):
+    running, _ = started
+    _, exports, _ = _env(["env", "--state", str(running.state)], capsys)
+    with pytest.raises(ProductionUnavailable) as raised:  # the stand-ins answer nothing
+        check_production(exports)
+    assert "do not match" not in str(raised.value)
+    assert f"MLFLOW_TRACKING_URI={exports['MLFLOW_TRACKING_URI']}: the server" in str(raised.value)
+
+
+def test_production_names_services_stopped_since_their_exports_were_made(started, capsys):
+    running, _ = started
+    _, exports, _ = _env(["env", "--state", str(running.state)], capsys)
+    running.record_path.unlink()  # what `make services-stop` does last
+    with pytest.raises(ProductionUnavailable, match="no services are recorded there"):
+        check_production(exports)
+
+
+@functools.cache
+def _stamp() -> str:
+    """The Makefile's environment stamp: the tests run inside that environment already."""
+    show = "--eval=tvq-stamp: ; @echo $(STAMP)"
+    return subprocess.run(
+        ["make", "-s", "-C", str(ROOT), show, "tvq-stamp"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def _make(target: str, variables: dict[str, str], env: dict[str, str] | None = None):
-    """Run a make target in a session of its own; on timeout the whole session is killed (make,
-    the flow and its step processes), not make alone."""
+    """Run a make target in a session of its own, its environment bootstrap taken as done (-o);
+    on timeout the whole session is killed (make, the flow and its step processes), not make
+    alone. A port variable of the caller's environment is left out: only ``variables`` choose."""
+    environment = {
+        k: v
+        for k, v in (os.environ if env is None else env).items()
+        if k not in services.PORT_VARIABLES.values()
+    }
     process = subprocess.Popen(
-        ["make", "-s", "-C", str(ROOT), target, *[f"{k}={v}" for k, v in variables.items()]],
-        env=env or os.environ.copy(),
+        [
+            "make",
+            "-s",
+            "-C",
+            str(ROOT),
+            "-o",
+            _stamp(),
+            target,
+            *[f"{k}={v}" for k, v in variables.items()],
+        ],
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -154,6 +356,20 @@ def _make(target: str, variables: dict[str, str], env: dict[str, str] | None = N
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def test_make_services_env_follows_the_record_and_refuses_other_ports(started):
+    """The defect's own commands: `make services MLFLOW_PORT=…`, then a plain `make -s
+    services-env` must name the port the services run on, and a different one is refused."""
+    running, _ = started
+    plain = _make("services-env", {"SERVICES_DIR": str(running.state)})
+    assert plain.returncode == 0, plain.stderr
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{running.mlflow_port}\n" in plain.stdout
+    other = _free_port()
+    asked = _make("services-env", {"SERVICES_DIR": str(running.state), "MLFLOW_PORT": str(other)})
+    assert asked.returncode != 0 and f"MLFLOW_PORT={other} (they run on" in asked.stderr
+    assert "export" not in asked.stdout
+
+
+# -- end to end on the services ----------------------------------------------------------------
 def _pids(state: Path) -> dict[str, list[int]]:
     """Every process of each service: its recorded pid, descendants and session members."""
     table = {}
@@ -185,15 +401,68 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.slow
-def test_production_flow_on_the_services_end_to_end(monkeypatch):
-    # Postgres runs as the `postgres` user when we are root: the state must be reachable by it
-    # (pytest's own temporary folders are private to us).
+def _state_folder() -> tuple[Path, Path, Path]:
+    """A state folder and a production home under a temporary base. Postgres runs as the
+    `postgres` user when we are root: the state must be reachable by it (pytest's own temporary
+    folders are private to us)."""
     base = Path(tempfile.mkdtemp(prefix="tvq-services-"))
     base.chmod(0o755)
     state, home = base / "state", base / "home"
     home.mkdir()
     shutil.copy(PRODUCTION_YAML, home / "dagster.yaml")
+    return base, state, home
+
+
+@pytest.mark.slow
+def test_services_on_chosen_ports_are_found_by_env_and_restart_on_them_right_after_a_stop():
+    base, state, home = _state_folder()
+    chosen = {
+        "PG_PORT": str(_free_port()),
+        "MLFLOW_PORT": str(_free_port()),
+        "RAY_PORT": str(_free_port()),
+    }
+    where = {"SERVICES_DIR": str(state)}
+    try:
+        up = _make("services", {**where, "PRODUCTION_HOME": str(home), **chosen})
+        assert up.returncode == 0, up.stdout + up.stderr
+        exports = _make("services-env", where)
+        assert exports.returncode == 0, exports.stderr
+        production = dict(
+            line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()
+        )
+        assert production["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{chosen['MLFLOW_PORT']}"
+        assert production["RAY_ADDRESS"] == f"127.0.0.1:{chosen['RAY_PORT']}"
+        assert f"@127.0.0.1:{chosen['PG_PORT']}/dagster" in production["TVQ_POSTGRES_URL"]
+        assert production["DAGSTER_HOME"] == str(home)
+        check_production(production)  # every service answers, and the exports match the record
+        status = _make("services-status", where)
+        assert status.returncode == 0 and status.stdout.count("answers") == 3, status.stdout
+        other = {"RAY_PORT": str(_free_port())}
+        refused = _make("services-env", {**where, **other})
+        assert refused.returncode != 0 and "export" not in refused.stdout
+        assert f"RAY_PORT={other['RAY_PORT']} (they run on {chosen['RAY_PORT']})" in refused.stderr
+
+        down = _make("services-stop", where)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not (state / "services.json").exists()
+        lingering = sorted(_time_wait_ports() & {int(port) for port in chosen.values()})
+        # At once, on the same ports (some may hold connections in TIME_WAIT: shown below).
+        again = _make("services", {**where, "PRODUCTION_HOME": str(home), **chosen})
+        assert again.returncode == 0, again.stdout + again.stderr
+        print(f"ports in TIME_WAIT when started again: {lingering}")
+        assert _make("services-env", where).stdout == exports.stdout
+    finally:
+        before = _pids(state)
+        stopped = _make("services-stop", where)
+        left = {name: [p for p in pids if _alive(p)] for name, pids in before.items()}
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert all(not pids for pids in left.values()), left
+
+
+@pytest.mark.slow
+def test_production_flow_on_the_services_end_to_end(monkeypatch):
+    base, state, home = _state_folder()
     sleeves = base / "sleeves.yaml"
     source = {"kind": "synthetic", "seed": 7, "symbols": 30, "clusters": 4, "start": "2025-06-01"}
     sleeves.write_text(
@@ -217,7 +486,8 @@ def test_production_flow_on_the_services_end_to_end(monkeypatch):
         status = _make("services-status", variables)
         assert status.returncode == 0 and status.stdout.count("answers") == 3, status.stdout
 
-        exports = _make("services-env", variables)
+        # As typed after `make services PG_PORT=…`: the record names the ports and the home.
+        exports = _make("services-env", {"SERVICES_DIR": str(state)})
         assert exports.returncode == 0, exports.stderr
         production = dict(
             line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()

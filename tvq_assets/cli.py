@@ -19,11 +19,15 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import NoReturn
 
 import dagster as dg
 import pandas as pd
+
+from tvq_resources import links
+from tvq_resources.services import REPOSITORY_HOME
 
 # Queued runs must name the code location as the workspace (and so the daemon) knows it.
 WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
@@ -31,8 +35,20 @@ WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-# Where the runs are shown: `make dev` serves the UI here (the Makefile passes its HOST and PORT).
-UI = os.environ.get("TVQ_UI_URL", "http://127.0.0.1:3000")
+# Where the runs are shown: `make dev` serves the UI here (the Makefile exports TVQ_UI_URL from its
+# HOST and PORT); the links the runs store in MLflow are built the same way.
+UI = links.dagster_ui()
+
+
+def use_repository_home(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Point ``DAGSTER_HOME`` (of ``environ``, default this process's environment, which the
+    code servers and run workers inherit) at this checkout's ``dagster_home`` when it is unset or
+    empty, as make does, and return the line that says so; an exported ``DAGSTER_HOME`` wins."""
+    env = os.environ if environ is None else environ
+    if env.get("DAGSTER_HOME"):
+        return None
+    env["DAGSTER_HOME"] = str(REPOSITORY_HOME)
+    return f"tvq: DAGSTER_HOME is not set; using this repository's instance {REPOSITORY_HOME}"
 
 
 def flow(sleeves: list[str] | None, as_of: str | None) -> int:
@@ -556,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> NoReturn:
     """The ``tvq`` entry point: :func:`main`, then :func:`finish` with its exit status."""
+    note = use_repository_home()
+    if note:
+        print(note, file=sys.stderr)
     try:
         status = main()
     except SystemExit as stop:  # argparse's usage errors and --help

@@ -4,7 +4,10 @@
 an MLflow SQLite store, no Ray cluster. ``production`` runs on three real services: a Dagster
 instance whose storage is Postgres (``DAGSTER_HOME/dagster.yaml``), an MLflow tracking server
 (``MLFLOW_TRACKING_URI``) and a Ray cluster (``RAY_ADDRESS``). ``make services`` starts all three
-on loopback and ``make services-env`` prints the exports that point here at them.
+on loopback and ``make services-env`` prints the exports that point here at them; those exports
+carry ``TVQ_SERVICES_DIR``, and the check compares them with what that folder records as running
+(a shell that kept the exports of services since restarted on other ports is told so, not sent to
+whatever listens on the old ones).
 
 :func:`orchestration_mode` only reads the variable (cheap: the executor is chosen from it every
 time the code location loads, in every step process). :func:`check_production` is what an entry
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from tvq_resources import services
 
 VARIABLE = "TV_ORCH_MODE"
 START_HINT = 'start them with `make services`, then `eval "$(make -s services-env)"`'
@@ -105,6 +110,7 @@ def check_production(environ: dict[str, str] | None = None) -> ProductionService
         problem = _ray_answers(ray_address)
         if problem:
             problems.append(f"RAY_ADDRESS={ray_address}: {problem}")
+    problems += _stale_exports(env)
     if problems:
         raise ProductionUnavailable(
             f"{VARIABLE}=production needs its services; "
@@ -112,6 +118,45 @@ def check_production(environ: dict[str, str] | None = None) -> ProductionService
             + f". To run them here, {START_HINT}."
         )
     return ProductionServices(Path(home), postgres_url, tracking, ray_address)
+
+
+def _stale_exports(env: dict[str, str]) -> list[str]:
+    """Exports of ``make services-env`` (they name their state folder) that no longer match the
+    services recorded there: stopped since, or restarted on other ports."""
+    folder = env.get(services.STATE_VARIABLE, "")
+    if not folder:
+        return []  # services of one's own: nothing recorded to compare with
+    try:
+        recorded = services.Services.recorded(Path(folder))
+        expected = None if recorded is None else recorded.environment()
+    except (services.ServiceError, OSError) as error:
+        return [f"{services.STATE_VARIABLE}={folder}: {error}"]
+    if expected is None:
+        return [
+            f"{services.STATE_VARIABLE}={folder}: no services are recorded there (stopped "
+            "since these exports were made)"
+        ]
+    stale = [
+        f"{name}={_shown(env.get(name, ''))} (recorded: {_shown(value)})"
+        for name, value in expected.items()
+        if name not in (VARIABLE, services.STATE_VARIABLE) and env.get(name, "") != value
+    ]
+    if not stale:
+        return []
+    return [
+        f"these exports do not match the services recorded in {folder}: {', '.join(stale)}; "
+        'load theirs again with eval "$(make -s services-env)" (or unset '
+        f"{services.STATE_VARIABLE} to use services of your own)"
+    ]
+
+
+def _shown(value: str) -> str:
+    """A value for an error message: a URL's password left out."""
+    scheme, separator, rest = value.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    if not separator or not at or ":" not in credentials:
+        return value
+    return f"{scheme}://{credentials.split(':')[0]}:***@{place}"
 
 
 def instance_storage(home: Path) -> dict[str, Any]:

@@ -2,9 +2,16 @@
 
 ``python -m tvq_resources.services start|stop|status|env`` (what ``make services``,
 ``services-stop``, ``services-status`` and ``services-env`` run). Everything lives in one state
-folder (default ``$DAGSTER_HOME/services``): the Postgres cluster (``pg/``, Dagster's run, event
-and schedule storage in database ``dagster``, MLflow's store in ``mlflow``), MLflow's artifacts,
-Ray's temp dir, logs, and one pid file per service.
+folder (default ``dagster_home/services`` of the repository): the Postgres cluster (``pg/``,
+Dagster's run, event and schedule storage in database ``dagster``, MLflow's store in ``mlflow``),
+MLflow's artifacts, Ray's temp dir, logs, one pid file per service, and ``services.json``.
+
+``services.json`` records what ``start`` started: each port, the addresses clients use and the
+production ``DAGSTER_HOME``. ``env``, ``status`` and ``stop`` act on that record, whatever ports
+they are given, so the exports always name the services that run; asking for other ports (or
+another production home) than running services were started with is refused
+(:class:`SettingsConflict`). ``stop`` removes the record once every service is down; a record
+left behind by services that died is reused by the next ``start`` unless it is given ports.
 
 Every service binds 127.0.0.1 only. A service is stopped by the process ids it was started with
 (never by process name, which would hit other clusters on the machine): Postgres through
@@ -18,6 +25,7 @@ Debian's package creates (``runuser``).
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -30,20 +38,42 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from tvq_resources import links
+
+HOST = links.LOOPBACK
 PG_SCHEME = "postgresql+psycopg2"
 USER = "tvq"
 DATABASES = ("dagster", "mlflow")
-DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "ray": 6379}
+# The services' MLflow server takes the port of `make mlflow-ui` (the Makefile's MLFLOW_PORT).
+DEFAULT_PORTS = {"postgres": 5433, "mlflow": links.MLFLOW_UI_PORT, "ray": 6379}
+# The make variable that chooses each port.
+PORT_VARIABLES = {"postgres": "PG_PORT", "mlflow": "MLFLOW_PORT", "ray": "RAY_PORT"}
+REPOSITORY_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
+DEFAULT_STATE = REPOSITORY_HOME / "services"
+DEFAULT_PRODUCTION_HOME = REPOSITORY_HOME / "production"
+RECORD = "services.json"
+# Exported by `env`: where the record is, so that production mode's check can compare the
+# exports it is given with the services that run (tvq_resources.mode).
+STATE_VARIABLE = "TVQ_SERVICES_DIR"
 # Unix socket paths are limited to 107 bytes; Ray puts `session_<date>_<pid>/sockets/plasma_store`
 # (about 60 characters) under its temp dir, so a longer temp dir moves to /tmp (linked from the
 # state folder).
 RAY_TEMP_MAX = 45
 STOP_SECONDS = 30.0
+# Services whose pid files predate the record: their ports are unknown, so nothing is guessed.
+_UNRECORDED = (
+    "services run under {state} without a record of their ports (started by an older "
+    "version): restart them with `make services-stop`, then `make services`"
+)
 
 
 class ServiceError(RuntimeError):
     """A service cannot be started or stopped; the message says which and why."""
+
+
+class SettingsConflict(ServiceError):
+    """Ports (or a production home) were asked for that differ from those the running services
+    were started with."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +82,106 @@ class Services:
     pg_port: int = DEFAULT_PORTS["postgres"]
     mlflow_port: int = DEFAULT_PORTS["mlflow"]
     ray_port: int = DEFAULT_PORTS["ray"]
+    production_home: Path = DEFAULT_PRODUCTION_HOME
+
+    # -- which ---------------------------------------------------------------------------------
+    @classmethod
+    def resolve(
+        cls,
+        state: Path,
+        *,
+        ports: dict[str, int | None] | None = None,
+        production_home: Path | None = None,
+    ) -> "Services":
+        """The services of ``state`` to act on. Settings given (not None) win over the record of
+        the last start, which wins over the defaults; but while any recorded service runs, the
+        record is what runs, and a given setting that differs from it is a
+        :class:`SettingsConflict` (its message names each variable, both values and the fix)."""
+        given = {name: port for name, port in (ports or {}).items() if port is not None}
+        unknown = set(given) - set(DEFAULT_PORTS)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; expected {list(DEFAULT_PORTS)}")
+        recorded = cls.recorded(state)
+        if recorded is None:
+            base = cls(state)
+        else:
+            running = [name for name, pids in recorded.running().items() if pids]
+            if running:
+                recorded.refuse_other(given, production_home, running)
+                return recorded
+            base = recorded
+        chosen = {name: given.get(name, base.port(name)) for name in DEFAULT_PORTS}
+        return cls(
+            state,
+            chosen["postgres"],
+            chosen["mlflow"],
+            chosen["ray"],
+            production_home or base.production_home,
+        )
+
+    def refuse_other(
+        self, ports: dict[str, int], production_home: Path | None, running: list[str]
+    ) -> None:
+        """Raise :class:`SettingsConflict` if ``ports`` or ``production_home`` differ from these
+        (running) services' own."""
+        differences = [
+            f"{PORT_VARIABLES[name]}={port} (they run on {self.port(name)})"
+            for name, port in ports.items()
+            if port != self.port(name)
+        ]
+        if production_home is not None and production_home != self.production_home:
+            differences.append(
+                f"PRODUCTION_HOME={production_home} (theirs is {self.production_home})"
+            )
+        if differences:
+            started_with = " ".join(
+                f"{PORT_VARIABLES[name]}={self.port(name)}" for name in DEFAULT_PORTS
+            )
+            raise SettingsConflict(
+                f"the services under {self.state} ({', '.join(running)} running) were started "
+                f"with {started_with}, but {'; '.join(differences)} was asked for: leave those "
+                "variables out (the record decides), or stop the services first "
+                "(`make services-stop`) to start them on other ports"
+            )
+
+    # -- the record of what was started --------------------------------------------------------
+    @property
+    def record_path(self) -> Path:
+        return self.state / RECORD
+
+    @classmethod
+    def recorded(cls, state: Path) -> "Services | None":
+        """The services as ``start`` recorded them in ``state``, or None (never started, or
+        stopped since)."""
+        path = state / RECORD
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            ports = {name: int(record["ports"][name]) for name in DEFAULT_PORTS}
+            home = Path(record["production_home"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ServiceError(
+                f"{path}: unreadable record of the services ({type(error).__name__}: {error}); "
+                "stop what runs (`make services-stop`) and start again"
+            ) from None
+        return cls(state, ports["postgres"], ports["mlflow"], ports["ray"], home)
+
+    def record(self) -> None:
+        """Write what is being started: ports, the addresses clients use, the production home
+        (atomically: a reader never sees half a record)."""
+        document = {
+            "ports": {name: self.port(name) for name in DEFAULT_PORTS},
+            "addresses": {
+                "postgres": f"{PG_SCHEME}://{USER}@{HOST}:{self.pg_port}/dagster",
+                "mlflow": self.mlflow_uri,
+                "ray": self.ray_address,
+            },
+            "production_home": str(self.production_home),
+        }
+        partial = self.record_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(self.record_path)
 
     # -- where ---------------------------------------------------------------------------------
     @property
@@ -106,18 +236,36 @@ class Services:
     def ray_address(self) -> str:
         return f"{HOST}:{self.ray_port}"
 
-    def environment(self, production_home: Path) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         """The variables that put ``TV_ORCH_MODE=production`` on these services."""
         return {
             "TV_ORCH_MODE": "production",
-            "DAGSTER_HOME": str(production_home),
+            "DAGSTER_HOME": str(self.production_home),
             "TVQ_POSTGRES_URL": self.postgres_url(),
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "RAY_ADDRESS": self.ray_address,
             # The head runs with token authentication; clients read the token from this file.
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.ray_token),
+            STATE_VARIABLE: str(self.state),
         }
+
+    def exports(self) -> dict[str, str]:
+        """:meth:`environment` of services that run, as ``env`` prints it; a named error when
+        none were started here or some are down."""
+        if self.recorded(self.state) is None:
+            if any(self.running().values()):
+                raise ServiceError(_UNRECORDED.format(state=self.state))
+            raise ServiceError(
+                f"no services recorded under {self.state}: start them with `make services`"
+            )
+        down = [name for name, pids in self.running().items() if not pids]
+        if down:
+            raise ServiceError(
+                f"{', '.join(down)} under {self.state} not running: `make services` starts "
+                "them again on their recorded ports"
+            )
+        return self.environment()
 
     # -- status --------------------------------------------------------------------------------
     def running(self) -> dict[str, list[int]]:
@@ -149,15 +297,26 @@ class Services:
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         running = self.running()
+        live = [name for name, pids in running.items() if pids]
+        recorded = self.recorded(self.state)
+        if live and recorded is None:
+            raise ServiceError(_UNRECORDED.format(state=self.state))
+        if live and recorded is not None:
+            # Services of another start run here: only theirs may be recorded (resolve() gives
+            # them; a Services built by hand with other settings is refused here).
+            recorded.refuse_other(
+                {name: self.port(name) for name in DEFAULT_PORTS}, self.production_home, live
+            )
         # A busy port is refused before anything starts, naming the service and the variable.
         for name, processes in running.items():
             if not processes and not _port_free(self.port(name)):
-                variable = {"postgres": "PG_PORT", "mlflow": "MLFLOW_PORT", "ray": "RAY_PORT"}[name]
+                variable = PORT_VARIABLES[name]
                 raise ServiceError(
                     f"{name}: port {HOST}:{self.port(name)} is already in use by another "
                     f"process; choose another with {variable}=<port> (e.g. make services "
                     f"{variable}={self.port(name) + 1000})"
                 )
+        self.record()
         for name, starter in (
             ("postgres", self._start_postgres),
             ("mlflow", self._start_mlflow),
@@ -372,6 +531,8 @@ class Services:
                 raise ServiceError(f"{name}: processes {sorted(set(left))} are still alive")
             self.pid_file(name).unlink(missing_ok=True)
             print(f"{name}: stopped (pids {', '.join(map(str, processes))})")
+        # Nothing runs: the next start chooses its ports afresh.
+        self.record_path.unlink(missing_ok=True)
 
     def _stop_postgres(self) -> None:
         leader = _read_pid(self.pid_file("postgres"))
@@ -465,7 +626,13 @@ def _stop_session(leader: int) -> None:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing else listens on (or holds) ``HOST:port``: the servers could bind it.
+
+    SO_REUSEADDR, as Postgres, MLflow's uvicorn and Ray set it on their own sockets: a port whose
+    last connections linger in TIME_WAIT (a service stopped a moment ago) is free to them, and
+    must be free here; a listener still refuses the bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:
@@ -545,19 +712,32 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tvq_resources.services", description=__doc__.splitlines()[0]
     )
     parser.add_argument("action", choices=["start", "stop", "status", "env"])
-    home = Path(
-        os.environ.get("DAGSTER_HOME") or Path(__file__).resolve().parents[1] / "dagster_home"
+    # Not under $DAGSTER_HOME: once production mode's exports are loaded it names the production
+    # instance, and the services would be looked for inside it.
+    parser.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    defaults = ", ".join(f"{name} {port}" for name, port in DEFAULT_PORTS.items())
+    unset = f"(unset: the running services' own, else the last start's, else {defaults})"
+    parser.add_argument(
+        "--production-home",
+        type=Path,
+        help=f"the production DAGSTER_HOME (unset: as recorded, else {DEFAULT_PRODUCTION_HOME})",
     )
-    parser.add_argument("--state", type=Path, default=home / "services")
-    parser.add_argument("--production-home", type=Path, default=home / "production")
-    parser.add_argument("--pg-port", type=int, default=DEFAULT_PORTS["postgres"])
-    parser.add_argument("--mlflow-port", type=int, default=DEFAULT_PORTS["mlflow"])
-    parser.add_argument("--ray-port", type=int, default=DEFAULT_PORTS["ray"])
+    parser.add_argument("--pg-port", type=int, help=unset)
+    parser.add_argument("--mlflow-port", type=int, help=unset)
+    parser.add_argument("--ray-port", type=int, help=unset)
     arguments = parser.parse_args(argv)
-    services = Services(
-        arguments.state.resolve(), arguments.pg_port, arguments.mlflow_port, arguments.ray_port
-    )
     try:
+        services = Services.resolve(
+            arguments.state.resolve(),
+            ports={
+                "postgres": arguments.pg_port,
+                "mlflow": arguments.mlflow_port,
+                "ray": arguments.ray_port,
+            },
+            production_home=(
+                arguments.production_home.resolve() if arguments.production_home else None
+            ),
+        )
         if arguments.action == "start":
             started = time.perf_counter()
             services.start()
@@ -567,6 +747,10 @@ def main(argv: list[str] | None = None) -> int:
             services.stop()
         elif arguments.action == "status":
             running = services.running()
+            recorded = Services.recorded(services.state) is not None
+            if not recorded and not any(running.values()):
+                print(f"no services recorded under {services.state}: `make services` starts them")
+                return 3
             for name, processes in running.items():
                 if processes:
                     answers = "answers" if services.answers(name) else "DOES NOT ANSWER"
@@ -575,12 +759,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"(pids {', '.join(map(str, processes))})"
                     )
                 else:
-                    print(f"{name}: stopped")
+                    print(f"{name}: stopped" + (f" (port {services.port(name)})" * recorded))
             return 0 if all(running.values()) else 3
         else:
-            if not services.password_file.exists():
-                raise ServiceError(f"no services under {services.state}: run `make services`")
-            for name, value in services.environment(arguments.production_home.resolve()).items():
+            for name, value in services.exports().items():
                 print(f"export {name}={value}")
     except ServiceError as error:
         print(f"make services: {error}", file=sys.stderr)

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
+from tvq_resources import links
+
 T = TypeVar("T")
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # MLflow's limits for one log_batch call and one param value.
@@ -46,9 +48,9 @@ class MlflowTracker(dg.ConfigurableResource):
     """MLflow tracking: where runs go, how they are found again, how hard to retry.
 
     ``tracking_uri`` / ``MLFLOW_TRACKING_URI``: a server (``http://host:5000``) or a database URI.
-    ``ui_url`` / ``TVQ_MLFLOW_UI_URL``: where people open runs (default: the server itself, or
-    ``make mlflow-ui``'s http://127.0.0.1:5000 for the local store). ``dagster_ui_url`` /
-    ``DAGSTER_UI_URL``: the Dagster UI that MLflow runs link back to.
+    ``ui_url``: where people open runs, ``dagster_ui_url``: the Dagster UI that MLflow runs link
+    back to; unset, both follow :mod:`tvq_resources.links` (the tracking server itself, or
+    ``TVQ_MLFLOW_UI_URL`` for the local store; ``TVQ_UI_URL``), as the terminal's links do.
     """
 
     tracking_uri: str | None = None
@@ -86,25 +88,21 @@ class MlflowTracker(dg.ConfigurableResource):
 
     @property
     def is_server(self) -> bool:
-        return self.uri.startswith(("http://", "https://"))
+        return links.is_server(self.uri)
 
     @property
     def browser_url(self) -> str:
-        configured = self.ui_url or dg.EnvVar("TVQ_MLFLOW_UI_URL").get_value()
-        if configured:
-            return configured.rstrip("/")
-        return self.uri.rstrip("/") if self.is_server else "http://127.0.0.1:5000"
+        return links.mlflow_ui(self.uri, configured=self.ui_url)
 
     @property
     def dagster_url(self) -> str:
-        configured = self.dagster_ui_url or dg.EnvVar("DAGSTER_UI_URL").get_value()
-        return (configured or "http://127.0.0.1:3000").rstrip("/")
+        return links.dagster_ui(configured=self.dagster_ui_url)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        return f"{self.browser_url}/#/experiments/{experiment_id}/runs/{run_id}"
+        return links.mlflow_run(self.browser_url, experiment_id, run_id)
 
     def dagster_run_url(self, dagster_run_id: str) -> str:
-        return f"{self.dagster_url}/runs/{dagster_run_id}"
+        return links.dagster_run(self.dagster_url, dagster_run_id)
 
     # -- how hard to try -----------------------------------------------------------------------
     def call(self, what: str, action: Callable[[], T]) -> T:
@@ -393,7 +391,7 @@ class MlflowTracker(dg.ConfigurableResource):
             )
 
     def model_version_url(self, name: str, version: str) -> str:
-        return f"{self.browser_url}/#/models/{name}/versions/{version}"
+        return links.mlflow_model_version(self.browser_url, name, version)
 
     @contextmanager
     def registry_lock(self) -> Iterator[None]:

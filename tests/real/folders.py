@@ -134,7 +134,7 @@ def defect_table() -> pd.DataFrame:
     rows = []
     for folder in FOLDERS:
         if not folder.root.is_dir():
-            rows.append({"folder": folder.name, "rule": f"(not found at {folder.root})"})
+            rows.append({"folder": folder.name, "rule": "(not found)", "detail": str(folder.root)})
             continue
         batch, result = cleaned(folder)
         stops = blocking(folder, result.bars)
@@ -164,12 +164,13 @@ def defect_table() -> pd.DataFrame:
             )
         if summary.empty and not batch.errors and stops.empty:
             rows.append({"folder": folder.name, "rule": "(none)"})
-    table = pd.DataFrame(rows)
     counts = ["repaired", "dropped", "quarantined", "blocking", "symbols"]
+    columns = ["folder", "rule", *counts, "detail"]
+    # Every column even when no folder present had that kind of row (a clone without ../shared).
+    table = pd.DataFrame(rows).reindex(columns=columns)
     table[counts] = table[counts].fillna(0).astype(int)
     table["detail"] = table["detail"].fillna("")
-    columns = ["folder", "rule", *counts, "detail"]
-    return table[columns].sort_values(["folder", "rule"], ignore_index=True)
+    return table.sort_values(["folder", "rule"], ignore_index=True)
 
 
 def run_folder(folder: Folder, lake_root: str) -> str:

@@ -63,9 +63,9 @@ mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri "$$store" \
 	  --artifacts-destination $(DAGSTER_HOME)/mlflow/artifacts -h $(HOST) -p $(MLFLOW_PORT) --workers 1
 
-## test: the fast suite (what to run often)
+## test: the fast suite (what to run often); property tests on fixed examples (tests/conftest.py)
 test: $(STAMP)
-	cd $(ROOT) && $(PY) -m pytest -m "not slow" -q
+	cd $(ROOT) && $(PY) -m pytest -m "not slow" -q --hypothesis-profile=ci
 
 ## browser: Debian's headless Chromium for the UI test (tests/ui), installed when missing (root)
 browser:
@@ -74,7 +74,7 @@ browser:
 
 ## test-slow: end-to-end tests (whole jobs, the dev server, the UI in Chromium); CI runs them
 test-slow: $(STAMP) browser
-	cd $(ROOT) && $(PY) -m pytest -m slow -q
+	cd $(ROOT) && $(PY) -m pytest -m slow -q --hypothesis-profile=ci
 
 test-all: test test-slow
 

@@ -9,11 +9,23 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-# CI replays the same examples every run (a red build must be reproducible); locally each run
-# explores new ones.
-settings.register_profile("ci", derandomize=True, deadline=None)
+# Property tests run in one of two profiles; neither depends on timing (no deadline; in "ci" no
+# too_slow health check either): the machines are shared.
+# "ci": the same examples on every run and machine (derandomized: seeded from each test, so they
+# change only with the test, Hypothesis or Python), no example database (a result never depends on
+# what an earlier run saved), a failure printed with a blob that replays it. `make test`,
+# `make test-slow` and so CI select it with --hypothesis-profile=ci; so does CI set to a value.
+# "dev": a plain `pytest` explores new examples each run and replays its saved failures first.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 

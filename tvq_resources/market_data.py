@@ -128,8 +128,9 @@ class MarketData(dg.ConfigurableResource):
 
 def resolve_path(path: str) -> Path:
     """A source path as written in the catalog: absolute, or relative to the catalog file's
-    folder when it exists there, else relative to the repository root (where `../shared` is
-    the fixtures folder beside the checkout)."""
+    folder when it exists there, else relative to the repository root (the folder holding
+    `tvq_resources`, also in an installed package), never to the working directory: the shipped
+    `tvq_resources/fixtures/...` resolve wherever the command runs."""
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
         return candidate

@@ -2,13 +2,16 @@
 
 Run ``python -m tests.real.folders`` to print, for every folder, how many bars each rule
 repaired, dropped or quarantined under the default bar policy (and the files that could not be
-read). The folders live in ``../shared/data/real`` beside the repository (never edited).
+read). The folders live in ``../shared/data/real`` beside the repository (never edited); the
+demo sleeve's folder also ships inside the repository, and tests read that copy, so they run in a
+clone alone. A test over any other folder skips when ``../shared`` is absent.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tvq_assets.catalog import CALENDAR_DEFAULTS, Policy
 from tvq_assets.quant import bars as bar_lake
@@ -16,7 +19,12 @@ from tvq_assets.quant import returns as returns_engine
 from tvq_checks import contracts
 from tvq_resources.market_data import MarketData, SourceConfig
 
-REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+REPOSITORY = Path(__file__).resolve().parents[2]
+REAL = REPOSITORY.parent / "shared" / "data" / "real"
+# Real folders shipped inside the repository (byte for byte the same files as in REAL).
+SHIPPED = REPOSITORY / "tvq_resources" / "fixtures"
+
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real fixtures not found at {REAL}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,12 @@ class Folder:
     pattern: str
     calendar: str
     as_of: str  # a recent as-of date inside the folder's data (its last complete session)
+
+    @property
+    def root(self) -> Path:
+        """The shipped copy when the repository has one, else the folder in ``REAL``."""
+        shipped = SHIPPED / self.name
+        return shipped if shipped.is_dir() else REAL / self.name
 
 
 FOLDERS = (
@@ -46,6 +60,22 @@ FOLDERS = (
     Folder("tradfi_yfinance_testdata", "{symbol}.csv", "weekday", "2024-08-21"),
 )
 BY_NAME = {folder.name: folder for folder in FOLDERS}
+# The folder of the demo sleeve `binance_perp` (shipped: always present).
+DEMO = BY_NAME["crypto_binance_perp_gravestone"]
+
+
+def params(folders=FOLDERS) -> list:
+    """``folders`` as pytest parameters named after them; one that is absent here is skipped."""
+    return [
+        pytest.param(
+            folder,
+            id=folder.name,
+            marks=pytest.mark.skipif(
+                not folder.root.is_dir(), reason=f"real fixtures not found at {folder.root}"
+            ),
+        )
+        for folder in folders
+    ]
 
 
 def assert_same_load(read, expected) -> None:
@@ -63,7 +93,7 @@ def assert_same_load(read, expected) -> None:
 def source(folder: Folder, **options) -> SourceConfig:
     return SourceConfig(
         kind="parquet" if folder.pattern.endswith(".parquet") else "csv",
-        path=str(REAL / folder.name),
+        path=str(folder.root),
         pattern=folder.pattern,
         calendar=folder.calendar,
         **options,
@@ -103,6 +133,9 @@ def defect_table() -> pd.DataFrame:
     the returns-contract violations inside the window at the folder's as-of date (blocking)."""
     rows = []
     for folder in FOLDERS:
+        if not folder.root.is_dir():
+            rows.append({"folder": folder.name, "rule": "(not found)", "detail": str(folder.root)})
+            continue
         batch, result = cleaned(folder)
         stops = blocking(folder, result.bars)
         for rule, group in stops.groupby("rule"):
@@ -131,12 +164,13 @@ def defect_table() -> pd.DataFrame:
             )
         if summary.empty and not batch.errors and stops.empty:
             rows.append({"folder": folder.name, "rule": "(none)"})
-    table = pd.DataFrame(rows)
     counts = ["repaired", "dropped", "quarantined", "blocking", "symbols"]
+    columns = ["folder", "rule", *counts, "detail"]
+    # Every column even when no folder present had that kind of row (a clone without ../shared).
+    table = pd.DataFrame(rows).reindex(columns=columns)
     table[counts] = table[counts].fillna(0).astype(int)
     table["detail"] = table["detail"].fillna("")
-    columns = ["folder", "rule", *counts, "detail"]
-    return table[columns].sort_values(["folder", "rule"], ignore_index=True)
+    return table.sort_values(["folder", "rule"], ignore_index=True)
 
 
 def run_folder(folder: Folder, lake_root: str) -> str:
@@ -191,6 +225,6 @@ if __name__ == "__main__":
     print(table.to_string(index=False))
     if "--run" in sys.argv:
         for folder in FOLDERS:
-            if folder.name != "tradfi_skfolio":
+            if folder.name != "tradfi_skfolio" and folder.root.is_dir():
                 with tempfile.TemporaryDirectory() as lake:
                     print(f"{folder.name} @ {folder.as_of}: {run_folder(folder, lake)}", flush=True)

@@ -1,6 +1,8 @@
 """The shipped real daily bars (../shared/data/real, never edited): every folder is read, cleaned
 and recorded; session dates, venue holidays, revisions and unfinished bars behave on real files;
-and a real sleeve runs from bars to backtest."""
+and a real sleeve runs from bars to backtest. The demo sleeve's folder ships in the repository
+(tests/real/folders.py: DEMO), so its tests run in a clone alone; the others skip without
+../shared."""
 
 import shutil
 from pathlib import Path
@@ -13,11 +15,14 @@ import pytest
 from tests.conftest import evaluations, materialised, metadata, resources_for
 from tests.real.folders import (
     BY_NAME,
+    DEMO,
     FOLDERS,
     REAL,
     assert_same_load,
     blocking,
     cleaned,
+    needs_real,
+    params,
     source,
 )
 from tvq_assets import data
@@ -28,10 +33,8 @@ from tvq_resources import files
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData, SourceConfig
 
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"real fixtures not found at {REAL}")
-
 ALL = SLEEVE_ASSETS  # bars first: the runs below materialise the rest of the graph
-PERP = BY_NAME["crypto_binance_perp_gravestone"]
+PERP = DEMO  # Binance perpetuals: the demo sleeve's folder, shipped in the repository
 
 
 def day(text: str) -> pd.Timestamp:
@@ -44,10 +47,10 @@ def rules_of(defects: pd.DataFrame, symbol: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def every_folder():
-    return {folder.name: cleaned(folder) for folder in FOLDERS}
+    return {folder.name: cleaned(folder) for folder in FOLDERS if folder.root.is_dir()}
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
+@pytest.mark.parametrize("folder", params())
 def test_every_real_folder_is_read_and_cleaned_to_one_sorted_row_per_symbol_and_date(
     every_folder, folder
 ):
@@ -68,6 +71,7 @@ def test_every_real_folder_is_read_and_cleaned_to_one_sorted_row_per_symbol_and_
         assert batch.errors == () and len(bars) > 0
 
 
+@needs_real
 def test_the_readme_defects_of_the_crypto_folders_are_recorded(every_folder):
     _, klines = every_folder["crypto_binance_klines_yodumini"]
     juv = klines.defects[klines.defects["symbol"] == "JUVUSDT"]
@@ -96,6 +100,7 @@ def test_the_readme_defects_of_the_crypto_folders_are_recorded(every_folder):
     assert set(tradingview.bars["symbol"]) == {"BNBUSDTPERP", "BTCUSDTPERP", "ETHUSDT"}
 
 
+@needs_real
 def test_the_readme_defects_of_the_tradfi_folders_are_recorded(every_folder):
     _, moex = every_folder["tradfi_yahoo_moex_zenoftrading"]
     exact = moex.defects[moex.defects["rule"] == "duplicate_exact"]
@@ -120,6 +125,7 @@ def test_the_readme_defects_of_the_tradfi_folders_are_recorded(every_folder):
     }
 
 
+@needs_real
 def test_toxic_prints_and_silences_inside_the_window_are_named_at_returns(every_folder):
     findings = {
         folder.name: blocking(folder, every_folder[folder.name][1].bars) for folder in FOLDERS
@@ -136,6 +142,7 @@ def test_toxic_prints_and_silences_inside_the_window_are_named_at_returns(every_
     assert findings["crypto_bybit_perp_zxckotee"].empty
 
 
+@needs_real
 def test_session_dates_of_real_london_and_us_stamps_are_their_local_days():
     root = REAL / "tradfi_yfinance_testdata"
     bars = files.read_csv_directory(root).bars
@@ -154,6 +161,7 @@ def test_session_dates_of_real_london_and_us_stamps_are_their_local_days():
     assert dodfx["date"].tolist() == sorted(local_days)
 
 
+@needs_real
 def test_tsla_stamped_at_the_us_open_in_utc_is_dated_by_its_us_session():
     root = REAL / "tradfi_tradingview_uzanbtc"
     loaded = files.read_csv_directory(root, pattern="{exchange}_{symbol}, 1D.csv")
@@ -167,6 +175,7 @@ def test_tsla_stamped_at_the_us_open_in_utc_is_dated_by_its_us_session():
     assert tsla["symbol"].unique().tolist() == ["TSLA"]
 
 
+@needs_real
 def test_a_mixed_venue_weekday_sleeve_carries_a_us_holiday_from_the_last_close(every_folder):
     _, moex = every_folder["tradfi_yahoo_moex_zenoftrading"]
     window = returns_engine.returns_window(
@@ -193,7 +202,7 @@ def copy_files(tmp_path: Path, names: list[str]) -> Path:
     folder = tmp_path / "perp"
     folder.mkdir()
     for name in names:
-        shutil.copy(REAL / PERP.name / name, folder / name)
+        shutil.copy(PERP.root / name, folder / name)
     return folder
 
 
@@ -202,7 +211,7 @@ def csv_source(folder: Path, **options) -> SourceConfig:
 
 
 def test_quote_volume_is_turned_into_base_units_so_dollar_volume_is_right(tmp_path):
-    raw = pd.read_csv(REAL / PERP.name / "BTCUSDT.csv")
+    raw = pd.read_csv(PERP.root / "BTCUSDT.csv")
     folder = tmp_path / "quote"
     folder.mkdir()
     raw.drop(columns="volume").rename(columns={"quote_volume": "volume"}).to_csv(
@@ -355,9 +364,7 @@ def test_a_plus_700_percent_print_inside_the_window_still_stops_a_fail_sleeve(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "folder", [f for f in FOLDERS if f.name != "tradfi_skfolio"], ids=lambda f: f.name
-)
+@pytest.mark.parametrize("folder", params([f for f in FOLDERS if f.name != "tradfi_skfolio"]))
 def test_each_real_folder_runs_from_bars_to_backtest_under_quarantine(
     instance, lake_root, sleeve_policy, folder
 ):
@@ -392,6 +399,7 @@ def test_a_source_start_date_leaves_older_history_unread():
     assert everything["date"].min() < day("2025-06-01")
 
 
+@needs_real
 def test_an_illiquid_real_name_reaches_the_features_with_zero_liquidity(every_folder):
     from tvq_assets.partitions import catalog
     from tvq_assets.quant import policy
@@ -418,7 +426,7 @@ def test_an_illiquid_real_name_reaches_the_features_with_zero_liquidity(every_fo
     assert table.loc["HSBK-IL-1D-NO-BAD-DIVS", "liquidity"] > 0.0
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
+@pytest.mark.parametrize("folder", params())
 def test_a_real_folder_parsed_as_tasks_reads_as_in_one_pass(folder, monkeypatch):
     from tvq_resources.ray_fanout import SerialMap
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import AS_OF, metadata, resources_for, synthetic_source
 from tests.quant.test_policy import SHORT, window
-from tests.real.folders import BY_NAME, REAL, assert_same_load
+from tests.real.folders import DEMO, assert_same_load
 from tvq_assets import allocation, data
 from tvq_assets.definitions import build_resources, ray_resource
 from tvq_assets.quant import policy
@@ -150,12 +150,12 @@ def test_the_tournament_runs_on_the_cluster_and_equals_the_serial_path(small, co
 
 @pytest.mark.slow
 def test_a_real_folders_files_are_parsed_on_the_cluster_as_read_in_process(connected, monkeypatch):
-    folder = BY_NAME["crypto_bybit_perp_zxckotee"]  # 50 files: 7 tasks of 8
+    folder = DEMO  # 37 files, shipped in the repository: 5 tasks of 8
     monkeypatch.setattr(files, "FILES_PER_TASK", 8)
     fanout = connected.task_map()
-    on_ray = files.read_csv_directory(REAL / folder.name, pattern=folder.pattern, map_tasks=fanout)
-    serial = files.read_csv_directory(REAL / folder.name, pattern=folder.pattern)
-    assert (fanout.calls, fanout.tasks) == (1, 7)
+    on_ray = files.read_csv_directory(folder.root, pattern=folder.pattern, map_tasks=fanout)
+    serial = files.read_csv_directory(folder.root, pattern=folder.pattern)
+    assert (fanout.calls, fanout.tasks) == (1, 5)
     assert_same_load(on_ray, serial)
 
 

@@ -101,6 +101,8 @@ SHORT_SPAN = {
     "gap": 9,  # an outage: no production that day
     "delisting": 10,  # a venue symbol's file stops growing
     "toxic": 11,  # a toxic print: crypto (policy fail) and tradfi (quarantine)
+    "postgres_restart": 4,  # production mode: Postgres stopped and started before the day
+    "mlflow_restart": 5,  # production mode: the MLflow server stopped and started
 }
 # A long span spreads them, and places the toxic print early enough to leave crypto's window
 # (its lookback is 160 days) before the end: the sleeve must recover by itself.
@@ -112,7 +114,10 @@ LONG_SPAN = {
     "gap": 90,
     "delisting": 105,
     "toxic": 120,
+    "postgres_restart": 50,
+    "mlflow_restart": 80,
 }
+RESTARTS = ("postgres_restart", "mlflow_restart")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class Scenarios:
     start: pd.Timestamp
     days: int
     offsets: dict[str, int] = field(default_factory=lambda: dict(SHORT_SPAN))
+    production: bool = False  # the service restarts happen only on real services
     listed_symbol: str = "RGL-L"
     late_symbol: str = "CALM"
     delisted_symbol: str = "TEM-L"
@@ -141,6 +147,8 @@ class Scenarios:
         every_day = pd.date_range(self.start, self.end + pd.Timedelta(days=60))
         placed: dict[str, pd.Timestamp] = {}
         for name, offset in self.offsets.items():
+            if name in RESTARTS and not self.production:
+                continue
             suitable = sessions if name in self.on_sessions else every_day
             free = suitable[
                 (suitable >= self.start + pd.Timedelta(days=offset))
@@ -581,6 +589,7 @@ class Soak:
     rows: list[Row] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
     day_timeout: float = 900.0
+    production: bool = False
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -596,12 +605,32 @@ class Soak:
                 p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
             ),
         )
+        env.update(self.service_exports)  # production: the services' variables win
         return env
+
+    service_exports: dict[str, str] = field(default_factory=dict)
+
+    def services(self):
+        """Postgres, an MLflow server and a Ray head of this soak's own, on free ports."""
+        from tvq_resources import services
+
+        return services.Services.resolve(
+            self.workdir / "services",
+            ports={name: services._free_port() for name in services.DEFAULT_PORTS},
+            production_home=self.workdir / "home",
+        )
 
     def prepare(self) -> None:
         home = self.workdir / "home"
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+        instance = "production/dagster.yaml" if self.production else "dagster.yaml"
+        shutil.copy(ROOT / "dagster_home" / instance, home / "dagster.yaml")
+        if self.production:
+            running = self.services()
+            with contextlib.redirect_stdout(sys.stderr):
+                running.start()
+            self.running_services = running
+            self.service_exports = running.exports()
         venues_dir = self.workdir / "sources" / "venues" if self.venues_source else None
         catalog = soak_catalog(self.workdir, self.scenarios, venues_dir)
         (self.workdir / "sleeves.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
@@ -615,6 +644,14 @@ class Soak:
         os.environ.update(self.environment())
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.production and hasattr(self, "running_services"):
+                with contextlib.redirect_stdout(sys.stderr):
+                    self.running_services.stop()
+
+    def _run(self) -> int:
         self.prepare()
         # The catalog and the instance are read when the definitions load: after `prepare`.
         import dagster as dg
@@ -652,6 +689,12 @@ class Soak:
                 continue
             since = time.time()
             note = ""
+            for name in RESTARTS:
+                if s.on(name, day):
+                    service = name.removesuffix("_restart")
+                    with contextlib.redirect_stdout(log.open("a")):
+                        self.running_services.restart(service)
+                    note = f"{service} restarted before the day"
             if s.on("kill", day):
                 run_id = kill_mid_step(
                     self.environment() | {"TVQ_NOW": os.environ["TVQ_NOW"]}, instance, log
@@ -865,6 +908,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the workplace here (emptied first)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workplace")
     parser.add_argument(
+        "--production",
+        action="store_true",
+        help="run on real services of the soak's own (Postgres, MLflow server, Ray head), with a "
+        "Postgres and an MLflow restart inside the span",
+    )
+    parser.add_argument(
         "--day-timeout",
         type=float,
         default=900.0,
@@ -889,12 +938,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"--scenario {item!r}: expected NAME=DAYS, NAME one of {list(SHORT_SPAN)}"
                 )
             offsets[name] = int(days)
-    scenarios = Scenarios(pd.Timestamp(start), arguments.days, dict(offsets))
+    scenarios = Scenarios(
+        pd.Timestamp(start), arguments.days, dict(offsets), production=arguments.production
+    )
     venues = real_folder(arguments.real)
     if venues is None:
         print("soak: no real Yahoo files found (../shared/data/real); the venue sleeve is left out")
     with _workdir(arguments.workdir, arguments.keep) as workdir:
-        return Soak(workdir, scenarios, venues, day_timeout=arguments.day_timeout).run()
+        return Soak(
+            workdir,
+            scenarios,
+            venues,
+            day_timeout=arguments.day_timeout,
+            production=arguments.production,
+        ).run()
 
 
 if __name__ == "__main__":

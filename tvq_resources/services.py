@@ -515,8 +515,13 @@ class Services:
         self.pid_file(name).write_text(f"{process.pid}\n")
 
     # -- stop ----------------------------------------------------------------------------------
-    def stop(self) -> None:
-        for name in ("ray", "mlflow", "postgres"):
+    def restart(self, name: str) -> None:
+        """Stop one service and start it again on its recorded port (the others keep running)."""
+        self.stop((name,))
+        self.start()
+
+    def stop(self, names: tuple[str, ...] = ("ray", "mlflow", "postgres")) -> None:
+        for name in names:
             processes = self.running()[name]
             if not processes:
                 print(f"{name}: not running")
@@ -531,8 +536,9 @@ class Services:
                 raise ServiceError(f"{name}: processes {sorted(set(left))} are still alive")
             self.pid_file(name).unlink(missing_ok=True)
             print(f"{name}: stopped (pids {', '.join(map(str, processes))})")
-        # Nothing runs: the next start chooses its ports afresh.
-        self.record_path.unlink(missing_ok=True)
+        if not any(self.running().values()):
+            # Nothing runs: the next start chooses its ports afresh.
+            self.record_path.unlink(missing_ok=True)
 
     def _stop_postgres(self) -> None:
         leader = _read_pid(self.pid_file("postgres"))

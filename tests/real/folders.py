@@ -17,6 +17,7 @@ from tvq_assets.catalog import CALENDAR_DEFAULTS, Policy
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import contracts
+from tvq_resources import clock
 from tvq_resources.market_data import MarketData, SourceConfig
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def cleaned(folder: Folder, *, now: pd.Timestamp | None = None):
         batch.bars,
         calendar=folder.calendar,
         policy=bar_lake.BarPolicy(),
-        now=now or pd.Timestamp.now(tz="UTC"),
+        now=now or clock.now(),
         superseded=batch.superseded,
     )
     return batch, result

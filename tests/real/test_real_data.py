@@ -29,7 +29,7 @@ from tvq_assets import data
 from tvq_assets.definitions import SLEEVE_ASSETS
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import contracts
-from tvq_resources import files
+from tvq_resources import clock, files
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData, SourceConfig
 
@@ -299,7 +299,7 @@ def test_an_in_progress_bar_is_held_back_and_a_future_bar_is_refused(instance, l
     folder = copy_files(tmp_path, ["BTCUSDT.csv"])
     path = folder / "BTCUSDT.csv"
     raw = pd.read_csv(path)
-    today = pd.Timestamp.now(tz="UTC").normalize()
+    today = clock.now().normalize()
     live = raw.iloc[[-1]].assign(timestamp=int(today.timestamp() * 1000), volume=12.0)
     pd.concat([raw, live]).to_csv(path, index=False)
     resources = resources_for(lake_root, crypto=csv_source(folder))

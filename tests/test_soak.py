@@ -135,34 +135,44 @@ def test_a_fail_sleeve_is_expected_to_fail_while_the_toxic_print_is_in_its_windo
 
 
 @pytest.mark.slow
-def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_and_a_kill(tmp_path):
-    """Six days from Wednesday 2024-03-27: Good Friday (both venues closed), a weekend with
-    London's switch to summer time, Easter Monday (London closed, New York open); a source
-    revision on Thursday and a kill -9 mid-step on Saturday."""
+def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_and_restarts(
+    tmp_path,
+):
+    """Five days from Tuesday 2024-06-18 on real services of the soak's own: Juneteenth (New York
+    closed, London open), a Saturday; a source revision on the first day, a kill -9 mid-step on
+    Thursday, Postgres restarted before Friday and the MLflow server before Saturday."""
     done = subprocess.run(
         [
             sys.executable,
             "-m",
             "tvq_assets.soak",
+            "--production",
             "--start",
-            "2024-03-27",
+            "2024-06-18",
             "--days",
-            "6",
+            "5",
             "--scenario",
-            "revision=1",
+            "revision=0",
             "--scenario",
-            "kill=3",
+            "kill=2",
+            "--scenario",
+            "postgres_restart=3",
+            "--scenario",
+            "mlflow_restart=4",
             "--workdir",
             str(tmp_path / "soak"),
         ],
         cwd=soak.ROOT,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=2400,
     )
-    print(done.stdout[-6000:], done.stderr[-3000:])
+    print(done.stdout[-8000:], done.stderr[-3000:])
     assert done.returncode == 0
-    summary = done.stdout.strip().splitlines()[-1]
-    assert summary.startswith("soak: 6 days, ")
+    lines = done.stdout.strip().splitlines()
+    [summary] = [line for line in lines if line.startswith("soak: 5 days, ")]
     assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
-    assert "killed run" in done.stdout
+    for scenario in ("killed run", "postgres restarted", "mlflow restarted"):
+        assert scenario in done.stdout, scenario
+    holiday = [line for line in lines if line.startswith("2024-06-19 Wed venues")]
+    assert holiday and "success" in holiday[0]

@@ -456,3 +456,64 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
     assert statuses == {date: dg.DagsterRunStatus.SUCCESS for date in dates}, errors
     for date in dates:
         assert lake.exists(["meta_portfolio"], date)
+
+
+# Two small sleeves; tradfi's bars carry a +500% print on Tuesday 2026-06-30: its run of Monday
+# (the print is after its as-of date) succeeds, its run of Tuesday stops at the returns contract.
+FAILING_TUESDAY = """
+first_run: "2026-06-01"
+sleeves:
+  crypto:
+    source:
+      {kind: synthetic, seed: 7, symbols: 12, clusters: 3, start: "2025-06-01", end: "2026-06-30"}
+  tradfi:
+    source:
+      kind: synthetic
+      seed: 11
+      symbols: 12
+      clusters: 3
+      start: "2025-06-01"
+      end: "2026-06-30"
+      faults: [{kind: toxic_spike, date: "2026-06-30"}]
+    calendar: weekday
+"""
+
+
+@pytest.mark.slow
+def test_the_demo_exits_1_for_a_failed_sleeve_though_the_meta_portfolio_uses_its_last_decision(
+    tmp_path,
+):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    catalog_file = tmp_path / "sleeves.yaml"
+    catalog_file.write_text(FAILING_TUESDAY)
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "TVQ_SLEEVES": str(catalog_file),
+        "TVQ_LAKE": str(tmp_path / "lake"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "TVQ_NOW": "2026-07-01T06:00:00+00:00",
+    }
+
+    def demo(as_of: str) -> subprocess.CompletedProcess:
+        command = [str(BIN / "python"), "-m", "tvq_assets.cli", "demo", "--as-of", as_of]
+        return subprocess.run(
+            command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=1200
+        )
+
+    monday = demo(MONDAY)
+    assert monday.returncode == 0, monday.stdout + monday.stderr
+    tuesday = demo(AS_OF)
+    shown = tuesday.stdout + tuesday.stderr
+    assert tuesday.returncode == 1, shown
+    assert "returns_contract" in tuesday.stdout, shown
+    meta = tuesday.stdout[tuesday.stdout.index("== meta-portfolio") :]
+    assert "(success," in meta, shown
+    assert (
+        "decision of 2026-06-29 (Monday, 1 day, 1 session old); skipped 2026-06-30 run failed"
+        in meta
+    ), shown
+    assert "decision of 2026-06-30 (Tuesday, 0 days, 0 sessions old)" in meta, shown
+    assert "SOME FAILED" in tuesday.stdout

@@ -208,7 +208,17 @@ class MetaPolicy:
     """The meta-portfolio across sleeves (the catalog's ``meta`` section), with its defaults.
 
     Units: rows of the joined calendar (the dates every sleeve of the meta-portfolio traded; see
-    ``tvq_assets/quant/meta.py`` for the join); caps and floors are fractions of firm capital.
+    ``tvq_assets/quant/meta.py`` for the join); caps and floors are fractions of firm capital;
+    ``max_decision_age`` is in sessions of each sleeve's own calendar (``weekday``: Monday to
+    Friday; ``crypto``: every day).
+
+    The meta-portfolio of date D uses each sleeve's latest successful decision at or before D
+    (a weekday sleeve's Friday decision on a Sunday, yesterday's decision the day after a failed
+    run). ``max_decision_age`` defaults to 3 sessions: a decision that old is still what the
+    sleeve holds (a failed run trades nothing), and 3 covers a venue's two-day holiday (Easter,
+    Christmas; holidays count as weekday sessions without a run) plus one failed run, while a
+    sleeve broken for most of a week (4 sessions and more) is no longer allocated on a stale
+    book without ``missing_sleeve`` deciding, loudly, what happens.
     """
 
     # Sleeves taking part; empty: every sleeve of the catalog.
@@ -221,9 +231,13 @@ class MetaPolicy:
     test: int = bounded(20, ge=1)  # walk-forward: joined rows each decision is held
     step: int = bounded(20, ge=1)  # walk-forward: joined rows between decisions
     ridge: float = bounded(0.1, ge=0)  # max_sharpe covariance ridge, a fraction of mean variance
-    # A sleeve without a successful backtest and portfolio for the date: "fail" stops the
-    # meta-portfolio naming it; "allocate_present" allocates across the others under a WARN
-    # naming it (recorded in the metadata and the check). Never silent.
+    # The oldest usable decision of a sleeve, in its own sessions after the decision's date up
+    # to the meta-portfolio's date (0: the sleeve's latest session on or before it).
+    max_decision_age: int = bounded(3, ge=0)
+    # A sleeve without a usable decision (none stored within max_decision_age sessions, or its
+    # runs since failed): "fail" stops the meta-portfolio naming it; "allocate_present"
+    # allocates across the others under a WARN naming it (recorded in the metadata and the
+    # check). Never silent.
     missing_sleeve: Literal[MISSING_RULES] = "fail"  # type: ignore[valid-type]
     # Per-sleeve cap and floor; a sleeve not listed has the MetaLimit defaults (0 .. 1).
     limits: Mapping[str, MetaLimit] = field(default_factory=dict)

@@ -97,7 +97,12 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
             sys.stdout.flush()
 
         launcher.wait(pending, finished)
-        status |= demo_meta(instance, launcher, as_of or newest, names)
+        # The sleeves may have run different dates (a weekday sleeve its last session, a fixed
+        # export its last bar): the meta-portfolio is of the newest, from each sleeve's latest
+        # decision at or before it. A failed sleeve keeps the exit status 1 even when the
+        # meta-portfolio succeeds on that sleeve's previous decision.
+        meta_as_of = as_of or meta_date(keys, catalog.meta_sleeves, newest)
+        status |= demo_meta(instance, launcher, meta_as_of, names)
     print(
         f"\n{len(names)} sleeve(s) in {time.perf_counter() - started:.0f}s"
         f"{'' if status == 0 else ', SOME FAILED (see FAILED above)'}. "
@@ -147,13 +152,24 @@ def _report(
     return ok, fresh
 
 
+def meta_date(run_keys: dict[str, str], meta_sleeves, newest: str) -> str:
+    """The date of the demo's meta-portfolio: the newest run date the demo gave a sleeve of the
+    meta-portfolio (``run_keys``: sleeve -> its sleeve × run key), else ``newest``. A weekday
+    sleeve run at Friday's session and a crypto sleeve at Sunday give Sunday; a sleeve over a
+    fixed export run at its last bar gives that date, where its decision is fresh."""
+    from tvq_assets.partitions import split_run_key
+
+    dates = [split_run_key(key)[0] for name, key in run_keys.items() if name in meta_sleeves]
+    return f"{max(dates):%Y-%m-%d}" if dates else newest
+
+
 def demo_meta(instance: dg.DagsterInstance, launcher, as_of: str, ran: list[str]) -> int:
     """Materialise the meta-portfolio of ``as_of`` after the sleeves and print it: the sleeve
-    weights, the largest firm-wide holdings, and its walk-forward against the equal weight of
-    the sleeves. Skipped (exit 0) when the demo did not run every sleeve it needs."""
+    weights, each sleeve's decision used (its date and age), the largest firm-wide holdings,
+    and its walk-forward against the equal weight of the sleeves. Skipped (exit 0) when the
+    demo did not run every sleeve it needs."""
     from tvq_assets.definitions import defs
     from tvq_assets.partitions import catalog
-    from tvq_assets.quant import meta as engine
 
     needed = list(catalog.meta_sleeves)
     print(f"\n== meta-portfolio  (run partition {as_of}; sleeves {', '.join(needed)})")
@@ -184,15 +200,36 @@ def demo_meta(instance: dg.DagsterInstance, launcher, as_of: str, ran: list[str]
         print(f"            - {failure}")
     if not run.is_success:
         return 1
-    record = defs.resources["lake"].read(["meta_portfolio"], as_of)
-    sleeves = record.sleeves
-    print(f"   profile: {catalog.meta.profile}, lookback {catalog.meta.lookback} common dates")
-    for name, row in sleeves.iterrows():
-        state = f"{row['champion']}" if row["present"] else f"MISSING: {row['missing_reason']}"
-        print(
-            f"     {name:<14} weight {row['weight']:6.1%}  (profile {row['raw_weight']:6.1%}, "
-            f"floor {row['floor']:.0%}, cap {row['cap']:.0%})  {state}"
+    print_meta(defs.resources["lake"].read(["meta_portfolio"], as_of), as_of)
+    return 0
+
+
+def print_meta(record, as_of: str) -> None:
+    """The stored meta-portfolio of ``as_of``: per sleeve its weight and the decision used
+    (date, age in days and in the sleeve's sessions, newer runs passed over), the largest
+    firm-wide holdings and the walk-forward against the equal weight of the sleeves."""
+    from tvq_assets.partitions import catalog
+    from tvq_assets.quant import meta as engine
+
+    print(
+        f"   profile: {catalog.meta.profile}, lookback {catalog.meta.lookback} common dates; "
+        f"decisions at most {catalog.meta.max_decision_age} sessions old"
+    )
+    for name, row in record.sleeves.iterrows():
+        decision = engine.describe_decision(
+            row["decision_date"],
+            row["decision_age_days"],
+            row["decision_age_sessions"],
+            row["skipped"],
+            as_of=pd.Timestamp(as_of),
         )
+        if row["present"]:
+            print(
+                f"     {name:<14} weight {row['weight']:6.1%}  (profile {row['raw_weight']:6.1%}, "
+                f"floor {row['floor']:.0%}, cap {row['cap']:.0%})  {row['champion']}, {decision}"
+            )
+        else:
+            print(f"     {name:<14} MISSING: {row['missing_reason']}")
     top = record.holdings.head(10)
     shown = ", ".join(f"{r.sleeve}:{r.symbol} {r.weight:.1%}" for r in top.itertuples())
     print(f"   top firm-wide holdings ({len(record.holdings)} in all): {shown}")
@@ -205,7 +242,6 @@ def demo_meta(instance: dg.DagsterInstance, launcher, as_of: str, ran: list[str]
                 f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
                 f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
-    return 0
 
 
 def _last_session(lake, sleeve_name: str, newest: str) -> str:

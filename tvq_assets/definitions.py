@@ -75,7 +75,7 @@ defs = dg.Definitions(
     assets=ASSETS,
     jobs=[bars_job, daily_job, meta.meta_job],
     schedules=[daily_schedule],
-    sensors=[run_daily_after_bars, meta.run_meta_after_sleeves, *tracking.SENSORS],
+    sensors=[run_daily_after_bars, *meta.SENSORS, *tracking.SENSORS],
     resources=build_resources(),
     executor=executor(),
 )

@@ -1,5 +1,13 @@
-"""The meta_portfolio asset: its fan-in in the graph, the missing-sleeve rule, its contract, and a
-two-date backfill through Dagster's own machinery."""
+"""The meta_portfolio asset: its fan-in in the graph, each sleeve's latest successful decision
+at or before the date (weekends, Mondays, the day after a failed run, a first run, a gap), the
+missing-sleeve rule, its contract, its sensors, and a two-date backfill through Dagster's own
+machinery.
+
+The sleeves' runs are real Dagster runs on the test's instance: stand-ins for the sleeves' last
+two assets (the same keys, ``backtest`` and ``portfolio``, the same sleeve × run partitions) store
+small synthetic records through the lake's IO manager, or fail, so Dagster records exactly what
+a daily run would (materialisations, planned materialisations of a failed run).
+"""
 
 import dataclasses
 import os
@@ -14,23 +22,26 @@ import pandas as pd
 import pytest
 
 from tests.conftest import evaluations, metadata, resources_for, start_daemon, stop
+from tvq_assets import cli
 from tvq_assets import meta as meta_assets
 from tvq_assets.catalog import CatalogError, MetaLimit, parse_catalog
 from tvq_assets.definitions import ASSETS
 from tvq_assets.partitions import catalog, run, run_key, sleeve_run
 from tvq_assets.quant import policy
 from tvq_assets.quant.meta import BASELINE, META, MetaRecord
-from tvq_resources.lake import ParquetLake
+from tvq_resources.lake import ParquetIOManager, ParquetLake
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
-AS_OF = "2026-06-30"
+AS_OF = "2026-06-30"  # a Tuesday
+MONDAY, SUNDAY, FRIDAY = "2026-06-29", "2026-06-28", "2026-06-26"
 CHAMPION = "log_mps/risk_parity"
 
 
 def sleeve_records(sleeve: str, as_of: str, seed: int):
     """A stored backtest (the champion's out-of-sample returns on the sleeve's calendar) and
-    portfolio of one sleeve × run, as the sleeve's assets store them."""
+    portfolio of one sleeve × run, as the sleeve's assets store them. The book's symbols name
+    the run date, so a test sees which run's decision the meta-portfolio holds."""
     random = np.random.default_rng(seed)
     days = pd.date_range(end=as_of, periods=200, freq="D")
     if catalog.sleeve(sleeve).calendar == "weekday":
@@ -46,15 +57,41 @@ def sleeve_records(sleeve: str, as_of: str, seed: int):
         champion_weights=pd.DataFrame({"weight": [0.5, 0.5]}, index=["A", "B"]),
         targets=pd.DataFrame({"policy": [CHAMPION], "window": [0], "symbol": ["A"], "weight": [1]}),
     )
-    book = pd.Series({f"{sleeve}_A": 0.25, f"{sleeve}_B": 0.25, f"{sleeve}_C": 0.5})
+    day = pd.Timestamp(as_of).strftime("%m%d")
+    book = pd.Series({f"{sleeve}_A_{day}": 0.25, f"{sleeve}_B_{day}": 0.25, f"{sleeve}_C": 0.5})
     return record, policy.portfolio_record(book.rename("weight").rename_axis("symbol"), None)
 
 
-def store_sleeves(lake: ParquetLake, as_of: str, sleeves=("crypto", "tradfi")) -> None:
-    for seed, sleeve in enumerate(sleeves):
-        record, book = sleeve_records(sleeve, as_of, seed)
-        lake.write(["backtest"], run_key(as_of, sleeve), record)
-        lake.write(["portfolio"], run_key(as_of, sleeve), book)
+def sleeve_run_of(instance, lake_root: str, as_of: str, sleeve: str, *, fail: bool = False):
+    """One run of the sleeve × run partition ``as_of|sleeve`` on ``instance``: it stores the
+    sleeve's backtest and portfolio, or fails in its backtest step (nothing stored, the
+    portfolio skipped) as a daily run stopped by a check does."""
+    record, book = sleeve_records(sleeve, as_of, seed=sum(map(ord, sleeve + as_of)))
+
+    @dg.asset(name="backtest", partitions_def=sleeve_run)
+    def backtest() -> policy.TournamentRecord:
+        if fail:
+            raise dg.Failure(description=f"the run of {as_of}|{sleeve} failed")
+        return record
+
+    @dg.asset(name="portfolio", partitions_def=sleeve_run, deps=[backtest])
+    def portfolio() -> policy.PortfolioRecord:
+        return book
+
+    result = dg.materialize(
+        [backtest, portfolio],
+        partition_key=run_key(as_of, sleeve),
+        instance=instance,
+        resources={"io_manager": ParquetIOManager(lake=ParquetLake(root=lake_root))},
+        raise_on_error=False,
+    )
+    assert result.success != fail
+    return result
+
+
+def decided(instance, lake_root: str, as_of: str, sleeves=("crypto", "tradfi")) -> None:
+    for sleeve in sleeves:
+        sleeve_run_of(instance, lake_root, as_of, sleeve)
 
 
 def run_meta(lake_root: str, instance, as_of: str = AS_OF):
@@ -66,6 +103,11 @@ def run_meta(lake_root: str, instance, as_of: str = AS_OF):
     return defs.resolve_job_def("meta_portfolio_job").execute_in_process(
         partition_key=as_of, instance=instance, raise_on_error=False
     )
+
+
+def failure_of(result) -> str:
+    [failure] = result.get_step_failure_events()
+    return failure.step_failure_data.error.to_string()
 
 
 @pytest.fixture
@@ -97,20 +139,22 @@ def test_the_graph_fans_every_sleeves_backtest_and_portfolio_into_meta_portfolio
 
 
 def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lake_root, instance):
-    lake = ParquetLake(root=lake_root)
-    store_sleeves(lake, AS_OF)
+    decided(instance, lake_root, AS_OF)
     result = run_meta(lake_root, instance)
     assert result.success
     checks = evaluations(result)
     assert checks["meta_holdings_contract"].passed and checks["meta_sleeves_present"].passed
+    lake = ParquetLake(root=lake_root)
     stored: MetaRecord = lake.read(["meta_portfolio"], AS_OF)
     assert stored.holdings["weight"].sum() == pytest.approx(1.0, abs=1e-9)
     assert set(stored.holdings["sleeve"]) == {"crypto", "tradfi"}
     for sleeve, row in stored.sleeves.iterrows():
         assert row["floor"] - 1e-9 <= row["weight"] <= row["cap"] + 1e-9, sleeve
+        assert row["decision_date"] == pd.Timestamp(AS_OF) and row["decision_age_sessions"] == 0
     assert list(stored.metrics.index) == [META, BASELINE]
     shown = metadata(result, "meta_portfolio")
     assert shown["sleeves_missing"] == "none" and shown["periods_per_year"] == 252
+    assert shown["decision_dates"] == {"crypto": AS_OF, "tradfi": AS_OF}
     # Tracked like a sleeve run: its own experiment, params, metrics, tables and a tear sheet.
     from tvq_resources.tracking import MlflowTracker
 
@@ -118,6 +162,7 @@ def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lak
     [tracked] = tracker.search(tracker.experiment_id("tvq-meta"), {"dagster.run_id": result.run_id})
     assert tracked.info.status == "FINISHED"
     assert tracked.data.params["meta.profile"] == "risk_parity"
+    assert tracked.data.params["meta.max_decision_age"] == "3"
     assert tracked.data.metrics["meta.sharpe"] == pytest.approx(stored.metrics.loc[META, "sharpe"])
     assert "baseline.max_drawdown" in tracked.data.metrics
     artifacts = {
@@ -126,21 +171,106 @@ def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lak
     assert {"meta_portfolio/holdings.csv", "meta_portfolio/equity_vs_baseline.png"} <= artifacts
 
 
-def test_a_missing_sleeve_fails_clearly_under_fail(lake_root, instance, meta_rule):
+def test_on_a_sunday_the_weekday_sleeves_friday_decision_holds(lake_root, instance, capsys):
+    # What production does on a weekend: crypto runs Sunday, the weekday sleeve its Friday.
+    sleeve_run_of(instance, lake_root, SUNDAY, "crypto")
+    sleeve_run_of(instance, lake_root, FRIDAY, "tradfi")
+    result = run_meta(lake_root, instance, SUNDAY)
+    assert result.success, failure_of(result)
+    assert evaluations(result)["meta_sleeves_present"].passed
+    stored: MetaRecord = ParquetLake(root=lake_root).read(["meta_portfolio"], SUNDAY)
+    tradfi = stored.sleeves.loc["tradfi"]
+    assert tradfi["present"] and tradfi["decision_date"] == pd.Timestamp(FRIDAY)
+    assert (tradfi["decision_age_days"], tradfi["decision_age_sessions"]) == (2, 0)
+    assert tradfi["skipped"] == ""  # a weekend is no session of a weekday sleeve
+    # The firm holds tradfi's Friday book.
+    assert "tradfi_A_0626" in set(stored.holdings["symbol"])
+    shown = metadata(result, "meta_portfolio")
+    assert shown["decision_dates"] == {"crypto": SUNDAY, "tradfi": FRIDAY}
+    assert "2026-06-26 Fri" in shown["decisions"]
+    # `tvq demo` prints each sleeve's decision and its age.
+    cli.print_meta(stored, SUNDAY)
+    printed = capsys.readouterr().out
+    assert "decision of 2026-06-26 (Friday, 2 days, 0 sessions old)" in printed
+    assert "decision of 2026-06-28 (Sunday, 0 days, 0 sessions old)" in printed
+
+
+def test_on_a_monday_before_the_weekday_run_its_friday_decision_is_one_session_old(
+    lake_root, instance
+):
+    sleeve_run_of(instance, lake_root, MONDAY, "crypto")
+    sleeve_run_of(instance, lake_root, FRIDAY, "tradfi")
+    result = run_meta(lake_root, instance, MONDAY)
+    assert result.success, failure_of(result)
+    stored = ParquetLake(root=lake_root).read(["meta_portfolio"], MONDAY)
+    tradfi = stored.sleeves.loc["tradfi"]
+    assert tradfi["decision_date"] == pd.Timestamp(FRIDAY)
+    assert (tradfi["decision_age_days"], tradfi["decision_age_sessions"]) == (3, 1)
+    assert tradfi["skipped"] == "2026-06-29 no run"
+
+
+def test_the_day_after_a_failed_run_the_previous_decision_is_used_never_the_stale_value(
+    lake_root, instance, capsys
+):
+    decided(instance, lake_root, MONDAY)
+    decided(instance, lake_root, AS_OF)
+    # tradfi's run of Tuesday is run again and fails: the lake still holds the older run's value
+    # of Tuesday, which must not be used.
+    sleeve_run_of(instance, lake_root, AS_OF, "tradfi", fail=True)
+    lake = ParquetLake(root=lake_root)
+    assert lake.exists(["portfolio"], run_key(AS_OF, "tradfi"))
+    result = run_meta(lake_root, instance)
+    assert result.success, failure_of(result)
+    stored = lake.read(["meta_portfolio"], AS_OF)
+    tradfi = stored.sleeves.loc["tradfi"]
+    assert tradfi["present"] and tradfi["decision_date"] == pd.Timestamp(MONDAY)
+    assert (tradfi["decision_age_days"], tradfi["decision_age_sessions"]) == (1, 1)
+    assert tradfi["skipped"] == "2026-06-30 run failed"
+    held = set(stored.holdings["symbol"])
+    assert "tradfi_A_0629" in held and "tradfi_A_0630" not in held
+    assert stored.sleeves.loc["crypto", "decision_date"] == pd.Timestamp(AS_OF)
+    # The run says so in a WARN line.
+    warned = [
+        record.user_message
+        for record in instance.all_logs(result.run_id)
+        if record.level >= 30 and not record.is_dagster_event
+    ]
+    assert any("tradfi uses its decision of 2026-06-29" in line for line in warned), warned
+    cli.print_meta(stored, AS_OF)
+    assert "skipped 2026-06-30 run failed" in capsys.readouterr().out
+
+
+def test_a_first_run_without_a_decision_fails_clearly_under_fail(lake_root, instance, meta_rule):
     meta_rule(missing_sleeve="fail")
-    store_sleeves(ParquetLake(root=lake_root), AS_OF, sleeves=("crypto",))
+    sleeve_run_of(instance, lake_root, AS_OF, "crypto")
     result = run_meta(lake_root, instance)
     assert not result.success
-    [failure] = result.get_step_failure_events()
-    message = failure.step_failure_data.error.to_string()
+    message = failure_of(result)
     assert "meta_portfolio[2026-06-30]" in message and "['tradfi']" in message
-    assert "'fail'" in message
+    assert "'fail'" in message and "no stored decision at or before 2026-06-30" in message
+    assert "materialise them first" not in message
     assert not ParquetLake(root=lake_root).exists(["meta_portfolio"], AS_OF)
+
+
+def test_a_gap_longer_than_the_bound_makes_the_sleeve_missing(lake_root, instance, meta_rule):
+    meta_rule(missing_sleeve="fail")
+    sleeve_run_of(instance, lake_root, AS_OF, "crypto")
+    # Wednesday 2026-06-24 to Tuesday: Thu, Fri, Mon, Tue = 4 sessions > max_decision_age 3.
+    sleeve_run_of(instance, lake_root, "2026-06-24", "tradfi")
+    result = run_meta(lake_root, instance)
+    assert not result.success
+    message = failure_of(result)
+    assert "decision of 2026-06-24 (Wednesday, 6 days, 4 sessions old)" in message
+    assert "max_decision_age = 3" in message
+    # A bound of 4 sessions accepts it.
+    meta_rule(missing_sleeve="fail", max_decision_age=4)
+    assert run_meta(lake_root, instance).success
 
 
 def test_a_missing_sleeve_is_named_in_a_warn_under_allocate_present(lake_root, instance, meta_rule):
     meta_rule(missing_sleeve="allocate_present", limits={"crypto": MetaLimit(cap=1.0, floor=0.2)})
-    store_sleeves(ParquetLake(root=lake_root), AS_OF, sleeves=("crypto",))
+    sleeve_run_of(instance, lake_root, AS_OF, "crypto")
+    sleeve_run_of(instance, lake_root, AS_OF, "tradfi", fail=True)
     result = run_meta(lake_root, instance)
     assert result.success
     warned = evaluations(result)["meta_sleeves_present"]
@@ -150,7 +280,82 @@ def test_a_missing_sleeve_is_named_in_a_warn_under_allocate_present(lake_root, i
     assert metadata(result, "meta_portfolio")["sleeves_missing"] == "tradfi"
     stored = ParquetLake(root=lake_root).read(["meta_portfolio"], AS_OF)
     assert stored.sleeves.loc["crypto", "weight"] == pytest.approx(1.0)
-    assert "allocate_present" in stored.sleeves.loc["tradfi", "missing_reason"]
+    reason = stored.sleeves.loc["tradfi", "missing_reason"]
+    assert "allocate_present" in reason and "2026-06-30 run failed" in reason
+
+
+def test_a_one_sleeve_meta_portfolio_is_that_sleeve_at_100_percent(lake_root, instance, meta_rule):
+    meta_rule(sleeves=("crypto",), limits={})
+    sleeve_run_of(instance, lake_root, AS_OF, "crypto")
+    result = run_meta(lake_root, instance)
+    assert result.success, failure_of(result)
+    assert evaluations(result)["meta_holdings_contract"].passed
+    stored = ParquetLake(root=lake_root).read(["meta_portfolio"], AS_OF)
+    assert stored.sleeves["weight"].to_dict() == {"crypto": 1.0}
+    book = stored.holdings.set_index("symbol")["weight"].to_dict()
+    assert book == {"crypto_C": 0.5, "crypto_A_0630": 0.25, "crypto_B_0630": 0.25}
+
+
+def test_a_user_catalog_of_one_sleeve_makes_it_the_whole_meta_portfolio():
+    sleeves = {"futures": {"source": {"kind": "csv", "path": "/data/futures"}}}
+    alone = parse_catalog({"sleeves": sleeves})
+    assert alone.meta_sleeves == ("futures",)
+    settings = meta_assets.meta_settings(alone)
+    assert settings.caps == {"futures": 1.0} and settings.floors == {"futures": 0.0}
+    assert settings.calendars == {"futures": "crypto"}
+    # The demo's meta-portfolio is of the date the sleeve ran (a fixed export: its last bar),
+    # not today, where the sleeve has no decision.
+    keys = {"futures": run_key("2026-03-19", "futures")}
+    assert cli.meta_date(keys, alone.meta_sleeves, "2026-12-06") == "2026-03-19"
+    weekend = {"crypto": run_key(SUNDAY, "crypto"), "tradfi": run_key(FRIDAY, "tradfi")}
+    assert cli.meta_date(weekend, ("crypto", "tradfi"), "2026-06-28") == SUNDAY
+    outside = {"binance_perp": run_key("2026-03-19", "binance_perp")}
+    assert cli.meta_date(outside, ("crypto", "tradfi"), SUNDAY) == SUNDAY
+
+
+def _sensor_answer(sensor, instance, result: dg.ExecuteInProcessResult):
+    kind = dg.DagsterEventType.RUN_SUCCESS if result.success else dg.DagsterEventType.RUN_FAILURE
+    [event] = instance.all_logs(result.run_id, of_type=kind)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=event.dagster_event,
+    )
+    return sensor(context)
+
+
+def test_the_sensor_runs_a_sundays_meta_portfolio_without_waiting_for_the_weekday_sleeve(
+    lake_root, instance
+):
+    finished = sleeve_run_of(instance, lake_root, SUNDAY, "crypto")
+    answer = _sensor_answer(meta_assets.run_meta_after_sleeves, instance, finished)
+    assert isinstance(answer, dg.RunRequest), answer
+    assert answer.partition_key == SUNDAY
+    assert answer.run_key == f"meta|{SUNDAY}|{finished.run_id}"
+
+
+def test_the_sensor_waits_for_a_sleeve_with_a_session_and_no_finished_run(lake_root, instance):
+    finished = sleeve_run_of(instance, lake_root, AS_OF, "crypto")
+    answer = _sensor_answer(meta_assets.run_meta_after_sleeves, instance, finished)
+    assert isinstance(answer, dg.SkipReason)
+    assert "waits for the run of 2026-06-30 of ['tradfi']" in answer.skip_message
+
+
+def test_a_failed_sleeve_run_settles_the_date_and_requests_the_meta_portfolio(lake_root, instance):
+    sleeve_run_of(instance, lake_root, AS_OF, "crypto")
+    failed = sleeve_run_of(instance, lake_root, AS_OF, "tradfi", fail=True)
+    answer = _sensor_answer(meta_assets.run_meta_after_failed_sleeves, instance, failed)
+    assert isinstance(answer, dg.RunRequest), answer
+    assert answer.partition_key == AS_OF
+
+
+def test_a_sleeve_outside_the_meta_portfolio_requests_nothing(lake_root, instance):
+    decided(instance, lake_root, AS_OF)
+    other = sleeve_run_of(instance, lake_root, AS_OF, "binance_perp")
+    answer = _sensor_answer(meta_assets.run_meta_after_sleeves, instance, other)
+    assert isinstance(answer, dg.SkipReason)
+    assert "'binance_perp' is not in the meta-portfolio" in answer.skip_message
 
 
 def test_the_catalog_meta_section_is_validated_naming_each_problem():
@@ -164,6 +369,7 @@ def test_the_catalog_meta_section_is_validated_naming_each_problem():
                     "missing_sleeve": "skip",
                     "lookback": 1,
                     "sleeves": ["crypto", "rates"],
+                    "max_decision_age": -1,
                 },
             }
         )
@@ -172,6 +378,7 @@ def test_the_catalog_meta_section_is_validated_naming_each_problem():
     assert "meta.missing_sleeve = 'skip'" in text
     assert "meta.lookback = 1: breaks the rule value >= 2" in text
     assert "meta.sleeves: 'rates' is not a sleeve" in text
+    assert "meta.max_decision_age = -1: breaks the rule value >= 0" in text
     with pytest.raises(CatalogError, match=r"caps of \['crypto', 'tradfi'\] sum to 0.9"):
         parse_catalog(
             {
@@ -185,6 +392,7 @@ def test_the_catalog_meta_section_is_validated_naming_each_problem():
         )
     defaults = parse_catalog({"sleeves": sleeves})
     assert defaults.meta.profile == "risk_parity" and defaults.meta.missing_sleeve == "fail"
+    assert defaults.meta.max_decision_age == 3
     assert defaults.meta_sleeves == ("crypto", "tradfi")
 
 
@@ -195,8 +403,10 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
     lake = ParquetLake(root=str(home / "lake"))
     dates = ("2026-06-29", "2026-06-30")
-    for date in dates:
-        store_sleeves(lake, date)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        for date in dates:
+            decided(instance, str(home / "lake"), date)
     environment = {**os.environ, "DAGSTER_HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
     environment.pop("TVQ_LAKE", None)
     # The two runs may start together: create the MLflow store (and experiment) before, so they
@@ -217,7 +427,6 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
     )
     daemon = start_daemon(environment)
     try:
-        monkeypatch.setenv("DAGSTER_HOME", str(home))
         with dg.DagsterInstance.get() as instance:
             deadline = time.monotonic() + 600
             # A run whose process dies (a start timeout on a loaded machine) is retried once by
@@ -247,3 +456,64 @@ def test_a_two_date_backfill_materialises_both_dates(tmp_path, monkeypatch):
     assert statuses == {date: dg.DagsterRunStatus.SUCCESS for date in dates}, errors
     for date in dates:
         assert lake.exists(["meta_portfolio"], date)
+
+
+# Two small sleeves; tradfi's bars carry a +500% print on Tuesday 2026-06-30: its run of Monday
+# (the print is after its as-of date) succeeds, its run of Tuesday stops at the returns contract.
+FAILING_TUESDAY = """
+first_run: "2026-06-01"
+sleeves:
+  crypto:
+    source:
+      {kind: synthetic, seed: 7, symbols: 12, clusters: 3, start: "2025-06-01", end: "2026-06-30"}
+  tradfi:
+    source:
+      kind: synthetic
+      seed: 11
+      symbols: 12
+      clusters: 3
+      start: "2025-06-01"
+      end: "2026-06-30"
+      faults: [{kind: toxic_spike, date: "2026-06-30"}]
+    calendar: weekday
+"""
+
+
+@pytest.mark.slow
+def test_the_demo_exits_1_for_a_failed_sleeve_though_the_meta_portfolio_uses_its_last_decision(
+    tmp_path,
+):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    catalog_file = tmp_path / "sleeves.yaml"
+    catalog_file.write_text(FAILING_TUESDAY)
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "TVQ_SLEEVES": str(catalog_file),
+        "TVQ_LAKE": str(tmp_path / "lake"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "TVQ_NOW": "2026-07-01T06:00:00+00:00",
+    }
+
+    def demo(as_of: str) -> subprocess.CompletedProcess:
+        command = [str(BIN / "python"), "-m", "tvq_assets.cli", "demo", "--as-of", as_of]
+        return subprocess.run(
+            command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=1200
+        )
+
+    monday = demo(MONDAY)
+    assert monday.returncode == 0, monday.stdout + monday.stderr
+    tuesday = demo(AS_OF)
+    shown = tuesday.stdout + tuesday.stderr
+    assert tuesday.returncode == 1, shown
+    assert "returns_contract" in tuesday.stdout, shown
+    meta = tuesday.stdout[tuesday.stdout.index("== meta-portfolio") :]
+    assert "(success," in meta, shown
+    assert (
+        "decision of 2026-06-29 (Monday, 1 day, 1 session old); skipped 2026-06-30 run failed"
+        in meta
+    ), shown
+    assert "decision of 2026-06-30 (Tuesday, 0 days, 0 sessions old)" in meta, shown
+    assert "SOME FAILED" in tuesday.stdout

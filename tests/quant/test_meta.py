@@ -15,6 +15,8 @@ def settings(**changes) -> meta.MetaSettings:
         test=10,
         step=10,
         missing="fail",
+        max_decision_age=3,
+        calendars={"crypto": "crypto", "tradfi": "weekday"},
         caps={"crypto": 1.0, "tradfi": 1.0},
         floors={"crypto": 0.0, "tradfi": 0.0},
         cost_rates={"crypto": 0.0014, "tradfi": 0.0006},
@@ -34,6 +36,103 @@ def streams(end: str = "2026-06-30", days: int = 200, seed: int = 3) -> dict[str
         "crypto": pd.Series(random.normal(0.001, 0.03, len(every_day)), index=every_day),
         "tradfi": pd.Series(random.normal(0.0005, 0.01, len(weekdays)), index=weekdays),
     }
+
+
+def decisions_of(
+    runs: dict[str, dict[str, str]], as_of: str, chosen: meta.MetaSettings | None = None
+) -> dict[str, meta.Decision]:
+    """Each sleeve's latest decision from {sleeve: {run date: what its runs left}}."""
+    return meta.latest_decisions(
+        {s: {pd.Timestamp(d): why for d, why in days.items()} for s, days in runs.items()},
+        chosen or settings(),
+        sleeves=list(runs),
+        as_of=pd.Timestamp(as_of),
+    )
+
+
+def fresh(as_of: str, sleeves=("crypto", "tradfi")) -> dict[str, meta.Decision]:
+    """Every sleeve decided on ``as_of`` itself."""
+    return decisions_of({s: {as_of: meta.STORED} for s in sleeves}, as_of)
+
+
+# Sunday 2026-12-06; Friday 2026-12-04; Monday 2026-12-07.
+SUNDAY, FRIDAY, MONDAY = "2026-12-06", "2026-12-04", "2026-12-07"
+
+
+def test_on_a_sunday_the_weekday_sleeves_friday_decision_holds_zero_sessions_old():
+    found = decisions_of({"crypto": {SUNDAY: meta.STORED}, "tradfi": {FRIDAY: meta.STORED}}, SUNDAY)
+    tradfi = found["tradfi"]
+    assert tradfi.date == pd.Timestamp(FRIDAY) and tradfi.usable
+    assert (tradfi.age_days, tradfi.age_sessions) == (2, 0)
+    assert tradfi.skipped == ()  # Saturday and Sunday are no sessions of a weekday sleeve
+    assert tradfi.describe() == "decision of 2026-12-04 (Friday, 2 days, 0 sessions old)"
+    assert found["crypto"].age_sessions == 0 and found["crypto"].date == pd.Timestamp(SUNDAY)
+
+
+def test_on_a_monday_without_its_monday_run_the_friday_decision_is_one_session_old():
+    found = decisions_of({"tradfi": {FRIDAY: meta.STORED}}, MONDAY)["tradfi"]
+    assert (found.age_days, found.age_sessions) == (3, 1) and found.usable
+    assert found.skipped == ((pd.Timestamp(MONDAY), meta.NO_RUN),)
+    monday = decisions_of({"tradfi": {FRIDAY: meta.STORED, MONDAY: meta.STORED}}, MONDAY)
+    assert monday["tradfi"].date == pd.Timestamp(MONDAY) and monday["tradfi"].age_sessions == 0
+
+
+def test_the_day_after_a_failed_run_the_previous_decision_is_used_and_the_failure_named():
+    # The latest run of Monday failed: whatever an older run of Monday stored is not used.
+    found = decisions_of({"crypto": {SUNDAY: meta.STORED, MONDAY: meta.RUN_FAILED}}, MONDAY)[
+        "crypto"
+    ]
+    assert found.date == pd.Timestamp(SUNDAY) and found.usable
+    assert (found.age_days, found.age_sessions) == (1, 1)
+    assert found.skipped == ((pd.Timestamp(MONDAY), meta.RUN_FAILED),)
+    assert found.describe().endswith("; skipped 2026-12-07 run failed")
+
+
+def test_a_run_still_in_progress_is_not_read():
+    found = decisions_of({"crypto": {SUNDAY: meta.STORED, MONDAY: meta.RUN_IN_PROGRESS}}, MONDAY)[
+        "crypto"
+    ]
+    assert found.date == pd.Timestamp(SUNDAY)
+    assert found.skipped == ((pd.Timestamp(MONDAY), meta.RUN_IN_PROGRESS),)
+
+
+def test_a_first_run_has_no_decision_and_names_the_sessions_looked_at():
+    found = decisions_of({"tradfi": {}}, MONDAY)["tradfi"]
+    assert found.date is None and not found.usable and found.age_sessions is None
+    # max_decision_age 3: Monday, Friday, Thursday and Wednesday were looked at.
+    assert [d for d, _ in found.skipped] == list(
+        pd.to_datetime(["2026-12-07", "2026-12-04", "2026-12-03", "2026-12-02"])
+    )
+    assert found.describe().startswith("no stored decision at or before 2026-12-07")
+
+
+def test_a_gap_longer_than_the_bound_makes_the_decision_unusable():
+    # Tuesday 2026-12-01's decision on Monday 2026-12-07: Wed, Thu, Fri, Mon = 4 sessions.
+    found = decisions_of({"tradfi": {"2026-12-01": meta.STORED}}, MONDAY)["tradfi"]
+    assert found.age_sessions == 4 and not found.usable
+    # Wednesday's (3 sessions: Thu, Fri, Mon) is the oldest a bound of 3 accepts.
+    wednesday = decisions_of({"tradfi": {"2026-12-02": meta.STORED}}, MONDAY)["tradfi"]
+    assert wednesday.age_sessions == 3 and wednesday.usable
+    strict = decisions_of({"tradfi": {FRIDAY: meta.STORED}}, MONDAY, settings(max_decision_age=0))
+    assert not strict["tradfi"].usable
+    assert meta.decision_window_start(pd.Timestamp(MONDAY), "weekday", 3) == pd.Timestamp(
+        "2026-12-02"
+    )
+    assert meta.decision_window_start(pd.Timestamp(MONDAY), "crypto", 3) == pd.Timestamp(
+        "2026-12-04"
+    )
+
+
+def test_decisions_after_the_as_of_date_are_never_read():
+    found = decisions_of({"crypto": {SUNDAY: meta.STORED, MONDAY: meta.STORED}}, SUNDAY)
+    assert found["crypto"].date == pd.Timestamp(SUNDAY)
+
+
+def test_a_weekday_sessions_age_counts_only_monday_to_friday():
+    assert meta.sessions_after(pd.Timestamp(FRIDAY), pd.Timestamp(SUNDAY), "weekday") == 0
+    assert meta.sessions_after(pd.Timestamp(FRIDAY), pd.Timestamp(MONDAY), "weekday") == 1
+    assert meta.sessions_after(pd.Timestamp(FRIDAY), pd.Timestamp(MONDAY), "crypto") == 3
+    assert meta.sessions_after(pd.Timestamp(MONDAY), pd.Timestamp(MONDAY), "crypto") == 0
 
 
 def test_weekend_crypto_returns_compound_onto_the_next_common_date():
@@ -83,11 +182,12 @@ def test_data_after_the_as_of_date_never_changes_the_meta_portfolio():
     }
     champions = {"crypto": "a/b", "tradfi": "c/d"}
     sleeves = ["crypto", "tradfi"]
-    reference = meta.decide(base, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of)
+    decided = fresh("2026-06-30", sleeves)
+    reference = meta.decide(base, portfolios, champions, settings(), decisions=decided, as_of=as_of)
     for name in sleeves:
         changed = {**base, name: extended[name]}
         again = meta.decide(
-            changed, portfolios, champions, settings(), sleeves=sleeves, as_of=as_of
+            changed, portfolios, champions, settings(), decisions=decided, as_of=as_of
         )
         pd.testing.assert_frame_equal(again.sleeves, reference.sleeves)
         pd.testing.assert_frame_equal(again.holdings, reference.holdings)
@@ -189,25 +289,86 @@ def test_a_missing_sleeve_fails_or_is_left_out_as_the_rule_says():
     data = streams()
     present = {"crypto": data["crypto"]}
     portfolios = {"crypto": pd.Series({"BTC": 1.0})}
-    with pytest.raises(meta.MissingSleeve, match=r"\['tradfi'\].*'fail'"):
-        meta.decide(
-            present, portfolios, {}, settings(), sleeves=["crypto", "tradfi"], as_of="2026-06-30"
-        )
+    # tradfi's last decision is 8 sessions old on 2026-06-30 (a Tuesday).
+    runs = {"crypto": {"2026-06-30": meta.STORED}, "tradfi": {"2026-06-18": meta.STORED}}
+    decided = decisions_of(runs, "2026-06-30")
+    with pytest.raises(meta.MissingSleeve) as raised:
+        meta.decide(present, portfolios, {}, settings(), decisions=decided, as_of="2026-06-30")
+    message = str(raised.value)
+    assert "['tradfi']" in message and "'fail'" in message
+    assert "max_decision_age = 3" in message
+    assert "decision of 2026-06-18 (Thursday, 12 days, 8 sessions old)" in message
+    assert "allocate_present" in message  # the other way out: crypto is there
     record = meta.decide(
         present,
         portfolios,
         {},
         settings(missing="allocate_present"),
-        sleeves=["crypto", "tradfi"],
+        decisions=decided,
         as_of=pd.Timestamp("2026-06-30"),
     )
     assert record.sleeves.loc["crypto", "weight"] == 1.0
     assert record.sleeves.loc["tradfi", "weight"] == 0.0
-    assert record.missing == {
-        "tradfi": "no stored backtest and portfolio for 2026-06-30 "
-        "(missing_sleeve = allocate_present)"
-    }
+    assert set(record.missing) == {"tradfi"}
+    assert "8 sessions old" in record.missing["tradfi"]
+    assert "missing_sleeve = allocate_present" in record.missing["tradfi"]
+    assert record.sleeves.loc["tradfi", "decision_date"] == pd.Timestamp("2026-06-18")
+    assert record.sleeves.loc["tradfi", "decision_age_sessions"] == 8
     assert set(record.holdings["sleeve"]) == {"crypto"}
+
+
+def test_with_no_sleeve_left_even_allocate_present_fails_saying_nothing_is_left():
+    decided = decisions_of({"crypto": {}, "tradfi": {}}, "2026-06-30")
+    with pytest.raises(meta.MissingSleeve, match="nothing left to allocate") as raised:
+        meta.decide(
+            {}, {}, {}, settings(missing="allocate_present"), decisions=decided, as_of="2026-06-30"
+        )
+    assert "set meta.missing_sleeve" not in str(raised.value)
+
+
+def test_a_meta_portfolio_of_one_sleeve_is_that_sleeve_at_100_percent():
+    data = streams()
+    one = settings(caps={"crypto": 1.0}, floors={"crypto": 0.0}, calendars={"crypto": "crypto"})
+    book = pd.Series({"BTC": 0.75, "ETH": 0.25})
+    record = meta.decide(
+        {"crypto": data["crypto"]},
+        {"crypto": book},
+        {"crypto": "a/b"},
+        one,
+        decisions=fresh("2026-06-30", ("crypto",)),
+        as_of="2026-06-30",
+    )
+    assert record.sleeves["weight"].tolist() == [1.0]
+    holdings = record.holdings.set_index("symbol")["weight"]
+    pd.testing.assert_series_equal(holdings, book, check_names=False, check_index_type=False)
+    # The walk-forward of one sleeve is the sleeve itself, as is the baseline.
+    pd.testing.assert_series_equal(
+        record.returns[meta.META], record.returns[meta.BASELINE], check_names=False
+    )
+
+
+def test_the_record_names_each_sleeves_decision_and_age():
+    data = streams(end=SUNDAY)
+    friday = data["tradfi"][data["tradfi"].index <= FRIDAY]
+    decided = decisions_of(
+        {"crypto": {SUNDAY: meta.STORED}, "tradfi": {FRIDAY: meta.STORED}}, SUNDAY
+    )
+    record = meta.decide(
+        {"crypto": data["crypto"], "tradfi": friday},
+        {"crypto": pd.Series({"BTC": 1.0}), "tradfi": pd.Series({"SPY": 1.0})},
+        {"crypto": "a/b", "tradfi": "c/d"},
+        settings(),
+        decisions=decided,
+        as_of=SUNDAY,
+    )
+    table = record.sleeves
+    assert table["decision_date"].tolist() == [pd.Timestamp(SUNDAY), pd.Timestamp(FRIDAY)]
+    assert table["decision_age_days"].tolist() == [0, 2]
+    assert table["decision_age_sessions"].tolist() == [0, 0]
+    assert table["present"].all() and record.missing == {}
+    # Crypto's Saturday and Sunday wait for the next common date (Monday).
+    assert record.joined.index[-1] == pd.Timestamp(FRIDAY)
+    assert table.loc["crypto", "pending_rows"] == 2
 
 
 def test_walk_forward_charges_each_sleeves_own_costs():

@@ -26,6 +26,16 @@ Conventions:
 - **Firm-wide holdings** (:func:`firm_holdings`): sleeve weight × the sleeve's portfolio, one row
   per (sleeve, symbol); a sleeve whose portfolio is cash keeps its weight as a ``CASH`` row so
   the table still sums to 1 and says where the capital is.
+- **Which decision of a sleeve** (:func:`latest_decision`): the sleeve's latest successful
+  decision at or before the as-of date D: the newest run date d ≤ D whose ``backtest`` and
+  ``portfolio`` were stored by a run and whose latest run did not fail (or is not still running)
+  since. A weekday sleeve's Friday decision holds through the weekend; the day after a failed
+  run, the previous decision holds (it is what the sleeve still holds). Its age is counted in
+  calendar days and in the sleeve's own *sessions* after d up to D (``crypto``: every day;
+  ``weekday``: Monday to Friday, a venue holiday counting as a session without a run). A
+  decision more than ``max_decision_age`` sessions old is not usable: the sleeve is *missing*
+  and the ``missing`` rule applies. Every newer date passed over is recorded with its reason
+  (``no run`` on a session, ``run failed``, ``run in progress``).
 - **Walk-forward** (:func:`walk_forward`): rolling windows on the joined stream that decide on
   the same ``lookback`` rows as the as-of decision, then hold for ``test`` rows every ``step``
   rows; weights decided on the training rows only, held with drift through the test
@@ -52,6 +62,20 @@ BASELINE = "baseline_equal_sleeves"
 _BOUND_TOLERANCE = 1e-9
 
 
+# The days of the week a calendar has sessions on (Monday = 0): a decision's age is counted in
+# the sleeve's own sessions. Venue holidays are not known here: a holiday counts as a weekday
+# session without a run (``max_decision_age`` leaves room for it).
+SESSION_WEEKDAYS: Mapping[str, frozenset[int]] = {
+    "crypto": frozenset(range(7)),
+    "weekday": frozenset(range(5)),
+}
+# What a sleeve's run of one date left behind (see :func:`latest_decision`).
+STORED = "stored"  # backtest and portfolio stored, and no later run of the date failed
+NO_RUN = "no run"  # a session of the sleeve without any run of the date
+RUN_FAILED = "run failed"  # the latest run of the date failed: any older value is not used
+RUN_IN_PROGRESS = "run in progress"  # not settled yet: its value (old or new) is not used
+
+
 class MetaInfeasible(ValueError):
     """Per-sleeve floors and caps admit no fully invested portfolio of the sleeves present."""
 
@@ -65,7 +89,9 @@ class MetaSettings:
     """Every parameter of the meta-portfolio; built only from the catalog's ``meta`` section
     (``tvq_assets.meta.meta_settings``), so it has no defaults of its own.
 
-    lookback, test, step: rows of the joined (common-date) calendar. caps, floors: per
+    lookback, test, step: rows of the joined (common-date) calendar. max_decision_age: the
+    oldest usable decision, in sessions of the sleeve's own calendar (``calendars``: per
+    sleeve, ``crypto`` or ``weekday``; see :func:`latest_decision`). caps, floors: per
     sleeve, fractions of capital. cost_rates: per sleeve, cost per unit of traded notional.
     periods_per_year: per sleeve; the joined stream uses the smallest of those joined.
     ridge: the max_sharpe covariance ridge.
@@ -76,6 +102,8 @@ class MetaSettings:
     test: int
     step: int
     missing: str
+    max_decision_age: int
+    calendars: Mapping[str, str]
     caps: Mapping[str, float]
     floors: Mapping[str, float]
     cost_rates: Mapping[str, float]
@@ -87,10 +115,163 @@ class MetaSettings:
             raise ValueError(f"meta profile {self.profile!r} is not one of {optimise.PROFILES}")
         if self.missing not in MISSING_RULES:
             raise ValueError(f"meta missing rule {self.missing!r} is not one of {MISSING_RULES}")
+        if self.max_decision_age < 0:
+            raise ValueError(f"meta max_decision_age {self.max_decision_age} is negative")
+        for sleeve, calendar in self.calendars.items():
+            if calendar not in SESSION_WEEKDAYS:
+                raise ValueError(
+                    f"sleeve {sleeve!r}: calendar {calendar!r} is not one of "
+                    f"{sorted(SESSION_WEEKDAYS)}"
+                )
 
     def joined_periods_per_year(self, sleeves: Sequence[str]) -> int:
         """Periods per year of the joined stream of ``sleeves`` (see the module docstring)."""
         return min(int(self.periods_per_year[s]) for s in sleeves)
+
+
+# --------------------------------------------------------------------------------------------
+# Which decision of each sleeve
+# --------------------------------------------------------------------------------------------
+def is_session(day: pd.Timestamp, calendar: str) -> bool:
+    """True when ``day`` is a session of ``calendar`` (see :data:`SESSION_WEEKDAYS`)."""
+    return pd.Timestamp(day).dayofweek in SESSION_WEEKDAYS[calendar]
+
+
+def sessions_after(day: pd.Timestamp, as_of: pd.Timestamp, calendar: str) -> int:
+    """Sessions of ``calendar`` in ``(day, as_of]``: how many sessions a decision of ``day``
+    has missed by ``as_of`` (0 for Friday's decision of a weekday sleeve on Sunday)."""
+    days = pd.date_range(pd.Timestamp(day) + pd.Timedelta(days=1), pd.Timestamp(as_of), freq="D")
+    return int(np.isin(days.dayofweek, sorted(SESSION_WEEKDAYS[calendar])).sum())
+
+
+def decision_window_start(as_of: pd.Timestamp, calendar: str, max_age: int) -> pd.Timestamp:
+    """The oldest date whose decision is at most ``max_age`` sessions old at ``as_of``: the
+    ``(max_age + 1)``-th session of ``calendar`` on or before ``as_of``."""
+    day, found = pd.Timestamp(as_of).normalize(), 0
+    while True:
+        found += is_session(day, calendar)
+        if found == max_age + 1:
+            return day
+        day -= pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A sleeve's latest successful decision at or before the meta-portfolio's date ``as_of``.
+
+    date: the run date of the decision used (None: no stored decision known at or before
+    ``as_of``). age_days: calendar days from ``date`` to ``as_of``; age_sessions: the sleeve's
+    sessions in ``(date, as_of]``. skipped: the newer dates passed over, newest first, each with
+    why (:data:`NO_RUN`, :data:`RUN_FAILED`, :data:`RUN_IN_PROGRESS`). usable: the decision is
+    at most ``max_age`` sessions old.
+    """
+
+    sleeve: str
+    as_of: pd.Timestamp
+    calendar: str
+    max_age: int
+    date: pd.Timestamp | None
+    skipped: tuple[tuple[pd.Timestamp, str], ...]
+
+    @property
+    def age_days(self) -> int | None:
+        return None if self.date is None else int((self.as_of - self.date).days)
+
+    @property
+    def age_sessions(self) -> int | None:
+        return None if self.date is None else sessions_after(self.date, self.as_of, self.calendar)
+
+    @property
+    def usable(self) -> bool:
+        return self.date is not None and self.age_sessions <= self.max_age
+
+    def skipped_text(self, limit: int = 5) -> str:
+        """``2026-12-07 run failed, 2026-12-04 no run`` (the newest ``limit``), or ``""``."""
+        shown = [f"{day:%Y-%m-%d} {why}" for day, why in self.skipped[:limit]]
+        more = len(self.skipped) - limit
+        return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+    def describe(self) -> str:
+        """``decision of 2026-12-04 (Friday, 2 days, 0 sessions old)``, with what was skipped."""
+        return describe_decision(
+            self.date, self.age_days, self.age_sessions, self.skipped_text(), as_of=self.as_of
+        )
+
+
+def describe_decision(
+    date: pd.Timestamp | None,
+    age_days: int | None,
+    age_sessions: int | None,
+    skipped: str,
+    *,
+    as_of: pd.Timestamp,
+) -> str:
+    """``decision of 2026-12-04 (Friday, 2 days, 0 sessions old); skipped 2026-12-07 run
+    failed``, or ``no stored decision at or before 2026-12-06`` (see :class:`Decision`)."""
+    if date is None or pd.isna(date):
+        found = f"no stored decision at or before {pd.Timestamp(as_of):%Y-%m-%d}"
+    else:
+        days, sessions = int(age_days), int(age_sessions)
+        found = (
+            f"decision of {pd.Timestamp(date):%Y-%m-%d} ({pd.Timestamp(date):%A}, {days} day"
+            f"{'' if days == 1 else 's'}, {sessions} session{'' if sessions == 1 else 's'} old)"
+        )
+    return found + (f"; skipped {skipped}" if skipped else "")
+
+
+def latest_decision(
+    sleeve: str,
+    runs: Mapping[pd.Timestamp, str],
+    *,
+    calendar: str,
+    as_of: pd.Timestamp,
+    max_age: int,
+) -> Decision:
+    """The sleeve's latest successful decision at or before ``as_of``.
+
+    ``runs``: what the sleeve's runs left per run date: :data:`STORED`, or why that date holds
+    no usable decision (:data:`RUN_FAILED`, :data:`RUN_IN_PROGRESS`, or another reason). A date
+    absent from ``runs`` had no run. Dates after ``as_of`` are never read. It should cover at
+    least the dates from :func:`decision_window_start` to ``as_of``: sessions before that start
+    without an entry are not reported as skipped (they are too old to matter).
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    known = {pd.Timestamp(day).normalize(): why for day, why in runs.items()}
+    known = {day: why for day, why in known.items() if day <= as_of}
+    stored = [day for day, why in known.items() if why == STORED]
+    date = max(stored) if stored else None
+    looked_from = decision_window_start(as_of, calendar, max_age)
+    first = date + pd.Timedelta(days=1) if date is not None else looked_from
+    skipped = []
+    for day in pd.date_range(first, as_of, freq="D")[::-1]:
+        if day in known:
+            skipped.append((day, known[day]))
+        elif day >= looked_from and is_session(day, calendar):
+            skipped.append((day, NO_RUN))
+    if date is None:  # runs older than the window that left nothing usable, for the record
+        skipped += [(day, known[day]) for day in sorted(known, reverse=True) if day < first]
+    return Decision(sleeve, as_of, calendar, max_age, date, tuple(skipped))
+
+
+def latest_decisions(
+    runs: Mapping[str, Mapping[pd.Timestamp, str]],
+    settings: MetaSettings,
+    *,
+    sleeves: Sequence[str],
+    as_of: pd.Timestamp,
+) -> dict[str, Decision]:
+    """:func:`latest_decision` of every sleeve of ``sleeves`` (``runs``: per sleeve; a sleeve
+    absent from it never ran), each on its own calendar."""
+    return {
+        s: latest_decision(
+            s,
+            runs.get(s, {}),
+            calendar=settings.calendars[s],
+            as_of=as_of,
+            max_age=settings.max_decision_age,
+        )
+        for s in sleeves
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,18 +528,27 @@ def walk_forward(joined: pd.DataFrame, settings: MetaSettings) -> MetaBacktest:
 
 
 def present_sleeves(
-    expected: Sequence[str], present: Sequence[str], *, rule: str, where: str
-) -> tuple[list[str], list[str]]:
-    """(sleeves to allocate, sleeves missing). Raises :class:`MissingSleeve` under ``fail`` (or
-    when none is present) naming the missing sleeves and the rule."""
-    missing = [s for s in expected if s not in present]
-    chosen = [s for s in expected if s in present]
+    decisions: Mapping[str, Decision], *, rule: str, where: str
+) -> tuple[list[str], dict[str, str]]:
+    """(sleeves to allocate, {missing sleeve: why}): a sleeve is missing when it has no usable
+    decision (:attr:`Decision.usable`). Raises :class:`MissingSleeve` under ``fail`` (or when
+    none is left) naming each missing sleeve, what was found of it and the rule."""
+    chosen = [s for s, d in decisions.items() if d.usable]
+    unusable = {s: d for s, d in decisions.items() if not d.usable}
+    missing = {
+        s: f"no usable decision within max_decision_age = {d.max_age} session(s): {d.describe()} "
+        f"(missing_sleeve = {rule})"
+        for s, d in unusable.items()
+    }
     if missing and (rule == "fail" or not chosen):
+        [bound] = {d.max_age for d in unusable.values()}
+        found = "; ".join(f"{s}: {d.describe()}" for s, d in unusable.items())
         raise MissingSleeve(
-            f"{where}: sleeve(s) {missing} have no successful backtest and portfolio for this "
-            f"date (rule missing_sleeve = {rule!r}"
-            + (": nothing left to allocate" if not chosen else "")
-            + "); materialise them first, or set meta.missing_sleeve: allocate_present"
+            f"{where}: sleeve(s) {list(missing)} have no usable decision within "
+            f"meta.max_decision_age = {bound} of their own sessions ({found}; rule missing_sleeve "
+            f"= {rule!r}" + (": nothing left to allocate" if not chosen else "") + "). Run them "
+            "for a recent date (`tvq demo --sleeve NAME`, or a backfill)"
+            + (", or set meta.missing_sleeve: allocate_present" if chosen else "")
         )
     return chosen, missing
 
@@ -372,7 +562,10 @@ class MetaRecord:
 
     sleeves: one row per sleeve of the meta-portfolio (present or not): ``weight`` (0 when
         missing), ``raw_weight`` (the profile's, before floors and caps), ``cap``, ``floor``,
-        ``champion``, ``present`` and ``missing_reason``.
+        ``champion``, ``present`` and ``missing_reason``; the sleeve's decision used
+        (:func:`latest_decision`): ``decision_date`` (NaT when none is known),
+        ``decision_age_days``, ``decision_age_sessions`` and ``skipped`` (the newer dates passed
+        over, with why).
     holdings: firm-wide (sleeve, symbol) weights (:func:`firm_holdings`).
     joined: the sleeves' champion returns on the common dates (:func:`join_calendars`).
     returns, turnover, targets, metrics: the meta walk-forward (:func:`walk_forward`).
@@ -398,18 +591,25 @@ def decide(
     champions: Mapping[str, str],
     settings: MetaSettings,
     *,
-    sleeves: Sequence[str],
+    decisions: Mapping[str, Decision],
     as_of: pd.Timestamp,
     where: str = "meta_portfolio",
 ) -> MetaRecord:
-    """The meta-portfolio as of ``as_of`` from the sleeves present (keys of ``streams``, the
-    champions' out-of-sample returns; ``portfolios``: each sleeve's weight by symbol).
+    """The meta-portfolio as of ``as_of`` across the sleeves of ``decisions`` (each sleeve's
+    :func:`latest_decision`, in the meta-portfolio's order). ``streams`` (the champions'
+    out-of-sample returns), ``portfolios`` (weight by symbol) and ``champions``: of each sleeve
+    with a usable decision, read from that decision's run.
 
-    Sleeves of ``sleeves`` absent from ``streams`` follow ``settings.missing``
-    (:func:`present_sleeves`). Raises :class:`MetaInfeasible` when fewer than two joined dates
-    are left to estimate the weights of several sleeves.
+    Sleeves without a usable decision follow ``settings.missing`` (:func:`present_sleeves`).
+    Raises :class:`MetaInfeasible` when fewer than two joined dates are left to estimate the
+    weights of several sleeves.
     """
-    chosen, _ = present_sleeves(sleeves, list(streams), rule=settings.missing, where=where)
+    as_of = pd.Timestamp(as_of)
+    sleeves = list(decisions)
+    chosen, missing = present_sleeves(decisions, rule=settings.missing, where=where)
+    unread = [s for s in chosen if s not in streams or s not in portfolios]
+    if unread:
+        raise ValueError(f"{where}: no returns or portfolio given for usable sleeve(s) {unread}")
     joined = join_calendars({s: streams[s] for s in chosen}, as_of=as_of)
     window = joined.returns.tail(settings.lookback)
     if len(chosen) > 1 and len(window) < 2:
@@ -422,26 +622,26 @@ def decide(
     backtest = walk_forward(joined.returns, settings)
     table = pd.DataFrame(
         {
-            "weight": decided.weights.reindex(list(sleeves)).fillna(0.0),
-            "raw_weight": decided.raw.reindex(list(sleeves)).fillna(0.0),
+            "weight": decided.weights.reindex(sleeves).fillna(0.0),
+            "raw_weight": decided.raw.reindex(sleeves).fillna(0.0),
             "cap": [float(settings.caps[s]) for s in sleeves],
             "floor": [float(settings.floors[s]) for s in sleeves],
-            "champion": [str(champions.get(s, "")) for s in sleeves],
+            "champion": [str(champions.get(s, "")) if s in chosen else "" for s in sleeves],
             "present": [s in chosen for s in sleeves],
-            "missing_reason": [
-                ""
-                if s in chosen
-                else f"no stored backtest and portfolio for {as_of:%Y-%m-%d} "
-                f"(missing_sleeve = {settings.missing})"
-                for s in sleeves
-            ],
+            "missing_reason": [missing.get(s, "") for s in sleeves],
+            "decision_date": pd.to_datetime([decisions[s].date for s in sleeves]),
+            "decision_age_days": pd.array([decisions[s].age_days for s in sleeves], "Int64"),
+            "decision_age_sessions": pd.array(
+                [decisions[s].age_sessions for s in sleeves], "Int64"
+            ),
+            "skipped": [decisions[s].skipped_text(limit=10) for s in sleeves],
             "compounded_rows": [
                 int(joined.compounded[s].tail(settings.lookback).sum()) if s in chosen else 0
                 for s in sleeves
             ],
             "pending_rows": [int(joined.pending.get(s, 0)) for s in sleeves],
         },
-        index=pd.Index(list(sleeves), name="sleeve"),
+        index=pd.Index(sleeves, name="sleeve"),
     )
     holdings = firm_holdings(decided.weights, {s: portfolios[s] for s in chosen})
     return MetaRecord(

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import resources_for, start_daemon, stop
@@ -489,16 +492,22 @@ def test_the_committed_instance_monitors_runs_and_retries_only_crashed_ones(tmp_
 
 def test_the_window_cache_is_surveyed_apart_from_values_and_pruned_by_age(cli_home, capsys):
     from tvq_assets import cli
-    from tvq_resources.window_cache import LEFTOVER_SECONDS, lake_window_cache
+    from tvq_resources.window_cache import LEFTOVER_SECONDS, WindowCache, lake_window_cache
 
     lake = ParquetLake(root=str(cli_home))
     lake.write(["bars"], "tradfi", _bars())
     cache = lake_window_cache(lake)
     frame = pd.DataFrame({"window": [1, 2], "weight": [0.25, 0.75]})
     old, new, bad = "a1" + "0" * 38, "b2" + "0" * 38, "c3" + "0" * 38
-    for key in (old, new, bad):
+    forged, foreign = "d4" + "0" * 38, "e5" + "0" * 38
+    for key in (old, new, bad, forged):
         cache.put(key, frame)
     _truncate(cache.path(bad))
+    # Someone who can write the lake but not read DAGSTER_HOME: an entry altered with its content
+    # digest recomputed, and one signed with another secret (another instance's).
+    forge_entry(cache.path(forged), weight=[0.75, 0.25])
+    WindowCache(cache.root, secret=b"another instance" * 2).put(foreign, frame)
+    assert cache.get(forged) is None and cache.get(foreign) is None
     week_ago = time.time() - 7 * 86400
     os.utime(cache.path(old), (week_ago, week_ago))
     killed = cache.path(new).parent / f".{new}.parquet.x.tmp"
@@ -512,11 +521,53 @@ def test_the_window_cache_is_surveyed_apart_from_values_and_pruned_by_age(cli_ho
     assert cli.main(["lake", "verify"]) == 0
     out = capsys.readouterr().out
     assert "cache[" not in out and "0 damaged value(s); 0 leftover(s)" in out
-    assert "3 entries" in out and "1 unreadable, 1 leftover(s)" in out
+    assert "5 entries" in out and "3 unreadable, 1 leftover(s)" in out
     assert cli.main(["lake", "prune-cache", "--older-than", "3"]) == 0
-    assert "removed 2 entries" in capsys.readouterr().out
+    assert "removed 4 entries" in capsys.readouterr().out
     assert [path.stem for path in cache.entries()] == [new]
     assert not killed.exists() and writing.exists()  # a young temporary file may be in use
     assert cache.get(new) is not None
     assert cli.main(["lake", "prune-cache"]) == 0
     assert len(cache) == 0
+
+
+def forge_entry(path: Path, **columns) -> None:
+    """Rewrite a window-cache entry with changed columns and its content digest recomputed (what
+    anyone who can write the lake can do), keeping its old HMAC."""
+    from tvq_resources.window_cache import CONTENT_KEY, content_digest
+
+    frame = pq.read_table(path).to_pandas()
+    for name, values in columns.items():
+        frame[name] = values
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**pq.read_schema(path).metadata, CONTENT_KEY: content_digest(frame).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def test_the_instance_secret_is_created_once_under_dagster_home_readable_by_its_owner_only(
+    cli_home,
+):
+    from tvq_resources.window_cache import instance_secret
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    secret = instance_secret()
+    path = home / "secrets" / "window_cache.key"
+    assert path.read_bytes() == secret and len(secret) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert instance_secret() == secret  # read, not replaced
+    assert not str(cli_home).startswith(str(home))  # the lake is elsewhere (it may be a bucket)
+
+
+def test_lake_verify_reports_a_value_whose_manifest_names_code_as_damaged(cli_home, capsys):
+    from tvq_assets import cli
+
+    lake = ParquetLake(root=str(cli_home))
+    folder = lake.write(["backtest"], "2026-06-30|crypto", {"argv": pd.DataFrame({"lake": [1]})})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "type": "tvq_assets.cli:main"}))
+    assert cli.main(["lake", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "damaged  backtest[2026-06-30|crypto]" in out
+    assert "'tvq_assets.cli:main' is not a registered record type" in out
+    assert "1 damaged value(s)" in out

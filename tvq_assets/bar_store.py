@@ -24,9 +24,10 @@ manifest names, which ``tvq lake verify`` lists as a leftover and ``tvq lake cle
 The caller holds the value's writer lock (``ParquetLake.writer``) across read-merge-write.
 
 The manifest stays a valid lake bundle (``{"tables": {name: file}, "type": ...}``) whose type is
-:func:`assemble`, so ``ParquetLake.read`` returns the whole ``BarHistory`` and ``verify``,
-``clean`` and ``quarantine`` work on it unchanged. Only path operations that ``UPath`` also
-supports are used here (``/``, ``open``, ``exists``, ``unlink``, ``iterdir``).
+the registered record ``BarStore`` (decoded by :func:`assemble`), so ``ParquetLake.read`` returns
+the whole ``BarHistory`` and ``verify``, ``clean`` and ``quarantine`` work on it unchanged. Only
+path operations that ``UPath`` also supports are used here (``/``, ``open``, ``exists``, ``unlink``,
+``iterdir``).
 """
 
 import io
@@ -45,13 +46,16 @@ import pyarrow.parquet as pq
 from tvq_assets.quant import bars as bar_lake
 from tvq_resources import lake as lake_module
 from tvq_resources.lake import MANIFEST, ParquetLake
+from tvq_resources.records import register_decoder
 
 ASSET = ("bars",)
 BASE = "bars"  # the base segment's table name (also what the lake's bundle called the bars)
 COMPACT_AFTER = 16  # live segments beyond which a write compacts them into one base segment
 ROW_GROUP = 32_768  # rows per Parquet row group: the unit a date filter can skip
 VERSION = 1
-_ASSEMBLE = "tvq_assets.bar_store:assemble"
+# The record type the manifest names (registered below with its table names); stores written
+# before the registry name the decoder by its import path, which still resolves to it.
+RECORD = "BarStore"
 _SCHEMA = pa.schema(
     [
         ("symbol", pa.string()),
@@ -203,6 +207,16 @@ def assemble(**tables: pd.DataFrame) -> bar_lake.BarHistory:
         defects=bar_lake.empty_defects() if defects is None else defects,
         revisions=bar_lake.empty_revisions() if revisions is None else revisions,
     )
+
+
+# The base segment, numbered segments, defects and revisions; any other table is refused.
+register_decoder(
+    RECORD,
+    assemble,
+    required=("defects", "revisions"),
+    more=rf"{BASE}(_\d{{5}})?",
+    legacy=("tvq_assets.bar_store:assemble",),
+)
 
 
 def _defects_and_revisions(
@@ -443,7 +457,7 @@ def write(
                 written.append(tables[name])
         manifest = {
             "tables": {**{s.table: s.file for s in segments}, **tables},
-            "type": _ASSEMBLE,
+            "type": RECORD,
             "series": [],
             "bar_store": {
                 "version": VERSION,

@@ -6,7 +6,9 @@ every path of the lake is then a ``pathlib.Path`` or a ``upath.UPath`` and the h
 ``exclusive``) take either. A value is either one DataFrame (one file) or a bundle of named
 tables (a folder holding one file per table plus a manifest): a ``dict[str, DataFrame]``, or a
 typed value — a frozen dataclass whose fields are DataFrames or Series, rebuilt as that class on
-read (the manifest names the class; only classes of this project's packages are ever imported).
+read. The manifest names a registered record type (``tvq_resources.records``), never code: a name
+that is not registered, or tables that do not fit the type, is a ``LakeReadError``, and nothing
+named by stored data is ever imported or called.
 
 Writes never leave a half file and never replace a good value with a broken one. On a local disk
 a file is written to a temporary file in the same folder, fsynced and moved into place with
@@ -36,7 +38,6 @@ read error always names the asset, partition and file.
 import contextlib
 import dataclasses
 import fcntl
-import importlib
 import io
 import json
 import os
@@ -54,8 +55,9 @@ import dagster as dg
 import pandas as pd
 from upath import UPath
 
+from tvq_resources import records
+
 MANIFEST = "manifest.json"
-TRUSTED_PACKAGES = ("tvq_assets", "tvq_checks", "tvq_resources")
 # Input metadata marking an asset's own previous run partition (a declared self-dependency): a
 # missing one (a first run, a gap) loads as None instead of failing.
 PREVIOUS_RUN = "previous_run"
@@ -336,21 +338,39 @@ def _tables_of(value: object) -> tuple[dict[str, pd.DataFrame], dict]:
             series.append(f.name)
             item = item.to_frame(name=item.name if item.name is not None else f.name)
         tables[f.name] = item
+    name = records.name_of(value)
+    if name is None:
+        raise TypeError(_unregistered(value))
+    return tables, {"type": name, "series": series}
+
+
+def _unregistered(value: object) -> str:
     kind = type(value)
-    return tables, {"type": f"{kind.__module__}:{kind.__qualname__}", "series": series}
+    return (
+        f"{kind.__module__}.{kind.__qualname__} is not a registered record type: decorate the "
+        "class with tvq_resources.records.lake_record so that the lake can read it back"
+    )
 
 
-def _rebuild(tables: dict[str, pd.DataFrame], manifest: dict, where: LakePath) -> object:
-    kind = manifest.get("type")
+def _record_type(manifest: dict) -> "records.RecordType | None":
+    """The registered type a manifest names, its tables checked against it (None: a dict of
+    tables); raises ``RecordError`` naming the rule. Runs before any table is read."""
+    if "type" not in manifest:
+        return None
+    kind = records.lookup(manifest["type"])
+    series = manifest.get("series", [])
+    if not isinstance(series, list):
+        raise records.RecordError(f"`series` must be a list of field names, not {series!r}")
+    kind.check(list(manifest["tables"]), series)
+    return kind
+
+
+def _rebuild(kind: "records.RecordType | None", tables: dict, manifest: dict) -> object:
     if kind is None:
         return tables
-    module, _, name = kind.partition(":")
-    if module.split(".")[0] not in TRUSTED_PACKAGES:
-        raise ValueError(f"{where}: refusing to rebuild {kind!r}, not a class of this project")
-    cls = getattr(importlib.import_module(module), name)
     for column in manifest.get("series", []):
         tables[column] = tables[column].iloc[:, 0]
-    return cls(**tables)
+    return kind.build(**tables)
 
 
 def write_file(data: bytes, path: LakePath) -> None:
@@ -416,10 +436,19 @@ def read_bundle(folder: LakePath, *, what: str | None = None) -> object:
     if not path.exists():
         raise FileNotFoundError(f"no bundle at {folder} (missing {MANIFEST})")
     manifest = _load_manifest(path, what=what)
+    try:
+        kind = _record_type(manifest)
+    except records.RecordError as error:
+        raise LakeReadError(_damaged(what, path, error), path) from error
     tables = {
         name: read_table(folder / file, what=what) for name, file in manifest["tables"].items()
     }
-    return _rebuild(tables, manifest, folder)
+    try:
+        return _rebuild(kind, tables, manifest)
+    except (TypeError, ValueError, KeyError, IndexError) as error:
+        # Tables of the right names whose content the type refuses (e.g. a Series field
+        # stored with no column).
+        raise LakeReadError(_damaged(what, path, error), path) from error
 
 
 def read_table(path: LakePath, *, what: str) -> pd.DataFrame:
@@ -558,6 +587,8 @@ class ParquetLake(dg.ConfigurableResource):
                 "the Parquet lake stores DataFrames, dicts of DataFrames or frozen dataclasses "
                 f"of DataFrames/Series, not {type(value).__name__}"
             )
+        if is_typed_value(value) and records.name_of(value) is None:
+            raise TypeError(_unregistered(value))  # never write what no reader could decode
         with self.writer(asset, partition):
             for leftover in base.parent.glob(f".{glob_escape(base.name)}.*.tmp"):
                 leftover.unlink(missing_ok=True)

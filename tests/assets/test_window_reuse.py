@@ -164,6 +164,62 @@ def test_changed_parameters_or_data_miss_and_a_damaged_entry_is_recomputed(bars,
     assert store.get(targets[0].stem) is not None and store.get(targets[1].stem) is not None
 
 
+@pytest.mark.slow
+def test_an_entry_the_lake_s_writers_altered_is_a_miss_and_the_decision_is_the_untampered_one(
+    bars, tmp_path
+):
+    # Whoever can write the lake can alter an entry and recompute its content digest; without
+    # the instance secret they cannot make its HMAC, so the run recomputes and rewrites it.
+    store = WindowCache(tmp_path, secret=b"this instance's secret, 32 bytes")
+    today = run_window(bars, ANCHOR, STATELESS)
+    first = policy.tournament(today, STATELESS, incumbent=None, cache=store)
+    targets = [
+        f for f in sorted(tmp_path.glob("*/*.parquet")) if "policy" in pq.read_schema(f).names
+    ]
+    for entry in targets:
+        frame = pq.read_table(entry).to_pandas()
+        frame["weight"] = frame["weight"].to_numpy()[::-1]  # every window holds other weights
+        forge(entry, frame)
+        assert store.get(entry.stem) is None
+    again = policy.tournament(today, STATELESS, incumbent=None, cache=store)
+    assert again.reuse.windows_computed == first.reuse.windows == len(targets)
+    assert_same(first, again, today.history.index)
+    assert again.verdict == first.verdict  # the champion
+    assert all(store.get(entry.stem) is not None for entry in targets)  # rewritten
+
+
+def forge(entry, frame: pd.DataFrame, keep_mac: bool = True) -> None:
+    """Write ``frame`` to ``entry`` with its content digest recomputed (and the old HMAC kept)."""
+    from tvq_resources.window_cache import CONTENT_KEY, MAC_KEY, content_digest
+
+    metadata = dict(pq.read_schema(entry).metadata)
+    metadata[CONTENT_KEY] = content_digest(frame).encode()
+    if not keep_mac:
+        metadata.pop(MAC_KEY)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table.replace_schema_metadata(metadata), entry)
+
+
+def test_an_entry_is_accepted_only_by_the_instance_that_wrote_it(tmp_path):
+    ours = WindowCache(tmp_path, secret=b"a" * 32)
+    frame = keys.targets_frame({"a/b": pd.Series([0.25, 0.75], index=["X", "Y"])})
+    key = keys.key("targets", "slice")
+    ours.put(key, frame)
+    pd.testing.assert_frame_equal(ours.get(key), frame)
+    assert WindowCache(tmp_path, secret=b"b" * 32).get(key) is None  # another instance's key
+    (tmp_path / key[:2] / f"{key[:-2]}00.parquet").write_bytes(ours.path(key).read_bytes())
+    assert ours.get(f"{key[:-2]}00") is None  # an entry copied under another key
+    forge(ours.path(key), frame)
+    assert ours.get(key) is not None  # (the same content and digest: still ours)
+    forge(ours.path(key), frame.assign(weight=[0.75, 0.25]))
+    assert ours.get(key) is None
+    ours.put(key, frame)
+    forge(ours.path(key), frame, keep_mac=False)  # as written before entries carried an HMAC
+    assert ours.get(key) is None
+    assert [p.stem for p in ours.survey().unreadable] == sorted([key, f"{key[:-2]}00"])
+    assert "secret" not in repr(ours) and "a" * 32 not in repr(ours)
+
+
 def test_an_entry_with_foreign_columns_or_dtypes_is_a_miss():
     good = keys.targets_frame({"a/b": pd.Series([0.25, 0.75], index=["X", "Y"])})
     assert keys.checked(good, keys.TARGET_COLUMNS) is not None

@@ -1,5 +1,6 @@
 """The Parquet lake: round trips, partition paths, and writes that fail without damage."""
 
+import dataclasses
 import json
 import re
 import time
@@ -9,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tvq_resources import records
 from tvq_resources.lake import MANIFEST, LakeBusy, LakeReadError, ParquetLake
+from tvq_resources.records import lake_record
 
 KEY = "2026-11-20|crypto"
 
@@ -240,32 +243,159 @@ def test_a_typed_value_round_trips_as_its_own_class(tmp_path):
     pd.testing.assert_frame_equal(back.history, window.history, check_freq=False)
 
 
-def test_a_series_field_comes_back_as_a_series(tmp_path):
-    import dataclasses
+@lake_record
+@dataclasses.dataclass(frozen=True)
+class SeriesPair:
+    """A record type of this test: one Series field, one DataFrame field."""
 
-    from tvq_resources import lake as lake_module
+    weights: pd.Series
+    table: pd.DataFrame
 
+
+def test_a_series_field_comes_back_as_a_series(lake):
+    value = SeriesPair(
+        pd.Series([0.5, 0.5], index=pd.Index(["A", "B"], name="symbol"), name="weight"),
+        pd.DataFrame({"x": [1]}),
+    )
+    folder = lake.write(["x"], KEY, value)
+    assert json.loads((folder / MANIFEST).read_text())["series"] == ["weights"]
+    back = lake.read(["x"], KEY)
+    assert type(back) is SeriesPair
+    pd.testing.assert_series_equal(back.weights, value.weights)
+
+
+def test_a_dataclass_that_is_not_a_registered_record_type_is_not_written(lake, tmp_path):
     @dataclasses.dataclass(frozen=True)
-    class Pair:
-        weights: pd.Series
+    class Unregistered:
         table: pd.DataFrame
 
-    value = Pair(pd.Series([0.5, 0.5], index=["A", "B"], name="weight"), pd.DataFrame({"x": [1]}))
-    tables, describe = lake_module._tables_of(value)
-    assert describe["series"] == ["weights"]
-    assert list(tables["weights"].columns) == ["weight"]
+    with pytest.raises(TypeError, match="not a registered record type"):
+        lake.write(["x"], KEY, Unregistered(pd.DataFrame({"a": [1]})))
+    assert files_under(tmp_path) == []
 
 
-def test_a_manifest_naming_a_foreign_class_is_refused(tmp_path):
-    import json
+# Stored data is data: a manifest names a registered record type, never code.
 
-    lake = ParquetLake(root=str(tmp_path))
-    folder = lake.write(["x"], "2026-01-01|crypto", {"t": pd.DataFrame({"a": [1]})})
+TRIPPED: list[dict] = []
+
+
+def _trip(**tables):
+    """A registered decoder that records being called: a refusal must leave TRIPPED empty."""
+    TRIPPED.append(tables)
+    return tables
+
+
+records.register_decoder("Tripwire", _trip, required=("a", "b"), optional=("c",))
+
+
+@pytest.fixture
+def tripwire():
+    TRIPPED.clear()
+    yield TRIPPED
+    TRIPPED.clear()
+
+
+def craft(lake, tmp_path, kind, tables=("a", "b"), series=None):
+    """A bundle of ``tables`` (one small table each) whose manifest names ``kind``."""
+    folder = lake.write(["x"], KEY, {t: pd.DataFrame({"argv": ["lake", "clean"]}) for t in tables})
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["type"] = "os:system"
+    manifest["type"] = kind
+    if series is not None:
+        manifest["series"] = series
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="refusing to rebuild"):
-        lake.read(["x"], "2026-01-01|crypto")
+    return folder
+
+
+def test_the_tripwire_fires_when_its_tables_are_right(lake, tmp_path, tripwire):
+    craft(lake, tmp_path, "Tripwire")
+    assert set(lake.read(["x"], KEY)) == {"a", "b"} and len(tripwire) == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "tables", "rule"),
+    [
+        ("tvq_assets.cli:main", ("argv",), "is not a registered record type"),
+        ("tvq_resources.lake:Crafted", ("a", "b"), "is not a registered record type"),
+        ("builtins:eval", ("source",), "is not a registered record type"),
+        ("os:system", ("command",), "is not a registered record type"),
+    ],
+)
+def test_a_manifest_naming_code_is_refused_and_nothing_runs(
+    lake, tmp_path, monkeypatch, target, tables, rule
+):
+    # Each target, if it were looked up and called, would create `ran`: the project's CLI, a
+    # class planted in a project module (as before, any callable of a project package was
+    # rebuilt), and the builtins.
+    import builtins
+
+    from tvq_assets import cli
+    from tvq_resources import lake as lake_module
+
+    ran = tmp_path / "ran"
+    monkeypatch.setattr(cli, "main", lambda *a, **k: ran.touch())
+    monkeypatch.setattr(lake_module, "Crafted", lambda *a, **k: ran.touch(), raising=False)
+    monkeypatch.setattr(builtins, "eval", lambda *a, **k: ran.touch())
+    folder = craft(lake, tmp_path, target, tables)
+    with pytest.raises(LakeReadError) as error:
+        lake.read(["x"], KEY)
+    message = str(error.value)
+    assert message.startswith(f"x[{KEY}]: cannot read {folder / MANIFEST}")
+    assert rule in message and "RecordError" in message
+    assert not ran.exists()
+    damaged = [p for p in lake.verify() if p.kind == "damaged"]
+    assert [(p.asset, p.path) for p in damaged] == [("x", folder / MANIFEST)]
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize(
+    ("tables", "series", "rule"),
+    [
+        (("a", "b", "surplus"), None, r"table\(s\) \['surplus'\] are not fields"),
+        (("a",), None, r"needs table\(s\) \['b'\]"),
+        (("a", "b"), ["unknown"], r"`series` names \['unknown'\]"),
+        (("a", "b"), "a", "`series` must be a list"),
+    ],
+)
+def test_a_registered_type_with_tables_that_do_not_fit_is_refused_before_it_is_built(
+    lake, tmp_path, tripwire, tables, series, rule
+):
+    folder = craft(lake, tmp_path, "Tripwire", tables, series)
+    with pytest.raises(LakeReadError, match=rule) as error:
+        lake.read(["x"], KEY)
+    assert str(folder / MANIFEST) in str(error.value)
+    assert tripwire == []
+    assert [p.kind for p in lake.verify()] == ["damaged"] and tripwire == []
+
+
+def test_a_record_class_with_a_table_too_many_or_too_few_is_refused(lake, tmp_path):
+    from tvq_assets.quant.policy import SelectionRecord
+
+    frame = pd.DataFrame({"x": [1.0]})
+    folder = lake.write(["selection"], KEY, SelectionRecord(winners=frame, audit=frame))
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    assert manifest["type"] == "SelectionRecord"
+    for tables, rule in (
+        ({**manifest["tables"], "decide": manifest["tables"]["audit"]}, "not fields"),
+        ({"winners": manifest["tables"]["winners"]}, "needs table"),
+    ):
+        path.write_text(json.dumps({**manifest, "tables": tables}))
+        with pytest.raises(LakeReadError, match=rule):
+            lake.read(["selection"], KEY)
+
+
+def test_a_value_stored_before_the_registry_loads_by_its_module_path(lake):
+    from tvq_assets.quant.policy import SelectionRecord
+
+    frame = pd.DataFrame({"x": [1.0]})
+    folder = lake.write(["selection"], KEY, SelectionRecord(winners=frame, audit=frame))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["type"] = "tvq_assets.quant.policy:SelectionRecord"  # what the lake used to write
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    back = lake.read(["selection"], KEY)
+    assert type(back) is SelectionRecord
+    pd.testing.assert_frame_equal(back.winners, frame)
+    assert lake.verify() == []
 
 
 # One writer per value, readable errors, leftovers of killed writes.

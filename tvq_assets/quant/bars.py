@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.quant import quality
+from tvq_resources.records import lake_record
 
 BAR_COLUMNS = ("symbol", "date", "open", "high", "low", "close", "volume")
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -113,6 +114,7 @@ class BarPolicy:
         return self.actions.get(rule, DEFAULT_ACTIONS[rule])
 
 
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class BarHistory:
     """The sleeve's bar lake: cleaned bars, every defect found and every source revision."""

@@ -54,6 +54,7 @@ import pandas as pd
 
 from tvq_assets.quant import metrics as performance
 from tvq_assets.quant import optimise
+from tvq_resources.records import lake_record
 
 MISSING_RULES: tuple[str, ...] = ("fail", "allocate_present")
 CASH = "CASH"  # the symbol of a sleeve's capital when its portfolio holds nothing
@@ -556,6 +557,7 @@ def present_sleeves(
 # --------------------------------------------------------------------------------------------
 # One run of the meta-portfolio
 # --------------------------------------------------------------------------------------------
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class MetaRecord:
     """What the ``meta_portfolio`` asset stores.

@@ -35,6 +35,7 @@ from tvq_assets.quant import returns as returns_engine
 from tvq_assets.quant import window_cache as cache_keys
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_assets.quant.selection import Selection, SelectionPolicy, select
+from tvq_resources.records import lake_record
 
 SCORERS: tuple[str, ...] = ("log_mps", "rank_ic")
 BASELINES: tuple[str, ...] = ("baseline_universe", "baseline_winners")
@@ -315,6 +316,7 @@ def allocate(
     )
 
 
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class SelectionRecord:
     """What the ``selection`` asset stores: the winners and the audit of every decision."""
@@ -323,6 +325,7 @@ class SelectionRecord:
     audit: pd.DataFrame
 
 
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class WeightsRecord:
     """What the ``weights`` asset stores: weights (winners × profile) and solver diagnostics."""
@@ -490,6 +493,7 @@ class TournamentOutcome:
     reuse: cache_keys.Reuse = dataclasses.field(default_factory=cache_keys.Reuse)
 
 
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class TournamentRecord:
     """What the ``backtest`` asset stores: out-of-sample returns and turnover per policy, the
@@ -965,6 +969,7 @@ def walk_forward_count(dates: pd.Index, settings: PolicySettings) -> int:
 TRADE_COLUMNS = ("previous", "target", "trade")
 
 
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class PortfolioRecord:
     """What the ``portfolio`` asset stores: the champion's target weights (``weight`` by symbol,

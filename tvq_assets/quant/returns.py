@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.quant import quality
+from tvq_resources.records import lake_record
 
 EXCLUSION_COLUMNS = ("symbol", "rule", "date", "value", "detail", "reason")
 # Why a symbol left the universe: the eligibility rules (stale, lagging, short history), a return
@@ -23,6 +24,7 @@ REASONS = ("ineligible", "quarantine", "bar_defect")
 HOLIDAY_CARRY = 5
 
 
+@lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class ReturnsWindow:
     """The point-in-time data of one run: the decision window and the history the backtest needs.

@@ -19,8 +19,8 @@ restricted slice (:func:`used_slice`), so equal keys mean equal inputs by constr
 
 The store is anything with ``get(key) -> DataFrame | None`` and ``put(key, frame)`` (the lake's
 file store is ``tvq_resources.window_cache``, which also checks each file against the digest of its
-content). A store may lose or damage entries: an entry whose columns or dtypes do not check out
-(:func:`checked`) is a miss.
+content and an HMAC keyed by the instance). A store may lose or damage entries: an entry whose
+columns or dtypes do not check out (:func:`checked`) is a miss.
 """
 
 import hashlib

@@ -154,7 +154,11 @@ def test_a_missing_sleeve_is_named_in_a_warn_under_allocate_present(lake_root, i
 
 
 def test_the_catalog_meta_section_is_validated_naming_each_problem():
-    sleeves = {"crypto": {"calendar": "crypto"}, "tradfi": {"calendar": "weekday"}}
+    synthetic = {"kind": "synthetic"}
+    sleeves = {
+        "crypto": {"calendar": "crypto", "source": synthetic},
+        "tradfi": {"calendar": "weekday", "source": synthetic},
+    }
     with pytest.raises(CatalogError) as raised:
         parse_catalog(
             {

@@ -86,10 +86,11 @@ class SourceConfig(dg.Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SourceConfig":
-        if self.start and self.end and self.end < self.start:
-            raise ValueError(
-                f"end = {self.end!r} is before start = {self.start!r} (rule: start <= end)"
-            )
+        # A synthetic market without `start` begins at SYNTHETIC_START (see `fetch`).
+        start = self.start or (SYNTHETIC_START if self.kind == "synthetic" else None)
+        if start and self.end and self.end < start:
+            shown = f"start = {start!r}" if self.start else f"the default start {start!r}"
+            raise ValueError(f"end = {self.end!r} is before {shown} (rule: start <= end)")
         if self.kind == "synthetic":
             # the generator's own rule (`synthetic._layout`): one identity per cluster at least
             most = (

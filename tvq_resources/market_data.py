@@ -88,7 +88,8 @@ class SourceConfig(dg.Config):
     def _consistent(self) -> "SourceConfig":
         # A synthetic market without `start` begins at SYNTHETIC_START (see `fetch`).
         start = self.start or (SYNTHETIC_START if self.kind == "synthetic" else None)
-        if start and self.end and self.end < start:
+        day = datetime.date.fromisoformat
+        if start and self.end and day(self.end) < day(start):
             shown = f"start = {start!r}" if self.start else f"the default start {start!r}"
             raise ValueError(f"end = {self.end!r} is before {shown} (rule: start <= end)")
         if self.kind == "synthetic":

@@ -212,6 +212,7 @@ def test_an_empty_list_of_meta_sleeves_is_refused():
             "source: end = '2024-01-01' is before start = '2025-01-01' (rule: start <= end)",
         ),
         ({"end": "2023-01-01"}, "end = '2023-01-01' is before the default start '2023-11-01'"),
+        ({"end": "20230101"}, "end = '20230101' is before the default start '2023-11-01'"),
         ({"faults": [{"kind": "meteor"}]}, "source.faults.0.kind = 'meteor': not an allowed"),
         ({"faults": [{"kind": "gap", "date": "soon"}]}, "source.faults.0.date = 'soon': not a"),
         ({"faults": [{"kind": "gap", "symbol": ""}]}, "source.faults.0.symbol = '': an empty"),

@@ -273,7 +273,6 @@ def test_links_go_both_ways(tracked_graph, mlflow_server):
 def test_the_champion_registered_on_the_server_reproduces_the_portfolio(
     tracked_graph, mlflow_server
 ):
-
     result, tracker, lake = tracked_graph
     uri, _, _ = mlflow_server
     [run] = parent_runs(tracker)

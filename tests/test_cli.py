@@ -104,6 +104,66 @@ def test_an_exported_dagster_home_wins(tmp_path):
     assert environ == {"DAGSTER_HOME": str(tmp_path)}
 
 
+def test_the_projects_instance_settings_are_found_complete():
+    assert cli.instance_settings_problem(str(ROOT / "dagster_home")) is None
+    assert cli.instance_settings_problem(str(ROOT / "dagster_home" / "production")) is None
+    assert cli.instance_settings_problem(None) is None  # Dagster's ephemeral instance
+
+
+def test_a_dagster_home_without_dagster_yaml_is_named_with_the_file_to_copy(tmp_path):
+    problem = cli.instance_settings_problem(str(tmp_path))
+    assert problem == (
+        f"DAGSTER_HOME={tmp_path} has no dagster.yaml, so its instance has neither the project's "
+        f"run queue nor its run launcher: copy the project's settings (cp "
+        f"{ROOT / 'dagster_home' / 'dagster.yaml'} {tmp_path / 'dagster.yaml'}), or unset "
+        f"DAGSTER_HOME to use this repository's instance {ROOT / 'dagster_home'}"
+    )
+
+
+def test_a_dagster_yaml_without_the_projects_launcher_or_queue_names_what_it_lacks(tmp_path):
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    problem = cli.instance_settings_problem(str(tmp_path))
+    assert problem.startswith(
+        f"{tmp_path / 'dagster.yaml'} lacks the project's run_coordinator (QueuedRunCoordinator) "
+        "and run_launcher (MonitoredRunLauncher): copy the project's settings"
+    )
+    text = (ROOT / "dagster_home" / "dagster.yaml").read_text()
+    (tmp_path / "dagster.yaml").write_text(text.replace("MonitoredRunLauncher", "Other"))
+    assert "lacks the project's run_launcher (MonitoredRunLauncher):" in (
+        cli.instance_settings_problem(str(tmp_path))
+    )
+    (tmp_path / "dagster.yaml").write_text("run_launcher: [\n")
+    assert "dagster.yaml cannot be read" in cli.instance_settings_problem(str(tmp_path))
+
+
+def test_tvq_refuses_a_dagster_home_without_the_projects_settings_before_any_run(tmp_path):
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tvq_assets.cli", "demo", "--sleeve", "crypto"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"tvq: {cli.instance_settings_problem(str(tmp_path))}"
+    assert "CheckError" not in done.stderr and not (tmp_path / "history").exists()
+
+
+def test_the_code_location_names_a_dagster_home_without_the_projects_settings(tmp_path):
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import tvq_assets.definitions"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    problem = cli.instance_settings_problem(str(tmp_path))
+    assert f"InstanceSettingsWarning: tvq code location: {problem}" in loaded.stderr
+
+
 def test_the_console_script_runs_in_a_fresh_shell_on_its_checkouts_instance(tmp_path):
     """`.venv/bin/tvq …` as the README shows it, in a shell that never exported DAGSTER_HOME,
     from another folder: a copy of the checkout's code runs on the copy's dagster_home (its

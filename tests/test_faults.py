@@ -350,23 +350,23 @@ def test_make_dev_stops_with_everything_it_started(tmp_path, sig, to_group):
 
 BROKEN_CATALOGS = {
     "cap_not_a_number": (
-        "sleeves:\n  crypto:\n    policy: {cap: abc}\n",
+        "sleeves:\n  crypto:\n    source: {kind: synthetic}\n    policy: {cap: abc}\n",
         "sleeve 'crypto': policy.cap = 'abc': expected a number",
     ),
     "lookback_zero": (
-        "sleeves:\n  crypto:\n    policy: {lookback: 0}\n",
+        "sleeves:\n  crypto:\n    source: {kind: synthetic}\n    policy: {lookback: 0}\n",
         "sleeve 'crypto': policy.lookback = 0: breaks the rule value >= 2",
     ),
     "negative_cap": (
-        "sleeves:\n  crypto:\n    policy: {cap: -0.5}\n",
+        "sleeves:\n  crypto:\n    source: {kind: synthetic}\n    policy: {cap: -0.5}\n",
         "sleeve 'crypto': policy.cap = -0.5: breaks the rule value > 0 and value <= 1",
     ),
     "source_typo": (
-        "sleeves:\n  crypto:\n    source: {kind: csv, path: /data, patern: '{symbol}.csv'}\n",
+        "sleeves:\n  crypto:\n    source: {kind: csv, path: /, patern: '{symbol}.csv'}\n",
         "sleeve 'crypto': unknown source key 'patern' for a csv source (did you mean 'pattern'?)",
     ),
     "bad_first_run": (
-        "first_run: 2025-02-30\nsleeves:\n  crypto: {}\n",
+        "first_run: 2025-02-30\nsleeves:\n  crypto: {source: {kind: synthetic}}\n",
         "first_run = '2025-02-30': not a date (rule: an ISO date, YYYY-MM-DD)",
     ),
 }

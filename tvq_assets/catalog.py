@@ -303,7 +303,7 @@ def parse_catalog(document: Mapping[str, Any], *, origin: str = "catalog") -> Ca
         entries = {}
     sleeves = {}
     for name, spec in entries.items():
-        sleeve = _parse_sleeve(str(name), spec or {}, origin, problems)
+        sleeve = _parse_sleeve(str(name), spec, origin, problems)
         if sleeve is not None:
             sleeves[str(name)] = sleeve
     meta = _parse_meta(document.get("meta") or {}, list(entries), origin, problems)
@@ -425,6 +425,12 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
     found = len(problems)
     if not name.isidentifier():
         problems.append(f"{where}: a sleeve name must be a plain identifier")
+    if spec is None or spec == {}:
+        problems.append(
+            f"{where}: an empty entry (rule: a sleeve names its data, e.g. "
+            "`source: {kind: synthetic}`)"
+        )
+        return None
     if not isinstance(spec, Mapping):
         problems.append(f"{where}: expected a mapping of sleeve fields, got {spec!r}")
         return None
@@ -454,7 +460,15 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
         problems.append(
             f"{where}: periods_per_year = {periods_per_year!r} breaks the rule 1 <= value <= 366"
         )
-    source = _parse_source(spec.get("source") or {"kind": "synthetic"}, where, problems)
+    # No default source: a sleeve that forgot its data must not trade a synthetic market.
+    if spec.get("source") in (None, {}):
+        problems.append(
+            f"{where}: source = {spec.get('source')!r}: the sleeve has no source (rule: "
+            f"`source: {{kind: ...}}` with kind one of {list(SOURCE_KINDS)})"
+        )
+        source: dict[str, Any] = {}
+    else:
+        source = _parse_source(spec["source"], calendar, where, problems)
     source["calendar"] = calendar
     policy = _parse_policy(spec.get("policy") or {}, calendar, where, problems)
     if policy is not None:
@@ -474,8 +488,9 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
     )
 
 
-def _parse_source(spec: Any, where: str, problems: list[str]) -> dict[str, Any]:
-    """The source mapping, with keys checked per kind and values checked by ``SourceConfig``."""
+def _parse_source(spec: Any, calendar: str, where: str, problems: list[str]) -> dict[str, Any]:
+    """The source mapping, with keys checked per kind, values checked by ``SourceConfig`` (each
+    field's range and rules are declared there) and a file source's folder checked on disk."""
     from pydantic import ValidationError
 
     from tvq_resources.market_data import SourceConfig
@@ -509,14 +524,69 @@ def _parse_source(spec: Any, where: str, problems: list[str]) -> dict[str, Any]:
             )
     if kind in ("csv", "parquet") and not source.get("path"):
         problems.append(f"{where}: a {kind} source needs a `path` (source.path)")
+    elif kind in ("csv", "parquet") and isinstance(source["path"], str):
+        problem = _folder_problem(source["path"])
+        if problem:
+            problems.append(
+                f"{where}: source.path = {_shown(source['path'])}: {problem} (rule: an existing, "
+                f"readable folder of the sleeve's {kind} files)"
+            )
     known = {k: v for k, v in source.items() if k in allowed}
     try:
-        SourceConfig(**known)
+        SourceConfig(**known, calendar=calendar)
     except ValidationError as error:
         for item in error.errors():
+            if not item["loc"]:  # a rule between fields: its message names them
+                problems.append(f"{where}: source: {_source_rule(item)}")
+                continue
             location = ".".join(str(part) for part in item["loc"])
-            problems.append(f"{where}: source.{location} = {item.get('input')!r}: {item['msg']}")
+            problems.append(
+                f"{where}: source.{location} = {_shown(item.get('input'))}: {_source_rule(item)}"
+            )
     return source
+
+
+def _source_rule(item: Mapping[str, Any]) -> str:
+    """A pydantic error of ``SourceConfig`` in the catalog's words (``breaks the rule ...``)."""
+    context = item.get("ctx") or {}
+    bounds = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    for name, sign in bounds.items():
+        if name in context:
+            return f"breaks the rule value {sign} {context[name]}"
+    if item["type"] == "value_error":
+        return str(context.get("error", item["msg"]))
+    if item["type"] == "string_too_short":
+        return "an empty text (rule: leave the key out instead)"
+    if item["type"] == "literal_error":
+        return f"not an allowed value (rule: {context.get('expected', item['msg'])})"
+    return str(item["msg"])
+
+
+def _folder_problem(path: str) -> str:
+    """ "" when ``path`` (as ``market_data.resolve_path`` reads it) is a readable folder, else
+    what is wrong with it."""
+    from tvq_resources.market_data import resolve_path
+
+    try:
+        folder = resolve_path(path)
+        if not folder.exists():
+            return f"no such folder ({_shown(str(folder))})"
+        if not folder.is_dir():
+            return f"not a folder ({_shown(str(folder))} is a file)"
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return f"the folder {_shown(str(folder))} cannot be read (permissions)"
+    except (OSError, ValueError) as error:  # too long for the OS, a NUL byte, ...
+        reason = getattr(error, "strerror", None) or str(error)
+        return f"not a usable path ({reason})"
+    return ""
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut in the middle when longer than ``limit`` (a 5000-character path)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-limit // 4 :]} ({len(str(value))} characters)"
 
 
 def _parse_policy(overrides: Any, calendar: str, where: str, problems: list[str]) -> Policy:
@@ -560,6 +630,11 @@ def _check_value(value: Any, annotation: Any, limits: Mapping[str, float]) -> tu
     if origin is tuple:
         if not isinstance(value, list | tuple):
             return None, "expected a list"
+        if not value:
+            return (
+                None,
+                "an empty list (rule: at least one element; leave the key out for the default)",
+            )
         items = []
         for item in value:
             checked, problem = _check_value(item, arguments[0], limits)
@@ -604,7 +679,42 @@ def _range_problem(value: Any, limits: Mapping[str, float]) -> str:
 
 class _CatalogLoader(yaml.SafeLoader):
     """Safe YAML that keeps unquoted dates as text, so a bad date (``2025-02-30``) is reported by
-    the catalog's own validation, naming its field, instead of failing inside the YAML parser."""
+    the catalog's own validation, naming its field, instead of failing inside the YAML parser.
+
+    It also lists every mapping key given twice (``duplicates``, one line each): YAML keeps the
+    last one silently, so a second ``crypto:`` sleeve would replace the first without a word."""
+
+    def __init__(self, stream: str, origin: str = "catalog") -> None:
+        super().__init__(stream)
+        self.origin = origin
+        self.duplicates: list[str] = []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.duplicates = list(_duplicate_keys(node, (), self.origin))
+        return super().construct_document(node)
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple[str, ...], origin: str) -> typing.Iterator[str]:
+    """One problem per key given twice in a mapping of ``node``'s tree, naming both lines."""
+    if isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*path, str(position)), origin)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+        line = key_node.start_mark.line + 1
+        if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+            if key in first_line:
+                where = ".".join(path) or "top level"
+                yield (
+                    f"{origin}:{line}: {where}: key {key!r} is given twice (first on line "
+                    f"{first_line[key]}; YAML would silently keep only the last): remove one"
+                )
+            else:
+                first_line[key] = line
+        yield from _duplicate_keys(value_node, (*path, key or "?"), origin)
 
 
 _CatalogLoader.yaml_implicit_resolvers = {
@@ -621,12 +731,22 @@ def catalog_path() -> Path:
 def load_catalog(path: Path | None = None) -> Catalog:
     path = path or catalog_path()
     try:
-        document = yaml.load(path.read_text(), Loader=_CatalogLoader)  # a SafeLoader
+        loader = _CatalogLoader(path.read_text(), origin=str(path))  # a SafeLoader
+        try:
+            document = loader.get_single_data()
+        finally:
+            loader.dispose()
     except OSError as error:
         raise CatalogError(f"{path}: cannot read the sleeve catalog ({error})") from error
     except yaml.YAMLError as error:
         raise CatalogError(f"{path}: not valid YAML ({error})") from error
-    return parse_catalog(document, origin=str(path))
+    try:
+        catalog = parse_catalog(document, origin=str(path))
+    except CatalogError as error:
+        raise CatalogError(loader.duplicates + error.problems) from None
+    if loader.duplicates:
+        raise CatalogError(loader.duplicates)
+    return catalog
 
 
 def policy_parameters(sleeve: Sleeve) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import NoReturn
 
 import dagster as dg
 import pandas as pd
+import yaml
 
 from tvq_resources import links
 from tvq_resources.services import REPOSITORY_HOME
@@ -49,6 +50,47 @@ def use_repository_home(environ: MutableMapping[str, str] | None = None) -> str 
         return None
     env["DAGSTER_HOME"] = str(REPOSITORY_HOME)
     return f"tvq: DAGSTER_HOME is not set; using this repository's instance {REPOSITORY_HOME}"
+
+
+# What `tvq` needs of the instance in DAGSTER_HOME/dagster.yaml (section: class): the queue, whose
+# limits keep a sleeve's runs apart, and the launcher that executes a dequeued run in this process
+# (Dagster's default launcher refuses a code location not served over gRPC).
+INSTANCE_SETTINGS = {
+    "run_coordinator": "QueuedRunCoordinator",
+    "run_launcher": "MonitoredRunLauncher",
+}
+# The commands that launch runs through the instance.
+LAUNCHING_COMMANDS = ("demo", "production", "backfill")
+
+
+def instance_settings_problem(home: str | None) -> str | None:
+    """What the instance of DAGSTER_HOME ``home`` lacks of the project's settings, and what to
+    do; None when it has them (or ``home`` is unset: Dagster's own ephemeral instance)."""
+    if not home:
+        return None
+    settings = Path(home) / "dagster.yaml"
+    fix = (
+        f"copy the project's settings (cp {REPOSITORY_HOME / 'dagster.yaml'} {settings}), or unset "
+        f"DAGSTER_HOME to use this repository's instance {REPOSITORY_HOME}"
+    )
+    try:
+        document = yaml.safe_load(settings.read_text())
+    except FileNotFoundError:
+        return (
+            f"DAGSTER_HOME={home} has no dagster.yaml, so its instance has neither the project's "
+            f"run queue nor its run launcher: {fix}"
+        )
+    except (OSError, yaml.YAMLError) as error:
+        return f"{settings} cannot be read ({error}): {fix}"
+    document = document if isinstance(document, dict) else {}
+    missing = [
+        f"{section} ({name})"
+        for section, name in INSTANCE_SETTINGS.items()
+        if not isinstance(document.get(section), dict) or document[section].get("class") != name
+    ]
+    if missing:
+        return f"{settings} lacks the project's {' and '.join(missing)}: {fix}"
+    return None
 
 
 def flow(sleeves: list[str] | None, as_of: str | None) -> int:
@@ -611,6 +653,10 @@ def run() -> NoReturn:
     note = use_repository_home()
     if note:
         print(note, file=sys.stderr)
+    problem = instance_settings_problem(os.environ["DAGSTER_HOME"])
+    if problem and sys.argv[1:2] and sys.argv[1] in LAUNCHING_COMMANDS:
+        print(f"tvq: {problem}", file=sys.stderr)
+        finish(2)
     try:
         status = main()
     except SystemExit as stop:  # argparse's usage errors and --help

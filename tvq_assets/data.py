@@ -289,8 +289,10 @@ def returns(context: dg.AssetExecutionContext, lake: ParquetLake):
         quarantine=quarantine,
         bar_exclusions=bar_lake.bar_exclusions(bars.defects, start=pd.Timestamp.min, end=run.as_of),
     )
-    failures = contracts.returns_violations(
-        window.returns, toxic_threshold=settings.toxic_threshold
+    failures = contracts.name_dropped_bars(
+        contracts.returns_violations(window.returns, toxic_threshold=settings.toxic_threshold),
+        bars.defects,
+        window.returns,
     )
     handled = failures["rule"].isin(contracts.QUARANTINABLE) & quarantine
     window = returns_engine.drop_symbols(

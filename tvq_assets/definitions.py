@@ -1,8 +1,12 @@
 """The composition root: every asset, check, job, schedule and resource of the code location."""
 
+import os
+import warnings
+
 import dagster as dg
 
 from tvq_assets import allocation, alpha, data, meta, tracking
+from tvq_assets.cli import instance_settings_problem
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetIOManager, ParquetLake, root_setting
@@ -70,6 +74,17 @@ SLEEVE_ASSETS = [
     allocation.portfolio,
 ]
 ASSETS = [*SLEEVE_ASSETS, meta.meta_portfolio]
+
+
+class InstanceSettingsWarning(UserWarning):
+    """DAGSTER_HOME's instance lacks the project's run queue or run launcher."""
+
+
+# The code location still loads (tests and benchmarks run on plain instances), but runs launched
+# through such an instance miss the queue's limits and run monitoring: say so, and how to fix it.
+_instance_problem = instance_settings_problem(os.environ.get("DAGSTER_HOME"))
+if _instance_problem:
+    warnings.warn(f"tvq code location: {_instance_problem}", InstanceSettingsWarning, stacklevel=1)
 
 defs = dg.Definitions(
     assets=ASSETS,

@@ -5,7 +5,8 @@ Logged with ``mlflow.pyfunc.log_model(python_model=<this file>, model_config={..
 the composed policy, ``policy.settings_config``), plus provenance keys that are only recorded.
 ``predict(frame)`` takes the run's history in the ``policy.model_input`` layout and returns the
 target weights (``weight`` by ``symbol``) that ``policy.predict_portfolio`` computes — the same
-decision the ``portfolio`` asset stores. Imported only by MLflow when a model is logged or loaded.
+decision the ``portfolio`` asset stores. Imported only by MLflow when a model is logged or loaded;
+load a registered version with ``registry.load_policy``, which verifies this file's digest first.
 """
 
 import mlflow

@@ -17,8 +17,13 @@ deflated-Sharpe bound) and mirrors it in the registry:
   on the partition's MLflow run (``tvq.promotion.*`` tags and ``promotion/decision.json``) and as a
   ``decision.<date>`` tag on the versions it names.
 
-``mlflow.pyfunc.load_model("models:/tvq-crypto@champion").predict(policy.model_input(window))``
-returns the weights of that run's ``portfolio``.
+A version cannot be swapped: at registration the SHA-256 digest of every file of its model
+(the code MLflow executes, ``MLmodel`` with the configuration, the environment files) is recorded
+as version tags in the registry's database. :func:`load_policy` downloads the version, compares
+every file with those digests and refuses any difference naming the version, so a code artifact
+replaced in the artifact store is never executed:
+``load_policy("crypto").predict(policy.model_input(window))`` returns the weights of that run's
+``portfolio``. (A bare ``mlflow.pyfunc.load_model("models:/...")`` checks nothing.)
 """
 
 import hashlib
@@ -52,6 +57,16 @@ COMPARED = (
     "min_deflated_sharpe",
     "trials",
 )
+# Version tags of the model's file digests (recorded at registration, checked by `load_policy`):
+# the code MLflow executes, the MLmodel file with the configuration, and every file by path.
+CODE_DIGEST, CONFIG_DIGEST, FILE_DIGESTS = (
+    "tvq.code_sha256",
+    "tvq.config_sha256",
+    "tvq.files_sha256",
+)
+CONFIG_FILE = "MLmodel"
+# Written by MLflow into a folder downloaded from a `models:/` URI: not part of what was logged.
+DOWNLOAD_ONLY = frozenset({"registered_model_meta"})
 # What the pyfunc needs to run; recorded so a loaded model's environment can be rebuilt.
 REQUIREMENTS = ("mlflow", "pandas", "numpy", "scipy", "cvxpy", "pyarrow")
 
@@ -124,11 +139,110 @@ def verdict_text(row: pd.Series) -> str:
     return "kept: " + ("; ".join(reasons) or "the rule kept the incumbent")
 
 
+class UnverifiedModelError(RuntimeError):
+    """A registered version whose files differ from the digests recorded when it was registered,
+    or that was registered before digests were recorded."""
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` by its relative POSIX path (MLflow's own download
+    marker left out)."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).as_posix() not in DOWNLOAD_ONLY
+    }
+
+
+def digest_tags(folder: Path) -> dict[str, str]:
+    """The version tags that pin a saved model's files (see :func:`verify`)."""
+    digests = file_digests(folder)
+    return {
+        CODE_DIGEST: digests[MODEL_FILE.name],
+        CONFIG_DIGEST: digests[CONFIG_FILE],
+        FILE_DIGESTS: json.dumps(digests, sort_keys=True),
+    }
+
+
+def verify(folder: Path, name: str, version: str, tags: dict[str, str]) -> None:
+    """Refuse the model in ``folder`` (version ``version`` of ``name``) unless its files are
+    exactly those whose digests the registry recorded at registration."""
+    label = f"model {name} version {version}"
+    recorded = tags.get(FILE_DIGESTS)
+    if not recorded:
+        raise UnverifiedModelError(
+            f"{label} was registered without file digests, so its code cannot be verified and "
+            "is not loaded: re-run its run partition to register the policy again as a new, "
+            "verifiable version"
+        )
+    expected = json.loads(recorded)
+    pinned = {MODEL_FILE.name: tags.get(CODE_DIGEST), CONFIG_FILE: tags.get(CONFIG_DIGEST)}
+    found = file_digests(folder)
+    problems = [
+        f"{path}: {'missing' if path not in found else 'changed'} (sha256 {found.get(path, '-')}"
+        f", registered {digest})"
+        for path, digest in sorted(expected.items())
+        if found.get(path) != digest
+    ]
+    problems += [
+        f"{path}: recorded digest {expected.get(path)} differs from the version tag {digest}"
+        for path, digest in pinned.items()
+        if expected.get(path) != digest
+    ]
+    problems += [
+        f"{path}: not part of the registered model" for path in found if path not in expected
+    ]
+    if problems:
+        raise UnverifiedModelError(
+            f"{label}: its artifact files differ from those registered (the artifact store was "
+            f"changed after registration); not loaded: {'; '.join(problems)}"
+        )
+
+
+def load_policy(
+    sleeve: str,
+    *,
+    alias: str | None = CHAMPION,
+    version: str | None = None,
+    tracking_uri: str | None = None,
+):
+    """The registered policy of ``sleeve`` (by ``alias``, or by ``version`` when given) as an
+    MLflow pyfunc, after its files have been verified against the digests its registration
+    recorded (:class:`UnverifiedModelError` otherwise). ``tracking_uri``: default as
+    ``MlflowTracker`` (``MLFLOW_TRACKING_URI``, else ``$DAGSTER_HOME/mlflow``)."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    tracker = MlflowTracker(tracking_uri=tracking_uri)
+    name = model_name(sleeve)
+    if version is not None:
+        found = tracker.call(
+            f"read version {version} of {name}",
+            lambda: tracker.client.get_model_version(name, str(version)),
+        )
+    else:
+        found = tracker.alias(name, str(alias))
+        if found is None:
+            raise LookupError(f"{name} has no version with alias {alias!r} in {tracker.uri}")
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{found.version}",
+                dst_path=scratch,
+                tracking_uri=tracker.uri,
+            )
+        )
+        # The very files checked are the ones loaded: no second download to swap in between.
+        verify(local, name, str(found.version), dict(found.tags))
+        return mlflow.pyfunc.load_model(str(local))
+
+
 def _find(versions: list, policy_name: str, digest: str, code: str):
     for version in versions:
         tags = version.tags
         if (
-            tags.get("tvq.policy") == policy_name
+            FILE_DIGESTS in tags  # a version without digests is never reused: it cannot load
+            and tags.get("tvq.policy") == policy_name
             and tags.get("tvq.settings_digest") == digest
             and tags.get("tvq.code_version") == code
         ):
@@ -164,8 +278,9 @@ def _register(
             },
             pip_requirements=requirements,
         )
+        pinned = digest_tags(folder)
         source = tracker.log_directory(run_id, folder, f"registry/{policy_name.replace('/', '__')}")
-    return tracker.create_model_version(name, source, run_id, tags)
+    return tracker.create_model_version(name, source, run_id, {**tags, **pinned})
 
 
 def _installed(package: str) -> str:

@@ -15,6 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from tvq_assets.quant import quality
+from tvq_assets.quant.bars import RECORDED as RECORDED_ACTIONS
 from tvq_assets.quant.returns import tidy_returns
 
 ERROR = "ERROR"
@@ -267,6 +268,45 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
 def returns_violations(returns: pd.DataFrame, *, toxic_threshold: float = 5.0) -> pd.DataFrame:
     """Violations of the returns contract by a wide returns window (dates × symbols)."""
     return violations(returns_schema(toxic_threshold=toxic_threshold), tidy_returns(returns))
+
+
+def name_dropped_bars(
+    failures: pd.DataFrame, defects: pd.DataFrame, returns: pd.DataFrame
+) -> pd.DataFrame:
+    """``failures`` with each missing return (``non_null_after_genesis``) that a dropped bar
+    explains naming that bar: its date, the bar rule that dropped it, the offending value and what
+    to do. ``defects``: the bar defects of the sleeve (``bars.DEFECT_COLUMNS``); ``returns``: the
+    wide window the failures were found in. A bar dropped on day D leaves its return, and those
+    up to the symbol's next bar, missing: a gap is explained by the symbol's dropped bars dated
+    after its previous present return and on or before the missing one."""
+    dropped = defects[defects["action"] == RECORDED_ACTIONS["drop"]]
+    gaps = failures["rule"] == "non_null_after_genesis"
+    if dropped.empty or not gaps.any():
+        return failures
+    by_symbol = {symbol: rows.sort_values("date") for symbol, rows in dropped.groupby("symbol")}
+    messages = failures["message"].copy()
+    for index, failure in failures[gaps].iterrows():
+        rows = by_symbol.get(failure["symbol"])
+        if rows is None or failure["symbol"] not in returns.columns:
+            continue
+        day = pd.Timestamp(failure["date"])
+        present = returns[failure["symbol"]].loc[: day - pd.Timedelta(days=1)].dropna()
+        after = present.index[-1] if len(present) else pd.Timestamp.min
+        causes = rows[(rows["date"] > after) & (rows["date"] <= day)]
+        if causes.empty:
+            continue
+        told = "; ".join(
+            f"its bar of {cause.date:%Y-%m-%d} was dropped as {cause.rule} ({cause.detail}, "
+            f"value {cause.value:g})"
+            for cause in causes.itertuples(index=False)
+        )
+        rule = causes["rule"].iloc[-1]
+        messages[index] = (
+            f"{failure['symbol']} on {day:%Y-%m-%d}: return is missing after the symbol's first "
+            f"bar because {told} [non_null_after_genesis]: correct the source's bar, or set "
+            f"policy.bar_actions {{{rule}: quarantine}} to exclude the symbol instead"
+        )
+    return failures.assign(message=messages)
 
 
 def universe_violations(

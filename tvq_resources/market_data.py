@@ -6,6 +6,7 @@ Three kinds of source share one interface, ``MarketData.fetch(sleeve, since=...)
 (symbol, UTC date, OHLCV) plus the files it could not read, so one broken file never hides the rest.
 """
 
+import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,14 @@ from typing import Literal
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field, field_validator, model_validator
 
 from tvq_resources import clock, files, synthetic
 
 SYNTHETIC_START = "2023-11-01"
+# The largest synthetic market: a bound that keeps a typo (1e9) from hanging the load; the
+# large benchmark runs 10,000 symbols.
+MAX_SYNTHETIC_SYMBOLS = 100_000
 REPOSITORY = Path(__file__).resolve().parent.parent
 _DEFAULT_CATALOG = REPOSITORY / "tvq_assets" / "sleeves.yaml"
 
@@ -24,9 +29,25 @@ _DEFAULT_CATALOG = REPOSITORY / "tvq_assets" / "sleeves.yaml"
 class FaultConfig(dg.Config):
     """A data fault injected into the synthetic market (for demos and tests)."""
 
-    kind: str
-    symbol: str | None = None
+    kind: Literal[synthetic.FAULT_KINDS]  # type: ignore[valid-type]
+    symbol: str | None = Field(default=None, min_length=1)
     date: str | None = None
+
+    @field_validator("date")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        return iso_date(value)
+
+
+def iso_date(value: str | None) -> str | None:
+    """``value`` when it is an ISO date (YYYY-MM-DD) or None; else a ValueError naming it."""
+    if value is None:
+        return None
+    try:
+        datetime.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError("not a date (rule: an ISO date, YYYY-MM-DD)") from None
+    return value
 
 
 class SourceConfig(dg.Config):
@@ -37,19 +58,60 @@ class SourceConfig(dg.Config):
     # all kinds: the first date of the sleeve's history (synthetic: the market's first day,
     # default 2023-11-01; csv/parquet: older bars are not read; None keeps all of them)
     start: str | None = None
-    # synthetic
-    seed: int = 7
-    symbols: int = 100
-    clusters: int = 8
-    end: str | None = None  # None: today (UTC)
+    # synthetic (clusters: at most the symbols that are not stablecoins or twins, see `synthetic`)
+    seed: int = Field(default=7, ge=0)
+    symbols: int = Field(default=100, ge=1, le=MAX_SYNTHETIC_SYMBOLS)
+    clusters: int = Field(default=8, ge=1)
+    end: str | None = None  # None: today (UTC); not before `start`
     faults: list[FaultConfig] = []
-    # csv and parquet
-    path: str | None = None
-    pattern: str | None = None
+    # csv and parquet (the folder's existence is checked where the catalog loads, see `catalog`)
+    path: str | None = Field(default=None, min_length=1)
+    pattern: str | None = None  # the rules of `files` (holds {symbol}, no path separator)
     # the unit of the files' `volume` column: `base` (coins, shares) or `quote` (currency, e.g.
     # Yahoo crypto in USD); quote volume is divided by the close so that close x volume is the
     # traded value either way
     volume: Literal["base", "quote"] = "base"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _iso_dates(cls, value: str | None) -> str | None:
+        return iso_date(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _file_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            files._compile_pattern(value)  # the readers' own rules
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SourceConfig":
+        # A synthetic market without `start` begins at SYNTHETIC_START (see `fetch`).
+        start = self.start or (SYNTHETIC_START if self.kind == "synthetic" else None)
+        day = datetime.date.fromisoformat
+        if start and self.end and day(self.end) < day(start):
+            shown = f"start = {start!r}" if self.start else f"the default start {start!r}"
+            raise ValueError(f"end = {self.end!r} is before {shown} (rule: start <= end)")
+        if self.kind == "synthetic":
+            # the generator's own rule (`synthetic._layout`): one identity per cluster at least
+            most = (
+                self.symbols
+                - synthetic._stablecoin_count(self.symbols, self.calendar)
+                - synthetic._twin_count(self.symbols, self.calendar)
+            )
+            if self.clusters > most:
+                raise ValueError(
+                    f"clusters = {self.clusters} breaks the rule clusters <= {most} (the symbols "
+                    f"of a {self.symbols}-symbol {self.calendar} market that are not stablecoins "
+                    "or twins)"
+                )
+            for fault in self.faults:
+                if fault.kind == "weekend_padding" and self.calendar != "weekday":
+                    raise ValueError(
+                        "faults: weekend_padding only applies to a weekday calendar, not "
+                        f"{self.calendar!r}"
+                    )
+        return self
 
 
 @dataclass(frozen=True)

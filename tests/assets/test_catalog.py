@@ -1,6 +1,8 @@
 """The sleeve catalog: defaults per calendar, and clear errors for a broken catalog."""
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,8 +18,11 @@ from tvq_assets.catalog import (
     policy_parameters,
 )
 
+SYNTHETIC = {"kind": "synthetic"}
+
 
 def catalog_with(**sleeve):
+    sleeve.setdefault("source", SYNTHETIC)
     return parse_catalog({"sleeves": {"mine": sleeve}}, origin="test.yaml")
 
 
@@ -116,7 +121,10 @@ def test_every_problem_of_a_catalog_is_reported_at_once():
         parse_catalog(
             {
                 "first_run": "2025-13-01",
-                "sleeves": {"a": {"policy": {"cap": "abc"}}, "b": {"calendar": "lunar"}},
+                "sleeves": {
+                    "a": {"source": SYNTHETIC, "policy": {"cap": "abc"}},
+                    "b": {"source": SYNTHETIC, "calendar": "lunar"},
+                },
             },
             origin="two.yaml",
         )
@@ -127,11 +135,13 @@ def test_every_problem_of_a_catalog_is_reported_at_once():
 @pytest.mark.parametrize("first_run", ["yesterday", "2025-02-30", 20250101, ""])
 def test_a_bad_first_run_names_the_file_the_field_and_the_value(first_run):
     with pytest.raises(CatalogError, match=r"test\.yaml: first_run = .*: not a date"):
-        parse_catalog({"first_run": first_run, "sleeves": {"a": {}}}, origin="test.yaml")
+        parse_catalog(
+            {"first_run": first_run, "sleeves": {"a": {"source": SYNTHETIC}}}, origin="test.yaml"
+        )
 
 
 def test_a_first_run_written_as_a_yaml_date_is_read():
-    document = yaml.safe_load("first_run: 2025-03-20\nsleeves: {a: {}}")
+    document = yaml.safe_load("first_run: 2025-03-20\nsleeves: {a: {source: {kind: synthetic}}}")
     assert parse_catalog(document).first_run == pd.Timestamp("2025-03-20")
 
 
@@ -146,3 +156,203 @@ def test_every_policy_default_lies_inside_its_declared_range():
         values = item.default if isinstance(item.default, tuple) else [item.default]
         for value in [v for v in values if v is not None]:
             assert _range_problem(value, limits) == "", item.name
+
+
+@pytest.mark.parametrize(
+    ("sleeves", "message"),
+    [
+        ({"mine": None}, "sleeve 'mine': an empty entry"),
+        ({"mine": {}}, "sleeve 'mine': an empty entry"),
+        ({"mine": {"source": None}}, "sleeve 'mine': source = None: the sleeve has no source"),
+        ({"mine": {"source": {}}}, "sleeve 'mine': source = {}: the sleeve has no source"),
+        ({"mine": {"calendar": "crypto"}}, "sleeve 'mine': source = None: the sleeve has no"),
+    ],
+)
+def test_a_sleeve_without_a_source_is_refused_instead_of_trading_a_synthetic_market(
+    sleeves, message
+):
+    with pytest.raises(CatalogError) as error:
+        parse_catalog({"sleeves": sleeves}, origin="test.yaml")
+    assert f"test.yaml: {message}" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"cluster_lookbacks": []}, "policy.cluster_lookbacks = []: an empty list"),
+        ({"cluster_lookbacks": ()}, "policy.cluster_lookbacks = (): an empty list"),
+    ],
+)
+def test_an_empty_list_is_refused_naming_the_field(policy, message):
+    with pytest.raises(CatalogError, match=r"test\.yaml: sleeve 'mine': ") as error:
+        catalog_with(policy=policy)
+    assert message in str(error.value)
+
+
+def test_an_empty_list_of_meta_sleeves_is_refused():
+    sleeves = {"a": {"source": SYNTHETIC}}
+    with pytest.raises(CatalogError, match=r"meta\.sleeves = \[\]: an empty list"):
+        parse_catalog({"sleeves": sleeves, "meta": {"sleeves": []}}, origin="test.yaml")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"symbols": -5}, "source.symbols = -5: breaks the rule value >= 1"),
+        ({"symbols": 0}, "source.symbols = 0: breaks the rule value >= 1"),
+        ({"symbols": 10**9}, "source.symbols = 1000000000: breaks the rule value <= 100000"),
+        ({"clusters": 0}, "source.clusters = 0: breaks the rule value >= 1"),
+        ({"symbols": 100, "clusters": 200}, "source: clusters = 200 breaks the rule clusters <="),
+        ({"symbols": 3, "clusters": 4}, "clusters = 4 breaks the rule clusters <= 3"),
+        ({"seed": -1}, "source.seed = -1: breaks the rule value >= 0"),
+        ({"start": "2024-13-01"}, "source.start = '2024-13-01': not a date (rule: an ISO date"),
+        ({"end": "tomorrow"}, "source.end = 'tomorrow': not a date"),
+        (
+            {"start": "2025-01-01", "end": "2024-01-01"},
+            "source: end = '2024-01-01' is before start = '2025-01-01' (rule: start <= end)",
+        ),
+        ({"end": "2023-01-01"}, "end = '2023-01-01' is before the default start '2023-11-01'"),
+        ({"end": "20230101"}, "end = '20230101' is before the default start '2023-11-01'"),
+        ({"faults": [{"kind": "meteor"}]}, "source.faults.0.kind = 'meteor': not an allowed"),
+        ({"faults": [{"kind": "gap", "date": "soon"}]}, "source.faults.0.date = 'soon': not a"),
+        ({"faults": [{"kind": "gap", "symbol": ""}]}, "source.faults.0.symbol = '': an empty"),
+        ({"faults": [{"kind": "weekend_padding"}]}, "weekend_padding only applies to a weekday"),
+        ({"faults": "gap"}, "source.faults = 'gap'"),
+    ],
+)
+def test_a_nonsense_synthetic_source_is_refused_at_load_naming_field_value_and_rule(
+    source, message
+):
+    with pytest.raises(CatalogError) as error:
+        catalog_with(source={"kind": "synthetic", **source})
+    assert "test.yaml: sleeve 'mine': " in str(error.value)
+    assert message in str(error.value)
+
+
+def test_the_cluster_bound_follows_the_sleeve_calendar():
+    # 12 crypto symbols hold a stablecoin and a pair of twins: 9 identities; 12 weekday: 12.
+    with pytest.raises(CatalogError, match="clusters <= 9"):
+        catalog_with(source={"kind": "synthetic", "symbols": 12, "clusters": 12})
+    catalog_with(calendar="weekday", source={"kind": "synthetic", "symbols": 12, "clusters": 12})
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "bars"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"pattern": "{sym}.csv"}, "source.pattern = '{sym}.csv': file name pattern"),
+        ({"pattern": "bars/{symbol}.csv"}, "must not contain path separators"),
+        ({"pattern": "{exchange}.csv"}, "must contain {symbol}"),
+        ({"volume": "coins"}, "source.volume = 'coins': not an allowed value"),
+        ({"path": ""}, "needs a `path`"),
+        ({"path": 7}, "source.path = 7"),
+    ],
+)
+def test_a_nonsense_file_source_is_refused_at_load(folder, kind, source, message):
+    with pytest.raises(CatalogError) as error:
+        catalog_with(source={"kind": kind, "path": str(folder), **source})
+    assert "test.yaml: sleeve 'mine': " in str(error.value)
+    assert message in str(error.value)
+
+
+def test_a_file_source_over_an_existing_folder_loads(folder):
+    sleeve = catalog_with(source={"kind": "csv", "path": str(folder)})
+    assert sleeve.sleeve("mine").source["path"] == str(folder)
+
+
+@pytest.mark.parametrize(
+    ("make_path", "message"),
+    [
+        (lambda folder: folder / "missing", "no such folder"),
+        (lambda folder: folder / "missing" / "deeper", "no such folder"),
+        (lambda folder: (folder / "AAA.csv").write_text("x") and folder / "AAA.csv", "a file)"),
+        (lambda folder: folder / ("x" * 300), "not a usable path (File name too long)"),
+        (lambda folder: Path("/") / ("long" * 1100), "not a usable path (File name too long)"),
+    ],
+)
+def test_an_unusable_path_is_refused_at_load_naming_the_folder(folder, make_path, message):
+    path = str(make_path(folder))
+    with pytest.raises(CatalogError) as error:
+        catalog_with(source={"kind": "csv", "path": path})
+    text = str(error.value)
+    assert "test.yaml: sleeve 'mine': source.path = " in text and message in text
+    assert "(rule: an existing, readable folder of the sleeve's csv files)" in text
+    assert len(text) < 600  # a path of thousands of characters is shown cut
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
+def test_an_unreadable_folder_is_refused_at_load(folder):
+    folder.chmod(0)
+    try:
+        with pytest.raises(CatalogError, match="cannot be read"):
+            catalog_with(source={"kind": "parquet", "path": str(folder)})
+    finally:
+        folder.chmod(0o755)
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "sleeves.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_sleeve_given_twice_is_refused_naming_both_lines(tmp_path):
+    path = write(
+        tmp_path,
+        "sleeves:\n"
+        "  crypto:\n"
+        "    source: {kind: synthetic, symbols: 30}\n"
+        "  crypto:\n"
+        "    source: {kind: synthetic, symbols: 60}\n",
+    )
+    with pytest.raises(CatalogError) as error:
+        load_catalog(path)
+    assert str(error.value) == (
+        f"{path}:4: sleeves: key 'crypto' is given twice (first on line 2; YAML would silently "
+        "keep only the last): remove one"
+    )
+
+
+def test_a_duplicate_key_at_any_depth_is_refused_with_every_other_problem(tmp_path):
+    path = write(
+        tmp_path,
+        "first_run: 2025-01-01\n"
+        "first_run: 2025-02-01\n"
+        "sleeves:\n"
+        "  crypto:\n"
+        "    source: {kind: synthetic, seed: 1, seed: 2}\n"
+        "    policy:\n"
+        "      cap: 0.3\n"
+        "      cap: 0.4\n"
+        "      lookbak: 9\n",
+    )
+    with pytest.raises(CatalogError) as error:
+        load_catalog(path)
+    problems = error.value.problems
+    assert f"{path}:2: top level: key 'first_run' is given twice (first on line 1;" in problems[0]
+    assert f"{path}:5: sleeves.crypto.source: key 'seed' is given twice" in problems[1]
+    assert (
+        f"{path}:8: sleeves.crypto.policy: key 'cap' is given twice (first on line 7;"
+        in (problems[2])
+    )
+    assert "unknown policy parameter 'lookbak' (did you mean 'lookback'?)" in problems[3]
+    assert len(problems) == 4
+
+
+def test_an_empty_source_in_a_yaml_file_is_refused(tmp_path):
+    path = write(tmp_path, "sleeves:\n  crypto:\n    source:\n  tradfi:\n")
+    with pytest.raises(CatalogError) as error:
+        load_catalog(path)
+    assert error.value.problems == [
+        f"{path}: sleeve 'crypto': source = None: the sleeve has no source (rule: `source: "
+        "{kind: ...}` with kind one of ['synthetic', 'csv', 'parquet'])",
+        f"{path}: sleeve 'tradfi': an empty entry (rule: a sleeve names its data, e.g. "
+        "`source: {kind: synthetic}`)",
+    ]

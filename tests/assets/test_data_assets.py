@@ -190,3 +190,44 @@ def test_a_csv_sleeve_loads_good_files_and_reports_the_broken_one(instance, lake
     stored = ParquetLake(root=lake_root).read(["bars"], "crypto").bars
     assert set(stored["symbol"]) == set(market["symbol"])
     assert check(result, data.BARS_CONTRACT).passed
+
+
+def test_a_negative_and_a_nan_close_in_csv_files_are_named_where_the_returns_stop(
+    instance, lake_root, tmp_path
+):
+    from tvq_resources.market_data import SourceConfig
+    from tvq_resources.synthetic import generate_market
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    market = generate_market(seed=3, n_symbols=12, end=AS_OF)
+    listed_early = market.groupby("symbol")["date"].min() < pd.Timestamp("2025-01-01")
+    negative, missing = sorted(listed_early[listed_early].index)[:2]
+    for symbol, rows in market.groupby("symbol"):
+        rows = rows.drop(columns="symbol").rename(columns={"date": "Date"}).reset_index(drop=True)
+        if symbol == negative:
+            rows.loc[rows["Date"] == "2026-03-12", "close"] = -3.2
+        if symbol == missing:
+            rows.loc[rows["Date"] == "2026-04-02", "close"] = float("nan")
+        rows.to_csv(folder / f"{symbol}.csv", index=False)
+    resources = resources_for(lake_root, crypto=SourceConfig(kind="csv", path=str(folder)))
+    _, result = materialise(instance, resources)
+    evaluation = check(result, data.RETURNS_CONTRACT)
+    assert not evaluation.passed
+    failures = evaluation.metadata["first_failures"].value
+    assert (
+        f"{negative} on 2026-03-12: return is missing after the symbol's first bar because its "
+        "bar of 2026-03-12 was dropped as price_non_positive (price not finite and positive, "
+        "value -3.2)"
+    ) in failures
+    # The day after: its return needs the dropped close too, and names the same bar.
+    assert (
+        f"{negative} on 2026-03-13: return is missing after the symbol's first bar because its "
+        "bar of 2026-03-12" in failures
+    )
+    assert (
+        f"{missing} on 2026-04-02: return is missing after the symbol's first bar because its "
+        "bar of 2026-04-02 was dropped as price_missing (empty open/high/low/close cell, value nan)"
+    ) in failures
+    assert "set policy.bar_actions {price_non_positive: quarantine}" in failures
+    assert "downstream_probe" not in materialised(result)

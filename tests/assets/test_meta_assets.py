@@ -359,7 +359,11 @@ def test_a_sleeve_outside_the_meta_portfolio_requests_nothing(lake_root, instanc
 
 
 def test_the_catalog_meta_section_is_validated_naming_each_problem():
-    sleeves = {"crypto": {"calendar": "crypto"}, "tradfi": {"calendar": "weekday"}}
+    synthetic = {"kind": "synthetic"}
+    sleeves = {
+        "crypto": {"calendar": "crypto", "source": synthetic},
+        "tradfi": {"calendar": "weekday", "source": synthetic},
+    }
     with pytest.raises(CatalogError) as raised:
         parse_catalog(
             {

@@ -431,3 +431,40 @@ def test_the_volume_spike_warning_is_strictly_above_sigma():
         frame.assign(symbol="S", date=pd.Timestamp("2026-01-01")),
     )
     assert list(found["value"]) == [z[1]]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "rule"),
+    [
+        ("close", np.inf, "price_non_positive"),
+        ("open", -1.0, "price_non_positive"),
+        ("low", 1e6, "ohlc_inconsistent"),  # low far above high
+    ],
+)
+def test_a_missing_return_names_the_bar_defect_that_dropped_its_bar(column, value, rule):
+    from tvq_assets.quant.bars import BarPolicy, clean
+
+    raw = make_bars(days=60)
+    day = raw.loc[ROW, "date"]
+    raw.loc[ROW, column] = value
+    cleaned = clean(raw, calendar="crypto", policy=BarPolicy(), now=pd.Timestamp("2030-01-01"))
+    window = returns_window(
+        cleaned.bars,
+        as_of=raw["date"].max(),
+        lookback=50,
+        calendar="crypto",
+        stale_days=5,
+        min_history=10,
+    )
+    found = contracts.returns_violations(window.returns)
+    named = contracts.name_dropped_bars(found, cleaned.defects, window.returns)
+    messages = named.loc[named["symbol"] == "AAA", "message"].tolist()
+    assert len(messages) == 2  # the dropped day and the next one lack a return
+    for message in messages:
+        assert f"because its bar of {day:%Y-%m-%d} was dropped as {rule} (" in message
+        assert f"set policy.bar_actions {{{rule}: quarantine}}" in message
+    # Without a dropped bar behind it (a day missing from the source) a gap keeps its plain text.
+    assert named[named["symbol"] != "AAA"].equals(found[found["symbol"] != "AAA"])
+    assert contracts.name_dropped_bars(found, cleaned.defects.iloc[0:0], window.returns).equals(
+        found
+    )

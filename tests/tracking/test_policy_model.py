@@ -22,8 +22,6 @@ def test_the_registered_champion_predicts_the_stored_portfolio(
     tmp_path, monkeypatch, lake_root, sleeve_policy
 ):
     monkeypatch.chdir(tmp_path)  # anything MLflow writes relative to the cwd stays here
-    import mlflow
-
     sleeve_policy("crypto", policy={"test": 40, "step": 40, "turnover_penalty": 1.0})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     resources = resources_for(lake_root, crypto=synthetic_source(symbols=30))
@@ -45,9 +43,9 @@ def test_the_registered_champion_predicts_the_stored_portfolio(
     settings = policy_settings(catalog.sleeve("crypto"))
     assert policy.settings_from_config(policy.settings_config(settings)) == settings
 
-    # The IO manager registered the champion when it stored the portfolio: load it by alias.
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name('crypto')}@champion")
+    # The IO manager registered the champion when it stored the portfolio: load it by alias,
+    # its files verified against the digests its registration recorded.
+    model = registry.load_policy("crypto", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     predicted = model.predict(policy.model_input(window)).set_index("symbol")["weight"]
     expected = stored.weights["weight"]
     assert len(expected) and set(predicted.index) == set(expected.index)

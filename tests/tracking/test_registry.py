@@ -6,7 +6,9 @@ The verdicts are the stored ``backtest`` rows a tournament would write; which of
 the incumbent is decided by ``backtest.champion_verdict`` (tested in tests/quant), here only
 mirrored."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -161,3 +163,63 @@ def test_a_changed_parameter_is_a_new_version_of_the_same_policy(store, sleeve_p
     versions = tracker.model_versions(NAME)
     assert versions[0].tags["tvq.settings_digest"] != versions[1].tags["tvq.settings_digest"]
     assert str(tracker.alias(NAME, registry.CHAMPION).version) == "2"
+
+
+def stored_file(tracker, name: str) -> Path:
+    """The one stored copy of a registered model's file in the local artifact store."""
+    [path] = list(tracker.artifact_root.rglob(name))
+    return path
+
+
+@pytest.mark.slow
+def test_a_registered_version_loads_only_with_the_files_it_was_registered_with(store):
+    tracker, lake = store
+    decide(tracker, lake, "2026-06-01", verdict(A, A, None, True))
+    version = tracker.alias(NAME, registry.CHAMPION)
+    code = stored_file(tracker, "policy_model.py")
+    assert version.tags[registry.CODE_DIGEST] == hashlib.sha256(code.read_bytes()).hexdigest()
+    assert set(json.loads(version.tags[registry.FILE_DIGESTS])) >= {"MLmodel", "policy_model.py"}
+
+    model = registry.load_policy(SLEEVE, tracking_uri=tracker.uri)
+    assert model.unwrap_python_model().champion == A
+
+    # An attacker with write access to the artifact store replaces the code MLflow executes.
+    marker = Path(tracker.artifact_root).parent / "executed"
+    code.write_text(f"open({str(marker)!r}, 'w').close()\n" + code.read_text())
+    with pytest.raises(registry.UnverifiedModelError) as refused:
+        registry.load_policy(SLEEVE, tracking_uri=tracker.uri)
+    assert f"model {NAME} version 1:" in str(refused.value)
+    assert "policy_model.py: changed" in str(refused.value)
+    assert not marker.exists()  # refused before anything of it ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda folder: (folder / "MLmodel").write_text("flavors: {}\n"), "MLmodel: changed"),
+        (lambda folder: (folder / "conda.yaml").unlink(), "conda.yaml: missing"),
+        (lambda folder: (folder / "extra.py").write_text("x = 1\n"), "extra.py: not part of"),
+    ],
+)
+def test_a_changed_configuration_a_missing_or_an_added_file_is_refused(store, tamper, message):
+    tracker, lake = store
+    decide(tracker, lake, "2026-06-01", verdict(A, A, None, True))
+    tamper(stored_file(tracker, "MLmodel").parent)
+    with pytest.raises(registry.UnverifiedModelError, match=f"model {NAME} version 1: .*{message}"):
+        registry.load_policy(SLEEVE, version="1", tracking_uri=tracker.uri)
+
+
+@pytest.mark.slow
+def test_a_version_registered_without_digests_is_refused_and_replaced_by_the_next_run(store):
+    tracker, lake = store
+    decide(tracker, lake, "2026-06-01", verdict(A, A, None, True))
+    for tag in (registry.CODE_DIGEST, registry.CONFIG_DIGEST, registry.FILE_DIGESTS):
+        tracker.client.delete_model_version_tag(NAME, "1", tag)  # as registered before digests
+    with pytest.raises(registry.UnverifiedModelError, match="version 1 was registered without"):
+        registry.load_policy(SLEEVE, tracking_uri=tracker.uri)
+    again, _ = decide(tracker, lake, "2026-06-02", verdict(A, A, A, False))
+    assert again.champion_version == "2"
+    assert (
+        registry.load_policy(SLEEVE, tracking_uri=tracker.uri).unwrap_python_model().champion == A
+    )

@@ -273,8 +273,6 @@ def test_links_go_both_ways(tracked_graph, mlflow_server):
 def test_the_champion_registered_on_the_server_reproduces_the_portfolio(
     tracked_graph, mlflow_server
 ):
-    import mlflow
-
     result, tracker, lake = tracked_graph
     uri, _, _ = mlflow_server
     [run] = parent_runs(tracker)
@@ -286,8 +284,7 @@ def test_the_champion_registered_on_the_server_reproduces_the_portfolio(
     )
     assert champion.run_id == run.info.run_id and champion.tags["dagster.run_id"] == result.run_id
     assert run.data.tags["tvq.promotion.verdict"].startswith("first champion")
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    model = registry.load_policy("crypto", tracking_uri=uri)
     window, stored = lake.read(["returns"], KEY), lake.read(["portfolio"], KEY)
     predicted = model.predict(policy.model_input(window)).set_index("symbol")["weight"]
     expected = stored.weights["weight"]

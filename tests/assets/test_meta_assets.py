@@ -296,8 +296,8 @@ def test_a_one_sleeve_meta_portfolio_is_that_sleeve_at_100_percent(lake_root, in
     assert book == {"crypto_C": 0.5, "crypto_A_0630": 0.25, "crypto_B_0630": 0.25}
 
 
-def test_a_user_catalog_of_one_sleeve_makes_it_the_whole_meta_portfolio():
-    sleeves = {"futures": {"source": {"kind": "csv", "path": "/data/futures"}}}
+def test_a_user_catalog_of_one_sleeve_makes_it_the_whole_meta_portfolio(tmp_path):
+    sleeves = {"futures": {"source": {"kind": "csv", "path": str(tmp_path)}}}
     alone = parse_catalog({"sleeves": sleeves})
     assert alone.meta_sleeves == ("futures",)
     settings = meta_assets.meta_settings(alone)

@@ -88,10 +88,13 @@ WORKING = [
 # Exit status of a command whose instance storage stopped answering.
 STORAGE_LOST = 3
 # The storage on a server is probed this often while a command runs, and declared lost once no
-# connection succeeded for LOST_AFTER_SECONDS: shorter than Dagster's own retries of a storage
-# call (about 6 s), so the summary comes before the run's own failures and their tracebacks.
+# connection succeeded for LOST_AFTER_SECONDS (and LOST_AFTER_PROBES attempts, each allowed
+# CONNECT_SECONDS, so a slow machine is not a lost server): shorter than Dagster's own retries of
+# a storage call (about 6 s), so the summary comes before the run's own failures and tracebacks.
 PROBE_SECONDS = 1.0
+CONNECT_SECONDS = 3
 LOST_AFTER_SECONDS = 5.0
+LOST_AFTER_PROBES = 3
 
 
 def daemons_running(instance: dg.DagsterInstance) -> set[str]:
@@ -500,18 +503,27 @@ class Launcher:
     # -- a storage that stopped answering ----------------------------------------------------------
     def _probe(self, url: str) -> None:
         """The watch of a storage on a server (a thread of its own): ends the command once no
-        connection succeeded for LOST_AFTER_SECONDS."""
-        failing_since = None
+        connection succeeded for LOST_AFTER_SECONDS, over LOST_AFTER_PROBES attempts at least."""
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_SECONDS}
+        )
+        failing_since, failures = None, 0
         while not self._done.wait(PROBE_SECONDS):
+            attempt = time.monotonic()
             try:
-                _connect(url)
+                with engine.connect():
+                    pass
             except Exception as error:
-                failing_since = failing_since or time.monotonic()
+                failing_since, failures = failing_since or attempt, failures + 1
                 lost = time.monotonic() - failing_since >= LOST_AFTER_SECONDS
-                if lost and not self._done.is_set():
-                    self._storage_lost(error, f"no connection for {LOST_AFTER_SECONDS:.0f} s")
+                if lost and failures >= LOST_AFTER_PROBES and not self._done.is_set():
+                    detail = f"no connection for {time.monotonic() - failing_since:.0f} s"
+                    self._storage_lost(error, detail)
             else:
-                failing_since = None
+                failing_since, failures = None, 0
 
     def _storage_lost(self, error: BaseException, detail: str | None = None) -> NoReturn:
         if self._exit and not self._lost.acquire(blocking=False):
@@ -577,19 +589,6 @@ class Launcher:
             except OSError:
                 continue
         return None
-
-
-def _connect(url: str) -> None:
-    """One connection to the storage server, without Dagster's retries; raises its error."""
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 2})
-    try:
-        with engine.connect():
-            pass
-    finally:
-        engine.dispose()
 
 
 def events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:

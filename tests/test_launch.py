@@ -25,7 +25,7 @@ from tests.test_faults import SMALL_CATALOG
 from tvq_assets import launch
 from tvq_resources import services
 from tvq_resources.lake import ParquetLake
-from tvq_resources.run_launcher import HOST_TAG, PID_TAG, this_host
+from tvq_resources.run_launcher import HOST_TAG, PID_TAG, PROCESS_TAG, process_identity, this_host
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "2026-06-30|crypto"
@@ -139,15 +139,38 @@ def test_a_run_executed_without_the_launcher_on_this_machines_storage_is_judged_
     assert [d.run.run_id for d in launch.fail_dead_runs(instance)] == [run.run_id]
 
 
-def test_a_pid_now_held_by_a_process_younger_than_the_run_is_not_the_runs_process(
+def test_a_pid_now_held_by_another_process_or_from_before_a_restart_is_not_the_runs(
     instance, live_pid
 ):
-    an_hour_ago = time.time() - 3600
-    run = _run(instance, pid=live_pid, host=this_host(), at=an_hour_ago)
-    [dead] = launch.fail_dead_runs(instance)
-    assert dead.run.run_id == run.run_id
-    assert f"pid {live_pid} on {this_host()} now belongs to a process started after" in (
-        _failure(instance, run.run_id)
+    boot, started = process_identity(live_pid).split(":")
+    recorded = {
+        "another process": f"{boot}:{int(started) - 100}",  # the same pid, started earlier
+        "restarted": f"{'0' * len(boot)}:{started}",  # the same pid and start, another boot
+    }
+    runs = {
+        fate: _run(
+            instance,
+            pid=live_pid,
+            host=this_host(),
+            **{PID_TAG: str(live_pid), PROCESS_TAG: identity},
+        )
+        for fate, identity in recorded.items()
+    }
+    # The live process with its own identity is the run's.
+    mine = _run(
+        instance,
+        pid=live_pid,
+        host=this_host(),
+        **{PID_TAG: str(live_pid), PROCESS_TAG: process_identity(live_pid)},
+    )
+    dead = {d.run.run_id for d in launch.fail_dead_runs(instance)}
+    assert dead == {run.run_id for run in runs.values()}
+    assert instance.get_run_by_id(mine.run_id).status == STARTED
+    assert f"pid {live_pid} on {this_host()} now belongs to another process" in _failure(
+        instance, runs["another process"].run_id
+    )
+    assert f"{this_host()} has restarted since the run started" in _failure(
+        instance, runs["restarted"].run_id
     )
 
 

@@ -6,14 +6,16 @@ notices when a run worker it started dies, but nothing watches a run executed in
 it: killed, such a run stays STARTED forever and holds its sleeve's slot in the queue.
 
 This launcher records, when it launches a run, the machine its process runs on (tag
-``tvq/run_worker_host``) and, when it executes the run itself, that process's pid
-(``tvq/run_worker_pid``; a launched run worker reports its own pid with the run's start event).
-:func:`worker_gone` judges from them whether the run's process is certainly gone: the monitoring
-daemon asks it through :meth:`MonitoredRunLauncher.check_run_worker_health`, and the ``tvq``
-commands ask it themselves when no daemon monitors runs (``tvq_assets.launch``). It never
-condemns a run of another machine, nor one whose process it cannot see die: a pid is only
-meaningful on the machine that recorded it, and a pid that now belongs to a process started
-after the run's is a recycled pid, not the run's process.
+``tvq/run_worker_host``) and, when it executes the run itself, that process's pid and identity
+(``tvq/run_worker_pid``, ``tvq/run_worker_process``: boot id and start time, which tell a pid
+reused by another process, or a restart, apart); a launched run worker reports its own pid with
+the run's start event. :func:`worker_gone` judges from them whether the run's process is
+certainly gone: the monitoring daemon asks it through
+:meth:`MonitoredRunLauncher.check_run_worker_health`, and the ``tvq`` commands ask it themselves
+when no daemon monitors runs (``tvq_assets.launch``). It never condemns a run of another machine
+(a pid means something only where it was recorded), nor a process it cannot see die: a live pid
+without a recorded identity counts as the run's, which at worst delays the verdict to the run's
+``max_runtime_seconds``.
 
 A run dequeued by a process that has the code location loaded in itself (``tvq demo`` and ``tvq
 production`` when no daemon is dequeuing, see ``tvq_assets.launch``) is executed right there, as
@@ -35,13 +37,13 @@ from dagster._core.remote_representation.code_location import InProcessCodeLocat
 from dagster._core.storage.runs import InMemoryRunStorage, SqliteRunStorage
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
-# The machine the run's process runs on, and its pid when the launching process executes the run.
+# The machine the run's process runs on; when the launching process executes the run itself, its
+# pid and its identity (boot id and start time in clock ticks: a pid reused by another process, or
+# a pid after a restart, has another identity).
 HOST_TAG = "tvq/run_worker_host"
 PID_TAG = "tvq/run_worker_pid"
+PROCESS_TAG = "tvq/run_worker_process"
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-# A pid held by a process started this long after the run's process was known to exist is a
-# recycled pid. The margin covers the one-second resolution of the boot time in /proc/stat.
-RECYCLED_AFTER_SECONDS = 30.0
 
 
 def this_host() -> str:
@@ -50,12 +52,23 @@ def this_host() -> str:
 
 @dataclass(frozen=True)
 class RunWorker:
-    """The process executing a run, as recorded: its pid, its machine (None: not known), and a
-    time (epoch seconds) at which it certainly existed."""
+    """The process executing a run, as recorded: its pid, its machine (None: not known) and its
+    identity (None: not recorded, e.g. a run worker started by a code server)."""
 
     pid: int
     host: str | None
-    existed_at: float
+    identity: str | None = None
+
+
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time in clock ticks since boot>`` of a live process (Linux), else None:
+    two processes that ever had the same pid have different identities."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return f"{boot}:{fields[19]}"  # field 22 of proc(5): starttime
+    except (OSError, IndexError):
+        return None
 
 
 def run_worker_pid(instance, run_id: str) -> int | None:
@@ -77,14 +90,12 @@ def run_worker(instance, run: DagsterRun) -> RunWorker | None:
         # A run executed without this launcher (`dagster job execute`, `execute_in_process`)
         # records no machine; on storage that only this machine opens, it ran here.
         host = this_host()
-    starts = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_START)
-    if starts and starts[-1].dagster_event is not None and starts[-1].dagster_event.pid:
-        return RunWorker(starts[-1].dagster_event.pid, host, starts[-1].timestamp)
-    pid = run.tags.get(PID_TAG)
-    starting = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_STARTING)
-    if pid and pid.isdigit() and starting:
-        return RunWorker(int(pid), host, starting[-1].timestamp)
-    return None
+    tagged = run.tags.get(PID_TAG, "")
+    tagged_pid = int(tagged) if tagged.isdigit() else None
+    pid = run_worker_pid(instance, run.run_id) or tagged_pid
+    if pid is None:
+        return None
+    return RunWorker(pid, host, (run.tags.get(PROCESS_TAG) or None) if pid == tagged_pid else None)
 
 
 def worker_gone(instance, run: DagsterRun) -> str | None:
@@ -95,62 +106,31 @@ def worker_gone(instance, run: DagsterRun) -> str | None:
     worker = run_worker(instance, run)
     if worker is None or worker.host is None or worker.host != this_host():
         return None
-    fate = process_fate(worker.pid, worker.existed_at, worker.host)
+    fate = process_fate(worker.pid, worker.identity, worker.host)
     return None if fate is None else f"the run worker (pid {worker.pid}) is gone: {fate}"
 
 
-def process_fate(pid: int, existed_at: float, host: str) -> str | None:
-    """What became of the process ``pid`` of this machine (``host``) that existed at
-    ``existed_at`` (epoch seconds): None while it runs, else a sentence saying what happened."""
+def process_fate(pid: int, identity: str | None, host: str) -> str | None:
+    """What became of the process ``pid`` of this machine (``host``), recorded with ``identity``
+    (:func:`process_identity`; None: not recorded): None while it may run, else a sentence."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return f"no process has that pid on {host} any more (it was killed or it crashed)"
     except PermissionError:
         pass  # exists, owned by someone else
-    stat = _process_stat(pid)
-    if stat is None:
-        # No /proc (not Linux), or it exited in between: only kill(pid, 0) above can be trusted.
-        return None
-    state, started_at = stat
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None  # no /proc (not Linux), or it exited in between: judged at the next look
     if state in ("Z", "X"):
         return f"the process has exited on {host} (its parent has not reaped it yet)"
-    if started_at is not None and started_at > existed_at + RECYCLED_AFTER_SECONDS:
-        return (
-            f"pid {pid} on {host} now belongs to a process started after the run's "
-            "(the run's process was killed or crashed, or the machine restarted)"
-        )
-    return None
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` exists and has not exited (a zombie, not yet reaped, has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    stat = _process_stat(pid)
-    return stat is None or stat[0] not in ("Z", "X")
-
-
-def _process_stat(pid: int) -> tuple[str, float | None] | None:
-    """(state, start time in epoch seconds) of a process from /proc, or None when unreadable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    now = process_identity(pid)
+    if identity is None or now is None or now == identity:
         return None
-    state, ticks = fields[0], fields[19]  # fields 3 and 22 of proc(5)
-    try:
-        booted = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        return state, booted + int(ticks) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError):
-        return state, None
+    if now.split(":")[0] != identity.split(":")[0]:
+        return f"{host} has restarted since the run started"
+    return f"pid {pid} on {host} now belongs to another process (the run's was killed or crashed)"
 
 
 def _remote_code_server(origin) -> bool:
@@ -177,6 +157,9 @@ class MonitoredRunLauncher(DefaultRunLauncher):
         tags = {HOST_TAG: this_host()}
         if here:
             tags[PID_TAG] = str(os.getpid())
+            identity = process_identity(os.getpid())
+            if identity:
+                tags[PROCESS_TAG] = identity
         elif location is not None and _remote_code_server(location.origin):
             # A code server of its own (a `grpc_server` workspace entry) starts the run worker
             # on its machine.

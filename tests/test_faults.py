@@ -432,15 +432,16 @@ def test_values_survive_kill_9_mid_write_and_clean_removes_every_leftover(tmp_pa
 
 
 def test_the_run_worker_health_check_sees_a_killed_process_even_before_it_is_reaped():
-    from tvq_resources.run_launcher import process_alive
+    from tvq_resources.run_launcher import process_fate, process_identity
 
     child = subprocess.Popen(["sleep", "60"])
-    assert process_alive(child.pid)
+    known = process_identity(child.pid)
+    assert process_fate(child.pid, known, "here") is None
     child.kill()
     time.sleep(0.5)  # dead but not reaped: a zombie still answers kill(pid, 0)
-    assert not process_alive(child.pid)
+    assert process_fate(child.pid, known, "here").startswith("the process has exited on here")
     child.wait()
-    assert not process_alive(child.pid)
+    assert process_fate(child.pid, known, "here").startswith("no process has that pid on here")
 
 
 def test_every_refresh_run_carries_the_tag_the_queue_limits_to_one_per_sleeve(instance):

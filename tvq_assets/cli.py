@@ -3,10 +3,11 @@
 ``tvq demo`` refreshes every sleeve's bars and materialises the newest run partition of every sleeve
 as runs of the workspace's code location, submitted to the run queue (they appear on the job pages
 of ``make dev`` and its sensors see them), then prints a short summary per sleeve. ``tvq
-production`` does the same in production mode. ``tvq backfill`` submits a range of run partitions
-of one sleeve to Dagster's backfill machinery (the daemon of ``make dev`` executes them) and shows
-them finish. ``tvq lake verify|clean|quarantine`` checks the Parquet lake, removes what killed
-writes left behind, and sets a damaged value aside and recomputes it.
+production`` does the same in production mode. ``tvq backfill`` requests a backfill of a range
+of run partitions of one sleeve from Dagster's backfill machinery (executed by the daemon of
+``make dev``, or by the command itself when no daemon runs) and shows them finish. ``tvq lake
+verify|clean|quarantine`` checks the Parquet lake, removes what killed writes left behind, and
+sets a damaged value aside and recomputes it.
 """
 
 import argparse
@@ -14,11 +15,9 @@ import atexit
 import contextlib
 import logging
 import os
-import subprocess
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import NoReturn
@@ -29,9 +28,6 @@ import yaml
 
 from tvq_resources import links
 from tvq_resources.services import REPOSITORY_HOME
-
-# Queued runs must name the code location as the workspace (and so the daemon) knows it.
-WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
 
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -107,7 +103,7 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
     newest = newest_run_date()
     names = sleeves or list(catalog.sleeves)
     status = 0
-    with launch.Launcher(instance) as launcher:
+    with launch.Launcher(instance, exit_when_storage_lost=True) as launcher:
         if launch.daemon_dequeues(instance):
             print(f"the daemon of `make dev` runs these runs (queue: {UI}/runs)", flush=True)
         started = time.perf_counter()
@@ -400,84 +396,122 @@ def production(sleeves: list[str] | None) -> int:
 
 
 def backfill(sleeve_name: str, start: str, end: str, wait: bool) -> int:
-    """Submit the range to Dagster's backfill machinery (the daemon launches its runs through the
-    queue); while a daemon runs, show each partition as its run finishes, then a table."""
+    """Request a backfill of the range's run partitions of one sleeve from Dagster's backfill
+    machinery (as the UI does). A running daemon (``make dev``) executes it; without one, this
+    command does the daemon's passes itself and executes the runs here, one at a time. A line per
+    partition as its run finishes, then a table."""
     from tvq_assets import launch
     from tvq_assets.partitions import run_key
 
-    dates = pd.date_range(start, end, freq="D")
+    try:
+        dates = pd.date_range(start, end, freq="D")
+    except ValueError as error:
+        print(f"tvq backfill: START and END are dates (YYYY-MM-DD): {error}", file=sys.stderr)
+        return 2
     keys = [run_key(d, sleeve_name) for d in dates]
-    # Our own tag finds the backfill's runs (Dagster copies a backfill's tags to its runs).
-    marker = uuid.uuid4().hex[:12]
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "job",
-        "backfill",
-        "-w",
-        str(WORKSPACE),
-        "-j",
-        "daily",
-        "--partitions",
-        ",".join(keys),
-        "--tags",
-        f'{{"{BACKFILL_TAG}": "{marker}"}}',
-        "--noprompt",
-    ]
-    print(f"submitting {len(keys)} run partitions of {sleeve_name} to Dagster's backfill daemon")
-    status = subprocess.call(command, stdout=subprocess.DEVNULL)
-    if status:
-        return status
     instance = dg.DagsterInstance.get()
-    if not wait or not launch.daemon_dequeues(instance):
+    with launch.Launcher(instance, exit_when_storage_lost=True) as launcher:
+        problem = _backfill_problem(launcher.partition_keys("daily"), sleeve_name, keys)
+        if problem:
+            print(f"tvq backfill {sleeve_name} {start} {end}: {problem}", file=sys.stderr)
+            return 2
+        backfill_id = launcher.backfill("daily", keys)
+        running = launch.daemons_running(instance)
+        daemon = {launch.BACKFILLS, launch.QUEUE} <= running
+        page = f"{UI}/runs/b/{backfill_id}"
+        print(f"backfill {backfill_id}: {len(keys)} run partitions of {sleeve_name}, {page}")
+        if not wait:
+            print(
+                "the daemon of `make dev` executes it"
+                if daemon
+                else "no daemon is running: nothing executes it until one runs (`make dev`); "
+                "without --no-wait, tvq backfill executes it itself"
+            )
+            return 0
         print(
-            f"submitted (tag {BACKFILL_TAG}={marker}); no daemon is running: `make dev` executes "
-            f"it, see {UI}/runs/b/ (Backfills tab)"
-            if wait
-            else f"submitted (tag {BACKFILL_TAG}={marker}); follow it at {UI}/overview/backfills"
+            "the daemon of `make dev` executes it"
+            if daemon
+            else "no daemon is running: this command executes it, one run at a time",
+            flush=True,
         )
-        return 0
-    return watch_backfill(instance, marker, keys)
+        return watch_backfill(launcher, backfill_id, keys)
 
 
-BACKFILL_TAG = "tvq/backfill"
+def _backfill_problem(known: list[str], sleeve_name: str, keys: list[str]) -> str | None:
+    """What is wrong with the backfill's partition keys (None: nothing)."""
+    sleeves = sorted({key.split("|")[1] for key in known})
+    if sleeve_name not in sleeves:
+        return f"no sleeve {sleeve_name!r} in the catalog (sleeves: {', '.join(sleeves)})"
+    if not keys:
+        return "START is after END: no date to backfill"
+    dates = sorted(key.split("|")[0] for key in known if key.endswith(f"|{sleeve_name}"))
+    outside = [key.split("|")[0] for key in keys if key not in set(known)]
+    if outside:
+        return (
+            f"{len(outside)} date(s) are not run partitions ({', '.join(outside[:3])}"
+            f"{', ...' if len(outside) > 3 else ''}); the run partitions of {sleeve_name} are "
+            f"{dates[0]} .. {dates[-1]}"
+        )
+    return None
 
 
-def watch_backfill(instance: dg.DagsterInstance, marker: str, keys: list[str]) -> int:
-    """A line per partition as its run finishes, then the table of succeeded and failed ones.
-    A partition's outcome is its newest run (a retry replaces a run whose process died)."""
+def watch_backfill(launcher, backfill_id: str, keys: list[str], poll_seconds: float = 2.0) -> int:
+    """Until the backfill is over: the daemon's passes when no daemon runs, a line per run as it
+    finishes, then the table of every partition and its result (exit 1 if one did not succeed).
+    A partition's outcome is its newest run: a retry (the daemon's, of a run whose process died)
+    replaces the run it retries, which is reported as "retry follows"."""
+    from tvq_assets import launch
+
     started = time.perf_counter()
     shown: set[str] = set()
+    done: set[str] = set()
     while True:
+        launcher.step(backfills=True)
+        runs = launcher.backfill_runs(backfill_id)  # newest first
         newest: dict[str, dg.DagsterRun] = {}
-        for run in instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: marker})):  # newest first
+        for run in runs:
             newest.setdefault(run.tags.get("dagster/partition", "?"), run)
-        for key in keys:
-            run = newest.get(key)
-            if run is not None and run.is_finished and run.run_id not in shown:
-                shown.add(run.run_id)
-                print(
-                    f"[{len(shown):>3}/{len(keys)}] {key}  "
-                    f"{run.status.value}  {UI}/runs/{run.run_id}  "
-                    f"({time.perf_counter() - started:.0f}s)",
-                    flush=True,
-                )
-        [job] = [b for b in instance.get_backfills() if b.tags.get(BACKFILL_TAG) == marker] or [
-            None
-        ]
-        submitted_all = job is not None and job.status != dg.BulkActionStatus.REQUESTED
-        if all(r.is_finished for r in newest.values()) and (
-            len(newest) == len(keys) or submitted_all
-        ):
+        # A failed run that the daemon's retry will re-execute is not the partition's outcome.
+        retries = launch.RETRIES in launcher.daemons
+        retried = {
+            run.run_id
+            for run in runs
+            if retries
+            and run.status == dg.DagsterRunStatus.FAILURE
+            and run.tags.get("dagster/will_retry") == "true"
+        }
+        for run in reversed(runs):  # oldest first
+            key = run.tags.get("dagster/partition", "?")
+            if not run.is_finished or run.run_id in shown:
+                continue
+            shown.add(run.run_id)
+            if run.run_id not in retried:
+                done.add(key)
+            print(
+                f"[{len(done):>3}/{len(keys)}] {key}  {run.status.value}  {UI}/runs/{run.run_id}  "
+                f"({time.perf_counter() - started:.0f}s)"
+                f"{'  retry follows' if run.run_id in retried else ''}",
+                flush=True,
+            )
+        unfinished = [r for r in newest.values() if not r.is_finished or r.run_id in retried]
+        if not unfinished and (len(newest) == len(keys) or launcher.backfill_over(backfill_id)):
             break
-        time.sleep(2)
-    succeeded = [k for k in keys if k in newest and newest[k].is_success]
+        launcher.explain_waits(r.run_id for r in runs if r.status == dg.DagsterRunStatus.QUEUED)
+        time.sleep(poll_seconds)
+    if launch.BACKFILLS not in launcher.daemons:
+        launcher.step(backfills=True)  # the backfill's own pass marks it completed
     width = max(len(k) for k in keys)
     print(f"\n{'partition':<{width}}  result")
     for key in keys:
         print(f"{key:<{width}}  {newest[key].status.value if key in newest else 'NOT RUN'}")
-    print(f"\n{len(succeeded)} succeeded, {len(keys) - len(succeeded)} failed")
+    succeeded = [k for k in keys if k in newest and newest[k].is_success]
+    record = launcher.instance.get_backfill(backfill_id)
+    state = record.status.value if record is not None else "?"
+    error = record.error.message.strip().splitlines()[0] if record and record.error else ""
+    print(
+        f"\n{len(succeeded)} succeeded, {len(keys) - len(succeeded)} failed "
+        f"(backfill {backfill_id}: {state}{f': {error}' if error else ''})"
+    )
     return 0 if len(succeeded) == len(keys) else 1
 
 

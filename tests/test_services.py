@@ -182,6 +182,7 @@ def started(tmp_path):
     running.record()
     running.password_file.write_text("secret\n")
     running.ray_token.write_text("token\n")
+    running.mlflow_password_file.write_text("mlflow-secret\n")
     stand_ins = {}
     for name in services.DEFAULT_PORTS:
         stand_ins[name] = subprocess.Popen(["sleep", "600"], start_new_session=True)

@@ -102,3 +102,34 @@ def test_a_server_that_wants_a_login_is_named_with_the_variables_to_set():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_login_inside_the_tracking_uri_reaches_the_server_check_and_is_accepted():
+    """``http://user:password@host`` is a valid tracking URI: the health probe and the login
+    probe use it without passing the user-info to urllib (which would take it for the host)."""
+    import base64
+    import http.server
+    import threading
+
+    expected = "Basic " + base64.b64encode(b"tvq:s3cret").decode()
+
+    class Guarded(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            allowed = self.path == "/health" or self.headers.get("Authorization") == expected
+            self.send_response(200 if allowed else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from tvq_resources import mode
+
+        uri = f"http://tvq:s3cret@127.0.0.1:{server.server_port}"
+        assert mode._mlflow_answers(uri) is None
+        assert mode._mlflow_accepts(uri, {}) is None
+    finally:
+        server.shutdown()
+        server.server_close()

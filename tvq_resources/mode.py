@@ -230,8 +230,9 @@ def _postgres_answers(url: str) -> str | None:
 
 
 def _mlflow_answers(uri: str) -> str | None:
+    bare = links.credentials(uri)[0]  # urllib takes no user-info; /health needs no login
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS) as reply:
+        with urllib.request.urlopen(f"{bare.rstrip('/')}/health", timeout=PROBE_SECONDS) as reply:
             return None if reply.status == 200 else f"HTTP {reply.status} from /health"
     except (urllib.error.URLError, OSError) as error:
         return str(getattr(error, "reason", error))

@@ -133,3 +133,21 @@ def test_a_login_inside_the_tracking_uri_reaches_the_server_check_and_is_accepte
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_mlflow_server_started_without_a_login_is_not_left_running_as_it_is(tmp_path):
+    """Services of an older version: MLflow runs with no login; `make services` must not report
+    it as running and carry on."""
+    import subprocess
+
+    free = [services._free_port() for _ in range(3)]
+    running = services.Services(tmp_path, *free, tmp_path / "production")
+    running.record()
+    stand_in = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        running.pid_file("mlflow").write_text(f"{stand_in.pid}\n")
+        with pytest.raises(services.ServiceError, match="runs without a login"):
+            running.start()
+    finally:
+        stand_in.kill()
+        stand_in.wait()

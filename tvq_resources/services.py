@@ -346,6 +346,12 @@ class Services:
                     f"process; choose another with {variable}=<port> (e.g. make services "
                     f"{variable}={self.port(name) + 1000})"
                 )
+        if running["mlflow"] and not self.mlflow_password_file.exists():
+            raise ServiceError(
+                f"mlflow under {self.state} runs without a login (started by an older version, "
+                "open to every local user): restart the services with `make services-stop`, "
+                "then `make services`"
+            )
         self.record()
         for name, starter in (
             ("postgres", self._start_postgres),

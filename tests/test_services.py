@@ -1,15 +1,21 @@
 """Production mode: the mode's one home, its service checks, and the services of ``make services``
 (Postgres, an MLflow server, a Ray head) carrying a real production flow end to end."""
 
+import base64
 import contextlib
 import functools
+import ipaddress
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -182,6 +188,7 @@ def started(tmp_path):
     running.record()
     running.password_file.write_text("secret\n")
     running.ray_token.write_text("token\n")
+    running.mlflow_password_file.write_text("mlflow-secret\n")
     stand_ins = {}
     for name in services.DEFAULT_PORTS:
         stand_ins[name] = subprocess.Popen(["sleep", "600"], start_new_session=True)
@@ -460,6 +467,125 @@ def test_services_on_chosen_ports_are_found_by_env_and_restart_on_them_right_aft
     assert all(not pids for pids in left.values()), left
 
 
+def _address(hexadecimal: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp{,6}: 32-bit words in the host's (little-endian) order."""
+    raw = bytes.fromhex(hexadecimal)
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(raw)
+
+
+def _listeners(pids: list[int]) -> list[tuple[str, int, int, str]]:
+    """(address, port, pid, command) of every TCP socket these processes listen on."""
+    owner = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        owner[target[8:-1]] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in owner:  # LISTEN
+                host, port = fields[1].split(":")
+                pid = owner[fields[9]]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                found.append((str(_address(host)), int(port, 16), pid, command))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    parsed = ipaddress.ip_address(address)
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return parsed.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.mark.slow
+def test_running_services_refuse_strangers_show_no_secret_in_ps_and_listen_on_loopback_only():
+    """The attacks on `make services`: an unauthenticated artifact PUT (it replaced a champion's
+    code), the Postgres password on MLflow's command line, Ray's metrics on every interface."""
+    base, state, home = _state_folder()
+    chosen = {name: str(_free_port()) for name in ("PG_PORT", "MLFLOW_PORT", "RAY_PORT")}
+    where = {"SERVICES_DIR": str(state)}
+    try:
+        up = _make("services", {**where, "PRODUCTION_HOME": str(home), **chosen})
+        assert up.returncode == 0, up.stdout + up.stderr
+        exports = _make("services-env", where)
+        production = dict(
+            line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()
+        )
+        check_production(production)  # the exports' login is accepted
+        # A task, so that the cluster has workers listening too.
+        task = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import ray; ray.init(); print(ray.get(ray.remote(lambda: 7).remote()))",
+            ],
+            env={**os.environ, **production},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert task.stdout.strip().endswith("7"), task.stderr[-3000:]
+
+        # MLflow: nothing without the login, the REST API and the artifact store alike.
+        server = production["MLFLOW_TRACKING_URI"]
+        search = f"{server}/api/2.0/mlflow/experiments/search?max_results=1"
+        put = urllib.request.Request(
+            f"{server}/api/2.0/mlflow-artifacts/artifacts/1/x/artifacts/model/policy_model.py",
+            data=b"import os",
+            method="PUT",
+        )
+        for request in (search, put):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+        login = base64.b64encode(
+            f"{production['MLFLOW_TRACKING_USERNAME']}:"
+            f"{production['MLFLOW_TRACKING_PASSWORD']}".encode()
+        ).decode()
+        authorised = urllib.request.Request(search, headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(authorised, timeout=10) as reply:
+            assert reply.status == 200
+        assert stat.S_IMODE((state / "mlflow.password").stat().st_mode) == 0o600
+
+        # No process of the machine shows a secret on its command line.
+        secrets_ = {
+            "postgres": (state / "pg.password").read_text().strip(),
+            "mlflow": production["MLFLOW_TRACKING_PASSWORD"],
+            "ray": (state / "ray.token").read_text().strip(),
+        }
+        shown = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    line = (entry / "cmdline").read_bytes().decode(errors="replace")
+                    shown += [(entry.name, n) for n, secret in secrets_.items() if secret in line]
+        assert shown == []
+
+        # Every socket the services listen on is bound to loopback.
+        families = _pids(state)
+        listening = {name: _listeners(pids) for name, pids in families.items()}
+        for name in ("postgres", "mlflow", "ray"):
+            assert listening[name], name
+        exposed = [
+            (name, *listener)
+            for name, found in listening.items()
+            for listener in found
+            if not _loopback(listener[0])
+        ]
+        assert exposed == []
+        ray_commands = {os.path.basename(command) for _, _, _, command in listening["ray"]}
+        print(f"ray listeners on loopback: {len(listening['ray'])} ({sorted(ray_commands)})")
+    finally:
+        stopped = _make("services-stop", where)
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
 @pytest.mark.slow
 def test_production_flow_on_the_services_end_to_end(monkeypatch):
     base, state, home = _state_folder()
@@ -496,13 +622,37 @@ def test_production_flow_on_the_services_end_to_end(monkeypatch):
         assert production["TV_ORCH_MODE"] == "production"
         check_production(production)  # every service answers
 
+        # The attack's setting: the MLflow login inside the tracking URI (services of one's own,
+        # so no record to compare the URI with), Postgres's password in TVQ_POSTGRES_URL.
+        secrets_ = {
+            "mlflow": production["MLFLOW_TRACKING_PASSWORD"],
+            "postgres": (state / "pg.password").read_text().strip(),
+        }
+        user = production["MLFLOW_TRACKING_USERNAME"]
+        server = production["MLFLOW_TRACKING_URI"]
         environment = {**os.environ, **production, "TVQ_SLEEVES": str(sleeves)}
-        environment.pop("TVQ_LAKE", None)
+        environment["MLFLOW_TRACKING_URI"] = server.replace(
+            "http://", f"http://{user}:{secrets_['mlflow']}@"
+        )
+        for variable in (
+            "TVQ_LAKE",
+            "TVQ_SERVICES_DIR",
+            *[k for k in production if "TRACKING_" in k and k != "MLFLOW_TRACKING_URI"],
+        ):
+            environment.pop(variable, None)
         started = time.perf_counter()
         flow = _make("flow-production", {}, environment)
         flow_seconds = time.perf_counter() - started
         assert flow.returncode == 0, flow.stdout[-3000:] + flow.stderr[-5000:]
         print(f"make services: {startup:.1f}s; make flow-production: {flow_seconds:.1f}s")
+        assert f"{server}/#/experiments/" in flow.stdout  # links are printed, without the login
+        leaks = [name for name, secret in secrets_.items() if secret in flow.stdout + flow.stderr]
+        assert leaks == [], "the terminal shows a password"
+        # Nor does any file of the production instance (compute logs, storage, lake).
+        for path in home.rglob("*"):
+            if path.is_file():
+                content = path.read_bytes()
+                assert not [n for n, v in secrets_.items() if v.encode() in content], path
 
         # The Postgres instance holds the runs and the materialisations.
         monkeypatch.setenv("TVQ_POSTGRES_URL", production["TVQ_POSTGRES_URL"])
@@ -518,10 +668,21 @@ def test_production_flow_on_the_services_end_to_end(monkeypatch):
                 assert event is not None, asset
                 assert event.dagster_event.partition == partition, asset
                 assert event.run_id == runs["daily"].run_id
+            # Every event of every run (messages, metadata such as `mlflow_run` links), and the
+            # runs' tags and config: no password.
+            stored = [dg.serialize_value(run) for run in runs.values()]
+            for run in runs.values():
+                stored += [dg.serialize_value(entry) for entry in instance.all_logs(run.run_id)]
+            linked = [text for text in stored if "mlflow_run" in text]
+            assert linked, "the runs' events link their MLflow runs"
+            for name, secret in secrets_.items():
+                assert not [text for text in stored if secret in text], name
 
         # The MLflow server holds one run for the partition, finished.
         from mlflow import MlflowClient
 
+        for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.setenv(variable, production[variable])
         client = MlflowClient(tracking_uri=production["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name("tvq-crypto")
         found = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -530,6 +691,16 @@ def test_production_flow_on_the_services_end_to_end(monkeypatch):
         assert partitions == [partition], partitions
         assert parents[0].info.status == "FINISHED"
         assert parents[0].data.tags["dagster.run_id"] == runs["daily"].run_id
+        # Nothing tagged or logged as a parameter in MLflow holds a password.
+        recorded = [
+            value for run in found for value in [*run.data.tags.values(), *run.data.params.values()]
+        ]
+        for model in client.search_registered_models():
+            recorded += list(model.tags.values())
+            for version in client.search_model_versions(f"name = '{model.name}'"):
+                recorded += [*version.tags.values(), version.source or ""]
+        for name, secret in secrets_.items():
+            assert not [value for value in recorded if secret in value], name
     finally:
         before = _pids(state)
         down = _make("services-stop", variables)

@@ -601,7 +601,7 @@ def track(sleeve_name: str, start: str, end: str) -> int:
     )
     for partition, stages in recorded:
         print(f"{partition}: {', '.join(stages) or 'already complete'}")
-    print(f"{len(recorded)} partition(s) of {sleeve_name} in MLflow at {tracker.uri}")
+    print(f"{len(recorded)} partition(s) of {sleeve_name} in MLflow at {tracker.shown_uri}")
     return 0
 
 

@@ -903,9 +903,9 @@ def summary(tracker: MlflowTracker, partition: str) -> str:
         )
     except Exception as error:
         reason = type(error).__name__
-        return f"   mlflow:  unavailable at {tracker.uri} ({reason}); `tvq track` replays it"
+        return f"   mlflow:  unavailable at {tracker.shown_uri} ({reason}); `tvq track` replays it"
     if not runs:
-        return f"   mlflow:  no run for {partition} at {tracker.uri}"
+        return f"   mlflow:  no run for {partition} at {tracker.shown_uri}"
     run = runs[-1]
     url = tracker.run_url(experiment.experiment_id, run.info.run_id)
     line = f"   mlflow:  run {run.info.run_id} ({run.info.status}) {url}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tvq_resources import services
+from tvq_resources import links, services
 
 VARIABLE = "TV_ORCH_MODE"
 START_HINT = 'start them with `make services`, then `eval "$(make -s services-env)"`'
@@ -101,15 +101,20 @@ def check_production(environ: dict[str, str] | None = None) -> ProductionService
         problem = _mlflow_answers(tracking)
         if problem:
             problems.append(
-                f"MLFLOW_TRACKING_URI={tracking}: the server does not answer: {problem}"
+                f"MLFLOW_TRACKING_URI={links.redact(tracking)}: the server does not answer: "
+                f"{problem}"
             )
+        else:
+            problem = _mlflow_accepts(tracking, env)
+            if problem:
+                problems.append(f"MLFLOW_TRACKING_URI={links.redact(tracking)}: {problem}")
     ray_address = env.get("RAY_ADDRESS", "")
     if not ray_address:
         problems.append("RAY_ADDRESS is not set: production fans out on a Ray cluster")
     else:
         problem = _ray_answers(ray_address)
         if problem:
-            problems.append(f"RAY_ADDRESS={ray_address}: {problem}")
+            problems.append(f"RAY_ADDRESS={links.redact(ray_address)}: {problem}")
     problems += _stale_exports(env)
     if problems:
         raise ProductionUnavailable(
@@ -137,7 +142,7 @@ def _stale_exports(env: dict[str, str]) -> list[str]:
             "since these exports were made)"
         ]
     stale = [
-        f"{name}={_shown(env.get(name, ''))} (recorded: {_shown(value)})"
+        f"{name}={_shown(env.get(name, ''), name)} (recorded: {_shown(value, name)})"
         for name, value in expected.items()
         if name not in (VARIABLE, services.STATE_VARIABLE) and env.get(name, "") != value
     ]
@@ -150,13 +155,9 @@ def _stale_exports(env: dict[str, str]) -> list[str]:
     ]
 
 
-def _shown(value: str) -> str:
-    """A value for an error message: a URL's password left out."""
-    scheme, separator, rest = value.partition("://")
-    credentials, at, place = rest.rpartition("@")
-    if not separator or not at or ":" not in credentials:
-        return value
-    return f"{scheme}://{credentials.split(':')[0]}:***@{place}"
+def _shown(value: str, name: str) -> str:
+    """A value for an error message: its secrets left out (a password variable's wholly)."""
+    return links.HIDDEN if "PASSWORD" in name else links.redact(value)
 
 
 def instance_storage(home: Path) -> dict[str, Any]:
@@ -229,11 +230,43 @@ def _postgres_answers(url: str) -> str | None:
 
 
 def _mlflow_answers(uri: str) -> str | None:
+    bare = links.credentials(uri)[0]  # urllib takes no user-info; /health needs no login
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS) as reply:
+        with urllib.request.urlopen(f"{bare.rstrip('/')}/health", timeout=PROBE_SECONDS) as reply:
             return None if reply.status == 200 else f"HTTP {reply.status} from /health"
     except (urllib.error.URLError, OSError) as error:
         return str(getattr(error, "reason", error))
+
+
+def _mlflow_accepts(uri: str, env: dict[str, str]) -> str | None:
+    """A server with authentication (``make services``' runs MLflow's basic-auth app) refuses
+    requests without credentials: the check asks it for one experiment as the runs will, with
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (or the URI's user-info)."""
+    import base64
+
+    bare, user, password = links.credentials(uri)
+    user = env.get("MLFLOW_TRACKING_USERNAME") or user
+    password = env.get("MLFLOW_TRACKING_PASSWORD") or password
+    request = urllib.request.Request(
+        f"{bare.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    )
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_SECONDS):
+            return None
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            given = "were refused" if user else "are not set"
+            return (
+                f"the server requires a login (HTTP {error.code}) and MLFLOW_TRACKING_USERNAME/"
+                f"MLFLOW_TRACKING_PASSWORD {given}: export those of `make -s services-env` "
+                "(the services' admin login is in their state folder, mlflow.password)"
+            )
+        return None  # answers; anything else is the runs' own to report
+    except (urllib.error.URLError, OSError) as error:
+        return f"the server does not answer: {getattr(error, 'reason', error)}"
 
 
 def _ray_answers(address: str) -> str | None:
@@ -258,7 +291,8 @@ def main() -> int:
             services = check_production()
             print(
                 f"production: instance {services.dagster_home}, MLflow "
-                f"{services.mlflow_tracking_uri}, Ray {services.ray_address}"
+                f"{links.redact(services.mlflow_tracking_uri)}, Ray "
+                f"{links.redact(services.ray_address)}"
             )
         else:
             print("local: in-process, SQLite storage and MLflow store under DAGSTER_HOME")

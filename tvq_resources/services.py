@@ -13,10 +13,20 @@ another production home) than running services were started with is refused
 (:class:`SettingsConflict`). ``stop`` removes the record once every service is down; a record
 left behind by services that died is reused by the next ``start`` unless it is given ports.
 
-Every service binds 127.0.0.1 only. A service is stopped by the process ids it was started with
-(never by process name, which would hit other clusters on the machine): Postgres through
-``pg_ctl`` (its postmaster pid), MLflow and Ray by the session they were started in, each in a
-session of its own, so that workers they fork are found even after their parent exits.
+Every service is on 127.0.0.1 and asks for credentials (the README's "Threat model" says who
+can reach what): Postgres a password (``pg.password``), the MLflow server a login of its
+basic-auth app (user ``tvq``, ``mlflow.password``), the Ray head its token (``ray.token``); each
+secret is generated into the state folder with mode 0600 and reaches the servers through files
+and environment variables, never a command line (which every local user can read in ``ps``).
+The Ray head and its clients run with Ray's single-machine setting
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``): otherwise ``ray start`` replaces ``--node-ip-address
+127.0.0.1`` by the machine's network address, and its GCS, raylet, agents, metrics exporters and
+workers listen there (or on every interface).
+
+A service is stopped by the process ids it was started with (never by process name, which would
+hit other clusters on the machine): Postgres through ``pg_ctl`` (its postmaster pid), MLflow and
+Ray by the session they were started in, each in a session of its own, so that workers they fork
+are found even after their parent exits.
 
 Postgres refuses to run as root: as root its commands run as the ``postgres`` system user that
 Debian's package creates (``runuser``).
@@ -43,6 +53,8 @@ from tvq_resources import links
 HOST = links.LOOPBACK
 PG_SCHEME = "postgresql+psycopg2"
 USER = "tvq"
+# The MLflow server's admin login (its basic-auth app creates it on the first start).
+MLFLOW_USER = "tvq"
 DATABASES = ("dagster", "mlflow")
 # The services' MLflow server takes the port of `make mlflow-ui` (the Makefile's MLFLOW_PORT).
 DEFAULT_PORTS = {"postgres": 5433, "mlflow": links.MLFLOW_UI_PORT, "ray": 6379}
@@ -60,6 +72,10 @@ STATE_VARIABLE = "TVQ_SERVICES_DIR"
 # state folder).
 RAY_TEMP_MAX = 45
 STOP_SECONDS = 30.0
+# Ray's single-machine switch (ray_constants.ENABLE_RAY_CLUSTER, on by default on Linux): when
+# off, Ray keeps 127.0.0.1 as the node's address instead of resolving it to the machine's
+# network address (services.resolve_ip_for_localhost), so that every Ray listener binds loopback.
+RAY_LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Services whose pid files predate the record: their ports are unknown, so nothing is guessed.
 _UNRECORDED = (
     "services run under {state} without a record of their ports (started by an older "
@@ -211,6 +227,14 @@ class Services:
         return self.state / "ray.token"
 
     @property
+    def mlflow_password_file(self) -> Path:
+        return self.state / "mlflow.password"
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        return self.state / "mlflow" / "basic_auth.ini"
+
+    @property
     def logs(self) -> Path:
         return self.state / "logs"
 
@@ -243,10 +267,16 @@ class Services:
             "DAGSTER_HOME": str(self.production_home),
             "TVQ_POSTGRES_URL": self.postgres_url(),
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            # MLflow's clients send these as the server's basic-auth login.
+            "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
+            "MLFLOW_TRACKING_PASSWORD": _read_secret(self.mlflow_password_file),
             "RAY_ADDRESS": self.ray_address,
             # The head runs with token authentication; clients read the token from this file.
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.ray_token),
+            # Clients too: without it Ray turns RAY_ADDRESS's 127.0.0.1 into the machine's
+            # network address, where the loopback-only head does not listen.
+            RAY_LOOPBACK_VARIABLE: "0",
             STATE_VARIABLE: str(self.state),
         }
 
@@ -316,6 +346,12 @@ class Services:
                     f"process; choose another with {variable}=<port> (e.g. make services "
                     f"{variable}={self.port(name) + 1000})"
                 )
+        if running["mlflow"] and not self.mlflow_password_file.exists():
+            raise ServiceError(
+                f"mlflow under {self.state} runs without a login (started by an older version, "
+                "open to every local user): restart the services with `make services-stop`, "
+                "then `make services`"
+            )
         self.record()
         for name, starter in (
             ("postgres", self._start_postgres),
@@ -358,9 +394,8 @@ class Services:
                 if not link.is_symlink():
                     link.symlink_to(self.pgdata)
             self.pgdata.mkdir(mode=0o700)
-            password = secrets.token_urlsafe(24)
-            self.password_file.write_text(password + "\n")
-            self.password_file.chmod(0o600)
+            self.password_file.unlink(missing_ok=True)  # a new cluster, a new password
+            password = _secret(self.password_file, secrets.token_urlsafe(24))
             pwfile = self.pg_home / ".initdb-password"
             pwfile.write_text(password + "\n")
             _own_by_postgres(self.pgdata, pwfile)
@@ -422,13 +457,30 @@ class Services:
             connection.close()
 
     def _start_mlflow(self) -> None:
+        _ensure_mlflow_auth_installed()
         artifacts = self.state / "mlflow" / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
+        password = _secret(self.mlflow_password_file, secrets.token_urlsafe(24))
+        # Signs the UI's CSRF tokens; kept across restarts so that open pages stay valid.
+        signing_key = _secret(self.state / "mlflow.secret_key", secrets.token_hex(32))
+        # MLflow's basic-auth app: every request but /health and the static UI files needs a
+        # login; users and permissions live in a SQLite file beside the artifacts (the admin,
+        # created on the first start with MLFLOW_AUTH_ADMIN_PASSWORD, is the only user).
+        users = self.state / "mlflow" / "basic_auth.db"
+        config = (
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{users}\n"
+            f"admin_username = {MLFLOW_USER}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        self.mlflow_auth_config.unlink(missing_ok=True)
+        _secret(self.mlflow_auth_config, config)
         command = [
             str(Path(sys.executable).parent / "mlflow"),
             "server",
-            "--backend-store-uri",
-            self.postgres_url("mlflow"),
+            "--app-name",
+            "basic-auth",
             "--artifacts-destination",
             str(artifacts),
             "--host",
@@ -438,15 +490,22 @@ class Services:
             "--workers",
             "1",
         ]
-        # No background job runner: nothing here uses MLflow jobs, and it is one process less.
-        environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        environment = {
+            **os.environ,
+            # No background job runner: nothing here uses MLflow jobs, one process less.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # The store's URL holds Postgres's password: the environment, not the command line.
+            "MLFLOW_BACKEND_STORE_URI": self.postgres_url("mlflow"),
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.mlflow_auth_config),
+            "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_USER,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": signing_key,
+        }
         self._spawn("mlflow", command, environment)
 
     def _start_ray(self) -> None:
         temp = self._ray_temp_dir()
-        if not self.ray_token.exists():
-            self.ray_token.write_text(secrets.token_hex(32) + "\n")
-            self.ray_token.chmod(0o600)
+        _secret(self.ray_token, secrets.token_hex(32))
         # Ray's auxiliary ports default to fixed numbers (10001, 52365, ...) that another
         # cluster on the machine may hold; free ones are picked instead (only the GCS port,
         # RAY_ADDRESS, is for clients).
@@ -480,6 +539,10 @@ class Services:
             **os.environ,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.ray_token),
+            # Ray's single-machine mode: the node's address stays 127.0.0.1, which its agents
+            # (metrics export, dashboard agent, runtime-env agent, client server) then bind;
+            # otherwise `ray start` swaps loopback for the machine's network address.
+            RAY_LOOPBACK_VARIABLE: "0",
             # The raylet waits this long for its agents to report their ports (default 15 s);
             # on a loaded two-core machine their imports alone can take longer.
             "RAY_raylet_start_wait_time_s": "120",
@@ -557,6 +620,28 @@ class Services:
                 self.pg_log,
             )
         _wait_gone(family, STOP_SECONDS)
+
+
+def _secret(path: Path, value: str) -> str:
+    """The secret kept in ``path``, created with ``value`` when missing: mode 0600 from the
+    first byte (never readable by others, not even for a moment)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        return _read_secret(path)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise ServiceError(
+            f"{path} is missing: `make services-stop`, then `make services` creates it"
+        ) from None
 
 
 def libpq_url(url: str) -> str:
@@ -672,6 +757,18 @@ def _postgres_bin() -> Path:
 
 def _ensure_postgres_installed() -> None:
     _postgres_bin()
+
+
+def _ensure_mlflow_auth_installed() -> None:
+    """MLflow's basic-auth app imports Flask-WTF (the ``mlflow[auth]`` extra), which the server
+    would otherwise report only in its log."""
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise ServiceError(
+            "mlflow: its basic-auth app needs Flask-WTF (the mlflow[auth] extra), which is not "
+            "installed in this environment: `make setup` installs it from pyproject.toml"
+        )
 
 
 def _is_root() -> bool:

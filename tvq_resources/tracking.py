@@ -39,8 +39,16 @@ class TrackingUnavailable(RuntimeError):
 
 @cache
 def _client(uri: str):
+    """A client of ``uri``. Credentials in the URI (``http://user:password@host``) are handed to
+    MLflow as ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` and the client gets the bare URI, so that
+    nothing MLflow prints, raises or stores carries them."""
     from mlflow import MlflowClient
 
+    bare, user, password = links.credentials(uri)
+    if user is not None and links.is_server(uri):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
+        uri = bare
     return MlflowClient(tracking_uri=uri)
 
 
@@ -66,6 +74,11 @@ class MlflowTracker(dg.ConfigurableResource):
         if configured:
             return configured
         return f"sqlite:///{self.local_root / 'mlflow.db'}"
+
+    @property
+    def shown_uri(self) -> str:
+        """:attr:`uri` as printed and stored: without its secrets."""
+        return links.redact(self.uri)
 
     @property
     def local_root(self) -> Path:
@@ -115,6 +128,9 @@ class MlflowTracker(dg.ConfigurableResource):
 
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # tvq prints its own links (without credentials); MLflow's "View run at" would be one
+        # more line per finished run.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         delay, last = self.backoff_seconds, None
         for attempt in range(1, self.attempts + 1):
             try:
@@ -134,13 +150,20 @@ class MlflowTracker(dg.ConfigurableResource):
                 time.sleep(delay)
                 delay *= 2
         raise TrackingUnavailable(
-            f"MLflow tracking at {self.uri} unreachable while trying to {what} "
-            f"({self.attempts} attempts): {type(last).__name__}: {str(last)[:300]}"
+            f"MLflow tracking at {self.shown_uri} unreachable while trying to {what} "
+            f"({self.attempts} attempts): {type(last).__name__}: {links.redact(str(last))[:300]}"
         ) from last
 
     @property
     def client(self):
         return _client(self.uri)
+
+    @property
+    def client_uri(self) -> str:
+        """The URI MLflow's own functions are given: a server's without its credentials (the
+        client has handed them to MLflow's environment)."""
+        _client(self.uri)
+        return links.credentials(self.uri)[0] if self.is_server else self.uri
 
     # -- experiments and runs ------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -307,7 +330,10 @@ class MlflowTracker(dg.ConfigurableResource):
             local = self.call(
                 f"download {path}",
                 lambda: download_artifacts(
-                    run_id=run_id, artifact_path=path, dst_path=scratch, tracking_uri=self.uri
+                    run_id=run_id,
+                    artifact_path=path,
+                    dst_path=scratch,
+                    tracking_uri=self.client_uri,
                 ),
             )
             return Path(local).read_text()

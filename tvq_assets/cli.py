@@ -103,7 +103,9 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
     newest = newest_run_date()
     names = sleeves or list(catalog.sleeves)
     status = 0
-    with launch.Launcher(instance, exit_when_storage_lost=True) as launcher:
+    with launch.Launcher(
+        instance, exit_when_storage_lost=True, on_dead=tracking_of_dead_runs(instance)
+    ) as launcher:
         if launch.daemon_dequeues(instance):
             print(f"the daemon of `make dev` runs these runs (queue: {UI}/runs)", flush=True)
         started = time.perf_counter()
@@ -147,6 +149,22 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
         f"Runs: {UI}/runs (`make dev`); MLflow: `make mlflow-ui`"
     )
     return status
+
+
+def tracking_of_dead_runs(instance: dg.DagsterInstance):
+    """Marks the MLflow runs of a run the launcher found dead (its process killed) FAILED, as the
+    daemon's ``mlflow_on_failure`` sensor does when a daemon runs; a tracking error is a warning,
+    never the command's failure."""
+    from tvq_assets import tracking
+    from tvq_assets.definitions import defs
+
+    def finalise(run: dg.DagsterRun) -> None:
+        try:
+            tracking.finalise(defs.resources["mlflow"], instance, run.run_id)
+        except Exception as error:
+            print(f"MLflow: could not mark the runs of {run.run_id[:8]} failed: {error}")
+
+    return finalise
 
 
 def _report(
@@ -410,7 +428,9 @@ def backfill(sleeve_name: str, start: str, end: str, wait: bool) -> int:
         return 2
     keys = [run_key(d, sleeve_name) for d in dates]
     instance = dg.DagsterInstance.get()
-    with launch.Launcher(instance, exit_when_storage_lost=True) as launcher:
+    with launch.Launcher(
+        instance, exit_when_storage_lost=True, on_dead=tracking_of_dead_runs(instance)
+    ) as launcher:
         problem = _backfill_problem(launcher.partition_keys("daily"), sleeve_name, keys)
         if problem:
             print(f"tvq backfill {sleeve_name} {start} {end}: {problem}", file=sys.stderr)

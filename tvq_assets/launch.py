@@ -297,9 +297,13 @@ class Launcher:
         *,
         exit_when_storage_lost: bool = False,
         say: Callable[[str], None] = lambda line: print(line, flush=True),
+        on_dead: Callable[[dg.DagsterRun], None] = lambda run: None,
     ):
         self.instance = instance
         self.say = say
+        # What else must learn that a dead run ended (its MLflow runs), as the daemon's run
+        # status sensors would when a daemon runs.
+        self.on_dead = on_dead
         self.submitted: dict[str, str] = {}  # run id -> "job [partition]"
         self.status: dict[str, str] = {}  # run id -> status last seen
         self.backfills: dict[str, int] = {}  # backfill id -> partitions
@@ -440,6 +444,7 @@ class Launcher:
             return  # the daemon's run monitoring does it (and its retries follow)
         for dead in fail_dead_runs(self.instance):
             self.say(f"{describe(dead.run)} was {dead.run.status.value}: {dead.message}")
+            self.on_dead(dead.run)
 
     def explain_waits(self, run_ids: Iterable[str]) -> None:
         """Once per run: why a queued run of ``run_ids`` waits (the limit and who holds it)."""

@@ -222,7 +222,8 @@ def calendar_grid(
     ``crypto`` is every calendar day. ``weekday`` is the Monday–Friday dates on which the sleeve
     traded at all (so exchange holidays are not invented as gaps; weekend rows never enter). On
     a mixed-venue weekday sleeve a holiday of one venue is still a grid date: ``_wide_on_grid``
-    carries that venue's last close across it (``HOLIDAY_CARRY``).
+    carries that venue's last close across it (``HOLIDAY_CARRY``), and :func:`returns_history`
+    onto the grid's last dates when they are that venue's holiday (:func:`venue_sessions`).
     """
     if calendar == "crypto":
         return pd.date_range(end=end, periods=rows, freq="D", name="date")

@@ -275,3 +275,18 @@ def test_a_single_venue_weekday_sleeve_decides_bit_identically_with_inferred_ven
             pd.testing.assert_frame_equal(
                 getattr(runs[0], field), getattr(runs[1], field), check_exact=True
             )
+
+
+@pytest.mark.parametrize("venues", [KNOWN, INFERRED], ids=["calendar", "inferred"])
+def test_the_models_input_replays_the_holiday_universe_of_the_run(venues):
+    settings = weekday_settings(venues)
+    run = policy.point_in_time(
+        venue_bars(), as_of=day("2024-07-04"), settings=settings, quarantine=True
+    )
+    # A registered model sees only the history (no bars): its last bars come from the volumes.
+    replayed = policy.window_from_input(policy.model_input(run), settings)
+    chosen = policy.universe(
+        replayed.returns, replayed.dollar_volume, as_of=day("2024-07-04"), settings=settings
+    )
+    assert list(chosen.returns.columns) == list(run.returns.columns) == sorted(US + UK)
+    pd.testing.assert_frame_equal(chosen.returns, run.returns, check_names=False, check_freq=False)

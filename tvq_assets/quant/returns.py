@@ -114,11 +114,16 @@ class Venues:
 
     def venue_of(self, symbol: str) -> str | None:
         """The code of the first pattern ``symbol`` matches; None when none does."""
-        name = str(symbol).upper()
-        for pattern, code in self.patterns:
-            if fnmatch.fnmatchcase(name, pattern.upper()):
-                return code
-        return None
+        return _first_match(self.patterns, str(symbol).upper())
+
+
+@functools.lru_cache(maxsize=65536)
+def _first_match(patterns: tuple[tuple[str, str], ...], name: str) -> str | None:
+    # Every walk-forward window asks again for the same symbols: match each one once.
+    for pattern, code in patterns:
+        if fnmatch.fnmatchcase(name, pattern.upper()):
+            return code
+    return None
 
 
 @functools.lru_cache(maxsize=64)

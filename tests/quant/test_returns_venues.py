@@ -290,3 +290,24 @@ def test_the_models_input_replays_the_holiday_universe_of_the_run(venues):
     )
     assert list(chosen.returns.columns) == list(run.returns.columns) == sorted(US + UK)
     pd.testing.assert_frame_equal(chosen.returns, run.returns, check_names=False, check_freq=False)
+
+
+def test_the_engine_reads_venue_calendars_as_plain_data_and_never_imports_the_library():
+    import ast
+    from pathlib import Path
+
+    import tvq_assets.quant
+
+    importers = []
+    for path in Path(tvq_assets.quant.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] == "exchange_calendars" for name in names):
+                importers.append(path.name)
+    assert importers == []

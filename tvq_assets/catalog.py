@@ -39,7 +39,7 @@ KIND_ONLY_SOURCE_KEYS: Mapping[str, frozenset[str]] = {
     "csv": frozenset({"path", "pattern"}),
     "parquet": frozenset({"path", "pattern"}),
 }
-SLEEVE_KEYS = ("source", "calendar", "periods_per_year", "toxic_policy", "policy")
+SLEEVE_KEYS = ("source", "calendar", "venues", "periods_per_year", "toxic_policy", "policy")
 TOP_LEVEL_KEYS = ("first_run", "sleeves", "meta")
 DEFAULT_FIRST_RUN = "2025-01-01"
 
@@ -193,6 +193,9 @@ class Sleeve:
     periods_per_year: int
     toxic_policy: str
     policy: Policy = field(default_factory=Policy)
+    # A weekday sleeve's venues: (symbol pattern, exchange calendar code) pairs in catalog order,
+    # the first pattern a symbol matches names its venue. Empty: venues inferred from the data.
+    venues: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -440,7 +443,8 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
         if key not in SLEEVE_KEYS
     ]
     calendar = spec.get("calendar", "crypto")
-    if calendar not in CALENDARS:
+    known_calendar = calendar in CALENDARS
+    if not known_calendar:
         problems.append(
             f"{where}: calendar = {calendar!r} is not a calendar{did_you_mean(calendar, CALENDARS)}"
         )
@@ -460,6 +464,9 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
         problems.append(
             f"{where}: periods_per_year = {periods_per_year!r} breaks the rule 1 <= value <= 366"
         )
+    venues = _parse_venues(
+        spec.get("venues"), calendar if known_calendar else "weekday", where, problems
+    )
     # No default source: a sleeve that forgot its data must not trade a synthetic market.
     if spec.get("source") in (None, {}):
         problems.append(
@@ -485,7 +492,69 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
         periods_per_year=periods_per_year,
         toxic_policy=toxic_policy,
         policy=policy,
+        venues=venues,
     )
+
+
+class UnknownVenue(CatalogError):
+    """A ``venues`` code that is not an exchange calendar (raised by :func:`venue_code`)."""
+
+
+def venue_code(code: Any) -> str:
+    """``code`` as an exchange calendar name of ``exchange_calendars`` (an alias such as ``NYSE``
+    gives its canonical ``XNYS``), or :class:`UnknownVenue` naming it and the close matches."""
+    import exchange_calendars as xc  # ~0.6 s: only for a catalog that names a venue
+
+    names = xc.get_calendar_names(include_aliases=True)
+    if isinstance(code, str) and code in names:
+        return xc.calendar_utils.global_calendar_dispatcher.resolve_alias(code)
+    close = difflib.get_close_matches(str(code).upper(), names, n=4, cutoff=0.6)
+    hint = (
+        f"close matches: {', '.join(map(repr, close))}"
+        if close
+        else "no close match; the codes are exchange_calendars.get_calendar_names()"
+    )
+    raise UnknownVenue(f"{code!r} is not an exchange calendar ({hint})")
+
+
+def _parse_venues(
+    spec: Any, calendar: str, where: str, problems: list[str]
+) -> tuple[tuple[str, str], ...]:
+    """The sleeve's ``venues``: one exchange calendar code for every symbol (``venues: XNYS``),
+    or symbol patterns to codes, first match wins (``venues: {"*.L": XLON, "*": XNYS}``)."""
+    if spec is None:
+        return ()
+    if calendar != "weekday":
+        problems.append(
+            f"{where}: venues apply to a weekday sleeve only (calendar = {calendar!r} trades "
+            "every day: no venue holiday)"
+        )
+        return ()
+    if isinstance(spec, str):
+        spec = {"*": spec}
+    if not isinstance(spec, Mapping) or not spec:
+        problems.append(
+            f"{where}: venues = {spec!r}: expected an exchange calendar code (venues: XNYS) or "
+            'a mapping of symbol patterns to codes (venues: {"*.L": XLON, "*": XNYS})'
+        )
+        return ()
+    pairs: list[tuple[str, str]] = []
+    patterns: list[str] = []
+    for pattern, code in spec.items():
+        if not isinstance(pattern, str) or not pattern.strip():
+            problems.append(f"{where}: venues: pattern {pattern!r} must be a non-empty text")
+            continue
+        patterns.append(pattern)
+        if "*" in patterns[:-1]:
+            problems.append(
+                f"{where}: venues[{pattern!r}] comes after the catch-all '*' and can never "
+                "match (first match wins: put '*' last)"
+            )
+        try:
+            pairs.append((pattern, venue_code(code)))
+        except UnknownVenue as error:
+            problems.append(f"{where}: venues[{pattern!r}] = {error}")
+    return tuple(pairs)
 
 
 def _parse_source(spec: Any, calendar: str, where: str, problems: list[str]) -> dict[str, Any]:
@@ -755,5 +824,6 @@ def policy_parameters(sleeve: Sleeve) -> dict[str, Any]:
         "calendar": sleeve.calendar,
         "periods_per_year": sleeve.periods_per_year,
         "toxic_policy": sleeve.toxic_policy,
+        "venues": dict(sleeve.venues),
         **dataclasses.asdict(sleeve.policy),
     }

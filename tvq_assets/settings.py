@@ -1,9 +1,20 @@
 """From a sleeve's catalog policy to the engine's parameter object: the only place it is built."""
 
+import functools
+
+import pandas as pd
+
 from tvq_assets.catalog import Sleeve
 from tvq_assets.quant.backtest import Promotion
 from tvq_assets.quant.policy import PolicySettings
+from tvq_assets.quant.returns import VenueCalendar, Venues
 from tvq_assets.quant.selection import SelectionPolicy
+
+# The span over which a venue's closed weekdays are taken from its exchange calendar: fixed, so
+# that a run's decision never depends on the day the code runs (the library's default span is
+# relative to today). A run dated outside it infers its venues' holidays from the data.
+VENUE_CALENDAR_START = "1990-01-01"
+VENUE_CALENDAR_END = "2040-12-31"
 
 
 def policy_settings(sleeve: Sleeve) -> PolicySettings:
@@ -11,6 +22,7 @@ def policy_settings(sleeve: Sleeve) -> PolicySettings:
     policy = sleeve.policy
     return PolicySettings(
         calendar=sleeve.calendar,
+        venues=venues_of(sleeve),
         periods_per_year=sleeve.periods_per_year,
         lookback=policy.lookback,
         train=policy.train,
@@ -39,4 +51,34 @@ def policy_settings(sleeve: Sleeve) -> PolicySettings:
             drawdown_tolerance=policy.drawdown_tolerance,
             min_deflated_sharpe=policy.min_deflated_sharpe,
         ),
+    )
+
+
+def venues_of(sleeve: Sleeve) -> Venues | None:
+    """The venues of a weekday sleeve (its catalog ``venues`` with each venue's closed weekdays;
+    none declared: every holiday is inferred from the data); None for a 24/7 sleeve."""
+    if sleeve.calendar != "weekday":
+        return None
+    codes = dict.fromkeys(code for _, code in sleeve.venues)
+    return Venues(
+        patterns=tuple(sleeve.venues),
+        calendars=tuple(venue_calendar(code) for code in codes),
+    )
+
+
+@functools.cache
+def venue_calendar(code: str) -> VenueCalendar:
+    """The weekdays without a session of exchange calendar ``code`` (``exchange_calendars``)
+    between VENUE_CALENDAR_START and VENUE_CALENDAR_END (within the calendar's own bounds)."""
+    import exchange_calendars as xc  # ~0.6 s: only for a sleeve that names a venue
+
+    calendar = xc.get_calendar(code, start=VENUE_CALENDAR_START, end=VENUE_CALENDAR_END)
+    first, last = calendar.sessions[0], calendar.sessions[-1]
+    weekdays = pd.bdate_range(first, last)
+    closed = weekdays.difference(pd.DatetimeIndex(calendar.sessions).tz_localize(None))
+    return VenueCalendar(
+        code=code,
+        first=f"{first:%Y-%m-%d}",
+        last=f"{last:%Y-%m-%d}",
+        closed=tuple(f"{day:%Y-%m-%d}" for day in closed),
     )

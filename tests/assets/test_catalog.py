@@ -12,10 +12,12 @@ from tvq_assets.catalog import (
     CALENDARS,
     CatalogError,
     Policy,
+    UnknownVenue,
     _range_problem,
     load_catalog,
     parse_catalog,
     policy_parameters,
+    venue_code,
 )
 
 SYNTHETIC = {"kind": "synthetic"}
@@ -356,3 +358,56 @@ def test_an_empty_source_in_a_yaml_file_is_refused(tmp_path):
         f"{path}: sleeve 'tradfi': an empty entry (rule: a sleeve names its data, e.g. "
         "`source: {kind: synthetic}`)",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# venues: which exchange calendar each symbol of a weekday sleeve trades on
+# --------------------------------------------------------------------------------------------
+def test_venues_map_symbol_patterns_to_exchange_calendars_in_catalog_order():
+    document = yaml.safe_load(
+        'sleeves: {mine: {source: {kind: synthetic}, calendar: weekday,'
+        ' venues: {"*.L": XLON, "*-L": LSE, "*": NYSE}}}'
+    )
+    sleeve = parse_catalog(document).sleeve("mine")
+    # Aliases are accepted and stored as the calendar's own code.
+    assert sleeve.venues == (("*.L", "XLON"), ("*-L", "XLON"), ("*", "XNYS"))
+    assert policy_parameters(sleeve)["venues"] == {"*.L": "XLON", "*-L": "XLON", "*": "XNYS"}
+
+
+def test_one_venue_for_every_symbol_is_written_as_its_code_and_none_is_the_default():
+    assert catalog_with(calendar="weekday", venues="XNYS").sleeve("mine").venues == (("*", "XNYS"),)
+    assert catalog_with(calendar="weekday").sleeve("mine").venues == ()
+    assert policy_parameters(catalog_with(calendar="weekday").sleeve("mine"))["venues"] == {}
+
+
+@pytest.mark.parametrize(
+    ("venues", "message"),
+    [
+        (
+            {"*.L": "XLOM"},
+            "venues['*.L'] = 'XLOM' is not an exchange calendar (close matches: 'XLON'",
+        ),
+        ({"*": "xnys"}, "'xnys' is not an exchange calendar (close matches: 'XNYS'"),
+        ({"*": "MARS"}, "'MARS' is not an exchange calendar (no close match"),
+        ({"*": 5}, "venues['*'] = 5 is not an exchange calendar"),
+        ({"*": "XNYS", "*.L": "XLON"}, "venues['*.L'] comes after the catch-all '*'"),
+        (["XNYS"], "venues = ['XNYS']: expected an exchange calendar code"),
+        ({}, "venues = {}: expected an exchange calendar code"),
+        ({"": "XNYS"}, "venues: pattern '' must be a non-empty text"),
+    ],
+)
+def test_a_broken_venue_is_refused_naming_the_pattern_and_the_close_matches(venues, message):
+    with pytest.raises(CatalogError) as error:
+        catalog_with(calendar="weekday", venues=venues)
+    assert "test.yaml: sleeve 'mine'" in str(error.value) and message in str(error.value)
+
+
+def test_venues_on_a_crypto_sleeve_are_refused():
+    with pytest.raises(CatalogError, match="venues apply to a weekday sleeve only"):
+        catalog_with(calendar="crypto", venues="XNYS")
+
+
+def test_an_unknown_venue_code_is_its_own_error_listing_the_close_matches():
+    with pytest.raises(UnknownVenue, match=r"'XNYZ' is not an exchange calendar .*'XNYS'"):
+        venue_code("XNYZ")
+    assert venue_code("NASDAQ") == "XNYS" and venue_code("XLON") == "XLON"

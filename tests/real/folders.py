@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from tvq_assets.catalog import CALENDAR_DEFAULTS, Policy
+from tvq_assets.catalog import CALENDAR_DEFAULTS, Policy, Sleeve, parse_catalog
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import returns as returns_engine
 from tvq_checks import contracts
@@ -79,6 +80,29 @@ def params(folders=FOLDERS) -> list:
     ]
 
 
+# The US and London files of the Yahoo folder with bars over 2023-06 .. 2024-08: the sources of
+# the mixed-venue fixture sleeve of ``us_london.yaml``.
+US_LONDON_FILES = (
+    "CALM-1d-no-bad-divs.csv",
+    "EWG-1d-no-bad-divs.csv",
+    "SAND-1d-bad-div.csv",
+    "JENYX-1d-cg-double-count.csv",
+    "ABDP-L-1d-bad-div.csv",
+    "ADIG-L-1d-bad-div.csv",
+    "CLC-L-1d-bad-div.csv",
+    "KMR-L-1d-no-bad-divs.csv",
+    "PSH-L-1d-bad-div.csv",
+    "REL-L-1d-bad-div.csv",
+    "RGL-L-1d-bad-div.csv",
+    "SERE-L-1d-bad-div.csv",
+    "TEM-L-1d-bad-div.csv",
+    "TENT-L-1d-bad-div.csv",
+    "HSBK-IL-1d-no-bad-divs.csv",
+    "KAP-IL-1d-bad-div.csv",
+)
+US_LONDON_CATALOG = Path(__file__).with_name("us_london.yaml")
+
+
 def assert_same_load(read, expected) -> None:
     """Two reads of a source folder (``files.LoadResult`` or ``market_data.Batch``) are equal:
     bars, superseded rows, errors in order, duplicate count and files read."""
@@ -89,6 +113,34 @@ def assert_same_load(read, expected) -> None:
         expected.duplicates,
         expected.files,
     )
+
+
+def us_london_folder(target: Path, *, until: str | None = None) -> Path:
+    """``target`` holding US_LONDON_FILES as a daily replay sees them on ``until``: each file's
+    header and its rows dated on or before it (the stamp's local date), byte for byte; the whole
+    files when None. Returns ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in US_LONDON_FILES:
+        header, *rows = (
+            (REAL / BY_NAME["tradfi_yfinance_testdata"].name / name)
+            .read_text()
+            .splitlines(keepends=True)
+        )
+        kept = [row for row in rows if until is None or row[:10] <= until]
+        (target / name).write_text(header + "".join(kept))
+    return target
+
+
+def us_london_sleeve(folder: Path) -> Sleeve:
+    """The sleeve of ``us_london.yaml`` reading ``folder``."""
+    document = yaml.safe_load(US_LONDON_CATALOG.read_text())
+    document["sleeves"]["us_london"]["source"]["path"] = str(folder)
+    return parse_catalog(document, origin=str(US_LONDON_CATALOG)).sleeve("us_london")
+
+
+def sleeve_source(sleeve: Sleeve) -> SourceConfig:
+    """The SourceConfig of a catalog sleeve (its source mapping carries the calendar)."""
+    return SourceConfig(**sleeve.source)
 
 
 def source(folder: Folder, **options) -> SourceConfig:

@@ -3,8 +3,8 @@
 A decision is a pure function of a point-in-time data window and the sleeve's policy:
 
 1. :func:`universe` — eligibility (``returns.eligibility``: stale by calendar days, no bar on the
-   last day, minimum history), quarantine of symbols with a return or bar defect inside the
-   window, and the minimum universe size;
+   last day although the symbol's venue traded, minimum history), quarantine of symbols with a
+   return or bar defect inside the window, and the minimum universe size;
 2. :func:`features` — the feature table with the stall rule (``quality.stalled``);
 3. :func:`score` / :func:`cluster` — conviction scores and clusters;
 4. :func:`select_winners` — HTR selection with the safety vetoes;
@@ -33,7 +33,7 @@ from tvq_assets.quant import backtest, clusters, inference, metrics, optimise, q
 from tvq_assets.quant import features as feature_engine
 from tvq_assets.quant import returns as returns_engine
 from tvq_assets.quant import window_cache as cache_keys
-from tvq_assets.quant.returns import ReturnsWindow
+from tvq_assets.quant.returns import ReturnsWindow, Venues
 from tvq_assets.quant.selection import Selection, SelectionPolicy, select
 from tvq_resources.records import lake_record
 
@@ -50,10 +50,12 @@ class PolicySettings:
 
     Units: bars of the sleeve's calendar; volatilities and returns annualised with
     ``periods_per_year``; ``liquidity_baseline`` in quote currency per day; ``stale_days`` in
-    calendar days.
+    calendar days. ``venues``: a weekday sleeve's venues and their closed days (None for a 24/7
+    sleeve), read by the eligibility of every window (``returns.eligibility``).
     """
 
     calendar: str
+    venues: Venues | None
     periods_per_year: int
     lookback: int
     train: int
@@ -136,6 +138,7 @@ def universe(
         as_of=as_of,
         stale_days=settings.stale_days,
         min_history=settings.min_history,
+        venues=settings.venues,
     )
     tables = [excluded]
     if len(returns):
@@ -176,7 +179,11 @@ def point_in_time(
     last ``lookback`` rows, with every symbol's last bar from all its bars) and the history and
     dated defects the walk-forward replays."""
     history = returns_engine.returns_history(
-        bars, as_of=as_of, rows=settings.history_rows, calendar=settings.calendar
+        bars,
+        as_of=as_of,
+        rows=settings.history_rows,
+        calendar=settings.calendar,
+        venues=settings.venues,
     )
     defects = quality.return_defects(history.returns, toxic_threshold=settings.toxic_threshold)
     if bar_exclusions is not None and not bar_exclusions.empty:
@@ -1071,6 +1078,7 @@ def predict_portfolio(frame: pd.DataFrame, settings: PolicySettings, champion: s
 def settings_config(settings: PolicySettings) -> dict:
     """Every policy parameter as plain JSON values (a model's ``model_config``)."""
     values = dataclasses.asdict(settings)
+    values["venues"] = settings.venues.config() if settings.venues is not None else None
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
@@ -1080,4 +1088,7 @@ def settings_from_config(values: dict) -> PolicySettings:
     chosen["selection"] = SelectionPolicy(**chosen["selection"])
     chosen["promotion"] = backtest.Promotion(**chosen["promotion"])
     chosen["cluster_lookbacks"] = tuple(chosen["cluster_lookbacks"])
+    # A model registered before venues existed decided without them: replay it so.
+    venues = chosen.get("venues")
+    chosen["venues"] = Venues.from_config(venues) if venues is not None else None
     return PolicySettings(**chosen)

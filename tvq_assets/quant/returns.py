@@ -5,6 +5,9 @@ bar has no return (NaN), so NaN marks "before genesis". Dates are tz-naive UTC c
 """
 
 import dataclasses
+import fnmatch
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +25,9 @@ REASONS = ("ineligible", "quarantine", "bar_defect")
 # silence lasts at most this many sleeve dates inside its life (a week covers every exchange
 # holiday run, e.g. 2001-09-11..14); a longer silence stays missing: a gap, or stale.
 HOLIDAY_CARRY = 5
+# One symbol going silent is a lagging feed; at least this many symbols of one inferred venue
+# going silent after the same session, while the sleeve trades on, is read as that venue's holiday.
+INFERRED_HOLIDAY_SYMBOLS = 2
 
 
 @lake_record  # a lake value: stored data names this type, never imports it
@@ -57,6 +63,164 @@ class History:
     last_bar: pd.Series
 
 
+@dataclass(frozen=True)
+class VenueCalendar:
+    """One venue's weekdays without a session (ISO dates), complete from ``first`` to ``last``."""
+
+    code: str
+    first: str
+    last: str
+    closed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Venues:
+    """Where the symbols of a weekday sleeve trade, and the weekdays each venue was closed.
+
+    Plain data built at the edge (``tvq_assets.settings`` from the catalog's ``venues`` and the
+    exchange calendars); the engine only reads it. ``patterns``: (symbol pattern, venue code)
+    pairs in catalog order; a symbol's venue is the code of the first pattern it matches
+    (``fnmatch``, case-insensitive), none when no pattern matches. ``calendars``: the closed
+    weekdays of every venue named there. An empty ``Venues()`` knows no venue: every holiday is
+    inferred from the data (:func:`venue_sessions`).
+    """
+
+    patterns: tuple[tuple[str, str], ...] = ()
+    calendars: tuple[VenueCalendar, ...] = ()
+
+    def config(self) -> dict:
+        """Plain JSON/YAML values (lists, strings) of this object."""
+        return {
+            "patterns": [list(pair) for pair in self.patterns],
+            "calendars": [
+                {**dataclasses.asdict(calendar), "closed": list(calendar.closed)}
+                for calendar in self.calendars
+            ],
+        }
+
+    @classmethod
+    def from_config(cls, values: Mapping) -> "Venues":
+        """The inverse of :meth:`config`."""
+        return cls(
+            patterns=tuple((str(pattern), str(code)) for pattern, code in values["patterns"]),
+            calendars=tuple(
+                VenueCalendar(
+                    code=str(entry["code"]),
+                    first=str(entry["first"]),
+                    last=str(entry["last"]),
+                    closed=tuple(str(day) for day in entry["closed"]),
+                )
+                for entry in values["calendars"]
+            ),
+        )
+
+    def venue_of(self, symbol: str) -> str | None:
+        """The code of the first pattern ``symbol`` matches; None when none does."""
+        return _first_match(self.patterns, str(symbol).upper())
+
+
+@functools.lru_cache(maxsize=65536)
+def _first_match(patterns: tuple[tuple[str, str], ...], name: str) -> str | None:
+    # Every walk-forward window asks again for the same symbols: match each one once.
+    for pattern, code in patterns:
+        if fnmatch.fnmatchcase(name, pattern.upper()):
+            return code
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _business_days(calendar: VenueCalendar) -> np.busdaycalendar:
+    return np.busdaycalendar(holidays=np.array(calendar.closed, dtype="datetime64[D]"))
+
+
+def exchange_qualifier(symbol: str) -> str:
+    """The exchange part of a symbol's name: after the last ``.`` (Yahoo ``VOD.L``), before the
+    first ``:`` (``LSE:VOD``), or after the last ``-`` (Yahoo names in file names, ``VOD-L``);
+    empty when the name has none (``AAPL``)."""
+    name = str(symbol).upper()
+    if "." in name:
+        return name.rsplit(".", 1)[1]
+    if ":" in name:
+        return name.split(":", 1)[0]
+    if "-" in name:
+        return name.rsplit("-", 1)[1]
+    return ""
+
+
+VENUE_COLUMNS = ("venue", "known", "last_session", "held")
+
+
+def venue_sessions(last_bar: pd.Series, *, end: pd.Timestamp, venues: Venues) -> pd.DataFrame:
+    """Each symbol's venue and that venue's last session on or before ``end`` (a weekday sleeve's
+    grid date), and whether the symbol's last bar is that session (``held``).
+
+    ``last_bar``: each symbol's last bar date on or before ``end`` (NaT: none). One row per
+    symbol (VENUE_COLUMNS):
+
+    - a symbol whose venue is named by ``venues.patterns`` and whose calendar covers ``end``:
+      ``venue`` is its code, ``known`` True, ``last_session`` the last weekday on or before
+      ``end`` that is not one of the venue's closed days; ``held`` when its last bar is on or
+      after it (its venue held no session since: a holiday, not a lag).
+    - any other symbol (no pattern matches, or the calendar does not cover ``end``): the venue is
+      inferred from the data. Its group is its venue code when a pattern names one, else its
+      :func:`exchange_qualifier` (``venue`` ``"~L"``, ``"~"`` for none); ``last_session`` is the
+      latest last bar of the group, and ``held`` when the symbol's last bar is that date and at
+      least ``INFERRED_HOLIDAY_SYMBOLS`` symbols of the group share it: several symbols of one
+      venue falling silent after the same session while the sleeve trades on is that venue's
+      holiday. Limits: one symbol alone cannot tell its holiday from its lag (it is dropped);
+      symbols of two venues under one qualifier only drop more (the group is silent only when
+      both venues are); two feeds of one group lagging together on the same day look like a
+      holiday and are kept (with a zero return) until they print again or go stale.
+    """
+    end = pd.Timestamp(end).normalize()
+    symbols = last_bar.index
+    codes = [venues.venue_of(symbol) for symbol in symbols]
+    calendars = {calendar.code: calendar for calendar in venues.calendars}
+    sessions = {}
+    for code in set(codes) - {None}:
+        calendar = calendars.get(code)
+        if calendar is None or not (
+            pd.Timestamp(calendar.first) <= end <= pd.Timestamp(calendar.last)
+        ):
+            continue
+        day = np.busday_offset(
+            end.to_datetime64().astype("datetime64[D]"),
+            0,
+            roll="backward",
+            busdaycal=_business_days(calendar),
+        )
+        sessions[code] = pd.Timestamp(day)
+    known = np.array([code in sessions for code in codes], dtype=bool)
+    last = pd.to_datetime(last_bar.to_numpy())
+    session = pd.DatetimeIndex([sessions.get(code, pd.NaT) for code in codes])
+    group = pd.Series(
+        [
+            code if code is not None else f"~{exchange_qualifier(s)}"
+            for s, code in zip(symbols, codes, strict=True)
+        ],
+        index=symbols,
+    )
+    frame = pd.DataFrame({"group": group.to_numpy(), "last": last}, index=symbols)[~known]
+    group_last = frame.groupby("group")["last"].transform("max")
+    on_last = (frame["last"] == group_last).to_numpy()
+    sharing = pd.Series(on_last, index=frame.index).groupby(frame["group"]).transform("sum")
+    inferred_held = on_last & (sharing.to_numpy() >= INFERRED_HOLIDAY_SYMBOLS)
+    last_session = pd.Series(session, index=symbols)
+    last_session[~known] = group_last.to_numpy()
+    held = pd.Series(False, index=symbols)
+    held[known] = last[known] >= session[known]
+    held[~known] = inferred_held
+    return pd.DataFrame(
+        {
+            "venue": group.to_numpy(),
+            "known": known,
+            "last_session": last_session.to_numpy(dtype="datetime64[ns]"),
+            "held": held.to_numpy(dtype=bool),
+        },
+        index=symbols,
+    )
+
+
 def calendar_grid(
     dates: pd.DatetimeIndex, *, calendar: str, end: pd.Timestamp, rows: int
 ) -> pd.DatetimeIndex:
@@ -65,7 +229,8 @@ def calendar_grid(
     ``crypto`` is every calendar day. ``weekday`` is the Monday–Friday dates on which the sleeve
     traded at all (so exchange holidays are not invented as gaps; weekend rows never enter). On
     a mixed-venue weekday sleeve a holiday of one venue is still a grid date: ``_wide_on_grid``
-    carries that venue's last close across it (``HOLIDAY_CARRY``).
+    carries that venue's last close across it (``HOLIDAY_CARRY``), and :func:`returns_history`
+    onto the grid's last dates when they are that venue's holiday (:func:`venue_sessions`).
     """
     if calendar == "crypto":
         return pd.date_range(end=end, periods=rows, freq="D", name="date")
@@ -76,13 +241,21 @@ def calendar_grid(
 
 
 def returns_history(
-    bars: pd.DataFrame, *, as_of: pd.Timestamp, rows: int, calendar: str
+    bars: pd.DataFrame,
+    *,
+    as_of: pd.Timestamp,
+    rows: int,
+    calendar: str,
+    venues: Venues | None = None,
 ) -> History:
     """Simple returns and dollar volume of every symbol over the ``rows`` grid dates ending at the
     sleeve's last bar on or before ``as_of`` (from bars dated ≤ ``as_of`` only).
 
     The grid ends at the last bar on or before ``as_of``: a run scheduled before the day's bars
-    land still sees a complete last row.
+    land still sees a complete last row (a Saturday's run is Friday's). With ``venues`` (a
+    weekday sleeve), a symbol whose venue held no session after its last bar up to the grid's
+    end (:func:`venue_sessions`) carries its last close to the end: a zero return on its venue's
+    holiday at the end of the grid, exactly as the same day reads once it is inside the grid.
     """
     as_of = pd.Timestamp(as_of).normalize()
     known = bars[bars["date"] <= as_of]
@@ -101,6 +274,8 @@ def returns_history(
     close, volume, last_bar = _wide_on_grid(
         known, grid, carry=HOLIDAY_CARRY if calendar == "weekday" else 0
     )
+    if venues is not None and calendar == "weekday":
+        close = _carry_to_the_end(close, last_bar, venues)
     returns = close.pct_change(fill_method=None).iloc[1:]
     dollar_volume = (close * volume).iloc[1:]
     return History(returns, dollar_volume, last_bar)
@@ -124,6 +299,7 @@ def eligibility(
     as_of: pd.Timestamp,
     stale_days: int,
     min_history: int,
+    venues: Venues | None = None,
 ) -> pd.DataFrame:
     """The eligibility rules of a returns window; one exclusion row per ineligible symbol.
 
@@ -133,12 +309,22 @@ def eligibility(
     not on the window's last date (a lagging feed: its trailing gap would reach the optimiser as
     NaN after genesis); ``min_history`` when it has fewer than ``min_history`` returns in the
     window. The same function decides the universe of the assets and of every walk-forward window.
+
+    ``venues`` (weekday sleeves; None: every grid date is a session of every symbol): a symbol
+    whose last bar is its venue's last session on or before the window's last date
+    (:func:`venue_sessions`: from the venue's calendar, or inferred from the data) is not
+    ``no_bar_on_last_day`` — its venue was closed since, and its return there is a carried zero
+    (:func:`returns_history`). One that missed a session its venue held still is.
     """
     as_of = pd.Timestamp(as_of).normalize()
     end = returns.index[-1] if len(returns) else as_of
     days_silent = (as_of - last_bar).dt.days
     stale = days_silent[~(days_silent <= stale_days)]
     lagging = last_bar[(last_bar < end) & ~last_bar.index.isin(stale.index)]
+    held_by = None
+    if venues is not None and len(lagging):
+        held_by = venue_sessions(last_bar, end=end, venues=venues)
+        lagging = lagging[~held_by["held"].reindex(lagging.index).to_numpy(dtype=bool)]
     history = returns.notna().sum()
     dropped = stale.index.union(lagging.index)
     short = history[(history < min_history) & ~history.index.isin(dropped)]
@@ -160,7 +346,8 @@ def eligibility(
                 "no_bar_on_last_day",
                 date,
                 float((end - date).days),
-                f"last bar {date:%Y-%m-%d}, window ends {end:%Y-%m-%d}",
+                f"last bar {date:%Y-%m-%d}, window ends {end:%Y-%m-%d}"
+                + _venue_note(held_by, symbol),
                 "ineligible",
             )
             for symbol, date in lagging.items()
@@ -180,6 +367,15 @@ def eligibility(
     return exclusions(rows)
 
 
+def _venue_note(sessions: pd.DataFrame | None, symbol: str) -> str:
+    """``"; XNYS traded on 2024-06-18"`` for a symbol on a known venue, else nothing."""
+    if sessions is None or not sessions.at[symbol, "known"]:
+        return ""
+    return (
+        f"; {sessions.at[symbol, 'venue']} traded on {sessions.at[symbol, 'last_session']:%Y-%m-%d}"
+    )
+
+
 def returns_window(
     bars: pd.DataFrame,
     *,
@@ -190,6 +386,7 @@ def returns_window(
     min_history: int,
     history_rows: int | None = None,
     toxic_threshold: float = np.inf,
+    venues: Venues | None = None,
 ) -> ReturnsWindow:
     """The eligible returns over the ``lookback`` bars ending at ``as_of``, and the history.
 
@@ -197,10 +394,11 @@ def returns_window(
     the decision window is their last ``lookback`` rows minus the symbols :func:`eligibility`
     drops. ``defects`` are the return defects of the history (``quality.return_defects`` with
     ``toxic_threshold``); nothing is quarantined here (that is the sleeve's policy, applied by the
-    caller through :func:`drop_symbols`).
+    caller through :func:`drop_symbols`). ``venues``: a weekday sleeve's venues
+    (:func:`eligibility`); None for a 24/7 sleeve.
     """
     rows = max(lookback, history_rows or lookback)
-    history = returns_history(bars, as_of=as_of, rows=rows, calendar=calendar)
+    history = returns_history(bars, as_of=as_of, rows=rows, calendar=calendar, venues=venues)
     window = history.returns.tail(lookback)
     excluded = eligibility(
         window,
@@ -208,6 +406,7 @@ def returns_window(
         as_of=as_of,
         stale_days=stale_days,
         min_history=min_history,
+        venues=venues if calendar == "weekday" else None,
     )
     keep = window.columns.difference(pd.Index(excluded["symbol"]), sort=False).sort_values()
     return ReturnsWindow(
@@ -264,6 +463,31 @@ def _wide_on_grid(
             _carry_short_gaps(close.to_numpy(), carry), index=close.index, columns=close.columns
         )
     return close, volume, last_bar
+
+
+def _carry_to_the_end(close: pd.DataFrame, last_bar: pd.Series, venues: Venues) -> pd.DataFrame:
+    """``close`` with the last close of every symbol that :func:`venue_sessions` says held its
+    venue's last session carried over the grid rows after its last bar."""
+    if close.empty:
+        return close
+    end = close.index[-1]
+    last = last_bar.reindex(close.columns)
+    trailing = (last < end) & (last >= close.index[0])
+    if not trailing.any():
+        return close
+    held = venue_sessions(last_bar, end=end, venues=venues)["held"].reindex(close.columns)
+    carry = (trailing & held).to_numpy(dtype=bool)
+    if not carry.any():
+        return close
+    values = close.to_numpy(copy=True)
+    row = close.index.get_indexer(pd.DatetimeIndex(last[carry]))
+    columns = np.flatnonzero(carry)[row >= 0]
+    row = row[row >= 0]
+    after = np.arange(len(close))[:, None] > row[None, :]
+    block = values[:, columns]
+    block[after] = np.broadcast_to(values[row, columns], block.shape)[after]
+    values[:, columns] = block
+    return pd.DataFrame(values, index=close.index, columns=close.columns)
 
 
 def _carry_short_gaps(values: np.ndarray, carry: int) -> np.ndarray:

@@ -220,6 +220,7 @@ def soak_catalog(workdir: Path, scenarios: Scenarios, venues_dir: Path | None) -
         sleeves["venues"] = {
             "source": {"kind": "csv", "path": str(venues_dir), "pattern": "{symbol}.csv"},
             "calendar": "weekday",
+            "venues": {"*-L": "XLON", "*-IL": "XLON", "*": "XNYS"},
             "toxic_policy": "quarantine",
             "policy": {**small, "min_universe": 3},
         }

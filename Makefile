@@ -148,9 +148,10 @@ postgres-server:
 	    -o Dpkg::Options::=--force-confold --no-install-recommends postgresql >/dev/null; \
 	fi
 
-## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: one run per as-of date (`make dev` runs them)
+## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: one run per as-of date through Dagster's
+## backfills (the daemon of `make dev` runs them when it is up; the command itself otherwise)
 backfill: $(STAMP)
-	cd $(ROOT) && TVQ_UI_URL=http://$(HOST):$(PORT) $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
+	cd $(ROOT) && $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
 
 ## clean: forget the local runs and lake (the production instance and services are left alone)
 clean:

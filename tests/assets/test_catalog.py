@@ -365,7 +365,7 @@ def test_an_empty_source_in_a_yaml_file_is_refused(tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_venues_map_symbol_patterns_to_exchange_calendars_in_catalog_order():
     document = yaml.safe_load(
-        'sleeves: {mine: {source: {kind: synthetic}, calendar: weekday,'
+        "sleeves: {mine: {source: {kind: synthetic}, calendar: weekday,"
         ' venues: {"*.L": XLON, "*-L": LSE, "*": NYSE}}}'
     )
     sleeve = parse_catalog(document).sleeve("mine")

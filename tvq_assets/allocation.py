@@ -131,6 +131,36 @@ def weights(
     )
 
 
+def _cash_reasons(window: ReturnsWindow, settings, result) -> dict:
+    """Per policy, the windows it held cash in by reason (``backtest_contracts.cash_reasons``),
+    from the alphas of those windows recomputed exactly as the walk-forward computed them
+    (``policy.window_alpha``). Only called when ``backtest_complete`` fails."""
+    history = window.history
+    volume = window.history_dollar_volume.reindex(index=history.index, columns=history.columns)
+    spans = {w.index: (w.train.start, w.train.stop) for w in result.windows}
+    held_cash = sorted(
+        {k for by_window in result.targets.values() for k, w in by_window.items() if not len(w)}
+    )
+    alphas = {
+        k: policy.window_alpha(
+            spans[k],
+            history=history,
+            dollar_volume=volume,
+            defects=window.defects,
+            settings=settings,
+            scorers=policy.SCORERS,
+        )
+        for k in held_cash
+    }
+    return backtest_contracts.cash_reasons(
+        result.targets,
+        alphas,
+        scorers=policy.SCORERS,
+        min_universe=settings.min_universe,
+        cap=settings.cap,
+    )
+
+
 @dg.asset(
     partitions_def=sleeve_run,
     output_required=False,
@@ -177,12 +207,19 @@ def backtest(
     )
     how = ray_fanout.tournament_metadata(fanout, time.perf_counter() - started)
     reuse = outcome.reuse
-    incomplete = Evaluation(
-        BACKTEST_COMPLETE,
-        backtest_contracts.backtest_violations(
-            outcome.result.returns, outcome.metrics, as_of=run.as_of
-        ),
+    violations = backtest_contracts.backtest_violations(
+        outcome.result.returns, outcome.metrics, as_of=run.as_of
     )
+    if not violations.empty:
+        # Name the cause: why the failing policies held cash, window by window.
+        violations = backtest_contracts.backtest_violations(
+            outcome.result.returns,
+            outcome.metrics,
+            as_of=run.as_of,
+            cash=_cash_reasons(returns, run.settings, outcome.result),
+            windows=len(outcome.result.windows),
+        )
+    incomplete = Evaluation(BACKTEST_COMPLETE, violations)
     if outcome.verdict is None:
         # No candidate ever traded: nothing is stored and the contract stops the run.
         yield from checks.emit("backtest", run.key, None, metadata=how, evaluations=[incomplete])

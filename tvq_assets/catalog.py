@@ -113,6 +113,8 @@ class Policy:
     train: int = bounded(252, ge=2)
     test: int = bounded(20, ge=1)
     step: int = bounded(20, ge=1)
+    # Per side: every dollar bought or sold pays slippage + commission (a rebalance from A to B
+    # pays on both legs), in basis points of the notional traded.
     slippage_bps: float = bounded(10.0, ge=0)
     commission_bps: float = bounded(4.0, ge=0)
     # promotion rule (the tournament's challenger against the incumbent champion)
@@ -129,7 +131,8 @@ class Policy:
 
     @property
     def cost_rate(self) -> float:
-        """Cost per unit of one-sided turnover, as a fraction."""
+        """Cost per unit of notional traded, each side, as a fraction: a rebalance costs
+        ``cost_rate · Σ|Δw|`` (twice the one-sided turnover ``½·Σ|Δw|``)."""
         return (self.slippage_bps + self.commission_bps) / 1e4
 
 

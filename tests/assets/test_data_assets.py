@@ -231,3 +231,28 @@ def test_a_negative_and_a_nan_close_in_csv_files_are_named_where_the_returns_sto
     ) in failures
     assert "set policy.bar_actions {price_non_positive: quarantine}" in failures
     assert "downstream_probe" not in materialised(result)
+
+
+def test_quarantine_also_excludes_a_symbol_whose_gap_runs_into_the_last_bar(
+    instance, lake_root, sleeve_policy
+):
+    # Bars missing on 06-27..06-29, back on the as-of date 06-30: the returns of 06-27..06-30
+    # are NaN (06-30's needs the close of 06-29), after the symbol's last present return. The
+    # engine's dated defects see a gap only before a later return; the returns contract sees a
+    # missing return after genesis, and under `quarantine` the asset excludes the symbol for it.
+    sleeve_policy("crypto", toxic_policy="quarantine")
+    resources = resources_for(
+        lake_root, crypto=synthetic_source(faults=[{"kind": "gap", "date": "2026-06-27"}])
+    )
+    _, result = materialise(instance, resources)
+    assert result.success
+    evaluation = check(result, data.RETURNS_CONTRACT)
+    [symbol] = evaluation.metadata["quarantined_symbols"].value
+    bundle = ParquetLake(root=lake_root).read(["returns"], KEY)
+    assert symbol not in bundle.returns.columns
+    rows = bundle.excluded.query("symbol == @symbol")
+    assert set(zip(rows["rule"], rows["reason"], strict=True)) == {
+        ("non_null_after_genesis", "quarantine")
+    }
+    assert list(rows["date"].dt.strftime("%m-%d")) == ["06-27", "06-28", "06-29", "06-30"]
+    assert "downstream_probe" in materialised(result)

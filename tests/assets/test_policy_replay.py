@@ -238,4 +238,5 @@ def test_a_sleeve_too_young_for_any_walk_forward_window_fails_backtest_complete(
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert check.metadata["failures"].value == len(policy.SCORERS) * len(optimise.PROFILES) + 2
     assert "sharpe nan" in check.description
+    assert "universe smaller than min_universe 4" in check.description
     assert "backtest" not in materialised(result)

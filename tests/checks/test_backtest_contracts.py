@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.quant import metrics
-from tvq_checks.backtest_contracts import backtest_violations
+from tvq_assets.quant.window_cache import alpha_frame
+from tvq_checks.backtest_contracts import backtest_violations, cash_reason, cash_reasons
 
 AS_OF = pd.Timestamp("2026-06-30")
 
@@ -44,3 +45,34 @@ def test_a_policy_without_metrics_or_an_empty_backtest_fails():
     assert list(backtest_violations(returns, table, as_of=AS_OF)["symbol"]) == ["b/y"]
     empty = returns.iloc[0:0]
     assert len(backtest_violations(empty, table, as_of=AS_OF)) == 3
+
+
+def test_a_policy_that_held_cash_throughout_is_named_with_the_windows_reasons():
+    returns = tournament_returns()
+    returns["log_mps/hrp"] = 0.0
+    returns["baseline_winners"] = 0.0
+    too_small = alpha_frame([], {})
+    two_names = alpha_frame(["A", "B"], {"log_mps": (["A", "B"], [0, 1]), "rank_ic": ([], [])})
+    alphas = {0: too_small, 1: two_names, 2: two_names}
+    cash = pd.Series(dtype=float)
+    invested = pd.Series({"A": 0.5, "B": 0.5})
+    targets = {
+        "log_mps/hrp": dict.fromkeys(alphas, cash),
+        "baseline_winners": {0: cash, 1: invested, 2: invested},
+        "a/x": dict.fromkeys(alphas, invested),
+    }
+    reasons = cash_reasons(
+        targets, alphas, scorers=("log_mps", "rank_ic"), min_universe=4, cap=0.25
+    )
+    assert reasons["a/x"] == {}
+    assert reasons["baseline_winners"] == {"universe smaller than min_universe 4": 1}
+    table = metrics.metrics_table(returns, periods_per_year=365)
+    found = backtest_violations(returns, table, as_of=AS_OF, cash=reasons, windows=3)
+    message = found.set_index("symbol").loc["log_mps/hrp", "message"]
+    assert message.endswith(
+        "held cash in 3 of 3 windows: 2 x cap 25% infeasible for 2 winners (infeasible_cap: "
+        "fail), 1 x universe smaller than min_universe 4 [backtest_complete]"
+    )
+    assert cash_reason(
+        "rank_ic/min_variance", two_names, scorers=("log_mps", "rank_ic"), min_universe=2, cap=0.5
+    ) == ("no rank_ic winner selected")

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -65,8 +66,8 @@ def reference_hold(targets, returns, windows, cost_rate):
         if k + 1 < len(windows):
             stop = min(stop, windows[k + 1].test.start)
         target = {s: float(targets[window.index].get(s, 0.0)) for s in symbols}
-        traded = 0.5 * sum(abs(target[s] - weights[s]) for s in symbols)
-        turnover[returns.index[window.test.start]] = traded
+        traded = sum(abs(target[s] - weights[s]) for s in symbols)  # bought plus sold
+        turnover[returns.index[window.test.start]] = 0.5 * traded
         weights = target
         for row in range(window.test.start, stop):
             r = {s: returns.iloc[row][s] for s in symbols}
@@ -213,20 +214,21 @@ def test_two_asset_drift_and_costs_match_a_hand_computation():
     targets = {0: pd.Series({"A": 0.5, "B": 0.5}), 1: pd.Series({"A": 0.5, "B": 0.5})}
     net, turnover = backtest.hold(targets, returns, windows, cost_rate=0.01)
 
-    # window 0: build from cash (turnover 0.5); day 1 gross 0.5*0.10 + 0.5*(-0.02) = 0.04
+    # window 0: build from cash (buys 1.0 of notional, turnover 0.5); day 1 gross
+    # 0.5*0.10 + 0.5*(-0.02) = 0.04
     w_a, w_b = 0.5 * 1.10 / 1.04, 0.5 * 0.98 / 1.04
     day_two = w_a * -0.05 + w_b * 0.04
     total = w_a * 0.95 + w_b * 1.04
     w_a, w_b = w_a * 0.95 / total, w_b * 1.04 / total
     # window 1: back to 50/50 from the drifted weights
-    traded = 0.5 * (abs(0.5 - w_a) + abs(0.5 - w_b))
-    expected = [0.04 - 0.01 * 0.5, day_two, 0.5 * 0.02 + 0.5 * 0.01 - 0.01 * traded]
+    traded = abs(0.5 - w_a) + abs(0.5 - w_b)  # A sold and B bought: both legs pay
+    expected = [0.04 - 0.01 * 1.0, day_two, 0.5 * 0.02 + 0.5 * 0.01 - 0.01 * traded]
     w_a, w_b = 0.5 * 1.02 / 1.015, 0.5 * 1.01 / 1.015
     expected.append(w_a * 0.03 + w_b * -0.01)
 
     assert net.to_numpy() == pytest.approx(expected, rel=1e-12)
     assert list(net.index) == list(returns.index[2:])
-    assert turnover.to_numpy() == pytest.approx([0.5, traded], rel=1e-12)
+    assert turnover.to_numpy() == pytest.approx([0.5, 0.5 * traded], rel=1e-12)
     assert list(turnover.index) == [returns.index[2], returns.index[4]]
 
 
@@ -251,7 +253,7 @@ def test_hold_matches_a_day_by_day_reference_with_overlaps_and_missing_prices(re
     assert list(turnover.index) == [frame.index[w.test.start] for w in windows]
 
 
-def test_costs_are_cost_rate_times_turnover_on_rebalance_days_only(returns):
+def test_costs_are_the_rate_on_every_traded_dollar_on_rebalance_days_only(returns):
     windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
     targets = {w.index: inverse_volatility(returns.iloc[w.train]) for w in windows}
     gross, turnover = backtest.hold(targets, returns, windows, cost_rate=0.0)
@@ -259,7 +261,8 @@ def test_costs_are_cost_rate_times_turnover_on_rebalance_days_only(returns):
 
     pd.testing.assert_series_equal(turnover, same_turnover)
     charged = gross - net
-    np.testing.assert_allclose(charged[turnover.index], 0.0014 * turnover, rtol=1e-12)
+    # Bought plus sold is twice the one-sided turnover; each side pays the rate.
+    np.testing.assert_allclose(charged[turnover.index], 0.0014 * 2 * turnover, rtol=1e-12)
     assert (charged.drop(turnover.index).abs() < 1e-15).all()
     assert turnover.iloc[0] == pytest.approx(0.5)
     assert ((turnover >= 0.0) & (turnover <= 1.0)).all()
@@ -515,3 +518,47 @@ def test_a_first_champion_below_the_deflated_sharpe_bound_is_crowned_and_flagged
     assert verdict.numbers["deflated_sharpe"] < 0.999
     assert verdict.champion == verdict.challenger and verdict.replaced
     assert verdict.numbers["deflated_sharpe_ok"] == 0.0
+
+
+# ties
+
+
+def _fifty_fifty_books() -> pd.DataFrame:
+    """Two 50/50 books of the same two assets: one weighted exactly, one with the last-bit error
+    an optimiser's arithmetic leaves (as HRP's does), signed so that it shows the higher Sharpe."""
+    frame = make_returns(300, 4, seed=4).iloc[:, :2]
+    windows = backtest.walk_forward_windows(len(frame), train=20, test=20, step=20)
+    symbols = frame.columns
+
+    def book(first: float) -> pd.Series:
+        weights = pd.Series([first, 1.0 - first], index=symbols)
+        net, _ = backtest.hold(
+            {w.index: weights for w in windows}, frame, windows, cost_rate=0.0014
+        )
+        return net
+
+    exact = book(0.5)
+    noisy = max(
+        (book(0.5 + k * 2.0**-53) for k in range(-8, 9) if k),
+        key=lambda net: metrics.sharpe_ratio(net, periods_per_year=365),
+    )
+    return pd.DataFrame({"log_mps/hrp": noisy, "log_mps/equal_weight": exact})
+
+
+def test_identical_books_differing_by_float_noise_tie_and_the_name_order_decides():
+    books = _fifty_fifty_books()
+    table = metrics.metrics_table(books, periods_per_year=365)
+    hrp, equal = table.loc["log_mps/hrp", "sharpe"], table.loc["log_mps/equal_weight", "sharpe"]
+    assert hrp > equal and (hrp - equal) / abs(equal) < 1e-12  # noise, and it favours hrp
+    for order in (list(books.columns), list(reversed(books.columns))):
+        verdict = backtest.champion_verdict(
+            table.loc[order], books[order], incumbent=None, periods_per_year=365, promotion=RULE
+        )
+        assert verdict.challenger == "log_mps/equal_weight"
+
+
+def test_a_sharpe_ahead_by_more_than_the_tolerance_wins_whatever_its_name():
+    assert backtest.ranked({"a": 1.0, "b": 1.0 + 1e-11}) == ["b", "a"]
+    assert backtest.ranked({"a": 1.0, "b": 1.0 + 1e-13}) == ["a", "b"]
+    assert backtest.ranked({"b": -2.0, "a": -2.0 * (1 + 1e-13), "c": math.nan}) == ["a", "b"]
+    assert backtest.ranked({"b": math.inf, "a": math.inf, "c": 5.0}) == ["a", "b", "c"]

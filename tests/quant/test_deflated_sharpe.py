@@ -49,3 +49,18 @@ def test_more_trials_deflate_more_and_one_trial_is_plain_psr():
         for n in (2, 10, 100)
     ]
     assert plain > levels[0] > levels[1] > levels[2]
+
+
+def test_trials_without_a_finite_sharpe_count_as_tried_but_add_no_variance():
+    finite = _with_spread(6, 0.03, seed=3)
+    trials = [*finite, math.nan, math.inf, math.nan]  # never traded, riskless, never traded
+    n = len(trials)
+    gamma = 0.5772156649015329
+    by_hand = 0.03 * (
+        (1 - gamma) * stats.norm.ppf(1 - 1 / n) + gamma * stats.norm.ppf(1 - 1 / (n * math.e))
+    )
+    assert metrics.expected_maximum_sharpe(trials) == pytest.approx(by_hand, rel=1e-12)
+    # More tried (N = 9, not 6) deflates more than the finite ones alone would.
+    assert metrics.expected_maximum_sharpe(trials) > metrics.expected_maximum_sharpe(finite)
+    # One finite Sharpe among untraded trials has no spread: nothing to expect from luck.
+    assert metrics.expected_maximum_sharpe([0.1, math.nan, math.nan]) == 0.0

@@ -382,7 +382,7 @@ def test_walk_forward_charges_each_sleeves_own_costs():
     )
     first = result.returns.index[0]
     gross = joined.loc[first].mean()
-    cost = 0.5 * (0.0014 * 0.5 + 0.0006 * 0.5)  # from cash: half the book each side
+    cost = 0.0014 * 0.5 + 0.0006 * 0.5  # from cash: half the book bought in each sleeve
     assert result.returns.loc[first, meta.BASELINE] == pytest.approx(gross - cost, abs=1e-15)
     assert result.metrics.index.tolist() == [meta.META, meta.BASELINE]
     assert len(result.targets) == len(result.turnover)
@@ -401,3 +401,14 @@ def test_the_engine_settings_have_no_defaults_of_their_own():
         f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         for f in dataclasses.fields(meta.MetaSettings)
     )
+
+
+def test_zero_weight_sleeves_share_what_the_capped_ones_leave_by_their_room():
+    # The profile puts everything on x; x is capped at 40%, so the 60% left tops up the sleeves
+    # with raw weight 0 in proportion to their room under the cap: equal room, equal shares.
+    raw = pd.Series({"x": 1.0, "a": 0.0, "b": 0.0})
+    weights = meta.bounded_weights(raw, {"x": 0.4, "a": 1.0, "b": 1.0}, dict.fromkeys(raw.index, 0))
+    np.testing.assert_allclose(weights, [0.4, 0.3, 0.3], atol=1e-12)
+    # Room 0.2 and 1.0: the 60% splits 1 : 5, so no sleeve passes its cap.
+    capped = meta.bounded_weights(raw, {"x": 0.4, "a": 0.2, "b": 1.0}, dict.fromkeys(raw.index, 0))
+    np.testing.assert_allclose(capped, [0.4, 0.1, 0.5], atol=1e-12)

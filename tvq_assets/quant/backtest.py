@@ -195,15 +195,18 @@ def hold(
     """Hold each window's target through its test slice; daily net returns and turnover.
 
     For each window in order: rebalance at the close of the last training day from the drifted
-    previous weights to the target, with one-sided turnover ``½·Σ|w_target − w_drifted|``; the
-    cost ``cost_rate · turnover`` (a fraction of capital, e.g. 0.0014 for 14 bps) is subtracted
-    from the gross return of the first test day. Between rebalances the weights drift,
+    previous weights to the target. Every traded dollar pays ``cost_rate`` (the per-side rate, a
+    fraction of the notional traded, e.g. 0.0014 for 14 bps): the cost ``cost_rate ·
+    Σ|w_target − w_drifted|`` (a fraction of capital; selling A to buy B trades both legs) is
+    subtracted from the gross return of the first test day. The reported turnover is one-sided,
+    ``½·Σ|w_target − w_drifted|`` (1.0 = the whole book replaced once), so the cost is
+    ``2 · cost_rate · turnover``. Between rebalances the weights drift,
     ``w ← w·(1 + r) / Σ w·(1 + r)``.
 
     Conventions:
 
-    - The book starts in cash, so the first build-up counts as turnover ``½·Σ|w| = 0.5``;
-      moving to cash (an empty target) likewise costs ``½·Σ|w_drifted|``.
+    - The book starts in cash, so the first build-up trades ``Σ|w| = 1`` (costs ``cost_rate``,
+      turnover 0.5); moving to cash (an empty target) likewise trades ``Σ|w_drifted|``.
     - Overlapping test slices (``step < test``): the next window rebalances at its own first test
       row and truncates the previous holding, so each out-of-sample date appears exactly once.
     - Gaps between test slices (``step > test``) are not traded and absent from the output.
@@ -239,14 +242,15 @@ def hold(
         held_weights = chosen.to_numpy(dtype=np.float64)
         target = np.zeros(len(symbols))
         target[held] = held_weights
-        turnover = 0.5 * float(np.abs(target - weights).sum())
+        notional = float(np.abs(target - weights).sum())  # notional bought plus sold
+        turnover = 0.5 * notional
         # Only the held columns matter, which keeps a 1000-symbol universe cheap.
         growth = np.cumprod(1.0 + np.nan_to_num(values[start:stop, held], nan=0.0), axis=0)
         value = growth @ held_weights  # capital per unit at the rebalance, day by day
         previous = np.concatenate(([held_weights.sum()], value[:-1]))
         with np.errstate(divide="ignore", invalid="ignore"):
             gross = np.where(previous > 0.0, value / previous - 1.0, 0.0)
-        gross[0] -= cost_rate * turnover
+        gross[0] -= cost_rate * notional
         weights = np.zeros(len(symbols))
         if value[-1] > 0.0:
             weights[held] = held_weights * growth[-1] / value[-1]
@@ -319,12 +323,12 @@ def run(
     """Walk-forward backtest of every policy on the same rolling windows.
 
     ``returns``: dates x symbols simple returns, ascending unique dates. ``cost_rate``: cost per
-    unit of one-sided turnover (crypto 0.0014, tradfi 0.0006). ``map_tasks(function, tasks)``
-    must return ``[function(task) for task in tasks]`` in order and may evaluate them in parallel
-    (threads, processes, Ray); it is called once per window, windows in order, so that a
-    :class:`Stateful` policy sees its previous target. The result equals the serial default.
-    ``windows``: the windows to run (e.g. :func:`grid_windows`) instead of
-    :func:`walk_forward_windows` of ``train``, ``test``, ``step``.
+    unit of notional traded, each side (crypto 0.0014, tradfi 0.0006; see :func:`hold`).
+    ``map_tasks(function, tasks)`` must return ``[function(task) for task in tasks]`` in order
+    and may evaluate them in parallel (threads, processes, Ray); it is called once per window,
+    windows in order, so that a :class:`Stateful` policy sees its previous target. The result
+    equals the serial default. ``windows``: the windows to run (e.g. :func:`grid_windows`)
+    instead of :func:`walk_forward_windows` of ``train``, ``test``, ``step``.
     Raises ``ValueError`` when there are no policies or too few rows for one window.
     """
     if not policies:
@@ -386,6 +390,34 @@ def stitch(
     )
 
 
+# Ranking metrics within this relative distance of each other are ties: float noise (HRP's
+# arithmetic on a 50/50 book gives it 7e-16 more Sharpe than equal weight's) never decides.
+RANKING_TIE_TOLERANCE = 1e-12
+
+
+def ties(a: float, b: float) -> bool:
+    """True when ranking values ``a`` and ``b`` are equal up to :data:`RANKING_TIE_TOLERANCE`
+    relative to the larger magnitude (equal infinities tie; NaN ties nothing)."""
+    return a == b or abs(a - b) <= RANKING_TIE_TOLERANCE * max(abs(a), abs(b))
+
+
+def ranked(values: Mapping[str, float]) -> list[str]:
+    """Names best first by ``values`` (higher is better; NaN never ranks). Values that
+    :func:`ties` with the best of their group are one group, ordered by name, so the outcome
+    depends neither on column order nor on float noise."""
+    ordered = sorted(
+        (name for name, value in values.items() if not math.isnan(value)),
+        key=lambda name: (-values[name], str(name)),
+    )
+    groups: list[list[str]] = []
+    for name in ordered:
+        if groups and ties(values[groups[-1][0]], values[name]):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return [name for group in groups for name in sorted(group, key=str)]
+
+
 def _per_period_sharpe(values: np.ndarray) -> float:
     """mean / std(ddof=1) per period; a riskless series gives 0, +inf or -inf by its mean."""
     if len(values) < 2:
@@ -435,8 +467,9 @@ def champion_verdict(
 
     ``metrics``: :func:`tvq_assets.quant.metrics.metrics_table` of ``returns`` (the out-of-sample
     returns of every policy on the same windows). The challenger is the candidate with the highest
-    Sharpe (ties broken by name, so the outcome never depends on column order; NaN Sharpe never
-    wins). It replaces the incumbent only if all three hold:
+    Sharpe (:func:`ranked`: Sharpes within relative 1e-12 are ties, broken by name, so the outcome
+    depends neither on column order nor on float noise; NaN Sharpe never wins). It replaces the
+    incumbent only if all three hold:
 
     - ``PSR >= promotion.confidence``, the probabilistic Sharpe ratio of the challenger's returns
       against the incumbent's per-period Sharpe as benchmark, on the dates where both have returns;
@@ -454,13 +487,10 @@ def champion_verdict(
     if missing:
         raise ValueError(f"candidates absent from the metrics table: {missing}")
     sharpe = metrics["sharpe"]
-    ranked = sorted(
-        (name for name in pool if not math.isnan(float(sharpe[name]))),
-        key=lambda name: (-float(sharpe[name]), str(name)),
-    )
-    if not ranked:
+    order = ranked({name: float(sharpe[name]) for name in pool})
+    if not order:
         raise ValueError(f"no candidate has a Sharpe ratio: {pool}")
-    challenger = ranked[0]
+    challenger = order[0]
     rule = (
         f"the best-Sharpe candidate replaces the incumbent only if PSR(challenger vs the "
         f"incumbent's per-period Sharpe) >= {promotion.confidence:g}, its max drawdown is not "

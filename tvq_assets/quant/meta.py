@@ -39,9 +39,9 @@ Conventions:
 - **Walk-forward** (:func:`walk_forward`): rolling windows on the joined stream that decide on
   the same ``lookback`` rows as the as-of decision, then hold for ``test`` rows every ``step``
   rows; weights decided on the training rows only, held with drift through the test
-  rows; a rebalance costs ``½·Σ_i c_i·|w_i − w_i⁻|`` with ``c_i`` each sleeve's own cost rate
-  (trading a sleeve's share trades its book). The baseline is the equal weight of the sleeves on
-  the same windows with the same costs.
+  rows; a rebalance costs ``Σ_i c_i·|w_i − w_i⁻|`` with ``c_i`` each sleeve's own per-side cost
+  rate (trading a sleeve's share trades its book; every dollar bought or sold pays its rate).
+  The baseline is the equal weight of the sleeves on the same windows with the same costs.
 
 Pure numpy/pandas: no Dagster, MLflow or Ray.
 """
@@ -93,7 +93,8 @@ class MetaSettings:
     lookback, test, step: rows of the joined (common-date) calendar. max_decision_age: the
     oldest usable decision, in sessions of the sleeve's own calendar (``calendars``: per
     sleeve, ``crypto`` or ``weekday``; see :func:`latest_decision`). caps, floors: per
-    sleeve, fractions of capital. cost_rates: per sleeve, cost per unit of traded notional.
+    sleeve, fractions of capital. cost_rates: per sleeve, cost per unit of notional traded, each
+    side (bought or sold).
     periods_per_year: per sleeve; the joined stream uses the smallest of those joined.
     ridge: the max_sharpe covariance ridge.
     """
@@ -481,7 +482,7 @@ def _hold(
         value = growth @ target
         previous = np.concatenate(([1.0], value[:-1]))
         gross = value / previous - 1.0
-        gross[0] -= 0.5 * float(costs @ trade)
+        gross[0] -= float(costs @ trade)
         net[start:stop] = gross
         weights = target * growth[-1] / value[-1] if value[-1] > 0 else np.zeros_like(target)
         starts.append(start)

@@ -850,7 +850,7 @@ def tournament(
     Windows sit on the calendar grid of ``backtest.grid_windows`` (decisions every ``step`` days
     of the sleeve's calendar from a fixed epoch, ``decision_rows`` training rows each); the test
     slices cover the rows after the first decision. Metrics use ``settings.periods_per_year``;
-    costs ``settings.cost_rate`` per unit of one-sided turnover. ``cache``: the window store whose
+    costs ``settings.cost_rate`` per traded dollar, each side. ``cache``: the window store whose
     outcomes are reused and extended (:func:`walk_forward`); ``map_tasks(function, items)``: how
     the two phases fan out (serial by default; results must equal ``[function(i) for i in
     items]``).

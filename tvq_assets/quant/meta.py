@@ -388,8 +388,9 @@ def bounded_weights(
         s = b if fb == fa else a + (1.0 - fa) * (b - a) / (fb - fa)
     weights = np.clip(s * v, lo, hi)
     if v.sum() > 0 and abs(weights.sum() - 1.0) > 1e-9:
-        # Sleeves with raw weight 0 sit at their floor whatever s is: share the rest equally
-        # among those still below their cap (only reached when the positive ones are all capped).
+        # Sleeves with raw weight 0 sit at their floor whatever s is: the rest goes to them in
+        # proportion to their room under their cap (only reached when the positive ones are all
+        # capped).
         room = (hi - weights) * (v == 0)
         if room.sum() > 0:
             weights = weights + room / room.sum() * (1.0 - weights.sum())

@@ -458,7 +458,13 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
             f"{where}: toxic_policy = {toxic_policy!r} is not a policy"
             f"{did_you_mean(toxic_policy, TOXIC_POLICIES)}"
         )
-    periods_per_year = spec.get("periods_per_year", CALENDARS[calendar])
+    venues = _parse_venues(
+        spec.get("venues"), calendar if known_calendar else "weekday", where, problems
+    )
+    # A weekday sleeve's rows are the days any of its venues trades: with venues declared, that
+    # union's sessions per year annualise it (New York with London: 257, not 252).
+    default_periods = sessions_per_year(venues) if venues else CALENDARS[calendar]
+    periods_per_year = spec.get("periods_per_year", default_periods)
     if isinstance(periods_per_year, bool) or not isinstance(periods_per_year, int):
         problems.append(
             f"{where}: periods_per_year = {periods_per_year!r}: expected a whole number"
@@ -467,9 +473,6 @@ def _parse_sleeve(name: str, spec: Any, origin: str, problems: list[str]) -> Sle
         problems.append(
             f"{where}: periods_per_year = {periods_per_year!r} breaks the rule 1 <= value <= 366"
         )
-    venues = _parse_venues(
-        spec.get("venues"), calendar if known_calendar else "weekday", where, problems
-    )
     # No default source: a sleeve that forgot its data must not trade a synthetic market.
     if spec.get("source") in (None, {}):
         problems.append(
@@ -518,6 +521,27 @@ def venue_code(code: Any) -> str:
         else "no close match; the codes are exchange_calendars.get_calendar_names()"
     )
     raise UnknownVenue(f"{code!r} is not an exchange calendar ({hint})")
+
+
+# The years whose sessions measure a venue set's periods per year: ten complete years, fixed so
+# that the figure never depends on the day the catalog loads.
+SESSIONS_REFERENCE = ("2014-01-01", "2023-12-31")
+
+
+@cache
+def sessions_per_year(venues: tuple[tuple[str, str], ...]) -> int:
+    """The mean number of weekdays a year on which at least one of ``venues``' exchanges holds a
+    session (over :data:`SESSIONS_REFERENCE`), rounded: the rows a year of a weekday sleeve
+    mixing them. XNYS alone gives 252, XNYS with XLON 257."""
+    import exchange_calendars as xc  # ~0.6 s: only for a catalog that names a venue
+
+    first, last = SESSIONS_REFERENCE
+    days = pd.DatetimeIndex([])
+    for code in dict.fromkeys(code for _, code in venues):
+        days = days.union(xc.get_calendar(code, start=first, end=last).sessions)
+    days = days[days.dayofweek < 5]  # a weekday sleeve stores no weekend row (MOEX trades some)
+    years = (pd.Timestamp(last) - pd.Timestamp(first)).days / 365.25
+    return round(len(days) / years)
 
 
 def _parse_venues(

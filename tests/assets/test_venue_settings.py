@@ -6,7 +6,14 @@ import json
 import pandas as pd
 import yaml
 
-from tvq_assets.catalog import CALENDAR_DEFAULTS, CALENDARS, Policy, Sleeve
+from tvq_assets.catalog import (
+    CALENDAR_DEFAULTS,
+    CALENDARS,
+    Policy,
+    Sleeve,
+    parse_catalog,
+    sessions_per_year,
+)
 from tvq_assets.quant import policy
 from tvq_assets.quant.returns import Venues
 from tvq_assets.settings import (
@@ -82,3 +89,21 @@ def test_declaring_venues_changes_the_settings_digest_so_no_stored_window_is_reu
         return settings_digest(policy.settings_config(policy_settings(sleeve(venues=venues))))
 
     assert digest(()) != digest((("*", "XNYS"),)) != digest((("*", "XLON"),))
+
+
+def test_periods_per_year_of_a_weekday_sleeve_are_its_venues_sessions_a_year():
+    assert sessions_per_year((("*", "XNYS"),)) == 252
+    assert sessions_per_year((("*-L", "XLON"), ("*", "XNYS"))) == 257
+    mixed = {"source": {"kind": "synthetic"}, "calendar": "weekday"}
+    parsed = parse_catalog(
+        {
+            "sleeves": {
+                "plain": mixed,
+                "mixed": {**mixed, "venues": {"*-L": "XLON", "*": "XNYS"}},
+                "pinned": {**mixed, "venues": "XLON", "periods_per_year": 250},
+            }
+        }
+    )
+    assert parsed.sleeve("plain").periods_per_year == 252
+    assert parsed.sleeve("mixed").periods_per_year == 257
+    assert parsed.sleeve("pinned").periods_per_year == 250  # a stated value wins

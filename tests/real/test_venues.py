@@ -282,3 +282,13 @@ def test_the_us_london_fixture_sleeve_runs_green_each_day_of_a_replay(
         stored = ParquetLake(root=lake_root).read(["returns"], f"{as_of}|tradfi")
         assert not lagging(stored) & set(CLOSED.get(as_of, ())), as_of
         assert metadata(result, "returns")["symbols"] >= 12
+
+
+def test_a_mixed_venue_sleeve_is_annualised_with_the_rows_a_year_its_venues_trade(us_london):
+    """New York with London trade on 257 weekdays a year, not 252: the real files' grid of 2023
+    has as many rows as the sleeve's periods per year, within the days every file missed."""
+    sleeve, result = us_london
+    assert sleeve.periods_per_year == 257
+    dates = pd.DatetimeIndex(result.bars["date"].unique())
+    rows_2023 = ((dates >= "2023-01-01") & (dates <= "2023-12-31")).sum()
+    assert abs(rows_2023 - sleeve.periods_per_year) <= 2, rows_2023

@@ -56,6 +56,10 @@ def sleeve_records(sleeve: str, as_of: str, seed: int):
         verdict=pd.DataFrame([{"champion": CHAMPION, "challenger": CHAMPION}]),
         champion_weights=pd.DataFrame({"weight": [0.5, 0.5]}, index=["A", "B"]),
         targets=pd.DataFrame({"policy": [CHAMPION], "window": [0], "symbol": ["A"], "weight": [1]}),
+        promotions=pd.DataFrame([{"window": 0, "champion": CHAMPION}]),
+        as_promoted=pd.DataFrame(
+            {"return": returns[CHAMPION], "policy": CHAMPION, "window": 0}, index=days
+        ),
     )
     day = pd.Timestamp(as_of).strftime("%m%d")
     book = pd.Series({f"{sleeve}_A_{day}": 0.25, f"{sleeve}_B_{day}": 0.25, f"{sleeve}_C": 0.5})

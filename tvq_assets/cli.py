@@ -395,6 +395,19 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
                 f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
                 f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
+        if bundle.has_as_promoted:
+            # The selection process's own record (who the rule crowned at each window, held in
+            # turn), next to the hindsight record of today's champion over every past date.
+            switches = int(verdict["as_promoted_switches"])
+            print(
+                f"     {'as promoted':<28} sharpe {verdict['as_promoted_sharpe']:6.2f}  "
+                f"max drawdown {verdict['as_promoted_max_drawdown']:7.1%}  "
+                f"CAGR {verdict['as_promoted_cagr']:7.1%}  "
+                f"(PSR {verdict['as_promoted_psr']:.2f}, DSR "
+                f"{verdict['as_promoted_deflated_sharpe']:.2f}; "
+                f"{int(verdict['as_promoted_days'])} days, {switches} switch"
+                f"{'' if switches == 1 else 'es'})"
+            )
 
 
 def production(sleeves: list[str] | None) -> int:

@@ -212,9 +212,20 @@ def meta_portfolio(context: dg.AssetExecutionContext, lake: ParquetLake):
         line = f"{where}: {sleeve} uses its {decision.describe()}"
         # A newer session passed over (no run, a failed run) is worth a look; a weekend is not.
         (context.log.warning if decision.skipped else context.log.info)(line)
+    # Each sleeve contributes what its selection process would have earned (the policy the rule
+    # crowned at each window), not today's champion's stream over past dates (hindsight).
+    outdated = [s for s, (backtest, _) in records.items() if not backtest.has_as_promoted]
+    if outdated:
+        raise dg.Failure(
+            description=f"{where}: the stored backtest of "
+            f"{[run_key(decisions[s].date, s) for s in outdated]} has no as-promoted record (it "
+            "was stored before the record existed), and the meta-portfolio joins the sleeves' "
+            "as-promoted streams: re-materialise those runs' backtest (`tvq backfill <sleeve> "
+            "<date> <date>`)"
+        )
     try:
         record = engine.decide(
-            {s: backtest.returns[backtest.champion] for s, (backtest, _) in records.items()},
+            {s: backtest.as_promoted["return"] for s, (backtest, _) in records.items()},
             {s: book.weights["weight"] for s, (_, book) in records.items()},
             {s: backtest.champion for s, (backtest, _) in records.items()},
             settings,

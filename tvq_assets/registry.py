@@ -56,6 +56,12 @@ COMPARED = (
     "deflated_sharpe",
     "min_deflated_sharpe",
     "trials",
+    # The as-promoted record (quant.promoted): what the selection process itself earned.
+    "as_promoted_sharpe",
+    "as_promoted_max_drawdown",
+    "as_promoted_psr",
+    "as_promoted_deflated_sharpe",
+    "as_promoted_days",
 )
 # Version tags of the model's file digests (recorded at registration, checked by `load_policy`):
 # the code MLflow executes, the MLmodel file with the configuration, and every file by path.

@@ -185,6 +185,17 @@ def describe_weights(stage, value, sleeve, as_of):
     return StageRecord(metrics=metrics, tags=tags, tables=_csv_tables(stage, tables))
 
 
+AS_PROMOTED_METRICS = (
+    "as_promoted_sharpe",
+    "as_promoted_max_drawdown",
+    "as_promoted_cagr",
+    "as_promoted_psr",
+    "as_promoted_deflated_sharpe",
+    "as_promoted_days",
+    "as_promoted_switches",
+)
+
+
 def describe_backtest(stage, value, sleeve, as_of):
     tables = tables_of(value)
     metrics_table, verdict = tables["metrics"], tables["verdict"].iloc[0]
@@ -224,6 +235,11 @@ def describe_backtest(stage, value, sleeve, as_of):
             record.metrics[f"verdict.{name}"] = float(number)
     if "psr" in verdict.index and pd.notna(verdict["psr"]):
         record.headline["psr_vs_incumbent"] = float(verdict["psr"])
+    # The selection process's record (quant.promoted) next to today's champion's.
+    for name in AS_PROMOTED_METRICS:
+        if name in verdict.index:
+            record.metrics[name] = float(verdict[name])
+            record.headline[name] = float(verdict[name])
     if "returns" in tables:
         # The best of many policies looks better than it is: the champion's Sharpe deflated by
         # the candidates the tournament tried, as the promotion rule deflates the challenger's.

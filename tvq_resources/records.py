@@ -70,15 +70,23 @@ class RecordType:
 def lake_record(cls: T) -> T:
     """Register a frozen dataclass of DataFrames/Series as a lake record type (class decorator).
 
-    Its lake name is the class name; its tables are exactly its fields."""
+    Its lake name is the class name; its tables are exactly its fields. A field with a default is
+    optional: a value stored before the field was added loads with the default (so a record type
+    grows by adding defaulted fields, and old lakes keep loading)."""
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"@lake_record registers dataclasses, not {cls!r}")
     fields = frozenset(f.name for f in dataclasses.fields(cls))
+    defaulted = frozenset(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    )
     _register(
         RecordType(
             name=cls.__qualname__,
             build=cls,
-            required=fields,
+            required=fields - defaulted,
+            optional=defaulted,
             series=fields,
             legacy=(f"{cls.__module__}:{cls.__qualname__}",),
         )

@@ -28,7 +28,7 @@ from tvq_assets.catalog import CatalogError, MetaLimit, parse_catalog
 from tvq_assets.definitions import ASSETS
 from tvq_assets.partitions import catalog, run, run_key, sleeve_run
 from tvq_assets.quant import policy
-from tvq_assets.quant.meta import BASELINE, META, MetaRecord
+from tvq_assets.quant.meta import BASELINE, META, MetaRecord, join_calendars
 from tvq_resources.lake import ParquetIOManager, ParquetLake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +38,12 @@ MONDAY, SUNDAY, FRIDAY = "2026-06-29", "2026-06-28", "2026-06-26"
 CHAMPION = "log_mps/risk_parity"
 
 
-def sleeve_records(sleeve: str, as_of: str, seed: int):
-    """A stored backtest (the champion's out-of-sample returns on the sleeve's calendar) and
-    portfolio of one sleeve × run, as the sleeve's assets store them. The book's symbols name
-    the run date, so a test sees which run's decision the meta-portfolio holds."""
+def sleeve_records(sleeve: str, as_of: str, seed: int, *, as_promoted: bool = True):
+    """A stored backtest (the champion's out-of-sample returns on the sleeve's calendar, and a
+    different as-promoted stream: the selection process's own record, or none as a backtest
+    stored before it existed) and portfolio of one sleeve × run, as the sleeve's assets store
+    them. The book's symbols name the run date, so a test sees which run's decision the
+    meta-portfolio holds."""
     random = np.random.default_rng(seed)
     days = pd.date_range(end=as_of, periods=200, freq="D")
     if catalog.sleeve(sleeve).calendar == "weekday":
@@ -49,6 +51,13 @@ def sleeve_records(sleeve: str, as_of: str, seed: int):
     returns = pd.DataFrame(
         {CHAMPION: random.normal(0.001, 0.02, len(days)), "baseline_universe": 0.0}, index=days
     )
+    live = random.normal(0.0005, 0.02, len(days))
+    record_of = {
+        "promotions": pd.DataFrame([{"window": 0, "champion": CHAMPION}]),
+        "as_promoted": pd.DataFrame(
+            {"return": live, "policy": CHAMPION, "window": 0}, index=days.rename("date")
+        ),
+    }
     record = policy.TournamentRecord(
         returns=returns,
         turnover=pd.DataFrame({CHAMPION: [0.5]}, index=days[:1]),
@@ -56,17 +65,22 @@ def sleeve_records(sleeve: str, as_of: str, seed: int):
         verdict=pd.DataFrame([{"champion": CHAMPION, "challenger": CHAMPION}]),
         champion_weights=pd.DataFrame({"weight": [0.5, 0.5]}, index=["A", "B"]),
         targets=pd.DataFrame({"policy": [CHAMPION], "window": [0], "symbol": ["A"], "weight": [1]}),
+        **(record_of if as_promoted else {}),
     )
     day = pd.Timestamp(as_of).strftime("%m%d")
     book = pd.Series({f"{sleeve}_A_{day}": 0.25, f"{sleeve}_B_{day}": 0.25, f"{sleeve}_C": 0.5})
     return record, policy.portfolio_record(book.rename("weight").rename_axis("symbol"), None)
 
 
-def sleeve_run_of(instance, lake_root: str, as_of: str, sleeve: str, *, fail: bool = False):
+def sleeve_run_of(
+    instance, lake_root: str, as_of: str, sleeve: str, *, fail: bool = False, as_promoted=True
+):
     """One run of the sleeve × run partition ``as_of|sleeve`` on ``instance``: it stores the
     sleeve's backtest and portfolio, or fails in its backtest step (nothing stored, the
     portfolio skipped) as a daily run stopped by a check does."""
-    record, book = sleeve_records(sleeve, as_of, seed=sum(map(ord, sleeve + as_of)))
+    record, book = sleeve_records(
+        sleeve, as_of, seed=sum(map(ord, sleeve + as_of)), as_promoted=as_promoted
+    )
 
     @dg.asset(name="backtest", partitions_def=sleeve_run)
     def backtest() -> policy.TournamentRecord:
@@ -152,6 +166,12 @@ def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lak
         assert row["floor"] - 1e-9 <= row["weight"] <= row["cap"] + 1e-9, sleeve
         assert row["decision_date"] == pd.Timestamp(AS_OF) and row["decision_age_sessions"] == 0
     assert list(stored.metrics.index) == [META, BASELINE]
+    # The sleeves enter by their as-promoted streams, not today's champion's (hindsight).
+    backtests = {s: lake.read(["backtest"], run_key(AS_OF, s)) for s in ("crypto", "tradfi")}
+    joined = join_calendars(
+        {s: b.as_promoted["return"] for s, b in backtests.items()}, as_of=pd.Timestamp(AS_OF)
+    )
+    pd.testing.assert_frame_equal(stored.joined, joined.returns, check_freq=False)
     shown = metadata(result, "meta_portfolio")
     assert shown["sleeves_missing"] == "none" and shown["periods_per_year"] == 252
     assert shown["decision_dates"] == {"crypto": AS_OF, "tradfi": AS_OF}
@@ -238,6 +258,18 @@ def test_the_day_after_a_failed_run_the_previous_decision_is_used_never_the_stal
     assert any("tradfi uses its decision of 2026-06-29" in line for line in warned), warned
     cli.print_meta(stored, AS_OF)
     assert "skipped 2026-06-30 run failed" in capsys.readouterr().out
+
+
+def test_a_sleeve_backtest_stored_before_the_as_promoted_record_fails_naming_the_run(
+    lake_root, instance
+):
+    sleeve_run_of(instance, lake_root, AS_OF, "crypto")
+    sleeve_run_of(instance, lake_root, AS_OF, "tradfi", as_promoted=False)
+    result = run_meta(lake_root, instance)
+    assert not result.success
+    message = failure_of(result)
+    assert f"{run_key(AS_OF, 'tradfi')}" in message and "no as-promoted record" in message
+    assert "re-materialise" in message
 
 
 def test_a_first_run_without_a_decision_fails_clearly_under_fail(lake_root, instance, meta_rule):

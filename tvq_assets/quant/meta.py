@@ -1,9 +1,10 @@
-"""The meta-portfolio: capital across sleeves from their champions' out-of-sample returns.
+"""The meta-portfolio: capital across sleeves from their as-promoted out-of-sample returns.
 
 A sleeve's champion is judged by the tournament on its own calendar; the meta-portfolio treats
-each sleeve's stitched out-of-sample (net of the sleeve's own costs) return stream of that
-champion as one asset and allocates across sleeves with the same profile engine as inside a
-sleeve (:func:`tvq_assets.quant.optimise.allocate`).
+each sleeve's as-promoted stream (``quant.promoted``: the policy the promotion rule crowned at
+each window, held in turn, net of the sleeve's own costs; not today's champion over past dates,
+which would be hindsight) as one asset and allocates across sleeves with the same profile engine
+as inside a sleeve (:func:`tvq_assets.quant.optimise.allocate`).
 
 Conventions:
 
@@ -600,9 +601,9 @@ def decide(
     where: str = "meta_portfolio",
 ) -> MetaRecord:
     """The meta-portfolio as of ``as_of`` across the sleeves of ``decisions`` (each sleeve's
-    :func:`latest_decision`, in the meta-portfolio's order). ``streams`` (the champions'
-    out-of-sample returns), ``portfolios`` (weight by symbol) and ``champions``: of each sleeve
-    with a usable decision, read from that decision's run.
+    :func:`latest_decision`, in the meta-portfolio's order). ``streams`` (the sleeves'
+    as-promoted out-of-sample returns), ``portfolios`` (weight by symbol) and ``champions``: of
+    each sleeve with a usable decision, read from that decision's run.
 
     Sleeves without a usable decision follow ``settings.missing`` (:func:`present_sleeves`).
     Raises :class:`MetaInfeasible` when fewer than two joined dates are left to estimate the

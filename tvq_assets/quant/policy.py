@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tvq_assets.quant import backtest, clusters, inference, metrics, optimise, quality
+from tvq_assets.quant import backtest, clusters, inference, metrics, optimise, promoted, quality
 from tvq_assets.quant import features as feature_engine
 from tvq_assets.quant import returns as returns_engine
 from tvq_assets.quant import window_cache as cache_keys
@@ -498,14 +498,20 @@ class TournamentOutcome:
     verdict: backtest.Verdict | None  # None when no candidate has a Sharpe ratio (never traded)
     champion_weights: pd.Series  # the champion's policy applied to the as-of window
     reuse: cache_keys.Reuse = dataclasses.field(default_factory=cache_keys.Reuse)
+    # The promotion rule replayed window by window (None without a verdict).
+    live: "promoted.AsPromoted | None" = None
 
 
 @lake_record  # a lake value: stored data names this type, never imports it
 @dataclass(frozen=True)
 class TournamentRecord:
     """What the ``backtest`` asset stores: out-of-sample returns and turnover per policy, the
-    metrics, the verdict (one row), the champion's weights for the as-of date, and every policy's
-    target weights per rebalance (``backtest.target_table``) for audit."""
+    metrics, the verdict (one row), the champion's weights for the as-of date, every policy's
+    target weights per rebalance (``backtest.target_table``) for audit, and the as-promoted
+    record (``quant.promoted``): who the rule crowned at each window (``promotions``) and the
+    stream of the crowned policies held in turn (``as_promoted``; its metrics are the verdict's
+    ``as_promoted_*`` columns). A value stored before the as-promoted record loads with both
+    tables empty (``has_as_promoted`` is False)."""
 
     returns: pd.DataFrame
     turnover: pd.DataFrame
@@ -513,10 +519,17 @@ class TournamentRecord:
     verdict: pd.DataFrame
     champion_weights: pd.DataFrame
     targets: pd.DataFrame
+    promotions: pd.DataFrame = dataclasses.field(default_factory=promoted.empty_promotions)
+    as_promoted: pd.DataFrame = dataclasses.field(default_factory=promoted.empty_stream)
 
     @property
     def champion(self) -> str:
         return str(self.verdict["champion"].iloc[0])
+
+    @property
+    def has_as_promoted(self) -> bool:
+        """Whether the value carries the as-promoted record (stored since it exists)."""
+        return len(self.promotions) > 0
 
 
 def record(outcome: "TournamentOutcome", *, incumbent: str | None, dates: pd.Index):
@@ -533,9 +546,11 @@ def record(outcome: "TournamentOutcome", *, incumbent: str | None, dates: pd.Ind
                 "replaced": verdict.replaced,
                 "rule": verdict.rule,
                 **{k: float(v) for k, v in verdict.numbers.items()},
+                **(outcome.live.summary if outcome.live is not None else {}),
             }
         ]
     )
+    live = outcome.live
     return TournamentRecord(
         returns=outcome.result.returns,
         turnover=outcome.result.turnover,
@@ -543,6 +558,8 @@ def record(outcome: "TournamentOutcome", *, incumbent: str | None, dates: pd.Ind
         verdict=verdict_table,
         champion_weights=outcome.champion_weights.rename("weight").rename_axis("symbol").to_frame(),
         targets=backtest.target_table(outcome.result, dates),
+        promotions=live.promotions if live is not None else promoted.empty_promotions(),
+        as_promoted=live.stream if live is not None else promoted.empty_stream(),
     )
 
 
@@ -876,7 +893,15 @@ def tournament(
     targets = result.targets[verdict.champion]
     held = targets[max(targets)] if targets else None
     current = _decide_latest(window, settings, verdict.champion, held, walked.latest)
-    return TournamentOutcome(result, table, verdict, current, walked.reuse)
+    live = promoted.replay(
+        result,
+        history,
+        candidates=candidates,
+        periods_per_year=settings.periods_per_year,
+        promotion=settings.promotion,
+        cost_rate=settings.cost_rate,
+    )
+    return TournamentOutcome(result, table, verdict, current, walked.reuse, live)
 
 
 def decision_rows(history_rows: int, settings: PolicySettings) -> int:

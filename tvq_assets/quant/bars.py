@@ -612,3 +612,260 @@ def _utc_naive(moment: pd.Timestamp) -> pd.Timestamp:
 
 def _utc_day(moment: pd.Timestamp) -> pd.Timestamp:
     return _utc_naive(moment).normalize()
+
+
+# The source's checksums: how a refresh that re-reads only the last days still sees a revision
+# of older bars. Every refresh parses the source's files whole (they are filtered by date after
+# parsing), so hashing the delivery's older rows is nearly free. The store keeps, per symbol, a
+# checksum of each month of what the source delivered (``period`` "YYYY-MM") and, for the months
+# a later refresh may still re-read in part, of each day ("YYYY-MM-DD"): each refresh compares
+# the delivery with them on every period it does not re-read, at the granularity stored.
+CHECKSUM_COLUMNS = ("symbol", "period", "rows", "checksum")
+# Days stay checksummed one by one while their month ends after the stored last date minus this
+# margin: the earliest date an incremental refresh may re-read from (``REVISION_DAYS``, or a bar
+# held back up to ``HELD_BACK_DAYS`` before), so that no month is re-read in part.
+DAY_CHECKSUM_DAYS = REVISION_DAYS + HELD_BACK_DAYS + 1
+
+
+def empty_checksums() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": pd.Series(dtype=object),
+            "period": pd.Series(dtype=object),
+            "rows": pd.Series(dtype="int64"),
+            "checksum": pd.Series(dtype="int64"),
+        }
+    )
+
+
+def _days(values: np.ndarray, unit: str) -> np.ndarray:
+    """ISO days ("D") or months ("M") of datetime64 values, as strings (vectorised)."""
+    return np.datetime_as_string(values.astype(f"datetime64[{unit}]"), unit=unit).astype(object)
+
+
+def day_checksums(bars: pd.DataFrame) -> pd.DataFrame:
+    """One checksum per delivered (symbol, date): a hash of the date and the raw values."""
+    if bars.empty:
+        return empty_checksums()
+    dates = pd.to_datetime(bars["date"]).astype("datetime64[ns]")
+    hashed = pd.util.hash_pandas_object(
+        pd.DataFrame({"date": dates, **{c: bars[c].astype(float) for c in VALUE_COLUMNS}}),
+        index=False,
+    ).to_numpy(dtype=np.uint64)
+    return pd.DataFrame(
+        {
+            "symbol": bars["symbol"].to_numpy(dtype=object),
+            "period": _days(dates.to_numpy(), "D"),
+            "rows": np.ones(len(bars), dtype=np.int64),
+            "checksum": hashed.view(np.int64),
+        }
+    )
+
+
+def _period_end(period: pd.Series) -> np.ndarray:
+    """Each period's last day: the day itself, or the month's last day."""
+    text = period.to_numpy(dtype=object)
+    is_day = np.array([len(p) == 10 for p in text], dtype=bool)
+    ends = np.empty(len(text), dtype="datetime64[D]")
+    ends[is_day] = np.array(text[is_day], dtype="datetime64[D]")
+    if (~is_day).any():
+        months = np.array(text[~is_day], dtype="datetime64[M]")
+        ends[~is_day] = (months + 1).astype("datetime64[D]") - np.timedelta64(1, "D")
+    return ends
+
+
+def _summed(symbols, months, rows, checksums) -> pd.DataFrame:
+    """Checksums summed per (symbol, month), modulo 2**64 (the order of days does not matter)."""
+    frame = pd.DataFrame({"symbol": symbols, "period": months, "rows": rows, "checksum": checksums})
+    if frame.empty:
+        return empty_checksums()
+    frame = frame.sort_values(["symbol", "period"], ignore_index=True, kind="stable")
+    keys = pd.MultiIndex.from_frame(frame[["symbol", "period"]])
+    codes = keys.codes[0].astype(np.int64) * (len(keys.levels[1]) + 1) + keys.codes[1]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    sums = np.add.reduceat(frame["checksum"].to_numpy(dtype=np.int64).view(np.uint64), starts)
+    return pd.DataFrame(
+        {
+            "symbol": frame["symbol"].to_numpy(dtype=object)[starts],
+            "period": frame["period"].to_numpy(dtype=object)[starts],
+            "rows": np.add.reduceat(frame["rows"].to_numpy(dtype=np.int64), starts),
+            "checksum": sums.view(np.int64),
+        }
+    )
+
+
+def rolled_up(checksums: pd.DataFrame, *, before: pd.Timestamp | None) -> pd.DataFrame:
+    """Day checksums of the months ending on or before ``before`` summed into month ones; all
+    of them when ``before`` is None."""
+    period = checksums["period"]
+    days = np.array([len(p) == 10 for p in period.to_numpy(dtype=object)], dtype=bool)
+    if before is not None and days.any():
+        days &= _period_end(period.str[:7]) <= np.datetime64(pd.Timestamp(before).date(), "D")
+    part = checksums[days]
+    months = _summed(
+        part["symbol"].to_numpy(dtype=object),
+        np.array([p[:7] for p in part["period"]], dtype=object),
+        part["rows"].to_numpy(dtype=np.int64),
+        part["checksum"].to_numpy(dtype=np.int64),
+    )
+    frame = pd.concat([f for f in (checksums[~days], months) if len(f)] or [empty_checksums()])
+    frame = frame.sort_values(["symbol", "period"], ignore_index=True)
+    return frame[list(CHECKSUM_COLUMNS)].astype({"rows": "int64", "checksum": "int64"})
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What a comparison of the source's delivery with the stored checksums found."""
+
+    # symbol, period ("YYYY-MM"), dates (the ISO dates that differ, ", "-joined; "" unknown)
+    disagreements: pd.DataFrame
+    checksums: pd.DataFrame  # the checksums to store after the refresh
+    baselined: int  # (symbol, month)s with no stored checksum before: taken as delivered
+
+
+def _keys(frame: pd.DataFrame, period) -> pd.MultiIndex:
+    return pd.MultiIndex.from_arrays([frame["symbol"].to_numpy(dtype=object), period])
+
+
+def check_source(
+    stored: pd.DataFrame | None,
+    delivered: pd.DataFrame,
+    *,
+    since: pd.Timestamp | None,
+    last: pd.Timestamp,
+) -> SourceCheck:
+    """Compare the delivery (raw bars of the whole source) with the ``stored`` checksums on
+    every period ending on or before ``since`` (what an incremental refresh does not re-read;
+    ``since`` None: a full refresh, which takes everything in), and the checksums to store:
+    the stored ones for those periods (a disagreement stays until a full refresh takes it in),
+    the delivery's for the re-read dates and for symbols never checksummed, day checksums rolled
+    up into months ending ``DAY_CHECKSUM_DAYS`` or more before ``last``. A symbol the delivery
+    does not hold (an unreadable or removed file) is not compared: its checksums are kept."""
+    days = day_checksums(delivered)
+    before = pd.Timestamp(last) - pd.Timedelta(days=DAY_CHECKSUM_DAYS)
+    none = pd.DataFrame({"symbol": [], "period": [], "dates": []}, dtype=object)
+    if since is None or stored is None:
+        return SourceCheck(none, rolled_up(days, before=before), 0)
+    cut = np.datetime64(pd.Timestamp(since).date(), "D")
+    day_end = np.array(days["period"].to_numpy(dtype=object), dtype="datetime64[D]")
+    reread, old_days = days[day_end > cut], days[day_end <= cut]
+    stored_end = _period_end(stored["period"])
+    is_day = np.array([len(p) == 10 for p in stored["period"]], dtype=bool)
+    present = stored["symbol"].isin(set(days["symbol"])).to_numpy()
+    compared = stored[(stored_end <= cut) & present]
+    known = old_days["symbol"].isin(set(stored["symbol"])).to_numpy()
+    baseline, mine = old_days[~known], old_days[known]
+    # The delivery at the stored granularity: a month where the store holds a month checksum.
+    month_of = np.array([p[:7] for p in mine["period"]], dtype=object)
+    stored_months = compared[~is_day[(stored_end <= cut) & present]]
+    in_month = _keys(mine, month_of).isin(_keys(stored_months, stored_months["period"]))
+    delivered_periods = pd.concat(
+        [
+            mine[~in_month],
+            _summed(
+                mine["symbol"].to_numpy(dtype=object)[in_month],
+                month_of[in_month],
+                mine["rows"].to_numpy(dtype=np.int64)[in_month],
+                mine["checksum"].to_numpy(dtype=np.int64)[in_month],
+            ),
+        ],
+        ignore_index=True,
+    )
+    joined = compared.merge(
+        delivered_periods, on=["symbol", "period"], how="outer", suffixes=("", "_source")
+    )
+    differs = ~(
+        (joined["rows"] == joined["rows_source"])
+        & (joined["checksum"] == joined["checksum_source"])
+    )
+    found = joined.loc[differs, ["symbol", "period"]]
+    disagreements = pd.DataFrame(
+        {
+            "symbol": found["symbol"].to_numpy(dtype=object),
+            "period": np.array([p[:7] for p in found["period"]], dtype=object),
+            "dates": np.array([p if len(p) == 10 else "" for p in found["period"]], dtype=object),
+        }
+    )
+    if len(disagreements):
+        disagreements = (
+            disagreements.groupby(["symbol", "period"], sort=True)["dates"]
+            .agg(lambda d: ", ".join(sorted(x for x in d if x)))
+            .reset_index()
+        )
+    else:
+        disagreements = none
+    not_reread = ~stored["symbol"].isin(set(reread["symbol"])).to_numpy()
+    kept = stored[~present | ((stored_end > cut) & not_reread)]
+    checksums = pd.concat(
+        [frame for frame in (compared, kept, baseline, reread) if len(frame)]
+        or [empty_checksums()],
+        ignore_index=True,
+    )
+    baselined = len(
+        pd.DataFrame(
+            {"symbol": baseline["symbol"], "month": [p[:7] for p in baseline["period"]]}
+        ).drop_duplicates()
+    )
+    return SourceCheck(
+        disagreements, rolled_up(checksums[list(CHECKSUM_COLUMNS)], before=before), baselined
+    )
+
+
+def disagreeing_dates(
+    delivered: pd.DataFrame, stored: pd.DataFrame, defects: pd.DataFrame, months: pd.DataFrame
+) -> pd.DataFrame:
+    """The dates of the (symbol, month)s in ``months`` where the delivery and the stored bars
+    differ (a value, or a bar only one of them holds), leaving out bars with a recorded defect
+    (the store holds those repaired, or not at all)."""
+    keys = ["symbol", "date"]
+
+    def inside(frame: pd.DataFrame) -> pd.DataFrame:
+        month = _days(pd.to_datetime(frame["date"]).to_numpy(dtype="datetime64[ns]"), "M")
+        mask = _keys(frame, month).isin(_keys(months, months["period"]))
+        return _typed(frame[list(BAR_COLUMNS)][np.asarray(mask, dtype=bool)])
+
+    source, lake = inside(delivered), inside(stored)
+    joined = source.merge(lake, on=keys, how="outer", suffixes=("", "_lake"), indicator=True)
+    same = joined["_merge"] == "both"
+    for column in VALUE_COLUMNS:
+        new, old = joined[column].to_numpy(float), joined[f"{column}_lake"].to_numpy(float)
+        same &= (new == old) | (np.isnan(new) & np.isnan(old))
+    differing = joined.loc[~same, keys]
+    if len(defects):
+        differing = differing[~_key_mask(differing, defects)]
+    values = differing["date"].to_numpy(dtype="datetime64[ns]")
+    differing = differing.assign(period=_days(values, "M"), day=_days(values, "D"))
+    return (
+        differing.groupby(["symbol", "period"], sort=True)["day"]
+        .agg(lambda d: ", ".join(sorted(d)))
+        .rename("dates")
+        .reset_index()
+    )
+
+
+def changed_bars(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """The (symbol, date)s whose bar differs between two reads: ``revised`` (a value changed),
+    ``added`` (only ``after`` holds it) or ``removed`` (only ``before``), with the closes."""
+    keys = ["symbol", "date"]
+    joined = _typed(before).merge(
+        _typed(after), on=keys, how="outer", suffixes=("_before", ""), indicator=True
+    )
+    same = joined["_merge"] == "both"
+    for column in VALUE_COLUMNS:
+        new, old = joined[column].to_numpy(float), joined[f"{column}_before"].to_numpy(float)
+        same &= (new == old) | (np.isnan(new) & np.isnan(old))
+    changed = joined[~same]
+    change = np.select(
+        [changed["_merge"] == "left_only", changed["_merge"] == "right_only"],
+        ["removed", "added"],
+        "revised",
+    )
+    return pd.DataFrame(
+        {
+            "symbol": changed["symbol"].to_numpy(dtype=object),
+            "date": changed["date"].to_numpy(dtype="datetime64[ns]"),
+            "change": change.astype(object),
+            "close_before": changed["close_before"].to_numpy(float),
+            "close": changed["close"].to_numpy(float),
+        }
+    ).sort_values(keys, ignore_index=True)

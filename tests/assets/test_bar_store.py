@@ -432,9 +432,9 @@ def full_refresh(lake: ParquetLake, fetch, *, now):
         return plan, bar_store.commit(lake, plan)
 
 
-def revised_close(fetch, day: str, factor: float = 1.005):
+def revised_close(fetch, day: str, factor: float = 1.005, *, above_high: bool = False):
     """``fetch`` with the close on ``day`` of the first symbol (by name) trading then corrected
-    (high widened), and that symbol."""
+    (high widened, or set just above the high: a repair the cleaning records), and that symbol."""
     whole = fetch(None).bars
     symbol = whole.loc[whole["date"] == day, "symbol"].min()
 
@@ -442,8 +442,11 @@ def revised_close(fetch, day: str, factor: float = 1.005):
         batch = fetch(since)
         bars = batch.bars.copy()
         hit = (bars["symbol"] == symbol) & (bars["date"] == day)
-        bars.loc[hit, "close"] *= factor
-        bars.loc[hit, "high"] = bars.loc[hit, ["high", "close"]].max(axis=1)
+        if above_high:
+            bars.loc[hit, "close"] = bars.loc[hit, "high"] * factor
+        else:
+            bars.loc[hit, "close"] *= factor
+            bars.loc[hit, "high"] = bars.loc[hit, ["high", "close"]].max(axis=1)
         return Batch(bars=bars)
 
     return revised, symbol
@@ -456,7 +459,7 @@ def test_bars_as_known_at_a_version_survive_a_full_refresh_and_a_compaction(tmp_
     then = bar_store.state(lake, SLEEVE).sequence
     known_then = lake.read(["bars"], SLEEVE)
     old_day = "2025-01-20"  # weeks before the re-read margin
-    fetch, symbol = revised_close(synthetic("2025-03-02"), old_day)
+    fetch, symbol = revised_close(synthetic("2025-03-02"), old_day, above_high=True)
 
     later = next_day("2025-03-02") + pd.Timedelta(hours=1)
     plan, _ = refresh(lake, fetch, calendar="crypto", now=later)
@@ -471,6 +474,7 @@ def test_bars_as_known_at_a_version_survive_a_full_refresh_and_a_compaction(tmp_
         != (known_then.bars.set_index(["symbol", "date"]).loc[key, "close"])
     )
 
+    assert len(now.defects) == len(known_then.defects) + 1  # the full refresh's repair
     as_then = bar_store.as_known(lake, SLEEVE, then)
     assert_same_history(
         bar_lake.BarHistory(as_then.bars, as_then.defects, as_then.revisions), known_then
@@ -525,3 +529,40 @@ def test_a_refresh_that_only_brings_new_days_finds_no_disagreement(tmp_path):
         plan, _ = refresh(lake, synthetic(day), calendar="crypto", now=next_day(day))
         assert plan.source_check.disagreements.empty, day
         assert plan.source_check.baselined == 0
+
+
+def _as_before_versions(lake: ParquetLake) -> None:
+    """Rewrite a store as the segment layout wrote it before versions: no ``version`` column,
+    no segment sequence, no defects history, checksums or write times."""
+    import pyarrow.parquet as pq
+
+    folder = bar_store.folder(lake, SLEEVE)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = manifest["bar_store"]
+    for segment in entry["segments"]:
+        segment.pop("sequence")
+        path = folder / segment["file"]
+        pq.write_table(pq.read_table(path).drop(["version"]), path)
+    for key in ("defects_since", "written"):
+        entry.pop(key)
+    manifest["tables"].pop(bar_store.CHECKSUMS)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_store_written_before_versions_is_read_and_refreshed_on(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    for day in ("2025-03-01", "2025-03-02"):
+        refresh(lake, synthetic(day), calendar="crypto", now=next_day(day))
+    before = lake.read(["bars"], SLEEVE)
+    _as_before_versions(lake)
+    assert_same_history(lake.read(["bars"], SLEEVE), before)
+    old = bar_store.state(lake, SLEEVE).sequence
+    assert_same_history(bar_store.as_known(lake, SLEEVE, old), before)
+    plan, _ = refresh(lake, synthetic("2025-03-03"), calendar="crypto", now=next_day("2025-03-03"))
+    assert plan.source_check.disagreements.empty and plan.source_check.baselined > 0
+    assert_same_history(bar_store.as_known(lake, SLEEVE, old), before)
+    once = ParquetLake(root=str(tmp_path / "once"))
+    refresh(once, synthetic("2025-03-03"), calendar="crypto", now=next_day("2025-03-03"))
+    pd.testing.assert_frame_equal(
+        lake.read(["bars"], SLEEVE).bars, once.read(["bars"], SLEEVE).bars
+    )

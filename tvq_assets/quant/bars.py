@@ -745,7 +745,13 @@ def check_source(
     before = pd.Timestamp(last) - pd.Timedelta(days=DAY_CHECKSUM_DAYS)
     none = pd.DataFrame({"symbol": [], "period": [], "dates": []}, dtype=object)
     if since is None or stored is None:
-        return SourceCheck(none, rolled_up(days, before=before), 0)
+        # A full refresh takes everything in; a store never checksummed takes the source's
+        # older periods as delivered (they could not be compared: counted as baselined).
+        baselined = 0
+        if since is not None:
+            old = days[days["period"] <= f"{pd.Timestamp(since):%Y-%m-%d}"]
+            baselined = len(set(zip(old["symbol"], old["period"].str[:7], strict=True)))
+        return SourceCheck(none, rolled_up(days, before=before), baselined)
     cut = np.datetime64(pd.Timestamp(since).date(), "D")
     day_end = np.array(days["period"].to_numpy(dtype=object), dtype="datetime64[D]")
     reread, old_days = days[day_end > cut], days[day_end <= cut]

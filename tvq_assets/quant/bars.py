@@ -643,23 +643,76 @@ def _days(values: np.ndarray, unit: str) -> np.ndarray:
     return np.datetime_as_string(values.astype(f"datetime64[{unit}]"), unit=unit).astype(object)
 
 
+@dataclass(frozen=True)
+class _Hashed:
+    """The delivered rows as arrays: symbol, day, month and the row's hash."""
+
+    symbol: np.ndarray
+    day: np.ndarray  # datetime64[D]
+    hashes: np.ndarray  # int64 (a uint64 hash)
+
+    @property
+    def month(self) -> np.ndarray:
+        return self.day.astype("datetime64[M]")
+
+    def take(self, mask: np.ndarray) -> "_Hashed":
+        return _Hashed(self.symbol[mask], self.day[mask], self.hashes[mask])
+
+
+def _hashed(bars: pd.DataFrame) -> _Hashed:
+    dates = pd.to_datetime(bars["date"]).astype("datetime64[ns]")
+    hashes = pd.util.hash_pandas_object(
+        pd.DataFrame({"date": dates, **{c: bars[c].astype(float) for c in VALUE_COLUMNS}}),
+        index=False,
+    ).to_numpy(dtype=np.uint64)
+    return _Hashed(
+        bars["symbol"].to_numpy(dtype=object),
+        dates.to_numpy().astype("datetime64[D]"),
+        hashes.view(np.int64),
+    )
+
+
+def _sum_by(symbol: np.ndarray, period: np.ndarray, rows, checksums) -> pd.DataFrame:
+    """Checksums summed per (symbol, period), modulo 2**64 (the order of days does not matter)."""
+    if len(symbol) == 0:
+        return empty_checksums()
+    frame = pd.DataFrame({"symbol": symbol, "period": period, "rows": rows, "checksum": checksums})
+    summed = frame.groupby(["symbol", "period"], sort=True).agg(
+        rows=("rows", "sum"), checksum=("checksum", "sum")
+    )
+    return summed.reset_index()[list(CHECKSUM_COLUMNS)].astype(
+        {"rows": "int64", "checksum": "int64"}
+    )
+
+
+def _entries(rows: _Hashed, *, before: np.datetime64) -> pd.DataFrame:
+    """Checksum entries of delivered rows: one per day, or per month for months ending on or
+    before ``before`` (their periods as text only for the entries)."""
+    month = rows.month
+    rolled = ((month + 1).astype("datetime64[D]") - np.timedelta64(1, "D")) <= before
+    ones = np.ones(len(rows.symbol), dtype=np.int64)
+    months = _sum_by(
+        rows.symbol[rolled], month[rolled].astype(np.int64), ones[rolled], rows.hashes[rolled]
+    )
+    months["period"] = _days(months["period"].to_numpy(dtype=np.int64).astype("datetime64[M]"), "M")
+    days = pd.DataFrame(
+        {
+            "symbol": rows.symbol[~rolled],
+            "period": _days(rows.day[~rolled], "D"),
+            "rows": ones[~rolled],
+            "checksum": rows.hashes[~rolled],
+        }
+    )
+    return pd.concat(
+        [f for f in (months, days) if len(f)] or [empty_checksums()], ignore_index=True
+    )
+
+
 def day_checksums(bars: pd.DataFrame) -> pd.DataFrame:
     """One checksum per delivered (symbol, date): a hash of the date and the raw values."""
     if bars.empty:
         return empty_checksums()
-    dates = pd.to_datetime(bars["date"]).astype("datetime64[ns]")
-    hashed = pd.util.hash_pandas_object(
-        pd.DataFrame({"date": dates, **{c: bars[c].astype(float) for c in VALUE_COLUMNS}}),
-        index=False,
-    ).to_numpy(dtype=np.uint64)
-    return pd.DataFrame(
-        {
-            "symbol": bars["symbol"].to_numpy(dtype=object),
-            "period": _days(dates.to_numpy(), "D"),
-            "rows": np.ones(len(bars), dtype=np.int64),
-            "checksum": hashed.view(np.int64),
-        }
-    )
+    return _entries(_hashed(bars), before=np.datetime64("NaT"))
 
 
 def _period_end(period: pd.Series) -> np.ndarray:
@@ -674,35 +727,16 @@ def _period_end(period: pd.Series) -> np.ndarray:
     return ends
 
 
-def _summed(symbols, months, rows, checksums) -> pd.DataFrame:
-    """Checksums summed per (symbol, month), modulo 2**64 (the order of days does not matter)."""
-    frame = pd.DataFrame({"symbol": symbols, "period": months, "rows": rows, "checksum": checksums})
-    if frame.empty:
-        return empty_checksums()
-    frame = frame.sort_values(["symbol", "period"], ignore_index=True, kind="stable")
-    keys = pd.MultiIndex.from_frame(frame[["symbol", "period"]])
-    codes = keys.codes[0].astype(np.int64) * (len(keys.levels[1]) + 1) + keys.codes[1]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    sums = np.add.reduceat(frame["checksum"].to_numpy(dtype=np.int64).view(np.uint64), starts)
-    return pd.DataFrame(
-        {
-            "symbol": frame["symbol"].to_numpy(dtype=object)[starts],
-            "period": frame["period"].to_numpy(dtype=object)[starts],
-            "rows": np.add.reduceat(frame["rows"].to_numpy(dtype=np.int64), starts),
-            "checksum": sums.view(np.int64),
-        }
-    )
-
-
 def rolled_up(checksums: pd.DataFrame, *, before: pd.Timestamp | None) -> pd.DataFrame:
-    """Day checksums of the months ending on or before ``before`` summed into month ones; all
-    of them when ``before`` is None."""
+    """The checksums of each month ending on or before ``before`` (all months when None) summed
+    into one month entry: its day entries and the month entries of its parts (a month a refresh
+    took in as compared days plus re-read ones)."""
     period = checksums["period"]
-    days = np.array([len(p) == 10 for p in period.to_numpy(dtype=object)], dtype=bool)
-    if before is not None and days.any():
+    days = np.ones(len(period), dtype=bool)
+    if before is not None and len(period):
         days &= _period_end(period.str[:7]) <= np.datetime64(pd.Timestamp(before).date(), "D")
     part = checksums[days]
-    months = _summed(
+    months = _sum_by(
         part["symbol"].to_numpy(dtype=object),
         np.array([p[:7] for p in part["period"]], dtype=object),
         part["rows"].to_numpy(dtype=np.int64),
@@ -723,8 +757,10 @@ class SourceCheck:
     baselined: int  # (symbol, month)s with no stored checksum before: taken as delivered
 
 
-def _keys(frame: pd.DataFrame, period) -> pd.MultiIndex:
-    return pd.MultiIndex.from_arrays([frame["symbol"].to_numpy(dtype=object), period])
+def _month_keys(symbols: np.ndarray, months: np.ndarray, codes: dict) -> np.ndarray:
+    """(symbol, month) as one int64 (symbol code in the high bits) for fast membership."""
+    code = pd.Series(symbols, dtype=object).map(codes).fillna(-1).to_numpy(dtype=np.int64)
+    return code * (1 << 32) + months.astype(np.int64)
 
 
 def check_source(
@@ -740,42 +776,54 @@ def check_source(
     the stored ones for those periods (a disagreement stays until a full refresh takes it in),
     the delivery's for the re-read dates and for symbols never checksummed, day checksums rolled
     up into months ending ``DAY_CHECKSUM_DAYS`` or more before ``last``. A symbol the delivery
-    does not hold (an unreadable or removed file) is not compared: its checksums are kept."""
-    days = day_checksums(delivered)
-    before = pd.Timestamp(last) - pd.Timedelta(days=DAY_CHECKSUM_DAYS)
+    does not hold (an unreadable or removed file) is not compared: its checksums are kept.
+    Vectorised over the delivery's rows; text is made only for the stored entries."""
+    rows = (
+        _hashed(delivered)
+        if len(delivered)
+        else _Hashed(
+            np.array([], dtype=object), np.array([], dtype="datetime64[D]"), np.array([], np.int64)
+        )
+    )
+    before = np.datetime64((pd.Timestamp(last) - pd.Timedelta(days=DAY_CHECKSUM_DAYS)).date(), "D")
     none = pd.DataFrame({"symbol": [], "period": [], "dates": []}, dtype=object)
     if since is None or stored is None:
         # A full refresh takes everything in; a store never checksummed takes the source's
         # older periods as delivered (they could not be compared: counted as baselined).
         baselined = 0
         if since is not None:
-            old = days[days["period"] <= f"{pd.Timestamp(since):%Y-%m-%d}"]
-            baselined = len(set(zip(old["symbol"], old["period"].str[:7], strict=True)))
-        return SourceCheck(none, rolled_up(days, before=before), baselined)
+            old = rows.take(rows.day <= np.datetime64(pd.Timestamp(since).date(), "D"))
+            baselined = len(set(zip(old.symbol, old.month.astype(np.int64), strict=True)))
+        return SourceCheck(
+            none, rolled_up(_entries(rows, before=before), before=pd.Timestamp(before)), baselined
+        )
     cut = np.datetime64(pd.Timestamp(since).date(), "D")
-    day_end = np.array(days["period"].to_numpy(dtype=object), dtype="datetime64[D]")
-    reread, old_days = days[day_end > cut], days[day_end <= cut]
+    reread, old = rows.take(rows.day > cut), rows.take(rows.day <= cut)
     stored_end = _period_end(stored["period"])
     is_day = np.array([len(p) == 10 for p in stored["period"]], dtype=bool)
-    present = stored["symbol"].isin(set(days["symbol"])).to_numpy()
+    present = stored["symbol"].isin(set(rows.symbol)).to_numpy()
     compared = stored[(stored_end <= cut) & present]
-    known = old_days["symbol"].isin(set(stored["symbol"])).to_numpy()
-    baseline, mine = old_days[~known], old_days[known]
+    known = pd.Series(old.symbol, dtype=object).isin(set(stored["symbol"])).to_numpy()
+    baseline, mine = old.take(~known), old.take(known)
     # The delivery at the stored granularity: a month where the store holds a month checksum.
-    month_of = np.array([p[:7] for p in mine["period"]], dtype=object)
-    stored_months = compared[~is_day[(stored_end <= cut) & present]]
-    in_month = _keys(mine, month_of).isin(_keys(stored_months, stored_months["period"]))
+    stored_months = stored[(stored_end <= cut) & present & ~is_day]
+    codes = {s: i for i, s in enumerate(pd.unique(stored["symbol"]))}
+    wanted = _month_keys(
+        stored_months["symbol"].to_numpy(dtype=object),
+        np.array(stored_months["period"].to_numpy(dtype=object), dtype="datetime64[M]"),
+        codes,
+    )
+    in_month = np.isin(_month_keys(mine.symbol, mine.month, codes), wanted)
+    as_months = mine.take(in_month)
+    months = _sum_by(
+        as_months.symbol,
+        as_months.month.astype(np.int64),
+        np.ones(len(as_months.symbol), dtype=np.int64),
+        as_months.hashes,
+    )
+    months["period"] = _days(months["period"].to_numpy(dtype=np.int64).astype("datetime64[M]"), "M")
     delivered_periods = pd.concat(
-        [
-            mine[~in_month],
-            _summed(
-                mine["symbol"].to_numpy(dtype=object)[in_month],
-                month_of[in_month],
-                mine["rows"].to_numpy(dtype=np.int64)[in_month],
-                mine["checksum"].to_numpy(dtype=np.int64)[in_month],
-            ),
-        ],
-        ignore_index=True,
+        [_entries(mine.take(~in_month), before=np.datetime64("NaT")), months], ignore_index=True
     )
     joined = compared.merge(
         delivered_periods, on=["symbol", "period"], how="outer", suffixes=("", "_source")
@@ -800,20 +848,18 @@ def check_source(
         )
     else:
         disagreements = none
-    not_reread = ~stored["symbol"].isin(set(reread["symbol"])).to_numpy()
+    not_reread = ~stored["symbol"].isin(set(reread.symbol)).to_numpy()
     kept = stored[~present | ((stored_end > cut) & not_reread)]
+    fresh = [_entries(part, before=before) for part in (baseline, reread) if len(part.symbol)]
     checksums = pd.concat(
-        [frame for frame in (compared, kept, baseline, reread) if len(frame)]
-        or [empty_checksums()],
+        [frame for frame in (compared, kept, *fresh) if len(frame)] or [empty_checksums()],
         ignore_index=True,
     )
-    baselined = len(
-        pd.DataFrame(
-            {"symbol": baseline["symbol"], "month": [p[:7] for p in baseline["period"]]}
-        ).drop_duplicates()
-    )
+    baselined = len(set(zip(baseline.symbol, baseline.month.astype(np.int64), strict=True)))
     return SourceCheck(
-        disagreements, rolled_up(checksums[list(CHECKSUM_COLUMNS)], before=before), baselined
+        disagreements,
+        rolled_up(checksums[list(CHECKSUM_COLUMNS)], before=pd.Timestamp(before)),
+        baselined,
     )
 
 
@@ -827,7 +873,8 @@ def disagreeing_dates(
 
     def inside(frame: pd.DataFrame) -> pd.DataFrame:
         month = _days(pd.to_datetime(frame["date"]).to_numpy(dtype="datetime64[ns]"), "M")
-        mask = _keys(frame, month).isin(_keys(months, months["period"]))
+        keys = pd.MultiIndex.from_arrays([frame["symbol"].to_numpy(dtype=object), month])
+        mask = keys.isin(pd.MultiIndex.from_frame(months[["symbol", "period"]]))
         return _typed(frame[list(BAR_COLUMNS)][np.asarray(mask, dtype=bool)])
 
     source, lake = inside(delivered), inside(stored)

@@ -854,13 +854,14 @@ def prepare(
         total = len(update.history.bars)
     else:
         total = current.rows + update.added - update.removed
+    merged = time.perf_counter()
     last = max((pd.Timestamp(end) for _, end in symbols.values()), default=pd.Timestamp(now))
     source_check = bar_lake.check_source(
         _checksums(lake, sleeve, current), whole.bars, since=since, last=last
     )
     if (source_check.disagreements["dates"] == "").any():
         source_check = _with_dates(lake, sleeve, source_check, whole.bars, stored_tables)
-    merged = time.perf_counter()
+    checked = time.perf_counter()
     plan = Plan(
         sleeve=sleeve,
         since=since,
@@ -881,6 +882,7 @@ def prepare(
             "source": fetched - started,
             "read": read - fetched,
             "merge": merged - read,
+            "checksums": checked - merged,
         },
     )
     return plan, batch

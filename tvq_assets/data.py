@@ -179,6 +179,7 @@ def _refresh_bars(
                 "source_parse_tasks": fanout.tasks,
                 "seconds_read": round(plan.seconds["read"], 3),
                 "seconds_merge": round(plan.seconds["merge"], 3),
+                "seconds_checksums": round(plan.seconds["checksums"], 3),
                 "seconds_validate": round(validated - validating, 3),
                 "seconds_write": round(wrote - validated, 3),
                 "seconds": round(wrote - started, 3),

@@ -645,9 +645,10 @@ def _days(values: np.ndarray, unit: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Hashed:
-    """The delivered rows as arrays: symbol, day, month and the row's hash."""
+    """The delivered rows as arrays: symbol (a code into ``names``), day and the row's hash."""
 
-    symbol: np.ndarray
+    names: np.ndarray  # object: the symbols, by code
+    code: np.ndarray  # int64
     day: np.ndarray  # datetime64[D]
     hashes: np.ndarray  # int64 (a uint64 hash)
 
@@ -655,8 +656,16 @@ class _Hashed:
     def month(self) -> np.ndarray:
         return self.day.astype("datetime64[M]")
 
+    @property
+    def symbol(self) -> np.ndarray:
+        return self.names[self.code]
+
     def take(self, mask: np.ndarray) -> "_Hashed":
-        return _Hashed(self.symbol[mask], self.day[mask], self.hashes[mask])
+        return _Hashed(self.names, self.code[mask], self.day[mask], self.hashes[mask])
+
+    def month_keys(self) -> np.ndarray:
+        """(symbol, month) as one int64: the symbol's code in the high bits."""
+        return (self.code << 32) + self.month.astype(np.int64)
 
 
 def _hashed(bars: pd.DataFrame) -> _Hashed:
@@ -665,8 +674,10 @@ def _hashed(bars: pd.DataFrame) -> _Hashed:
         pd.DataFrame({"date": dates, **{c: bars[c].astype(float) for c in VALUE_COLUMNS}}),
         index=False,
     ).to_numpy(dtype=np.uint64)
+    code, names = pd.factorize(bars["symbol"].to_numpy(dtype=object))
     return _Hashed(
-        bars["symbol"].to_numpy(dtype=object),
+        np.asarray(names, dtype=object),
+        code.astype(np.int64),
         dates.to_numpy().astype("datetime64[D]"),
         hashes.view(np.int64),
     )
@@ -685,27 +696,40 @@ def _sum_by(symbol: np.ndarray, period: np.ndarray, rows, checksums) -> pd.DataF
     )
 
 
+def _month_sums(rows: _Hashed) -> pd.DataFrame:
+    """Month entries of delivered rows: grouped on one int64 key, text made per month only."""
+    if len(rows.code) == 0:
+        return empty_checksums()
+    keys = rows.month_keys()
+    frame = pd.DataFrame({"key": keys, "checksum": rows.hashes})
+    summed = frame.groupby("key", sort=True)["checksum"].agg(["size", "sum"])
+    key = summed.index.to_numpy(dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "symbol": rows.names[key >> 32],
+            "period": _days((key & 0xFFFFFFFF).astype("datetime64[M]"), "M"),
+            "rows": summed["size"].to_numpy(dtype=np.int64),
+            "checksum": summed["sum"].to_numpy(dtype=np.int64),
+        }
+    )
+
+
 def _entries(rows: _Hashed, *, before: np.datetime64) -> pd.DataFrame:
     """Checksum entries of delivered rows: one per day, or per month for months ending on or
     before ``before`` (their periods as text only for the entries)."""
     month = rows.month
     rolled = ((month + 1).astype("datetime64[D]") - np.timedelta64(1, "D")) <= before
-    ones = np.ones(len(rows.symbol), dtype=np.int64)
-    months = _sum_by(
-        rows.symbol[rolled], month[rolled].astype(np.int64), ones[rolled], rows.hashes[rolled]
-    )
-    months["period"] = _days(months["period"].to_numpy(dtype=np.int64).astype("datetime64[M]"), "M")
-    days = pd.DataFrame(
+    days = rows.take(~rolled)
+    day_entries = pd.DataFrame(
         {
-            "symbol": rows.symbol[~rolled],
-            "period": _days(rows.day[~rolled], "D"),
-            "rows": ones[~rolled],
-            "checksum": rows.hashes[~rolled],
+            "symbol": days.symbol,
+            "period": _days(days.day, "D"),
+            "rows": np.ones(len(days.code), dtype=np.int64),
+            "checksum": days.hashes,
         }
     )
-    return pd.concat(
-        [f for f in (months, days) if len(f)] or [empty_checksums()], ignore_index=True
-    )
+    parts = [f for f in (_month_sums(rows.take(rolled)), day_entries) if len(f)]
+    return pd.concat(parts or [empty_checksums()], ignore_index=True)
 
 
 def day_checksums(bars: pd.DataFrame) -> pd.DataFrame:
@@ -757,12 +781,6 @@ class SourceCheck:
     baselined: int  # (symbol, month)s with no stored checksum before: taken as delivered
 
 
-def _month_keys(symbols: np.ndarray, months: np.ndarray, codes: dict) -> np.ndarray:
-    """(symbol, month) as one int64 (symbol code in the high bits) for fast membership."""
-    code = pd.Series(symbols, dtype=object).map(codes).fillna(-1).to_numpy(dtype=np.int64)
-    return code * (1 << 32) + months.astype(np.int64)
-
-
 def check_source(
     stored: pd.DataFrame | None,
     delivered: pd.DataFrame,
@@ -778,13 +796,7 @@ def check_source(
     up into months ending ``DAY_CHECKSUM_DAYS`` or more before ``last``. A symbol the delivery
     does not hold (an unreadable or removed file) is not compared: its checksums are kept.
     Vectorised over the delivery's rows; text is made only for the stored entries."""
-    rows = (
-        _hashed(delivered)
-        if len(delivered)
-        else _Hashed(
-            np.array([], dtype=object), np.array([], dtype="datetime64[D]"), np.array([], np.int64)
-        )
-    )
+    rows = _hashed(delivered)
     before = np.datetime64((pd.Timestamp(last) - pd.Timedelta(days=DAY_CHECKSUM_DAYS)).date(), "D")
     none = pd.DataFrame({"symbol": [], "period": [], "dates": []}, dtype=object)
     if since is None or stored is None:
@@ -793,7 +805,7 @@ def check_source(
         baselined = 0
         if since is not None:
             old = rows.take(rows.day <= np.datetime64(pd.Timestamp(since).date(), "D"))
-            baselined = len(set(zip(old.symbol, old.month.astype(np.int64), strict=True)))
+            baselined = len(np.unique(old.month_keys()))
         return SourceCheck(
             none, rolled_up(_entries(rows, before=before), before=pd.Timestamp(before)), baselined
         )
@@ -801,27 +813,21 @@ def check_source(
     reread, old = rows.take(rows.day > cut), rows.take(rows.day <= cut)
     stored_end = _period_end(stored["period"])
     is_day = np.array([len(p) == 10 for p in stored["period"]], dtype=bool)
-    present = stored["symbol"].isin(set(rows.symbol)).to_numpy()
+    # Symbols by the delivery's codes (-1: not delivered).
+    stored_code = pd.Index(rows.names).get_indexer(stored["symbol"].to_numpy(dtype=object))
+    present = stored_code >= 0
     compared = stored[(stored_end <= cut) & present]
-    known = pd.Series(old.symbol, dtype=object).isin(set(stored["symbol"])).to_numpy()
+    known_names = np.zeros(len(rows.names), dtype=bool)
+    known_names[stored_code[present]] = True
+    known = known_names[old.code]
     baseline, mine = old.take(~known), old.take(known)
     # The delivery at the stored granularity: a month where the store holds a month checksum.
-    stored_months = stored[(stored_end <= cut) & present & ~is_day]
-    codes = {s: i for i, s in enumerate(pd.unique(stored["symbol"]))}
-    wanted = _month_keys(
-        stored_months["symbol"].to_numpy(dtype=object),
-        np.array(stored_months["period"].to_numpy(dtype=object), dtype="datetime64[M]"),
-        codes,
-    )
-    in_month = np.isin(_month_keys(mine.symbol, mine.month, codes), wanted)
-    as_months = mine.take(in_month)
-    months = _sum_by(
-        as_months.symbol,
-        as_months.month.astype(np.int64),
-        np.ones(len(as_months.symbol), dtype=np.int64),
-        as_months.hashes,
-    )
-    months["period"] = _days(months["period"].to_numpy(dtype=np.int64).astype("datetime64[M]"), "M")
+    as_month = (stored_end <= cut) & present & ~is_day
+    wanted = (stored_code[as_month].astype(np.int64) << 32) + np.array(
+        stored["period"].to_numpy(dtype=object)[as_month], dtype="datetime64[M]"
+    ).astype(np.int64)
+    in_month = np.isin(mine.month_keys(), wanted)
+    months = _month_sums(mine.take(in_month))
     delivered_periods = pd.concat(
         [_entries(mine.take(~in_month), before=np.datetime64("NaT")), months], ignore_index=True
     )
@@ -848,14 +854,16 @@ def check_source(
         )
     else:
         disagreements = none
-    not_reread = ~stored["symbol"].isin(set(reread.symbol)).to_numpy()
+    reread_names = np.zeros(len(rows.names), dtype=bool)
+    reread_names[reread.code] = True
+    not_reread = ~(present & reread_names[np.maximum(stored_code, 0)])
     kept = stored[~present | ((stored_end > cut) & not_reread)]
-    fresh = [_entries(part, before=before) for part in (baseline, reread) if len(part.symbol)]
+    fresh = [_entries(part, before=before) for part in (baseline, reread) if len(part.code)]
     checksums = pd.concat(
         [frame for frame in (compared, kept, *fresh) if len(frame)] or [empty_checksums()],
         ignore_index=True,
     )
-    baselined = len(set(zip(baseline.symbol, baseline.month.astype(np.int64), strict=True)))
+    baselined = len(np.unique(baseline.month_keys()))
     return SourceCheck(
         disagreements,
         rolled_up(checksums[list(CHECKSUM_COLUMNS)], before=pd.Timestamp(before)),

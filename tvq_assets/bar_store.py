@@ -62,8 +62,13 @@ _SCHEMA = pa.schema(
         ("date", pa.timestamp("ns")),
         *((name, pa.float64()) for name in bar_lake.VALUE_COLUMNS),
         ("removed", pa.bool_()),
+        ("version", pa.int64()),
     ]
 )
+# Tables beside the segments: the defects as they were before a version (kept for as-of reads)
+# and the source's checksums (``checksums``: see ``source_checksums``).
+DEFECTS_KNOWN = "defects_known"
+CHECKSUMS = "checksums"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,15 @@ class Segment:
     rows: int
     first: str | None  # ISO date of the segment's first and last row
     last: str | None
+    # The store version that wrote the segment (its rows' ``version`` unless compacted); stores
+    # written before versions: derived from the table name (``bars`` 0, ``bars_00007`` 7).
+    sequence: int | None = None
+
+    @property
+    def version(self) -> int:
+        if self.sequence is not None:
+            return int(self.sequence)
+        return int(self.table.rsplit("_", 1)[1]) if "_" in self.table else 0
 
 
 @dataclass(frozen=True)
@@ -84,8 +98,14 @@ class State:
     # per symbol: (first, last) ISO date of its stored bars
     symbols: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     rows: int = 0
-    sequence: int = 0  # the last segment number used
+    sequence: int = 0  # the store version: bumped by every write (a run's bound, see read_window)
     sources: Mapping[str, list] = field(default_factory=dict)  # file fingerprints of the source
+    # the version from which the current ``defects`` table holds, and when each version was
+    # written (ISO, UTC), by version
+    defects_since: int = 0
+    written: Mapping[str, str] = field(default_factory=dict)
+    # the superseded defects tables: {version from which it held: file}
+    defects_known: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def last_date(self) -> pd.Timestamp | None:
@@ -122,25 +142,42 @@ def state(lake: ParquetLake, sleeve: str) -> State | None:
     entry = manifest.get("bar_store")
     if entry is None:
         return None
+    tables = manifest["tables"]
     return State(
         segments=tuple(Segment(**segment) for segment in entry["segments"]),
-        tables={k: v for k, v in manifest["tables"].items() if k in ("defects", "revisions")},
+        tables={k: v for k, v in tables.items() if k in ("defects", "revisions", CHECKSUMS)},
         symbols={k: tuple(v) for k, v in entry["symbols"].items()},
         rows=int(entry["rows"]),
         sequence=int(entry["sequence"]),
         sources=entry.get("sources", {}),
+        defects_since=int(entry.get("defects_since", 0)),
+        written=entry.get("written", {}),
+        defects_known={
+            int(k.rsplit("_", 1)[1]): v
+            for k, v in tables.items()
+            if k.startswith(DEFECTS_KNOWN + "_")
+        },
     )
 
 
-def _segment_frame(bars: pd.DataFrame, removed: pd.DataFrame | None = None) -> pa.Table:
-    """Rows (and tombstones for ``removed`` keys) as a segment, sorted by (date, symbol)."""
-    frame = bars[list(bar_lake.BAR_COLUMNS)].assign(removed=False)
+def _segment_frame(
+    bars: pd.DataFrame, removed: pd.DataFrame | None = None, *, version: int
+) -> pa.Table:
+    """Rows (and tombstones for ``removed`` keys) as a segment of ``version``, sorted by (date,
+    symbol); rows that already carry a ``version`` (a compaction) keep theirs."""
+    columns = [*bar_lake.BAR_COLUMNS, *(c for c in ("removed", "version") if c in bars)]
+    frame = bars[columns]
+    if "removed" not in frame:
+        frame = frame.assign(removed=False)
+    if "version" not in frame:
+        frame = frame.assign(version=version)
     if removed is not None and len(removed):
         stones = removed[["symbol", "date"]].assign(
-            **{name: np.nan for name in bar_lake.VALUE_COLUMNS}, removed=True
+            **{name: np.nan for name in bar_lake.VALUE_COLUMNS}, removed=True, version=version
         )
         frame = pd.concat([frame, stones[frame.columns]], ignore_index=True)
-    frame = frame.sort_values(["date", "symbol"], ignore_index=True, kind="stable")
+    frame = frame[[*bar_lake.BAR_COLUMNS, "removed", "version"]]
+    frame = frame.sort_values(["date", "symbol", "version"], ignore_index=True, kind="stable")
     frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
     return pa.Table.from_pandas(frame, schema=_SCHEMA, preserve_index=False)
 
@@ -157,27 +194,40 @@ def _frame_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def _read_segment(path: Path, *, what: str, since: pd.Timestamp | None = None) -> pd.DataFrame:
+def _read_segment(
+    path: Path, *, what: str, since: pd.Timestamp | None = None, version: int = 0
+) -> pd.DataFrame:
+    """A segment's rows with their ``version`` (``version`` for a segment written before rows
+    carried theirs)."""
     try:
         with path.open("rb") as stream:
             filters = None if since is None else [("date", ">=", pd.Timestamp(since))]
             table = pq.read_table(stream, filters=filters)
     except Exception as error:
         raise lake_module.LakeReadError(lake_module._damaged(what, path, error), path) from error
-    return table.to_pandas()
+    frame = table.to_pandas()
+    if "version" not in frame:
+        frame["version"] = np.int64(version)
+    return frame
 
 
 def _resolve(segments: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
-    """Bars by (symbol, date) from segments oldest first: the newest row of a key wins, a
-    tombstone deletes it. Also the number of tombstones that were applied."""
+    """Bars by (symbol, date) from segments oldest first: the row of the newest version of a key
+    wins (then the later segment), a tombstone deletes it. Also the number of tombstones that
+    were applied."""
     parts = [s for s in segments if len(s)]
     if not parts:
         return bar_lake.empty_bars(), 0
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     order_of_segment = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    versions = (
+        frame["version"].to_numpy(dtype=np.int64)
+        if "version" in frame
+        else np.zeros(len(frame), dtype=np.int64)
+    )
     codes, _ = pd.factorize(frame["symbol"].to_numpy(dtype=object), sort=True)
     dates = frame["date"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    order = np.lexsort((order_of_segment, dates, codes))
+    order = np.lexsort((order_of_segment, versions, dates, codes))
     codes, dates = codes[order], dates[order]
     newest = np.ones(len(order), dtype=bool)
     newest[:-1] = (codes[1:] != codes[:-1]) | (dates[1:] != dates[:-1])
@@ -200,7 +250,18 @@ def assemble(**tables: pd.DataFrame) -> bar_lake.BarHistory:
     the segments resolved newest-wins in table-name order, with defects and revisions."""
     defects = tables.pop("defects", None)
     revisions = tables.pop("revisions", None)
-    segments = [tables[name] for name in sorted(tables)]  # bars < bars_00001 < bars_00002 ...
+    tables.pop(CHECKSUMS, None)
+    for name in [n for n in tables if n.startswith(DEFECTS_KNOWN)]:
+        tables.pop(name)
+    # bars < bars_00001 < bars_00002 ...: the table order is the version order of old segments
+    segments = [
+        frame
+        if "version" in frame
+        else frame.assign(version=int(name.rsplit("_", 1)[1]))
+        if "_" in name
+        else frame.assign(version=0)
+        for name, frame in sorted(tables.items())
+    ]
     bars, _ = _resolve(segments)
     return bar_lake.BarHistory(
         bars=bars,
@@ -214,7 +275,7 @@ register_decoder(
     RECORD,
     assemble,
     required=("defects", "revisions"),
-    more=rf"{BASE}(_\d{{5}})?",
+    more=rf"{BASE}(_\d{{5}})?|{DEFECTS_KNOWN}_\d{{5}}|{CHECKSUMS}",
     legacy=("tvq_assets.bar_store:assemble",),
 )
 
@@ -240,32 +301,32 @@ def read_window(
     since: pd.Timestamp | None,
     last_bars: bool = True,
     tables: bool = True,
+    known: int | None = None,
 ) -> bar_lake.BarHistory:
     """The stored bars dated on or after ``since`` (all of them when None), plus the last bar of
     every symbol whose stored bars all end before ``since`` (so a run still sees when each
     symbol last traded; not with ``last_bars=False``), with every defect and revision (empty
-    tables with ``tables=False``). Sorted by (symbol, date)."""
+    tables with ``tables=False``). Sorted by (symbol, date).
+
+    ``known``: the bars as they were known at that store version (``State.sequence`` when a run
+    read them): every row written after it is left out, the defects are those of then, the
+    revisions those seen by then. Such a read decodes the whole store (a past run's
+    reproduction, not the daily path)."""
     current = state(lake, sleeve)
+    if known is not None:
+        return _windowed(as_known(lake, sleeve, known, current=current), since)
     if current is None:
         if not lake.exists(ASSET, sleeve):
             raise FileNotFoundError(f"{_what(sleeve)} has not been materialised; refresh it first")
-        history = _legacy(lake, sleeve)
-        if since is None:
-            return history
-        bars = history.bars
-        last = bars.groupby("symbol", sort=False)["date"].transform("max")
-        keep = (bars["date"] >= since) | (bars["date"] == last)
-        return bar_lake.BarHistory(
-            bars=bars[keep].reset_index(drop=True),
-            defects=history.defects,
-            revisions=history.revisions,
-        )
+        return _windowed(_legacy(lake, sleeve), since)
     base, what = folder(lake, sleeve), _what(sleeve)
     parts = []
     for segment in current.segments:
         if since is not None and segment.last is not None and pd.Timestamp(segment.last) < since:
             continue  # nothing in the window
-        parts.append(_read_segment(base / segment.file, what=what, since=since))
+        parts.append(
+            _read_segment(base / segment.file, what=what, since=since, version=segment.version)
+        )
     bars, _ = _resolve(parts)
     if since is not None and last_bars:
         ended = {s: last for s, (_, last) in current.symbols.items() if pd.Timestamp(last) < since}
@@ -276,6 +337,70 @@ def read_window(
             bars=bars, defects=bar_lake.empty_defects(), revisions=bar_lake.empty_revisions()
         )
     defects, revisions = _defects_and_revisions(lake, sleeve, current)
+    return bar_lake.BarHistory(bars=bars, defects=defects, revisions=revisions)
+
+
+def _windowed(history: bar_lake.BarHistory, since: pd.Timestamp | None) -> bar_lake.BarHistory:
+    """``read_window``'s rows of a history held whole: dated on or after ``since``, plus each
+    symbol's last bar."""
+    if since is None:
+        return history
+    bars = history.bars
+    last = bars.groupby("symbol", sort=False)["date"].transform("max")
+    keep = (bars["date"] >= since) | (bars["date"] == last)
+    return bar_lake.BarHistory(
+        bars=bars[keep].reset_index(drop=True),
+        defects=history.defects,
+        revisions=history.revisions,
+    )
+
+
+class UnknownVersion(ValueError):
+    """A bound names a store version this store cannot answer for."""
+
+
+def as_known(
+    lake: ParquetLake, sleeve: str, known: int, *, current: State | None = None
+) -> bar_lake.BarHistory:
+    """The whole store as it was at version ``known``: per (symbol, date) the row of the newest
+    version <= ``known`` (a tombstone deletes it), the defects table of then, and the revisions
+    seen by then. Compaction and full refreshes keep every version's rows (see ``write``), so
+    any version this store wrote can be answered."""
+    current = current if current is not None else state(lake, sleeve)
+    if current is None:
+        raise UnknownVersion(
+            f"{_what(sleeve)} holds no versioned segment store; bars as known at version "
+            f"{known} cannot be read (re-materialise with restate to read the current bars)"
+        )
+    if known > current.sequence or known < 0:
+        raise UnknownVersion(
+            f"{_what(sleeve)} is at version {current.sequence}; version {known} was never "
+            "written here (the lake was replaced?): re-materialise with restate"
+        )
+    base, what = folder(lake, sleeve), _what(sleeve)
+    parts = []
+    for segment in current.segments:
+        if segment.sequence is not None and segment.version > known and segment.table != BASE:
+            continue  # written after the bound (a base may hold older versions: compacted)
+        frame = _read_segment(base / segment.file, what=what, version=segment.version)
+        parts.append(frame[frame["version"].to_numpy() <= known])
+    bars, _ = _resolve(parts)
+    if known >= current.defects_since:
+        file = current.tables.get("defects")
+    else:
+        held = [v for v in current.defects_known if v <= known]
+        file = current.defects_known[max(held)] if held else None
+    defects = (
+        bar_lake.empty_defects() if file is None else lake_module.read_table(base / file, what=what)
+    )
+    revisions = (
+        lake_module.read_table(base / current.tables["revisions"], what=what)
+        if "revisions" in current.tables
+        else bar_lake.empty_revisions()
+    )
+    written = current.written.get(str(known))
+    if written is not None:
+        revisions = revisions[revisions["seen_at"] <= pd.Timestamp(written)].reset_index(drop=True)
     return bar_lake.BarHistory(bars=bars, defects=defects, revisions=revisions)
 
 
@@ -306,8 +431,11 @@ def _with_last_bars(
             raise lake_module.LakeReadError(
                 lake_module._damaged(what, path, error), path
             ) from error
+        frame = table.to_pandas()
+        if "version" not in frame:
+            frame["version"] = np.int64(segment.version)
         # The filter is per column; keep each symbol's own last date only.
-        parts.append(table.to_pandas().merge(wanted, on=["symbol", "date"]))
+        parts.append(frame.merge(wanted, on=["symbol", "date"]))
     last_rows, _ = _resolve(parts)
     frame = pd.concat([last_rows, bars], ignore_index=True)
     return _sorted(frame)
@@ -330,26 +458,38 @@ def _legacy(lake: ParquetLake, sleeve: str) -> bar_lake.BarHistory:
 
 
 def read_history(
-    lake: ParquetLake, sleeve: str, *, as_of: pd.Timestamp, rows: int, calendar: str
+    lake: ParquetLake,
+    sleeve: str,
+    *,
+    as_of: pd.Timestamp,
+    rows: int,
+    calendar: str,
+    known: int | None = None,
 ) -> bar_lake.BarHistory:
     """What a run's returns history of ``rows`` grid dates ending at its last bar on or before
     ``as_of`` needs (``returns.returns_history``): the bars from a date window that covers that
     grid (widened until it does), each symbol's last bar, every defect and revision.
 
     The window is ``rows + 1`` calendar dates before ``as_of`` (crypto) or 7/5 of that plus a
-    month of holidays (weekday); it is doubled while the grid would start at its edge."""
+    month of holidays (weekday); it is doubled while the grid would start at its edge.
+
+    ``known``: the bars as known at that store version (see ``read_window``), windowed alike."""
     from tvq_assets.quant import returns as returns_engine
 
     as_of = pd.Timestamp(as_of).normalize()
     current = state(lake, sleeve)
+    whole = None if known is None else as_known(lake, sleeve, known, current=current)
     first = current.first_date if current is not None else None
     if first is None:
-        return read_window(lake, sleeve, since=None)
+        return whole if whole is not None else read_window(lake, sleeve, since=None)
     days = rows + 2 if calendar == "crypto" else int(np.ceil((rows + 1) * 7 / 5)) + 31
     span = pd.Timedelta(days=days)
     while True:
         since = as_of - span
-        history = read_window(lake, sleeve, since=since)
+        if whole is None:
+            history = read_window(lake, sleeve, since=since)
+        else:
+            history = _windowed(whole, since)
         if since <= first:
             return history
         known = history.bars[history.bars["date"] <= as_of]
@@ -402,6 +542,7 @@ class Written:
     compacted: bool
     rows: int  # stored bars after the write
     files: tuple[str, ...]
+    version: int = 0  # the store version this write made (what a run reading it records)
 
 
 def write(
@@ -418,45 +559,78 @@ def write(
     compact_after: int = COMPACT_AFTER,
     replace: bool = False,
     previous: Mapping[str, pd.DataFrame] | None = None,
+    checksums: pd.DataFrame | None = None,
+    now: pd.Timestamp | None = None,
 ) -> Written:
-    """Append one segment (``delta`` rows and tombstones for ``removed`` keys), replace defects
-    and revisions, and switch the manifest; compact when more than ``compact_after`` segments
-    would be live; with ``replace``, ``delta`` becomes the only (base) segment. The caller holds
-    the writer lock. See the module docstring for atomicity."""
+    """Append one segment (``delta`` rows and tombstones for ``removed`` keys), replace defects,
+    revisions and the source's ``checksums`` (kept when None), and switch the manifest: the
+    store's next version. Compact when more than ``compact_after`` segments would be live; with
+    ``replace`` (a first store, or a store of the layout before segments), ``delta`` becomes the
+    only (base) segment. The caller holds the writer lock. See the module docstring for
+    atomicity.
+
+    Nothing a version needs is lost (bitemporal): compaction keeps every row of every version
+    (superseded values and tombstones with their ``version``: a revision is one more row), and
+    a defects table that changes stays named as ``defects_known_<version it held from>``."""
     base = folder(lake, sleeve)
     base.mkdir(parents=True, exist_ok=True)
     current = state(lake, sleeve)
     legacy = current is None and lake.exists(ASSET, sleeve) and not replace
-    current = current or State()
+    fresh = replace or legacy
+    counted = current.sequence if current is not None else 0  # versions keep counting
+    current = State() if current is None or replace else current
     token = uuid.uuid4().hex[:12]
     written: list[str] = []
+    sequence = counted + 1  # this write's version
     try:
-        segments = [] if replace else list(current.segments)
-        sequence = current.sequence
+        segments = list(current.segments)
         if legacy:
             # The first write after the single-bundle layout: its bars become the base segment.
             old = _legacy(lake, sleeve).bars
-            segments = [_put(base, BASE, token, _segment_frame(old), written)]
+            frame = _segment_frame(old, version=sequence)
+            segments = [_put(base, BASE, token, frame, written, sequence)]
         if len(delta) or len(removed):
-            sequence += 1
             table = f"{BASE}_{sequence:05d}" if segments else BASE
-            segments.append(_put(base, table, token, _segment_frame(delta, removed), written))
+            frame = _segment_frame(delta, removed, version=sequence)
+            segments.append(_put(base, table, token, frame, written, sequence))
         compacted = len(segments) > compact_after
         if compacted:
-            parts = [_read_segment(base / s.file, what=_what(sleeve)) for s in segments]
-            merged, _ = _resolve(parts)
-            segments = [_put(base, BASE, uuid.uuid4().hex[:12], _segment_frame(merged), written)]
+            parts = [
+                _read_segment(base / s.file, what=_what(sleeve), version=s.version)
+                for s in segments
+            ]
+            every = pd.concat(parts, ignore_index=True)
+            segments = [
+                _put(
+                    base,
+                    BASE,
+                    uuid.uuid4().hex[:12],
+                    _segment_frame(every, version=sequence),
+                    written,
+                    sequence,
+                )
+            ]
         tables = {}
-        for name, frame in (("defects", defects), ("revisions", revisions)):
+        defects_since, known = current.defects_since, dict(current.defects_known)
+        for name, frame in (("defects", defects), ("revisions", revisions), (CHECKSUMS, checksums)):
             stored = current.tables.get(name)
-            if stored and not (legacy or replace) and _same(lake, sleeve, stored, frame, previous):
+            if frame is None:
+                if stored:
+                    tables[name] = stored
+                continue
+            if stored and not fresh and _same(lake, sleeve, stored, frame, previous):
                 tables[name] = stored
-            else:
-                tables[name] = f"{name}-{token}.parquet"
-                lake_module.write_file(_frame_bytes(frame), base / tables[name])
-                written.append(tables[name])
+                continue
+            if name == "defects" and stored and not fresh:
+                known[defects_since] = stored  # the defects of the versions before this one
+                defects_since = sequence
+            tables[name] = f"{name}-{token}.parquet"
+            lake_module.write_file(_frame_bytes(frame), base / tables[name])
+            written.append(tables[name])
+        history = {f"{DEFECTS_KNOWN}_{v:05d}": file for v, file in sorted(known.items())}
+        moment = bar_lake._utc_naive(now) if now is not None else None
         manifest = {
-            "tables": {**{s.table: s.file for s in segments}, **tables},
+            "tables": {**{s.table: s.file for s in segments}, **tables, **history},
             "type": RECORD,
             "series": [],
             "bar_store": {
@@ -466,6 +640,11 @@ def write(
                 "rows": int(rows),
                 "sequence": sequence,
                 "sources": dict(sources if sources is not None else current.sources),
+                "defects_since": defects_since,
+                "written": {
+                    **current.written,
+                    **({} if moment is None else {str(sequence): moment.isoformat()}),
+                },
             },
         }
         # The switch: one atomic replace of manifest.json.
@@ -490,10 +669,13 @@ def write(
         compacted=compacted,
         rows=int(rows),
         files=tuple(written),
+        version=sequence,
     )
 
 
-def _put(base: Path, table: str, token: str, frame: pa.Table, written: list[str]) -> Segment:
+def _put(
+    base: Path, table: str, token: str, frame: pa.Table, written: list[str], sequence: int
+) -> Segment:
     name = f"{table}-{token}.parquet"
     lake_module.write_file(_parquet_bytes(frame), base / name)
     written.append(name)
@@ -506,6 +688,7 @@ def _put(base: Path, table: str, token: str, frame: pa.Table, written: list[str]
         rows=len(frame),
         first=None if first is None else pd.Timestamp(first).strftime("%Y-%m-%d"),
         last=None if last is None else pd.Timestamp(last).strftime("%Y-%m-%d"),
+        sequence=sequence,
     )
 
 
@@ -571,6 +754,9 @@ class Plan:
     rows_read: int
     seconds: Mapping[str, float]
     stored_tables: Mapping[str, pd.DataFrame] | None = None  # defects, revisions as read
+    # the delivery compared with the stored checksums on the dates not re-read
+    source_check: bar_lake.SourceCheck | None = None
+    now: pd.Timestamp | None = None
 
 
 def prepare(
@@ -586,8 +772,12 @@ def prepare(
 ) -> tuple[Plan, object]:
     """Read what can be new from the source (``fetch(since)`` returns a market-data batch of
     the bars dated after ``since``), clean it against the stored context, merge it into the
-    stored tail. Returns the plan and the batch. Nothing is written. Raises
-    ``bars.FutureBarError`` like ``bars.clean``."""
+    stored tail. Returns the plan and the batch (the bars after ``since``). Nothing is written.
+    Raises ``bars.FutureBarError`` like ``bars.clean``.
+
+    The source is fetched whole (its files are parsed whole anyway): the bars after ``since``
+    are the delivery; the older ones are only hashed and compared with the stored checksums
+    (``bars.check_source``), so a revision older than the re-read margin is reported."""
     import time
 
     started = time.perf_counter()
@@ -599,12 +789,12 @@ def prepare(
         stored_tables = _defects_and_revisions(lake, sleeve, current)
     if not full and current is not None and current.last_date is not None:
         since = resume_date(current, stored_tables[0])
-    batch = fetch(since)
-    if since is not None and not set(pd.unique(batch.bars["symbol"])) <= set(current.symbols):
+    whole = fetch(None)
+    if since is not None and not set(pd.unique(whole.bars["symbol"])) <= set(current.symbols):
         # A symbol the store has never seen (a new file, a new listing) may bring history from
-        # before ``since``: read the whole source once, or that history would be cut off.
+        # before ``since``: take the whole source in, or that history would be cut off.
         since = None
-        batch = fetch(None)
+    batch = whole if since is None else _after(whole, since)
     fetched = time.perf_counter()
     if since is None:
         exists = lake.exists(ASSET, sleeve)
@@ -665,6 +855,13 @@ def prepare(
     else:
         total = current.rows + update.added - update.removed
     merged = time.perf_counter()
+    last = max((pd.Timestamp(end) for _, end in symbols.values()), default=pd.Timestamp(now))
+    source_check = bar_lake.check_source(
+        _checksums(lake, sleeve, current), whole.bars, since=since, last=last
+    )
+    if (source_check.disagreements["dates"] == "").any():
+        source_check = _with_dates(lake, sleeve, source_check, whole.bars, stored_tables)
+    checked = time.perf_counter()
     plan = Plan(
         sleeve=sleeve,
         since=since,
@@ -679,19 +876,62 @@ def prepare(
         stored_tables=None
         if stored_tables is None
         else {"defects": stored_tables[0], "revisions": stored_tables[1]},
+        source_check=source_check,
+        now=pd.Timestamp(now),
         seconds={
             "source": fetched - started,
             "read": read - fetched,
             "merge": merged - read,
+            "checksums": checked - merged,
         },
     )
     return plan, batch
 
 
+def _after(batch, since: pd.Timestamp):
+    """A market-data batch's bars (and superseded duplicate reports) dated after ``since``."""
+    import dataclasses
+
+    bars = batch.bars[batch.bars["date"] > since].reset_index(drop=True)
+    superseded = batch.superseded
+    duplicates = batch.duplicates
+    if superseded is not None:
+        superseded = superseded[superseded["date"] > since].reset_index(drop=True)
+        duplicates = len(superseded)  # one superseded row per duplicate resolved
+    return dataclasses.replace(batch, bars=bars, superseded=superseded, duplicates=duplicates)
+
+
+def _checksums(lake: ParquetLake, sleeve: str, current: State | None) -> pd.DataFrame | None:
+    if current is None or CHECKSUMS not in current.tables:
+        return None  # never checksummed (a first store, or one written before checksums)
+    return lake_module.read_table(
+        folder(lake, sleeve) / current.tables[CHECKSUMS], what=_what(sleeve)
+    )
+
+
+def _with_dates(lake, sleeve, check: bar_lake.SourceCheck, delivered, stored_tables):
+    """The check with the dates of each month that disagrees at month granularity, found by
+    comparing the delivery with the stored bars of those months (read only then)."""
+    import dataclasses
+
+    found = check.disagreements
+    months = found[found["dates"] == ""]
+    start = pd.Timestamp(months["period"].min() + "-01")
+    stored = read_window(lake, sleeve, since=start, last_bars=False, tables=False).bars
+    defects = stored_tables[0] if stored_tables is not None else bar_lake.empty_defects()
+    dates = bar_lake.disagreeing_dates(delivered, stored, defects, months)
+    filled = found.merge(dates, on=["symbol", "period"], how="left", suffixes=("", "_lake"))
+    filled["dates"] = filled["dates"].where(filled["dates"] != "", filled["dates_lake"].fillna(""))
+    return dataclasses.replace(check, disagreements=filled[["symbol", "period", "dates"]])
+
+
 def commit(lake: ParquetLake, plan: Plan, *, compact_after: int = COMPACT_AFTER) -> Written:
-    """Write a prepared refresh: a full store when it read the whole source, else one segment."""
+    """Write a prepared refresh as the store's next version: one segment of what it added or
+    revised (a full refresh too: the values it replaces stay readable as known before), or a
+    first store (nothing stored in the segment layout yet) as one base segment."""
     history = plan.update.history
-    if plan.since is None:
+    checksums = None if plan.source_check is None else plan.source_check.checksums
+    if plan.since is None and state(lake, plan.sleeve) is None:
         # A whole delivery: the merged history replaces whatever was stored, as one base.
         return write(
             lake,
@@ -703,6 +943,8 @@ def commit(lake: ParquetLake, plan: Plan, *, compact_after: int = COMPACT_AFTER)
             symbols=plan.symbols,
             rows=plan.total_rows,
             replace=True,
+            checksums=checksums,
+            now=plan.now,
         )
     return write(
         lake,
@@ -715,4 +957,6 @@ def commit(lake: ParquetLake, plan: Plan, *, compact_after: int = COMPACT_AFTER)
         rows=plan.total_rows,
         compact_after=compact_after,
         previous=plan.stored_tables,
+        checksums=checksums,
+        now=plan.now,
     )

@@ -66,7 +66,9 @@ class BarsRefresh(dg.Config):
             ),
             (
                 BARS_REVISIONS,
-                "Stored bars whose values the source changed in this refresh (old, new).",
+                "Stored bars whose values the source changed in this refresh (old, new), and "
+                "older bars where source and lake disagree (found by the source's checksums; "
+                "a full refresh takes them in).",
                 False,
             ),
         ],
@@ -158,6 +160,9 @@ def _refresh_bars(
                 "read_since": "everything" if plan.since is None else f"{plan.since:%Y-%m-%d}",
                 "segments": written.segments,
                 "compacted": written.compacted,
+                "version": written.version,
+                "source_disagreements": len(plan.source_check.disagreements),
+                "checksums_baselined": plan.source_check.baselined,
                 "source": sleeve_entry.source["kind"],
                 "duplicates_resolved": batch.duplicates,
                 **{
@@ -174,6 +179,7 @@ def _refresh_bars(
                 "source_parse_tasks": fanout.tasks,
                 "seconds_read": round(plan.seconds["read"], 3),
                 "seconds_merge": round(plan.seconds["merge"], 3),
+                "seconds_checksums": round(plan.seconds["checksums"], 3),
                 "seconds_validate": round(validated - validating, 3),
                 "seconds_write": round(wrote - validated, 3),
                 "seconds": round(wrote - started, 3),
@@ -217,28 +223,109 @@ def _refresh_bars(
             "first_defects": dg.MetadataValue.md(checks.markdown(cleaned.defects.head(20))),
         },
     )
+    disagreements = plan.source_check.disagreements
+    told = []
+    if not update.new_revisions.empty:
+        told.append(
+            f"{update.revised} stored bar(s) revised by the source; the new values are kept"
+        )
+    if not disagreements.empty:
+        told.append(_disagreement_message(disagreements))
     yield dg.AssetCheckResult(
         check_name=BARS_REVISIONS,
-        passed=update.new_revisions.empty,
+        passed=not told,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            "no stored bar was revised by the source"
-            if update.new_revisions.empty
-            else f"{update.revised} stored bar(s) revised by the source; the new values are kept"
-        ),
+        description="; ".join(told) or "no stored bar was revised by the source",
         metadata={
             "revisions": len(update.new_revisions),
             "table": dg.MetadataValue.md(checks.markdown(update.new_revisions.head(20))),
+            "source_disagreements": len(disagreements),
+            "disagreements": dg.MetadataValue.md(checks.markdown(disagreements.head(20))),
         },
     )
     if not errors.empty:
         raise checks.blocking_failure("bars", partition, errors)
 
 
+def _disagreement_message(disagreements: pd.DataFrame, shown: int = 5) -> str:
+    """``source and lake disagree on ABC 2024-01 (3 dates: ...) ...: run a full refresh``."""
+    parts = []
+    for row in disagreements.head(shown).itertuples():
+        dates = [d for d in row.dates.split(", ") if d]
+        listed = ", ".join(dates[:3]) + (", ..." if len(dates) > 3 else "")
+        parts.append(
+            f"{row.symbol} {row.period} ({len(dates)} date(s): {listed})"
+            if dates
+            else f"{row.symbol} {row.period}"
+        )
+    more = len(disagreements) - shown
+    return (
+        f"source and lake disagree on {'; '.join(parts)}{f' and {more} more' if more > 0 else ''}"
+        f" — older than the {bar_lake.REVISION_DAYS}-day re-read margin, not taken in: run a "
+        "full refresh (bars config full: true) to take them in"
+    )
+
+
 def _symbol_range(symbols) -> str:
     if not symbols:
         return "empty"
     return f"{min(f for f, _ in symbols.values())} .. {max(last for _, last in symbols.values())}"
+
+
+class ReturnsRead(dg.Config):
+    """``restate``: read the bars as stored now (a full refresh's corrections included) instead
+    of as this run knew them at its previous materialisation, and record what differs."""
+
+    restate: bool = False
+
+
+BARS_VERSION = "bars_version"  # the metadata key of the bound a returns run records
+
+
+def _recorded_version(context: dg.AssetExecutionContext) -> int | None:
+    """The bar store version the previous materialisation of this run read (None: the first
+    materialisation, or one made before runs recorded it)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=context.asset_key, asset_partitions=[context.partition_key]
+        ),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(BARS_VERSION)
+    return None if value is None else int(value.value)
+
+
+def _bars_read(version, recorded, restate: bool, restated, current) -> dict[str, object]:
+    """The metadata of what a returns run read: the bound, how it was chosen, what a restate
+    changed."""
+    if version is None:
+        return {"bars_read_as": "a store without versions (written before them)"}
+    written = None if current is None else current.written.get(str(version))
+    if restate:
+        how = f"restated: the current bars (version {version})" + (
+            "" if recorded is None else f" instead of version {recorded} known before"
+        )
+    elif recorded is not None and version == recorded:
+        how = f"as known at version {version}, recorded by the previous materialisation"
+    else:
+        how = f"the current bars (version {version})"
+    values: dict[str, object] = {
+        BARS_VERSION: int(version),
+        "bars_read_as": how,
+        "restate": restate,
+    }
+    if written is not None:
+        values["bars_written_at"] = written
+    if restated is not None:
+        values["restated_version"] = int(recorded)
+        values["restated_bars"] = len(restated)
+        values["restated_symbols"] = dg.MetadataValue.json(
+            sorted(restated["symbol"].unique().tolist())
+        )
+        values["restated_changes"] = dg.MetadataValue.md(checks.markdown(restated.head(50)))
+    return values
 
 
 def _defects_by_symbol(defects: pd.DataFrame) -> pd.DataFrame:
@@ -270,18 +357,33 @@ def _defects_by_symbol(defects: pd.DataFrame) -> pd.DataFrame:
     # The bars are read from the sleeve's bar store, only the date window the run needs.
     ins={"bars": dg.AssetIn(dagster_type=dg.Nothing)},
 )
-def returns(context: dg.AssetExecutionContext, lake: ParquetLake):
-    """Point-in-time returns: the eligible window ending at the as-of date, and its history."""
+def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: ParquetLake):
+    """Point-in-time returns: the eligible window ending at the as-of date, and its history.
+
+    The bars are read as this run knew them: a run records the bar store's version it read
+    (``bars_version``); materialised again, it reads the bars as of that version and reproduces
+    itself bit for bit, whatever the store took in since; with ``restate`` it reads the current
+    bars and records which bars differ from the ones it knew."""
     run = run_of(context)
     settings = run.settings
     quarantine = run.sleeve.toxic_policy == "quarantine"
-    bars = bar_store.read_history(
-        lake,
-        run.sleeve.name,
-        as_of=run.as_of,
-        rows=settings.history_rows,
-        calendar=settings.calendar,
-    )
+    name = run.sleeve.name
+    current = bar_store.state(lake, name)
+    recorded = _recorded_version(context)
+    known = None if config.restate or current is None else recorded
+    window_of = {"as_of": run.as_of, "rows": settings.history_rows, "calendar": settings.calendar}
+    try:
+        bars = bar_store.read_history(lake, name, known=known, **window_of)
+        before = (
+            bar_store.as_known(lake, name, recorded, current=current)
+            if config.restate and recorded is not None and current is not None
+            else None
+        )
+    except bar_store.UnknownVersion as exc:
+        raise dg.Failure(
+            description=f"returns[{run.key}]: the bars this run read before: {exc}"
+        ) from exc
+    version = known if known is not None else (None if current is None else current.sequence)
     window = policy.point_in_time(
         bars.bars,
         as_of=run.as_of,
@@ -313,6 +415,13 @@ def returns(context: dg.AssetExecutionContext, lake: ParquetLake):
     excluded = window.excluded
     quarantined = excluded[excluded["reason"] != "ineligible"]
     frame = window.returns
+    restated = None
+    if before is not None:
+        # What the run's history window sees differently from the bars it knew.
+        start = window.history.index.min() if len(window.history) else run.as_of
+        inside = bars.bars[(bars.bars["date"] >= start) & (bars.bars["date"] <= run.as_of)]
+        old = before.bars[(before.bars["date"] >= start) & (before.bars["date"] <= run.as_of)]
+        restated = bar_lake.changed_bars(old, inside)
     # Like every ERROR contract here: a rejected window is never stored (see checks.emit).
     if failures.empty:
         yield dg.Output(
@@ -327,6 +436,7 @@ def returns(context: dg.AssetExecutionContext, lake: ParquetLake):
                 excluded=len(excluded),
                 excluded_symbols=dg.MetadataValue.md(checks.markdown(excluded)),
                 quarantined=dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
+                **_bars_read(version, recorded, config.restate, restated, current),
             ),
         )
     threshold = f" (threshold {settings.toxic_threshold:+.0%}, policy: {run.sleeve.toxic_policy})"

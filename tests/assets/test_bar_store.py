@@ -414,3 +414,155 @@ def test_real_folders_refreshed_in_steps_equal_one_build(tmp_path, name):
     assert built.bars["date"].max() <= last and len(built.bars) > 1000
     manifest = json.loads((bar_store.folder(stepped, SLEEVE) / MANIFEST).read_text())
     assert manifest["bar_store"]["sequence"] >= 1
+
+
+def full_refresh(lake: ParquetLake, fetch, *, now):
+    """A refresh that re-reads the whole source (``bars`` config ``full: true``)."""
+    with lake.writer(["bars"], SLEEVE):
+        plan, _ = bar_store.prepare(
+            lake,
+            SLEEVE,
+            fetch=fetch,
+            calendar="crypto",
+            bar_policy=bar_lake.BarPolicy(),
+            volume_spike_window=21,
+            now=pd.Timestamp(now, tz="UTC"),
+            full=True,
+        )
+        return plan, bar_store.commit(lake, plan)
+
+
+def revised_close(fetch, day: str, factor: float = 1.005, *, above_high: bool = False):
+    """``fetch`` with the close on ``day`` of the first symbol (by name) trading then corrected
+    (high widened, or set just above the high: a repair the cleaning records), and that symbol."""
+    whole = fetch(None).bars
+    symbol = whole.loc[whole["date"] == day, "symbol"].min()
+
+    def revised(since):
+        batch = fetch(since)
+        bars = batch.bars.copy()
+        hit = (bars["symbol"] == symbol) & (bars["date"] == day)
+        if above_high:
+            bars.loc[hit, "close"] = bars.loc[hit, "high"] * factor
+        else:
+            bars.loc[hit, "close"] *= factor
+            bars.loc[hit, "high"] = bars.loc[hit, ["high", "close"]].max(axis=1)
+        return Batch(bars=bars)
+
+    return revised, symbol
+
+
+def test_bars_as_known_at_a_version_survive_a_full_refresh_and_a_compaction(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    refresh(lake, synthetic("2025-03-02"), calendar="crypto", now=next_day("2025-03-02"))
+    then = bar_store.state(lake, SLEEVE).sequence
+    known_then = lake.read(["bars"], SLEEVE)
+    old_day = "2025-01-20"  # weeks before the re-read margin
+    fetch, symbol = revised_close(synthetic("2025-03-02"), old_day, above_high=True)
+
+    later = next_day("2025-03-02") + pd.Timedelta(hours=1)
+    plan, _ = refresh(lake, fetch, calendar="crypto", now=later)
+    assert plan.update.revised == 0  # outside the margin: not taken in by an incremental refresh
+    _, written = full_refresh(lake, fetch, now=later)
+    assert written.segments > 1  # the full refresh appended its changes: older versions stay
+    bar_store.compact(lake, SLEEVE)
+    now = lake.read(["bars"], SLEEVE)
+    key = (symbol, pd.Timestamp(old_day))
+    assert (
+        now.bars.set_index(["symbol", "date"]).loc[key, "close"]
+        != (known_then.bars.set_index(["symbol", "date"]).loc[key, "close"])
+    )
+
+    assert len(now.defects) == len(known_then.defects) + 1  # the full refresh's repair
+    as_then = bar_store.as_known(lake, SLEEVE, then)
+    assert_same_history(
+        bar_lake.BarHistory(as_then.bars, as_then.defects, as_then.revisions), known_then
+    )
+    assert_same_history(
+        bar_store.as_known(lake, SLEEVE, bar_store.state(lake, SLEEVE).sequence), now
+    )
+    assert lake.verify() == []
+
+
+def test_a_window_read_as_known_now_equals_the_daily_window_read(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    for day in ("2025-03-01", "2025-03-02", "2025-03-03"):
+        refresh(lake, synthetic(day), calendar="crypto", now=next_day(day))
+    version = bar_store.state(lake, SLEEVE).sequence
+    for as_of in ("2025-03-03", "2025-02-10"):
+        daily = bar_store.read_history(
+            lake, SLEEVE, as_of=pd.Timestamp(as_of), rows=20, calendar="crypto"
+        )
+        known = bar_store.read_history(
+            lake, SLEEVE, as_of=pd.Timestamp(as_of), rows=20, calendar="crypto", known=version
+        )
+        assert_same_history(known, daily)
+
+
+def test_a_version_the_store_never_wrote_is_refused_with_what_to_do(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    with pytest.raises(bar_store.UnknownVersion, match=r"never written here.*restate"):
+        bar_store.as_known(lake, SLEEVE, bar_store.state(lake, SLEEVE).sequence + 1)
+
+
+def test_an_old_revision_is_reported_with_its_dates_until_a_full_refresh_takes_it_in(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    fetch, symbol = revised_close(synthetic("2025-03-02"), "2025-01-20")
+
+    plan, _ = refresh(lake, fetch, calendar="crypto", now=next_day("2025-03-02"))
+    [row] = plan.source_check.disagreements.itertuples(index=False)
+    assert (row.symbol, row.period, row.dates) == (symbol, "2025-01", "2025-01-20")
+    again, _ = refresh(lake, fetch, calendar="crypto", now=next_day("2025-03-02"))
+    assert len(again.source_check.disagreements) == 1  # not forgotten by the next refresh
+    full_refresh(lake, fetch, now=next_day("2025-03-02"))
+    settled, _ = refresh(lake, fetch, calendar="crypto", now=next_day("2025-03-02"))
+    assert settled.source_check.disagreements.empty
+
+
+def test_a_refresh_that_only_brings_new_days_finds_no_disagreement(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    for day in ("2025-03-02", "2025-03-05", "2025-04-10"):  # a day, a gap, a month later
+        plan, _ = refresh(lake, synthetic(day), calendar="crypto", now=next_day(day))
+        assert plan.source_check.disagreements.empty, day
+        assert plan.source_check.baselined == 0
+
+
+def _as_before_versions(lake: ParquetLake) -> None:
+    """Rewrite a store as the segment layout wrote it before versions: no ``version`` column,
+    no segment sequence, no defects history, checksums or write times."""
+    import pyarrow.parquet as pq
+
+    folder = bar_store.folder(lake, SLEEVE)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = manifest["bar_store"]
+    for segment in entry["segments"]:
+        segment.pop("sequence")
+        path = folder / segment["file"]
+        pq.write_table(pq.read_table(path).drop(["version"]), path)
+    for key in ("defects_since", "written"):
+        entry.pop(key)
+    manifest["tables"].pop(bar_store.CHECKSUMS)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_store_written_before_versions_is_read_and_refreshed_on(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    for day in ("2025-03-01", "2025-03-02"):
+        refresh(lake, synthetic(day), calendar="crypto", now=next_day(day))
+    before = lake.read(["bars"], SLEEVE)
+    _as_before_versions(lake)
+    assert_same_history(lake.read(["bars"], SLEEVE), before)
+    old = bar_store.state(lake, SLEEVE).sequence
+    assert_same_history(bar_store.as_known(lake, SLEEVE, old), before)
+    plan, _ = refresh(lake, synthetic("2025-03-03"), calendar="crypto", now=next_day("2025-03-03"))
+    assert plan.source_check.disagreements.empty and plan.source_check.baselined > 0
+    assert_same_history(bar_store.as_known(lake, SLEEVE, old), before)
+    once = ParquetLake(root=str(tmp_path / "once"))
+    refresh(once, synthetic("2025-03-03"), calendar="crypto", now=next_day("2025-03-03"))
+    pd.testing.assert_frame_equal(
+        lake.read(["bars"], SLEEVE).bars, once.read(["bars"], SLEEVE).bars
+    )

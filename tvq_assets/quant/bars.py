@@ -612,3 +612,321 @@ def _utc_naive(moment: pd.Timestamp) -> pd.Timestamp:
 
 def _utc_day(moment: pd.Timestamp) -> pd.Timestamp:
     return _utc_naive(moment).normalize()
+
+
+# The source's checksums: how a refresh that re-reads only the last days still sees a revision
+# of older bars. Every refresh parses the source's files whole (they are filtered by date after
+# parsing), so hashing the delivery's older rows is nearly free. The store keeps, per symbol, a
+# checksum of each month of what the source delivered (``period`` "YYYY-MM") and, for the months
+# a later refresh may still re-read in part, of each day ("YYYY-MM-DD"): each refresh compares
+# the delivery with them on every period it does not re-read, at the granularity stored.
+CHECKSUM_COLUMNS = ("symbol", "period", "rows", "checksum")
+# Days stay checksummed one by one while their month ends after the stored last date minus this
+# margin: the earliest date an incremental refresh may re-read from (``REVISION_DAYS``, or a bar
+# held back up to ``HELD_BACK_DAYS`` before), so that no month is re-read in part.
+DAY_CHECKSUM_DAYS = REVISION_DAYS + HELD_BACK_DAYS + 1
+
+
+def empty_checksums() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": pd.Series(dtype=object),
+            "period": pd.Series(dtype=object),
+            "rows": pd.Series(dtype="int64"),
+            "checksum": pd.Series(dtype="int64"),
+        }
+    )
+
+
+def _days(values: np.ndarray, unit: str) -> np.ndarray:
+    """ISO days ("D") or months ("M") of datetime64 values, as strings (vectorised)."""
+    return np.datetime_as_string(values.astype(f"datetime64[{unit}]"), unit=unit).astype(object)
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    """The delivered rows as arrays: symbol (a code into ``names``), day and the row's hash."""
+
+    names: np.ndarray  # object: the symbols, by code
+    code: np.ndarray  # int64
+    day: np.ndarray  # datetime64[D]
+    hashes: np.ndarray  # int64 (a uint64 hash)
+
+    @property
+    def month(self) -> np.ndarray:
+        return self.day.astype("datetime64[M]")
+
+    @property
+    def symbol(self) -> np.ndarray:
+        return self.names[self.code]
+
+    def take(self, mask: np.ndarray) -> "_Hashed":
+        return _Hashed(self.names, self.code[mask], self.day[mask], self.hashes[mask])
+
+    def month_keys(self) -> np.ndarray:
+        """(symbol, month) as one int64: the symbol's code in the high bits."""
+        return (self.code << 32) + self.month.astype(np.int64)
+
+
+def _hashed(bars: pd.DataFrame) -> _Hashed:
+    dates = pd.to_datetime(bars["date"]).astype("datetime64[ns]")
+    hashes = pd.util.hash_pandas_object(
+        pd.DataFrame({"date": dates, **{c: bars[c].astype(float) for c in VALUE_COLUMNS}}),
+        index=False,
+    ).to_numpy(dtype=np.uint64)
+    code, names = pd.factorize(bars["symbol"].to_numpy(dtype=object))
+    return _Hashed(
+        np.asarray(names, dtype=object),
+        code.astype(np.int64),
+        dates.to_numpy().astype("datetime64[D]"),
+        hashes.view(np.int64),
+    )
+
+
+def _sum_by(symbol: np.ndarray, period: np.ndarray, rows, checksums) -> pd.DataFrame:
+    """Checksums summed per (symbol, period), modulo 2**64 (the order of days does not matter)."""
+    if len(symbol) == 0:
+        return empty_checksums()
+    frame = pd.DataFrame({"symbol": symbol, "period": period, "rows": rows, "checksum": checksums})
+    summed = frame.groupby(["symbol", "period"], sort=True).agg(
+        rows=("rows", "sum"), checksum=("checksum", "sum")
+    )
+    return summed.reset_index()[list(CHECKSUM_COLUMNS)].astype(
+        {"rows": "int64", "checksum": "int64"}
+    )
+
+
+def _month_sums(rows: _Hashed) -> pd.DataFrame:
+    """Month entries of delivered rows: grouped on one int64 key, text made per month only."""
+    if len(rows.code) == 0:
+        return empty_checksums()
+    keys = rows.month_keys()
+    frame = pd.DataFrame({"key": keys, "checksum": rows.hashes})
+    summed = frame.groupby("key", sort=True)["checksum"].agg(["size", "sum"])
+    key = summed.index.to_numpy(dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "symbol": rows.names[key >> 32],
+            "period": _days((key & 0xFFFFFFFF).astype("datetime64[M]"), "M"),
+            "rows": summed["size"].to_numpy(dtype=np.int64),
+            "checksum": summed["sum"].to_numpy(dtype=np.int64),
+        }
+    )
+
+
+def _entries(rows: _Hashed, *, before: np.datetime64) -> pd.DataFrame:
+    """Checksum entries of delivered rows: one per day, or per month for months ending on or
+    before ``before`` (their periods as text only for the entries)."""
+    month = rows.month
+    rolled = ((month + 1).astype("datetime64[D]") - np.timedelta64(1, "D")) <= before
+    days = rows.take(~rolled)
+    day_entries = pd.DataFrame(
+        {
+            "symbol": days.symbol,
+            "period": _days(days.day, "D"),
+            "rows": np.ones(len(days.code), dtype=np.int64),
+            "checksum": days.hashes,
+        }
+    )
+    parts = [f for f in (_month_sums(rows.take(rolled)), day_entries) if len(f)]
+    return pd.concat(parts or [empty_checksums()], ignore_index=True)
+
+
+def day_checksums(bars: pd.DataFrame) -> pd.DataFrame:
+    """One checksum per delivered (symbol, date): a hash of the date and the raw values."""
+    if bars.empty:
+        return empty_checksums()
+    return _entries(_hashed(bars), before=np.datetime64("NaT"))
+
+
+def _period_end(period: pd.Series) -> np.ndarray:
+    """Each period's last day: the day itself, or the month's last day."""
+    text = period.to_numpy(dtype=object)
+    is_day = np.array([len(p) == 10 for p in text], dtype=bool)
+    ends = np.empty(len(text), dtype="datetime64[D]")
+    ends[is_day] = np.array(text[is_day], dtype="datetime64[D]")
+    if (~is_day).any():
+        months = np.array(text[~is_day], dtype="datetime64[M]")
+        ends[~is_day] = (months + 1).astype("datetime64[D]") - np.timedelta64(1, "D")
+    return ends
+
+
+def rolled_up(checksums: pd.DataFrame, *, before: pd.Timestamp | None) -> pd.DataFrame:
+    """The checksums of each month ending on or before ``before`` (all months when None) summed
+    into one month entry: its day entries and the month entries of its parts (a month a refresh
+    took in as compared days plus re-read ones)."""
+    period = checksums["period"]
+    days = np.ones(len(period), dtype=bool)
+    if before is not None and len(period):
+        days &= _period_end(period.str[:7]) <= np.datetime64(pd.Timestamp(before).date(), "D")
+    part = checksums[days]
+    months = _sum_by(
+        part["symbol"].to_numpy(dtype=object),
+        np.array([p[:7] for p in part["period"]], dtype=object),
+        part["rows"].to_numpy(dtype=np.int64),
+        part["checksum"].to_numpy(dtype=np.int64),
+    )
+    frame = pd.concat([f for f in (checksums[~days], months) if len(f)] or [empty_checksums()])
+    frame = frame.sort_values(["symbol", "period"], ignore_index=True)
+    return frame[list(CHECKSUM_COLUMNS)].astype({"rows": "int64", "checksum": "int64"})
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """What a comparison of the source's delivery with the stored checksums found."""
+
+    # symbol, period ("YYYY-MM"), dates (the ISO dates that differ, ", "-joined; "" unknown)
+    disagreements: pd.DataFrame
+    checksums: pd.DataFrame  # the checksums to store after the refresh
+    baselined: int  # (symbol, month)s with no stored checksum before: taken as delivered
+
+
+def check_source(
+    stored: pd.DataFrame | None,
+    delivered: pd.DataFrame,
+    *,
+    since: pd.Timestamp | None,
+    last: pd.Timestamp,
+) -> SourceCheck:
+    """Compare the delivery (raw bars of the whole source) with the ``stored`` checksums on
+    every period ending on or before ``since`` (what an incremental refresh does not re-read;
+    ``since`` None: a full refresh, which takes everything in), and the checksums to store:
+    the stored ones for those periods (a disagreement stays until a full refresh takes it in),
+    the delivery's for the re-read dates and for symbols never checksummed, day checksums rolled
+    up into months ending ``DAY_CHECKSUM_DAYS`` or more before ``last``. A symbol the delivery
+    does not hold (an unreadable or removed file) is not compared: its checksums are kept.
+    Vectorised over the delivery's rows; text is made only for the stored entries."""
+    rows = _hashed(delivered)
+    before = np.datetime64((pd.Timestamp(last) - pd.Timedelta(days=DAY_CHECKSUM_DAYS)).date(), "D")
+    none = pd.DataFrame({"symbol": [], "period": [], "dates": []}, dtype=object)
+    if since is None or stored is None:
+        # A full refresh takes everything in; a store never checksummed takes the source's
+        # older periods as delivered (they could not be compared: counted as baselined).
+        baselined = 0
+        if since is not None:
+            old = rows.take(rows.day <= np.datetime64(pd.Timestamp(since).date(), "D"))
+            baselined = len(np.unique(old.month_keys()))
+        return SourceCheck(
+            none, rolled_up(_entries(rows, before=before), before=pd.Timestamp(before)), baselined
+        )
+    cut = np.datetime64(pd.Timestamp(since).date(), "D")
+    reread, old = rows.take(rows.day > cut), rows.take(rows.day <= cut)
+    stored_end = _period_end(stored["period"])
+    is_day = np.array([len(p) == 10 for p in stored["period"]], dtype=bool)
+    # Symbols by the delivery's codes (-1: not delivered).
+    stored_code = pd.Index(rows.names).get_indexer(stored["symbol"].to_numpy(dtype=object))
+    present = stored_code >= 0
+    compared = stored[(stored_end <= cut) & present]
+    known_names = np.zeros(len(rows.names), dtype=bool)
+    known_names[stored_code[present]] = True
+    known = known_names[old.code]
+    baseline, mine = old.take(~known), old.take(known)
+    # The delivery at the stored granularity: a month where the store holds a month checksum.
+    as_month = (stored_end <= cut) & present & ~is_day
+    wanted = (stored_code[as_month].astype(np.int64) << 32) + np.array(
+        stored["period"].to_numpy(dtype=object)[as_month], dtype="datetime64[M]"
+    ).astype(np.int64)
+    in_month = np.isin(mine.month_keys(), wanted)
+    months = _month_sums(mine.take(in_month))
+    delivered_periods = pd.concat(
+        [_entries(mine.take(~in_month), before=np.datetime64("NaT")), months], ignore_index=True
+    )
+    joined = compared.merge(
+        delivered_periods, on=["symbol", "period"], how="outer", suffixes=("", "_source")
+    )
+    differs = ~(
+        (joined["rows"] == joined["rows_source"])
+        & (joined["checksum"] == joined["checksum_source"])
+    )
+    found = joined.loc[differs, ["symbol", "period"]]
+    disagreements = pd.DataFrame(
+        {
+            "symbol": found["symbol"].to_numpy(dtype=object),
+            "period": np.array([p[:7] for p in found["period"]], dtype=object),
+            "dates": np.array([p if len(p) == 10 else "" for p in found["period"]], dtype=object),
+        }
+    )
+    if len(disagreements):
+        disagreements = (
+            disagreements.groupby(["symbol", "period"], sort=True)["dates"]
+            .agg(lambda d: ", ".join(sorted(x for x in d if x)))
+            .reset_index()
+        )
+    else:
+        disagreements = none
+    reread_names = np.zeros(len(rows.names), dtype=bool)
+    reread_names[reread.code] = True
+    not_reread = ~(present & reread_names[np.maximum(stored_code, 0)])
+    kept = stored[~present | ((stored_end > cut) & not_reread)]
+    fresh = [_entries(part, before=before) for part in (baseline, reread) if len(part.code)]
+    checksums = pd.concat(
+        [frame for frame in (compared, kept, *fresh) if len(frame)] or [empty_checksums()],
+        ignore_index=True,
+    )
+    baselined = len(np.unique(baseline.month_keys()))
+    return SourceCheck(
+        disagreements,
+        rolled_up(checksums[list(CHECKSUM_COLUMNS)], before=pd.Timestamp(before)),
+        baselined,
+    )
+
+
+def disagreeing_dates(
+    delivered: pd.DataFrame, stored: pd.DataFrame, defects: pd.DataFrame, months: pd.DataFrame
+) -> pd.DataFrame:
+    """The dates of the (symbol, month)s in ``months`` where the delivery and the stored bars
+    differ (a value, or a bar only one of them holds), leaving out bars with a recorded defect
+    (the store holds those repaired, or not at all)."""
+    keys = ["symbol", "date"]
+
+    def inside(frame: pd.DataFrame) -> pd.DataFrame:
+        month = _days(pd.to_datetime(frame["date"]).to_numpy(dtype="datetime64[ns]"), "M")
+        keys = pd.MultiIndex.from_arrays([frame["symbol"].to_numpy(dtype=object), month])
+        mask = keys.isin(pd.MultiIndex.from_frame(months[["symbol", "period"]]))
+        return _typed(frame[list(BAR_COLUMNS)][np.asarray(mask, dtype=bool)])
+
+    source, lake = inside(delivered), inside(stored)
+    joined = source.merge(lake, on=keys, how="outer", suffixes=("", "_lake"), indicator=True)
+    same = joined["_merge"] == "both"
+    for column in VALUE_COLUMNS:
+        new, old = joined[column].to_numpy(float), joined[f"{column}_lake"].to_numpy(float)
+        same &= (new == old) | (np.isnan(new) & np.isnan(old))
+    differing = joined.loc[~same, keys]
+    if len(defects):
+        differing = differing[~_key_mask(differing, defects)]
+    values = differing["date"].to_numpy(dtype="datetime64[ns]")
+    differing = differing.assign(period=_days(values, "M"), day=_days(values, "D"))
+    return (
+        differing.groupby(["symbol", "period"], sort=True)["day"]
+        .agg(lambda d: ", ".join(sorted(d)))
+        .rename("dates")
+        .reset_index()
+    )
+
+
+def changed_bars(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """The (symbol, date)s whose bar differs between two reads: ``revised`` (a value changed),
+    ``added`` (only ``after`` holds it) or ``removed`` (only ``before``), with the closes."""
+    keys = ["symbol", "date"]
+    joined = _typed(before).merge(
+        _typed(after), on=keys, how="outer", suffixes=("_before", ""), indicator=True
+    )
+    same = joined["_merge"] == "both"
+    for column in VALUE_COLUMNS:
+        new, old = joined[column].to_numpy(float), joined[f"{column}_before"].to_numpy(float)
+        same &= (new == old) | (np.isnan(new) & np.isnan(old))
+    changed = joined[~same]
+    change = np.select(
+        [changed["_merge"] == "left_only", changed["_merge"] == "right_only"],
+        ["removed", "added"],
+        "revised",
+    )
+    return pd.DataFrame(
+        {
+            "symbol": changed["symbol"].to_numpy(dtype=object),
+            "date": changed["date"].to_numpy(dtype="datetime64[ns]"),
+            "change": change.astype(object),
+            "close_before": changed["close_before"].to_numpy(float),
+            "close": changed["close"].to_numpy(float),
+        }
+    ).sort_values(keys, ignore_index=True)

@@ -804,6 +804,9 @@ class TrackedIOManager(dg.ConfigurableIOManager):
         changes = changes_since_previous(self.store.lake, stage, partition, obj)
         source = self.store.lake.location(context.asset_key.path, partition)
         tracked = record_stage(self.mlflow, identity, stage, record, source=str(source))
+        read_as = bars_read(context.output_metadata) if stage == "returns" else {}
+        if read_as:
+            self.mlflow.log(tracked.run_id, tags=read_as)
         registered = register_decision(self.mlflow, self.store.lake, identity, stage, tracked)
         context.add_output_metadata(
             {
@@ -833,6 +836,26 @@ class TrackedIOManager(dg.ConfigurableIOManager):
                 )
         except Exception as error:  # the run's own outcome must not be masked by tracking
             log.warning("MLflow tracking: could not finalise run %s: %s", context.run_id, error)
+
+
+# The bar-store state a returns run read (the bound a re-run reads again) and whether it restated,
+# as the asset records them in its metadata: tagged on the MLflow run too.
+BARS_READ_TAGS = {
+    "bars_version": "tvq.bars_version",
+    "bars_read_as": "tvq.bars_read_as",
+    "restate": "tvq.restate",
+    "restated_bars": "tvq.restated_bars",
+}
+
+
+def bars_read(metadata) -> dict[str, str]:
+    """The MLflow tags of a returns output's bar-store bound, from its output metadata."""
+    tags = {}
+    for key, tag in BARS_READ_TAGS.items():
+        if key in metadata:
+            value = metadata[key]
+            tags[tag] = str(getattr(value, "value", value))
+    return tags
 
 
 def _sensor(status: dg.DagsterRunStatus):

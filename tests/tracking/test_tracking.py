@@ -96,6 +96,11 @@ def test_the_local_default_is_an_absolute_sqlite_store_under_dagster_home(
     assert run.data.params["data.window_end"] == AS_OF
     [dataset] = run.inputs.dataset_inputs
     assert dataset.dataset.digest == run.data.tags["tvq.returns.digest"]
+    # The bar-store state the run read, as its metadata records it: what a re-run reads again.
+    [returns] = result.asset_materializations_for_node("returns")
+    recorded = returns.metadata["bars_version"]
+    assert tags["tvq.bars_version"] == str(getattr(recorded, "value", recorded))
+    assert tags["tvq.restate"] == "False"
 
 
 def test_two_runs_on_different_data_log_different_dataset_digests(instance, lake_root, local_home):

@@ -219,6 +219,8 @@ def backtest(
             cash=_cash_reasons(returns, run.settings, outcome.result),
             windows=len(outcome.result.windows),
         )
+    if outcome.verdict is None and violations.empty:
+        violations = backtest_contracts.no_champion(outcome.result.returns, as_of=run.as_of)
     incomplete = Evaluation(BACKTEST_COMPLETE, violations)
     if outcome.verdict is None:
         # No candidate ever traded: nothing is stored and the contract stops the run.

@@ -343,7 +343,10 @@ def _summarise(lake, sleeve_name: str, key: str, fresh: set[str]) -> None:
                 f"(older values stay in {lake.root_path})"
             )
             return
-        _summarise_asset(lake, asset, sleeve_name if asset == "bars" else key)
+        try:
+            _summarise_asset(lake, asset, sleeve_name if asset == "bars" else key)
+        except Exception as error:  # the summary only shows what is stored: never stop the flow
+            print(f"   {asset}: its summary failed ({type(error).__name__}: {error})")
     print(f"   files:   {lake.root_path}")
 
 
@@ -395,7 +398,10 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
                 f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
                 f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
             )
-        if bundle.has_as_promoted:
+        days = verdict.get("as_promoted_days", float("nan")) if bundle.has_as_promoted else 0
+        if not days > 0:  # NaN too: the first window crowns nobody, so a young record is empty
+            print(f"     {'as promoted':<28} no record yet (the first window crowns nobody)")
+        else:
             # The selection process's own record (who the rule crowned at each window, held in
             # turn), next to the hindsight record of today's champion over every past date.
             switches = int(verdict["as_promoted_switches"])

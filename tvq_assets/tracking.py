@@ -36,6 +36,7 @@ import pandas as pd
 
 from tvq_assets.catalog import Sleeve, policy_parameters
 from tvq_assets.partitions import catalog, is_run_key, run_key, split_run_key
+from tvq_assets.partitions import run as run_dates
 from tvq_assets.quant import metrics as performance
 from tvq_resources.lake import ParquetIOManager, ParquetLake
 from tvq_resources.tracking import MlflowTracker
@@ -631,6 +632,9 @@ def finalise(tracker: MlflowTracker, instance: dg.DagsterInstance, dagster_run_i
     run = instance.get_run_by_id(dagster_run_id)
     if run is None:
         return []
+    partition = run.tags.get("dagster/partition")
+    if partition and run_dates.has_partition_key(partition):
+        return _finalise_failed_meta(tracker, instance, run)  # partitioned by run date alone
     partitions = _partitions_of(instance, run)
     if not partitions:
         return []
@@ -644,6 +648,21 @@ def finalise(tracker: MlflowTracker, instance: dg.DagsterInstance, dagster_run_i
         tracker.finish(tracked.run_id, status)
         done.append((partition, status))
     return done
+
+
+def _finalise_failed_meta(
+    tracker: MlflowTracker, instance: dg.DagsterInstance, run: dg.DagsterRun
+) -> list:
+    """A meta-portfolio run that failed has its MLflow run too, FAILED with what failed (a
+    successful one was logged and finished by :func:`track_meta` when its value was stored)."""
+    partition = run.tags.get("dagster/partition")
+    status, tags, texts = run_outcome(instance, run)
+    if not partition or status in (None, "FINISHED"):
+        return []
+    _, found = _meta_run(tracker, run, partition)
+    tracker.log(found.info.run_id, tags=tags, texts=texts)
+    tracker.finish(found.info.run_id, status)
+    return [(partition, status)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -738,10 +757,9 @@ def describe_meta(value, as_of: pd.Timestamp) -> StageRecord:
     return record
 
 
-def track_meta(tracker: MlflowTracker, run: dg.DagsterRun, partition: str, value) -> Tracked:
-    """Log a meta-portfolio value on its own MLflow run (experiment ``tvq-meta``, one run per
-    Dagster root run × date), finished once logged: the value is already in the lake."""
-    as_of = pd.Timestamp(partition)
+def _meta_run(tracker: MlflowTracker, run: dg.DagsterRun, partition: str):
+    """(experiment id, MLflow run) of a meta-portfolio date of a Dagster root run: found, or
+    created with its identity."""
     experiment_id = tracker.experiment_id(META_EXPERIMENT)
     version, commit = code_version()
     found = tracker.find_or_create_run(
@@ -757,6 +775,14 @@ def track_meta(tracker: MlflowTracker, run: dg.DagsterRun, partition: str, value
             "mlflow.source.git.commit": commit,
         },
     )
+    return experiment_id, found
+
+
+def track_meta(tracker: MlflowTracker, run: dg.DagsterRun, partition: str, value) -> Tracked:
+    """Log a meta-portfolio value on its own MLflow run (experiment ``tvq-meta``, one run per
+    Dagster root run × date), finished once logged: the value is already in the lake."""
+    as_of = pd.Timestamp(partition)
+    experiment_id, found = _meta_run(tracker, run, partition)
     run_id = found.info.run_id
     tracker.reopen(found)
     record = describe_meta(value, as_of)

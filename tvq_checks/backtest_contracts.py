@@ -72,7 +72,8 @@ def backtest_violations(
     cash: Mapping[str, Counter] | None = None,
     windows: int = 0,
 ) -> pd.DataFrame:
-    """One row per policy with missing out-of-sample days or a non-finite Sharpe or drawdown.
+    """One row per policy with missing out-of-sample days or a non-finite Sharpe or drawdown
+    (a single out-of-sample day has no Sharpe and is not a violation; none at all is).
 
     ``returns``: out-of-sample dates × policy; ``metrics``: ``metrics_table`` of it (index policy,
     columns ``sharpe`` and ``max_drawdown``). A policy absent from ``metrics`` is a violation too.
@@ -88,7 +89,10 @@ def backtest_violations(
         if "max_drawdown" in table
         else pd.Series(np.nan, index=returns.columns)
     )
-    finite = np.isfinite(sharpe.to_numpy(dtype=float)) & np.isfinite(drawdown.to_numpy(dtype=float))
+    # One out-of-sample day has no Sharpe ratio (a standard deviation needs two): a young
+    # sleeve's first window ends there every `step` days, a record too short, not a broken one.
+    sharpe_defined = np.isfinite(sharpe.to_numpy(dtype=float)) | (len(returns) < 2)
+    finite = sharpe_defined & np.isfinite(drawdown.to_numpy(dtype=float))
     bad = (missing.to_numpy() > 0) | ~finite
     if len(returns) == 0:
         bad[:] = True
@@ -108,4 +112,19 @@ def backtest_violations(
     frame = pd.DataFrame(rows, columns=list(VIOLATION_COLUMNS))
     frame["date"] = pd.to_datetime(frame["date"])
     frame["value"] = frame["value"].astype(float)
+    return frame
+
+
+def no_champion(returns: pd.DataFrame, *, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The violation of a tournament that can crown nobody although no policy broke the contract:
+    a first run whose record is one out-of-sample day long (no Sharpe ratio, no incumbent)."""
+    message = (
+        f"no champion: {len(returns)} out-of-sample day(s) give no Sharpe ratio and there is no "
+        "incumbent to hold; the next run, with one more day, can crown one [backtest_complete]"
+    )
+    frame = pd.DataFrame(
+        [("tournament", pd.Timestamp(as_of), float(len(returns)), "backtest_complete", message)],
+        columns=list(VIOLATION_COLUMNS),
+    )
+    frame["date"] = pd.to_datetime(frame["date"])
     return frame

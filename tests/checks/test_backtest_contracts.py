@@ -47,6 +47,22 @@ def test_a_policy_without_metrics_or_an_empty_backtest_fails():
     assert len(backtest_violations(empty, table, as_of=AS_OF)) == 3
 
 
+def test_a_young_sleeves_single_out_of_sample_day_is_too_short_for_a_sharpe_not_broken():
+    """A sleeve whose history only just covers one decision tests on 1 to `test` rows, 1 every
+    `step` days: that record has no Sharpe ratio yet, and the run goes on."""
+    one_day = tournament_returns().iloc[:1]
+    table = metrics.metrics_table(one_day, periods_per_year=365)
+    assert table["sharpe"].isna().all()
+    assert backtest_violations(one_day, table, as_of=AS_OF).empty
+    # A missing day or a non-finite drawdown is still named, and two days need a Sharpe.
+    gap = one_day.copy()
+    gap.iloc[0, 0] = np.nan
+    assert list(backtest_violations(gap, table, as_of=AS_OF)["symbol"]) == ["a/x"]
+    flat = tournament_returns().iloc[:2].assign(cash=0.0)
+    flat_table = metrics.metrics_table(flat, periods_per_year=365)
+    assert list(backtest_violations(flat, flat_table, as_of=AS_OF)["symbol"]) == ["cash"]
+
+
 def test_a_policy_that_held_cash_throughout_is_named_with_the_windows_reasons():
     returns = tournament_returns()
     returns["log_mps/hrp"] = 0.0

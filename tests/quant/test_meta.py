@@ -347,6 +347,32 @@ def test_a_meta_portfolio_of_one_sleeve_is_that_sleeve_at_100_percent():
     )
 
 
+def test_young_sleeves_without_a_common_out_of_sample_date_split_the_capital_equally():
+    """A first run of young sleeves: their as-promoted records are empty or do not overlap yet,
+    so no profile can be estimated; the split is equal within the floors and caps, and said."""
+    portfolios = {"crypto": pd.Series({"BTC": 1.0}), "tradfi": pd.Series({"SPY": 1.0})}
+    champions = {"crypto": "a/b", "tradfi": "c/d"}
+    empty = pd.Series(dtype=float, index=pd.DatetimeIndex([]))
+    record = meta.decide(
+        {"crypto": empty, "tradfi": empty},
+        portfolios,
+        champions,
+        settings(caps={"crypto": 0.3, "tradfi": 1.0}),
+        decisions=fresh("2026-06-30"),
+        as_of="2026-06-30",
+    )
+    weights = record.sleeves["weight"]
+    assert weights.to_dict() == pytest.approx({"crypto": 0.3, "tradfi": 0.7})  # 0.5 capped
+    assert set(record.sleeves["weighting"]) == {"equal: 0 common date(s), the profile needs 2"}
+    assert record.holdings["weight"].sum() == pytest.approx(1.0)
+    # With a history the profile decides, and says so.
+    data = streams()
+    profiled = meta.decide(
+        data, portfolios, champions, settings(), decisions=fresh("2026-06-30"), as_of="2026-06-30"
+    )
+    assert set(profiled.sleeves["weighting"]) == {settings().profile}
+
+
 def test_the_record_names_each_sleeves_decision_and_age():
     data = streams(end=SUNDAY)
     friday = data["tradfi"][data["tradfi"].index <= FRIDAY]

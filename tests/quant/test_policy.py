@@ -290,3 +290,27 @@ def test_bar_exclusions_inside_the_window_quarantine_their_symbol_and_older_ones
     [row] = chosen.excluded[chosen.excluded["symbol"] == inside].itertuples()
     assert (row.rule, row.reason) == ("ohlc_inconsistent", "bar_defect")
     assert inside in chosen.quarantined
+
+
+def test_a_young_sleeves_one_day_record_keeps_its_incumbent_and_crowns_no_first_champion():
+    """A sleeve whose history only just covers a decision tests on 1 to `test` rows; on the day
+    its only window tests on one row no Sharpe ratio exists: the incumbent holds, and a first run
+    (no incumbent) crowns nobody (the backtest_complete contract then names why)."""
+    # A weekday sleeve's grid is the days its symbols traded: a young one's history is short.
+    young = settings_for("weekday", lookback=60, train=40, test=10, step=10, min_history=20)
+    bars = generate_market(seed=11, n_symbols=12, start="2026-01-01", end=END, calendar="weekday")
+    one_day = None
+    for end in pd.date_range("2026-03-02", "2026-04-10", freq="B"):
+        candidate = window(bars=bars[bars["date"] <= end], end=f"{end:%F}", settings=young)
+        windows = policy.grid_windows(candidate.history.index, young)
+        test_rows = {row for w in windows for row in range(w.test.start, w.test.stop)}
+        if len(test_rows) == 1:
+            one_day = candidate
+            break
+    assert one_day is not None, "no day of the span tests on exactly one row"
+    kept = policy.tournament(one_day, young, incumbent="log_mps/hrp")
+    assert len(kept.result.returns) == 1
+    assert kept.verdict.champion == "log_mps/hrp" and not kept.verdict.replaced
+    assert kept.verdict.rule == policy.TOO_SHORT_TO_JUDGE
+    assert np.isclose(kept.champion_weights.sum(), 1.0) or kept.champion_weights.empty
+    assert policy.tournament(one_day, young, incumbent=None).verdict is None

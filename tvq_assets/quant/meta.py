@@ -428,6 +428,14 @@ def sleeve_weights(returns: pd.DataFrame, settings: MetaSettings) -> SleeveWeigh
     return SleeveWeights(bounded_weights(raw, settings.caps, settings.floors), raw, allocation)
 
 
+def equal_sleeve_weights(sleeves: Sequence[str], settings: MetaSettings) -> SleeveWeights:
+    """Equal weights of ``sleeves`` within their floors and caps: the split before any common
+    out-of-sample history exists."""
+    check_bounds(list(sleeves), settings.caps, settings.floors)
+    raw = pd.Series(1.0 / len(sleeves), index=pd.Index(sleeves), name="weight")
+    return SleeveWeights(bounded_weights(raw, settings.caps, settings.floors), raw, None)
+
+
 def firm_holdings(weights: pd.Series, portfolios: Mapping[str, pd.Series]) -> pd.DataFrame:
     """One row per (sleeve, symbol): ``weight`` = sleeve weight × the symbol's weight in the
     sleeve's portfolio, plus the sleeve's weight and the symbol's weight inside the sleeve."""
@@ -606,8 +614,8 @@ def decide(
     each sleeve with a usable decision, read from that decision's run.
 
     Sleeves without a usable decision follow ``settings.missing`` (:func:`present_sleeves`).
-    Raises :class:`MetaInfeasible` when fewer than two joined dates are left to estimate the
-    weights of several sleeves.
+    With fewer than two joined dates to estimate the weights of several sleeves on, they are
+    split equally within their floors and caps (:func:`equal_sleeve_weights`).
     """
     as_of = pd.Timestamp(as_of)
     sleeves = list(decisions)
@@ -618,12 +626,14 @@ def decide(
     joined = join_calendars({s: streams[s] for s in chosen}, as_of=as_of)
     window = joined.returns.tail(settings.lookback)
     if len(chosen) > 1 and len(window) < 2:
-        raise MetaInfeasible(
-            f"{where}: only {len(window)} common date(s) of {chosen} up to {as_of:%Y-%m-%d}; "
-            "the sleeve weights need at least 2 (rule: sleeves' out-of-sample returns must "
-            "overlap)"
-        )
-    decided = sleeve_weights(window, settings)
+        # Young sleeves (an as-promoted record starts a window after their first decision) have
+        # no common out-of-sample dates yet: nothing to estimate a profile on, so the capital is
+        # split equally within the floors and caps, and the record says so (``weighting``).
+        decided = equal_sleeve_weights(chosen, settings)
+        weighting = f"equal: {len(window)} common date(s), the profile needs 2"
+    else:
+        decided = sleeve_weights(window, settings)
+        weighting = settings.profile
     backtest = walk_forward(joined.returns, settings)
     table = pd.DataFrame(
         {
@@ -645,6 +655,7 @@ def decide(
                 for s in sleeves
             ],
             "pending_rows": [int(joined.pending.get(s, 0)) for s in sleeves],
+            "weighting": weighting,
         },
         index=pd.Index(sleeves, name="sleeve"),
     )

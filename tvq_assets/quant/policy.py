@@ -879,17 +879,28 @@ def tournament(
     table = metrics.metrics_table(
         result.returns, periods_per_year=settings.periods_per_year, turnover=result.turnover
     )
-    if not np.isfinite(table.loc[candidates, "sharpe"].to_numpy(dtype=float)).any():
+    if np.isfinite(table.loc[candidates, "sharpe"].to_numpy(dtype=float)).any():
+        verdict = backtest.champion_verdict(
+            table,
+            result.returns,
+            incumbent=incumbent,
+            periods_per_year=settings.periods_per_year,
+            promotion=settings.promotion,
+            candidates=candidates,
+        )
+    elif len(result.returns) < 2 and incumbent in candidates:
+        # A young sleeve's only window tests on one day every `step` days: no Sharpe ratio to
+        # judge by, so the incumbent holds (as it would against any challenger it beat).
+        verdict = backtest.Verdict(
+            champion=incumbent,
+            challenger=incumbent,
+            replaced=False,
+            rule=TOO_SHORT_TO_JUDGE,
+            numbers={},
+        )
+    else:
         # Nothing to crown: the backtest_complete contract reports why.
         return TournamentOutcome(result, table, None, pd.Series(dtype=float), walked.reuse)
-    verdict = backtest.champion_verdict(
-        table,
-        result.returns,
-        incumbent=incumbent,
-        periods_per_year=settings.periods_per_year,
-        promotion=settings.promotion,
-        candidates=candidates,
-    )
     targets = result.targets[verdict.champion]
     held = targets[max(targets)] if targets else None
     current = _decide_latest(window, settings, verdict.champion, held, walked.latest)
@@ -902,6 +913,12 @@ def tournament(
         cost_rate=settings.cost_rate,
     )
     return TournamentOutcome(result, table, verdict, current, walked.reuse, live)
+
+
+# The verdict of a tournament whose out-of-sample record is one day long and has an incumbent.
+TOO_SHORT_TO_JUDGE = (
+    "fewer than 2 out-of-sample days: no Sharpe ratio to judge by; the incumbent holds"
+)
 
 
 def decision_rows(history_rows: int, settings: PolicySettings) -> int:

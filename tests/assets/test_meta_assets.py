@@ -282,6 +282,13 @@ def test_a_first_run_without_a_decision_fails_clearly_under_fail(lake_root, inst
     assert "'fail'" in message and "no stored decision at or before 2026-06-30" in message
     assert "materialise them first" not in message
     assert not ParquetLake(root=lake_root).exists(["meta_portfolio"], AS_OF)
+    # Its MLflow run exists too, FAILED, naming what failed: one run per Dagster run.
+    from tvq_resources.tracking import MlflowTracker
+
+    tracker = MlflowTracker()
+    [tracked] = tracker.search(tracker.experiment_id("tvq-meta"), {"dagster.run_id": result.run_id})
+    assert tracked.info.status == "FAILED"
+    assert tracked.data.tags["tvq.failed_asset"] == "meta_portfolio"
 
 
 def test_a_gap_longer_than_the_bound_makes_the_sleeve_missing(lake_root, instance, meta_rule):

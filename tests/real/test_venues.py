@@ -255,7 +255,8 @@ def test_the_us_london_fixture_sleeve_runs_green_each_day_of_a_replay(
 ):
     from tvq_assets.partitions import catalog
 
-    folder = tmp_path / "us_london"
+    # The catalog refuses a folder that does not exist: the replay's first day makes it.
+    folder = us_london_folder(tmp_path / "us_london", until=REPLAY_DAYS[0])
     sleeve = us_london_sleeve(folder)
     monkeypatch.setitem(catalog.sleeves, "tradfi", dataclasses.replace(sleeve, name="tradfi"))
     resources = resources_for(lake_root, tradfi=sleeve_source(sleeve))

@@ -581,6 +581,31 @@ def quarantine_evidence(lake, scenarios: Scenarios, day: pd.Timestamp, partition
 # ----------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------
+class DayLog:
+    """The stream a day's output goes to: the current day's log file. Libraries that keep the
+    stream they first saw (Ray's log handler) keep this one, and so follow the days."""
+
+    def __init__(self) -> None:
+        self.target = sys.__stderr__
+
+    @contextlib.contextmanager
+    def writing_to(self, target) -> Iterator[None]:
+        self.target = target
+        try:
+            yield
+        finally:
+            self.target = sys.__stderr__
+
+    def write(self, text: str) -> int:
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 @dataclass
 class Soak:
     workdir: Path
@@ -591,6 +616,7 @@ class Soak:
     evidence: list[str] = field(default_factory=list)
     day_timeout: float = 900.0
     production: bool = False
+    day_log: DayLog = field(default_factory=DayLog)
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -709,8 +735,9 @@ class Soak:
             watchdog = self._watchdog(instance, day, since)
             with (
                 log.open("a") as out,
-                contextlib.redirect_stdout(out),
-                contextlib.redirect_stderr(out),
+                self.day_log.writing_to(out),
+                contextlib.redirect_stdout(self.day_log),
+                contextlib.redirect_stderr(self.day_log),
             ):
                 try:
                     cli.flow(None, None)
@@ -740,7 +767,8 @@ class Soak:
         }
         registry_problems = registry_check(tracker, lake, successes)
         lake_problems = [str(p) for p in lake.verify()]
-        unexpected = [r for r in self.rows if not r.ok] + self.evidence
+        unexpected_rows = [r for r in self.rows if not r.ok]
+        unexpected = [self._line(r) for r in unexpected_rows] + self.evidence
         killed_left = [
             f"{run_id[:8]} {instance.get_run_by_id(run_id).status.value}"
             for run_id in killed
@@ -749,7 +777,7 @@ class Soak:
         if s.day_of("kill") is not None and not killed:
             killed_left.append("the kill day reached no step to kill")
         for title, problems in (
-            ("unexpected outcomes", [self._line(r) for r in unexpected]),
+            ("unexpected outcomes", [self._line(r) for r in unexpected_rows]),
             ("scenarios without their effect", self.evidence),
             ("runs left running", [f"{r.job_name} {r.run_id[:8]} {r.status.value}" for r in stuck]),
             ("killed runs not marked failed", killed_left),

@@ -605,6 +605,9 @@ class DayLog:
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:  # Ray redirects its workers' output to the stream's descriptor
+        return self.target.fileno()
+
 
 @dataclass
 class Soak:

@@ -32,7 +32,7 @@ $(UV):
 # installed packages from .pyc instead of compiling their sources (5 s instead of 11 s for the
 # code location here; Python never writes them itself when PYTHONDONTWRITEBYTECODE is set).
 $(STAMP): $(ROOT)/pyproject.toml $(ROOT)/uv.lock | $(UV)
-	cd $(ROOT) && $(UV) sync --locked --quiet --compile-bytecode
+	cd $(ROOT) && $(UV) sync --locked --compile-bytecode
 	rm -f $(VENV)/.synced-*; touch $@
 
 ## demo: refresh the bars and materialise the newest run of every sleeve on the synthetic market

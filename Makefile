@@ -74,7 +74,7 @@ browser:
 
 ## test-slow: end-to-end tests (whole jobs, the dev server, the UI in Chromium); CI runs them
 test-slow: $(STAMP) browser
-	cd $(ROOT) && $(PY) -m pytest -m slow -q --hypothesis-profile=ci
+	cd $(ROOT) && $(PY) -m pytest -m slow -q --hypothesis-profile=ci --durations=30
 
 test-all: test test-slow
 

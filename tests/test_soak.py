@@ -140,9 +140,9 @@ def test_a_fail_sleeve_is_expected_to_fail_while_the_toxic_print_is_in_its_windo
 def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_and_restarts(
     tmp_path,
 ):
-    """Five days from Tuesday 2024-06-18 on real services of the soak's own: Juneteenth (New York
-    closed, London open) with a kill -9 mid-step, a source revision on Thursday, Postgres
-    restarted before Friday and the MLflow server before Saturday."""
+    """Three days from Tuesday 2024-06-18 on real services of the soak's own: Juneteenth (New York
+    closed, London open) with a kill -9 mid-step, then Thursday with a source revision after
+    both Postgres and the MLflow server were restarted."""
     done = subprocess.run(
         [
             sys.executable,
@@ -152,7 +152,7 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
             "--start",
             "2024-06-18",
             "--days",
-            "5",
+            "3",
             # A revision needs a stored bar to revise: not the first day (it moves to Thursday,
             # the next day both venues trade); the kill comes on the holiday.
             "--scenario",
@@ -160,9 +160,9 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
             "--scenario",
             "kill=1",
             "--scenario",
-            "postgres_restart=3",
+            "postgres_restart=2",
             "--scenario",
-            "mlflow_restart=4",
+            "mlflow_restart=2",
             "--workdir",
             str(tmp_path / "soak"),
         ],
@@ -174,9 +174,9 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
     print(done.stdout[-8000:], done.stderr[-3000:])
     assert done.returncode == 0
     lines = done.stdout.strip().splitlines()
-    [summary] = [line for line in lines if line.startswith("soak: 5 days, ")]
+    [summary] = [line for line in lines if line.startswith("soak: 3 days, ")]
     assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
-    for scenario in ("killed run", "postgres restarted", "mlflow restarted"):
+    for scenario in ("killed run", "postgres and mlflow restarted"):
         assert scenario in done.stdout, scenario
     holiday = [line for line in lines if line.startswith("2024-06-19 Wed venues")]
     assert holiday and "success" in holiday[0]

@@ -150,9 +150,11 @@ class Scenarios:
             if name in RESTARTS and not self.production:
                 continue
             suitable = sessions if name in self.on_sessions else every_day
+            # A restart happens before the day's runs and expects nothing of them, so it may share
+            # a day; the other scenarios get a day each, so that every outcome has one cause.
+            taken = [] if name in RESTARTS else [d for n, d in placed.items() if n not in RESTARTS]
             free = suitable[
-                (suitable >= self.start + pd.Timedelta(days=offset))
-                & ~suitable.isin(list(placed.values()))
+                (suitable >= self.start + pd.Timedelta(days=offset)) & ~suitable.isin(taken)
             ]
             if len(free) and free[0] <= self.end:
                 placed[name] = free[0]
@@ -718,13 +720,14 @@ class Soak:
                     self._add(Row(day, name, "-", "outage", "outage", note="no production run"))
                 continue
             since = time.time()
-            note = ""
+            restarted = []
             for name in RESTARTS:
                 if s.on(name, day):
                     service = name.removesuffix("_restart")
                     with contextlib.redirect_stdout(log.open("a")):
                         self.running_services.restart(service)
-                    note = f"{service} restarted before the day"
+                    restarted.append(service)
+            note = f"{' and '.join(restarted)} restarted before the day" if restarted else ""
             if s.on("kill", day):
                 run_id = kill_mid_step(
                     self.environment() | {"TVQ_NOW": os.environ["TVQ_NOW"]}, instance, log

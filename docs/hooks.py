@@ -177,8 +177,11 @@ def catalog_reference() -> str:
     if missing:
         raise ReferenceError(f"catalog keys without a meaning in tvq_assets/catalog.py: {missing}")
     calendar_defaults = [
-        (f"`{name}`", f"{catalog.CALENDARS[name]}")
-        + tuple(shown(values.get(key)) for key in _calendar_keys())
+        (
+            f"`{name}`",
+            f"{catalog.CALENDARS[name]}",
+            *(shown(values.get(key)) for key in _calendar_keys()),
+        )
         for name, values in catalog.CALENDAR_DEFAULTS.items()
     ]
     rules = [

@@ -23,15 +23,27 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# Document this checkout's code, whatever the installed package points at.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MARKER = re.compile(r"<!-- tvq-reference: ([a-z_]+) -->")
 
 
 class ReferenceError(RuntimeError):
     """The code cannot give a complete reference (a key without its meaning, say)."""
+
+
+def on_config(config: Any) -> Any:
+    """Document this checkout's code, whatever the installed package points at (MkDocs restores
+    ``sys.path`` after loading a hook module, so this is done here, not at import)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import tvq_assets
+
+    imported = Path(tvq_assets.__file__).resolve().parents[1]
+    if imported != ROOT:
+        raise ReferenceError(
+            f"tvq_assets was already imported from {imported}, not from this checkout ({ROOT})"
+        )
+    return config
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:

@@ -363,10 +363,8 @@ def _partitions(partitions_def: Any) -> str:
 def asset_rows() -> list[dict[str, Any]]:
     """Every asset of the code location, in the order the definitions list them, with its checks."""
     defs = definitions()
-    graph = defs.resolve_asset_graph()
-    order = {key: n for n, key in enumerate(graph.toposorted_asset_keys)}
     rows = []
-    for assets_def in sorted(graph.assets_defs, key=lambda a: min(order.get(k, 0) for k in a.keys)):
+    for assets_def in defs.assets:  # the order the definitions list them: upstream first
         for key in assets_def.keys:
             spec = assets_def.specs_by_key[key]
             checks = sorted(
@@ -430,6 +428,7 @@ def assets_reference() -> str:
         (
             f"`{s.name}`",
             f"`{s.cron_schedule}` ({s.execution_timezone or 'UTC'})",
+            s.default_status.value.lower(),
             s.description or "–",
         )
         for s in defs.schedules
@@ -441,7 +440,7 @@ def assets_reference() -> str:
         "## Jobs",
         table(("job", "description"), jobs),
         "## Schedules",
-        table(("schedule", "cron", "description"), schedules),
+        table(("schedule", "cron", "default status", "description"), schedules),
         "## Sensors",
         table(("sensor", "default status", "description"), sensors),
     ]

@@ -20,8 +20,9 @@ export TVQ_UI_URL ?= http://$(HOST):$(PORT)
 export TVQ_MLFLOW_UI_URL ?= http://$(HOST):$(MLFLOW_PORT)
 
 .PHONY: setup demo dev test test-slow test-all check soak bench bench-large bench-executors backfill flow-production clean \
-	mlflow-ui browser services services-stop services-status services-env postgres-server
+	mlflow-ui browser services services-stop services-status services-env postgres-server help docs docs-serve
 
+## setup: the pinned environment (uv into .tools/, then .venv/ from uv.lock); every target runs it first
 setup: $(STAMP)
 
 $(UV):
@@ -76,6 +77,7 @@ browser:
 test-slow: $(STAMP) browser
 	cd $(ROOT) && $(PY) -m pytest -m slow -q --hypothesis-profile=ci --durations=30
 
+## test-all: the fast suite, then the slow one
 test-all: test test-slow
 
 ## check: lint, format, definitions load
@@ -83,14 +85,16 @@ check: $(STAMP)
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	cd $(ROOT) && $(VENV)/bin/dg check defs
 
-## soak: production replayed day by day over a simulated calendar, unattended (TVQ_NOW moves a
-## day at a time): DAYS=14 from 2024-03-25 is the CI span; DAYS=365 a year (from 2023-08-20)
+## soak: production replayed day by day over a simulated calendar, unattended
+## (TVQ_NOW moves a day at a time): DAYS=14 from 2024-03-25 is the CI span; DAYS=365 a year
+## (from 2023-08-20)
 DAYS ?= 14
 soak: $(STAMP)
 	cd $(ROOT) && $(PY) -m tvq_assets.soak --days $(DAYS) $(SOAK_ARGS)
 
-## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold), one table with the
-## previous figures and goals; BENCH_ARGS="--sizes 1000 3000 --engine" adds the engine stages
+## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold), one table
+## with the previous figures and goals; BENCH_ARGS="--sizes 1000 3000 --engine" adds the engine
+## stages
 bench: $(STAMP)
 	cd $(ROOT) && $(PY) -m tests.bench $(BENCH_ARGS)
 
@@ -102,20 +106,20 @@ bench-large: $(STAMP)
 bench-executors: $(STAMP)
 	cd $(ROOT) && $(PY) -m tests.bench_executors $(BENCH_ARGS)
 
-## flow-production: the production flow now (bars, then the newest run), through the run queue, on
-## the services: those of `make services`, unless TV_ORCH_MODE=production is already exported
+## flow-production: the production flow now (bars, then the newest run) through the run queue
+## on the services: those of `make services`, unless TV_ORCH_MODE=production is already exported
 ## with your own (DAGSTER_HOME, TVQ_POSTGRES_URL, MLFLOW_TRACKING_URI, RAY_ADDRESS)
 flow-production: $(STAMP)
 	@cd $(ROOT) && if [ "$${TV_ORCH_MODE:-}" != production ]; then \
 	  env=$$($(SERVICES) env) || exit 1; eval "$$env"; fi; \
 	$(PY) -m tvq_assets.cli production
 
-## services: production mode's servers on 127.0.0.1, state in $(SERVICES_DIR): Postgres (Dagster's
-## storage, MLflow's store) on PG_PORT (5433), an MLflow tracking server on MLFLOW_PORT (5000), a
+## services: production mode's servers on 127.0.0.1 (Postgres, MLflow, a Ray head), idempotent
+## State in $(SERVICES_DIR): Postgres (Dagster's storage, MLflow's store) on PG_PORT (5433), an MLflow tracking server on MLFLOW_PORT (5000), a
 ## Ray head on RAY_PORT (6379); PRODUCTION_HOME (dagster_home/production) is their DAGSTER_HOME.
 ## Idempotent; waits until each answers; records what it started in $(SERVICES_DIR)/services.json.
 ## services-env prints the exports of production mode, services-stop stops them by their pids,
-## services-status shows them: all three act on the record, whatever ports they are given (other
+## services-status shows them; all three act on the record, whatever ports they are given (other
 ## ports than the running services' are refused, by name).
 SERVICES_DIR ?= $(ROOT)/dagster_home/services
 # A variable given on make's command line or in the environment, as the option $(2); nothing when
@@ -127,12 +131,15 @@ SERVICES = $(PY) -m tvq_resources.services --state $(SERVICES_DIR) \
 services: $(STAMP) postgres-server
 	@$(SERVICES) start
 
+## services-stop: stop the services of the record by their pids; nothing is left running
 services-stop: $(STAMP)
 	@$(SERVICES) stop
 
+## services-status: each service of the record: port, pids, answers or not
 services-status: $(STAMP)
 	@$(SERVICES) status
 
+## services-env: the exports of production mode for the running services (eval "$$(make -s services-env)")
 services-env: $(STAMP)
 	@$(SERVICES) env
 
@@ -148,8 +155,8 @@ postgres-server:
 	    -o Dpkg::Options::=--force-confold --no-install-recommends postgresql >/dev/null; \
 	fi
 
-## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: one run per as-of date through Dagster's
-## backfills (the daemon of `make dev` runs them when it is up; the command itself otherwise)
+## backfill SLEEVE=crypto FROM=2026-10-01 TO=2026-10-31: one run per as-of date (Dagster's backfills)
+## The daemon of `make dev` runs them when it is up; the command itself otherwise.
 backfill: $(STAMP)
 	cd $(ROOT) && $(PY) -m tvq_assets.cli backfill $(SLEEVE) $(FROM) $(TO)
 
@@ -157,3 +164,20 @@ backfill: $(STAMP)
 clean:
 	find $(ROOT)/dagster_home -mindepth 1 -maxdepth 1 ! -name dagster.yaml ! -name production \
 	  ! -name services -exec rm -rf {} +
+
+## docs: the documentation site (MkDocs Material) into site/; --strict: a broken link or anchor fails
+docs: $(STAMP)
+	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(ROOT)/site
+
+## docs-serve: the documentation site on http://$(HOST):$(DOCS_PORT), rebuilt on every edit
+DOCS_PORT ?= 8000
+docs-serve: $(STAMP)
+	cd $(ROOT) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict -a $(HOST):$(DOCS_PORT)
+
+## help: this list: each target's `## target: text` comment, first line
+help:
+	@awk 'NR == FNR { if (match($$0, /^[A-Za-z0-9_-]+:/)) targets[substr($$0, 1, RLENGTH - 1)] = 1; next } \
+	  match($$0, /^## [A-Za-z0-9_-]+( [^:]*)?: /) { name = $$2; sub(/:$$/, "", name); \
+	    if (name in targets && !(name in seen)) { seen[name] = 1; \
+	      text = substr($$0, RLENGTH + 1); gsub(/\$$\$$/, "$$", text); \
+	      printf "  %-17s %s\n", name, text } }' $(MAKEFILE_LIST) $(MAKEFILE_LIST)

@@ -44,8 +44,80 @@ TOP_LEVEL_KEYS = ("first_run", "sleeves", "meta")
 DEFAULT_FIRST_RUN = "2025-01-01"
 
 
-def bounded(default: Any, **limits: float) -> Any:
-    """A Policy field's default plus its allowed range (``ge``, ``gt``, ``le``, ``lt``).
+# What each catalog key outside `Policy` and `MetaPolicy` means, for the documentation site's
+# reference (`docs/hooks.py`): defaults and ranges come from the code that validates the key, the
+# meaning and unit from here. A key added to the catalog without its entry fails tests/test_docs.py.
+TOP_LEVEL_KEY_DOCS: Mapping[str, str] = {
+    "first_run": f"The first run partition date (ISO date; default {DEFAULT_FIRST_RUN}).",
+    "sleeves": "Sleeve name (a plain identifier) to sleeve entry; at least one.",
+    "meta": "The meta-portfolio across sleeves (`MetaPolicy`); optional.",
+}
+SLEEVE_KEY_DOCS: Mapping[str, str] = {
+    "source": "Where the bars come from: `{kind: synthetic | csv | parquet, ...}`; required (no "
+    "default source: a sleeve that forgot its data must not trade a synthetic market).",
+    "calendar": "`crypto` (every day, 365 periods a year; the default) or `weekday` (Monday to "
+    "Friday, 252).",
+    "venues": "Weekday sleeves only: one exchange calendar code for every symbol (`XNYS`), or "
+    'symbol patterns to codes, first match wins (`{"*.L": XLON, "*": XNYS}`); unknown codes '
+    "are refused with their close matches.",
+    "periods_per_year": "Annualisation, 1 to 366 (default: the calendar's, or the sessions a "
+    "year of the declared venues' union: XNYS 252, XNYS with XLON 257).",
+    "toxic_policy": "`fail` (default: stop the run at the returns contract) or `quarantine` "
+    "(exclude the symbol from every window holding the toxic return).",
+    "policy": "The sleeve's `Policy` parameters (below); calendar defaults first, then these.",
+}
+# SourceConfig's fields (tvq_resources/market_data.py): unit and meaning.
+SOURCE_KEY_DOCS: Mapping[str, tuple[str, str]] = {
+    "kind": ("", "`synthetic` (the embedded market), `csv` or `parquet` (a folder of files)."),
+    "start": (
+        "ISO date",
+        "The first date of the history (synthetic: the market's first day, default 2023-11-01; "
+        "csv/parquet: older bars are not read; none keeps all of them).",
+    ),
+    "seed": ("", "Synthetic: the market's random seed."),
+    "symbols": ("symbols", "Synthetic: the number of symbols."),
+    "clusters": (
+        "clusters",
+        "Synthetic: the number of clusters (at most the symbols that are not stablecoins or "
+        "twins).",
+    ),
+    "end": ("ISO date", "Synthetic: the last day (none: today, UTC); not before `start`."),
+    "faults": (
+        "list of {kind, symbol, date}",
+        "Synthetic: injected data faults, `kind` one of toxic_spike, stall, volume_spike, gap, "
+        "weekend_padding (weekday calendars), nan_after_genesis; symbol and date chosen when "
+        "left out.",
+    ),
+    "path": (
+        "folder",
+        "csv/parquet: the folder of the files (absolute, or relative to the catalog file, else "
+        "to the repository); it must exist and be readable when the catalog loads.",
+    ),
+    "pattern": (
+        "file name pattern",
+        "csv/parquet: holds `{symbol}` and optionally `{exchange}`, no path separator (default "
+        "`{symbol}.csv`, parquet `{exchange}_{symbol}_1d.parquet`); matched case-insensitively.",
+    ),
+    "volume": (
+        "",
+        "The unit of the files' volume column: `base` (coins, shares) or `quote` (currency); "
+        "quote volume is divided by the close so close × volume is the traded value either way.",
+    ),
+}
+
+
+def bounded(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str = "",
+    unit: str = "",
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    **limits: float,
+) -> Any:
+    """A catalog field's default, its allowed range (``ge``, ``gt``, ``le``, ``lt``) and what it
+    means: ``doc`` (the meaning and its rule) and ``unit``. The catalog validates with the range;
+    the documentation site's reference (``docs/hooks.py``) prints all three, so the reference is
+    this declaration itself.
 
     For a tuple field the range applies to each element; ``None`` is allowed only when the
     annotation allows it.
@@ -53,7 +125,10 @@ def bounded(default: Any, **limits: float) -> Any:
     unknown = set(limits) - {"ge", "gt", "le", "lt"}
     if unknown:
         raise TypeError(f"unknown range limits {sorted(unknown)}")
-    return field(default=default, metadata={"range": limits})
+    metadata = {"range": limits, "doc": doc, "unit": unit}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -67,62 +142,193 @@ class Policy:
     """
 
     # returns (L0/L1)
-    lookback: int = bounded(500, ge=2)  # bars in the returns window ending at the as-of date
-    toxic_threshold: float = bounded(5.0, gt=0)  # a daily simple return above this is toxic
-    stale_days: int = bounded(5, ge=0)  # no bar within this many calendar days: dropped
-    min_history: int = bounded(90, ge=1)  # fewer returns inside the window: ineligible
+    lookback: int = bounded(
+        500, ge=2, unit="bars", doc="Rows of the returns window ending at the as-of date."
+    )
+    toxic_threshold: float = bounded(
+        5.0,
+        gt=0,
+        unit="simple return",
+        doc="A daily simple return above this is toxic (5.0 = +500%).",
+    )
+    stale_days: int = bounded(
+        5,
+        ge=0,
+        unit="calendar days",
+        doc="A symbol with no bar within this many days before the as-of date is stale: dropped.",
+    )
+    min_history: int = bounded(
+        90, ge=1, unit="bars", doc="Fewer returns inside the window: the symbol is ineligible."
+    )
     # bar quality (WARN rules)
-    volume_spike_sigma: float = bounded(10.0, gt=0)  # last bar's volume z-score above: a spike
-    volume_spike_window: int = bounded(21, ge=2)  # trailing bars the z-score is measured over
-    stall_bars: int = bounded(3, ge=2)  # this many identical last closes is a stall
-    # more zero-return days than this share of the feature window: a stall
-    max_zero_share: float = bounded(0.25, gt=0, le=1)
-    # fewer eligible symbols fails `returns` (4: the fewest names a 25% cap can fully invest)
-    min_universe: int = bounded(4, ge=1)
-    # bar defects (see tvq_assets/quant/bars.py): action per rule overriding DEFAULT_ACTIONS
-    # (repair | drop | quarantine), and the relative OHLC miss that is always repaired
-    bar_actions: Mapping[str, str] = field(default_factory=dict)
-    ohlc_tolerance: float = bounded(BarPolicy.ohlc_tolerance, ge=0, lt=1)
+    volume_spike_sigma: float = bounded(
+        10.0,
+        gt=0,
+        unit="z-score",
+        doc="A last bar whose volume z-score is strictly above this is a volume spike.",
+    )
+    volume_spike_window: int = bounded(
+        21, ge=2, unit="bars", doc="Trailing bars the volume z-score is measured over."
+    )
+    stall_bars: int = bounded(
+        3, ge=2, unit="bars", doc="This many identical last closes is a stall."
+    )
+    max_zero_share: float = bounded(
+        0.25,
+        gt=0,
+        le=1,
+        unit="fraction",
+        doc="More zero-return days than this share of the feature window is a stall.",
+    )
+    # 4: the fewest names a 25% cap can fully invest
+    min_universe: int = bounded(
+        4,
+        ge=1,
+        unit="symbols",
+        doc="Fewer eligible symbols fails `returns` (a tournament window holds cash).",
+    )
+    # bar defects (see tvq_assets/quant/bars.py)
+    bar_actions: Mapping[str, str] = bounded(
+        default_factory=dict,
+        unit="rule: action",
+        doc="Action per bar-defect rule (`repair`, `drop` or `quarantine`) overriding "
+        "`DEFAULT_ACTIONS` of `tvq_assets/quant/bars.py`.",
+    )
+    ohlc_tolerance: float = bounded(
+        BarPolicy.ohlc_tolerance,
+        ge=0,
+        lt=1,
+        unit="fraction",
+        doc="Relative OHLC miss that is always repaired (beyond it, `ohlc_inconsistent` drops).",
+    )
     # features (L2)
-    feature_lookback: int = bounded(120, ge=2)
-    liquidity_baseline: float = bounded(10e6, gt=0)  # median daily dollar volume, fully liquid
+    feature_lookback: int = bounded(
+        120, ge=2, unit="bars", doc="Rows of the window the features are computed on."
+    )
+    liquidity_baseline: float = bounded(
+        10e6,
+        gt=0,
+        unit="currency per day",
+        doc="Median daily dollar volume at which a symbol counts as fully liquid "
+        "(crypto 10M, weekday 500M).",
+    )
     # clusters and selection (L3/L4)
-    cluster_lookbacks: tuple[int, ...] = bounded((60, 120, 200), ge=2)  # each lookback
-    cluster_threshold: float = bounded(0.7, gt=0, le=2)  # correlation distance lies in [0, 2]
-    max_clusters: int = bounded(25, ge=1)
-    # Permutation entropy (order 5) of i.i.d. noise over the 120-bar feature window averages 0.88
-    # (95th percentile 0.90): 0.90 vetoes the most noise-like symbols; 0.98 would never bind.
-    max_entropy: float = bounded(0.90, gt=0, le=1)
-    min_efficiency: float = bounded(0.02, ge=0, le=1)
-    max_kurtosis: float = bounded(20.0, gt=0)
-    max_volatility: float = bounded(2.5, gt=0)
-    max_friction_ratio: float = bounded(1.0, gt=0)
-    top_n: int = bounded(2, ge=1)
-    min_winners: int = bounded(15, ge=0)
-    max_winners: int = bounded(25, ge=1)
+    cluster_lookbacks: tuple[int, ...] = bounded(
+        (60, 120, 200),
+        ge=2,
+        unit="bars",
+        doc="Correlation lookbacks averaged into the cluster distance (each at most `lookback`).",
+    )
+    cluster_threshold: float = bounded(
+        0.7,
+        gt=0,
+        le=2,
+        unit="correlation distance",
+        doc="Ward tree cut height; correlation distance lies in [0, 2].",
+    )
+    max_clusters: int = bounded(25, ge=1, unit="clusters", doc="At most this many clusters.")
+    max_entropy: float = bounded(
+        0.90,
+        gt=0,
+        le=1,
+        unit="normalised entropy",
+        doc="Veto above this permutation entropy (order 5). I.i.d. noise over the 120-bar "
+        "feature window averages 0.88 (95th percentile 0.90): 0.90 vetoes the most noise-like "
+        "symbols; 0.98 would never bind.",
+    )
+    min_efficiency: float = bounded(
+        0.02, ge=0, le=1, unit="ratio", doc="Veto below this Kaufman efficiency ratio."
+    )
+    max_kurtosis: float = bounded(20.0, gt=0, unit="excess kurtosis", doc="Veto above this.")
+    max_volatility: float = bounded(
+        2.5, gt=0, unit="annualised fraction", doc="Veto above this volatility (2.5 = 250%)."
+    )
+    max_friction_ratio: float = bounded(
+        1.0,
+        gt=0,
+        unit="ratio",
+        doc="Illiquidity veto: `volatility * sqrt(1e6 / dollar_volume)` above this times "
+        "`|momentum|` (or no dollar volume) vetoes the symbol in every selection stage.",
+    )
+    top_n: int = bounded(
+        2, ge=1, unit="symbols", doc="Best non-vetoed symbols recruited per cluster."
+    )
+    min_winners: int = bounded(
+        15,
+        ge=0,
+        unit="symbols",
+        doc="Selection relaxes its thresholds (HTR) until this many winners, safety vetoes "
+        "holding; at most `max_winners`.",
+    )
+    max_winners: int = bounded(25, ge=1, unit="symbols", doc="At most this many winners.")
     # allocation
-    cap: float = bounded(0.25, gt=0, le=1)  # largest weight of one symbol
-    cluster_cap: float | None = bounded(None, gt=0, le=1)  # largest weight of one cluster
-    turnover_penalty: float = bounded(0.0, ge=0)
-    ridge: float = bounded(0.1, ge=0)  # max_sharpe covariance ridge, a fraction of mean variance
-    # When cap (or cluster_cap) admits no fully invested portfolio of the winners (cap < 1/n):
-    # "fail" stops the run naming the configured and the minimum feasible cap; "raise" proceeds
-    # with the minimum feasible cap and a WARN naming both. A risk limit never changes silently.
-    infeasible_cap: Literal[INFEASIBLE_CAP_POLICIES] = "fail"  # type: ignore[valid-type]
+    cap: float = bounded(0.25, gt=0, le=1, unit="fraction", doc="Largest weight of one symbol.")
+    cluster_cap: float | None = bounded(
+        None, gt=0, le=1, unit="fraction", doc="Largest weight of one cluster (none: no cap)."
+    )
+    turnover_penalty: float = bounded(
+        0.0,
+        ge=0,
+        unit="objective units per unit traded",
+        doc="λ of the penalty `λ·‖w − w_prev‖₁` against the previous weights, in the units of "
+        "the profile's objective (compare with `cost_rate`, not its half).",
+    )
+    ridge: float = bounded(
+        0.1,
+        ge=0,
+        unit="fraction of mean variance",
+        doc="`max_sharpe` covariance ridge.",
+    )
+    # A risk limit never changes silently.
+    infeasible_cap: Literal[INFEASIBLE_CAP_POLICIES] = bounded(  # type: ignore[valid-type]
+        "fail",
+        doc="When `cap` (or `cluster_cap`) admits no fully invested portfolio of the winners "
+        "(cap < 1/n): `fail` stops the run naming the configured and the minimum feasible cap; "
+        "`raise` proceeds with the minimum feasible cap and a WARN naming both.",
+    )
     # walk-forward backtest
-    train: int = bounded(252, ge=2)
-    test: int = bounded(20, ge=1)
-    step: int = bounded(20, ge=1)
-    # Per side: every dollar bought or sold pays slippage + commission (a rebalance from A to B
-    # pays on both legs), in basis points of the notional traded.
-    slippage_bps: float = bounded(10.0, ge=0)
-    commission_bps: float = bounded(4.0, ge=0)
+    train: int = bounded(252, ge=2, unit="bars", doc="Walk-forward: training rows per window.")
+    test: int = bounded(20, ge=1, unit="bars", doc="Walk-forward: out-of-sample rows per window.")
+    step: int = bounded(
+        20, ge=1, unit="bars", doc="Walk-forward: rows between decisions (crypto 10, weekday 20)."
+    )
+    # Per side: a rebalance from A to B pays on both legs.
+    slippage_bps: float = bounded(
+        10.0,
+        ge=0,
+        unit="bps per side",
+        doc="Slippage on every dollar bought or sold (crypto 10, weekday 5).",
+    )
+    commission_bps: float = bounded(
+        4.0,
+        ge=0,
+        unit="bps per side",
+        doc="Commission on every dollar bought or sold (crypto 4, weekday 1).",
+    )
     # promotion rule (the tournament's challenger against the incumbent champion)
-    promotion_confidence: float = bounded(0.95, gt=0, lt=1)  # PSR against the incumbent's Sharpe
-    drawdown_tolerance: float = bounded(1.1, ge=1)  # max drawdown at most this × the incumbent's
-    # Deflated Sharpe ratio for the number of policies tried: 0.5 asks that the challenger's Sharpe
-    # beat the best that luck alone would give more likely than not (0.95 is the strict reading).
-    min_deflated_sharpe: float = bounded(0.5, ge=0, le=1)
+    promotion_confidence: float = bounded(
+        0.95,
+        gt=0,
+        lt=1,
+        unit="probability",
+        doc="The challenger's probabilistic Sharpe ratio against the incumbent's Sharpe must "
+        "reach this.",
+    )
+    drawdown_tolerance: float = bounded(
+        1.1,
+        ge=1,
+        unit="multiple",
+        doc="The challenger's max drawdown may be at most this × the incumbent's.",
+    )
+    min_deflated_sharpe: float = bounded(
+        0.5,
+        ge=0,
+        le=1,
+        unit="probability",
+        doc="Deflated Sharpe ratio for the number of policies tried: 0.5 asks that the "
+        "challenger beat the best that luck alone would give more likely than not (0.95 is the "
+        "strict reading).",
+    )
 
     @property
     def bar_policy(self) -> BarPolicy:
@@ -205,8 +411,12 @@ class Sleeve:
 class MetaLimit:
     """One sleeve's share of the meta-portfolio: at most ``cap``, at least ``floor``."""
 
-    cap: float = bounded(1.0, gt=0, le=1)
-    floor: float = bounded(0.0, ge=0, le=1)
+    cap: float = bounded(
+        1.0, gt=0, le=1, unit="fraction of capital", doc="The sleeve's largest share."
+    )
+    floor: float = bounded(
+        0.0, ge=0, le=1, unit="fraction of capital", doc="The sleeve's smallest share."
+    )
 
 
 @dataclass(frozen=True)
@@ -227,26 +437,50 @@ class MetaPolicy:
     book without ``missing_sleeve`` deciding, loudly, what happens.
     """
 
-    # Sleeves taking part; empty: every sleeve of the catalog.
-    sleeves: tuple[str, ...] = ()
-    # The risk profile across sleeves (the same engine as inside a sleeve).
-    profile: Literal[PROFILES] = "risk_parity"  # type: ignore[valid-type]
-    # Joined rows the sleeve weights are estimated on, as of the date and in every walk-forward
-    # window (60: about a quarter of weekday sessions).
-    lookback: int = bounded(60, ge=2)
-    test: int = bounded(20, ge=1)  # walk-forward: joined rows each decision is held
-    step: int = bounded(20, ge=1)  # walk-forward: joined rows between decisions
-    ridge: float = bounded(0.1, ge=0)  # max_sharpe covariance ridge, a fraction of mean variance
-    # The oldest usable decision of a sleeve, in its own sessions after the decision's date up
-    # to the meta-portfolio's date (0: the sleeve's latest session on or before it).
-    max_decision_age: int = bounded(3, ge=0)
-    # A sleeve without a usable decision (none stored within max_decision_age sessions, or its
-    # runs since failed): "fail" stops the meta-portfolio naming it; "allocate_present"
-    # allocates across the others under a WARN naming it (recorded in the metadata and the
-    # check). Never silent.
-    missing_sleeve: Literal[MISSING_RULES] = "fail"  # type: ignore[valid-type]
-    # Per-sleeve cap and floor; a sleeve not listed has the MetaLimit defaults (0 .. 1).
-    limits: Mapping[str, MetaLimit] = field(default_factory=dict)
+    sleeves: tuple[str, ...] = bounded(
+        (), unit="sleeve names", doc="Sleeves taking part; empty: every sleeve of the catalog."
+    )
+    profile: Literal[PROFILES] = bounded(  # type: ignore[valid-type]
+        "risk_parity",
+        doc="The risk profile across sleeves (the same engine as inside a sleeve).",
+    )
+    lookback: int = bounded(
+        60,
+        ge=2,
+        unit="joined rows",
+        doc="Common dates the sleeve weights are estimated on, as of the date and in every "
+        "walk-forward window (60: about a quarter of weekday sessions).",
+    )
+    test: int = bounded(
+        20, ge=1, unit="joined rows", doc="Walk-forward: common dates each decision is held."
+    )
+    step: int = bounded(
+        20, ge=1, unit="joined rows", doc="Walk-forward: common dates between decisions."
+    )
+    ridge: float = bounded(
+        0.1, ge=0, unit="fraction of mean variance", doc="`max_sharpe` covariance ridge."
+    )
+    max_decision_age: int = bounded(
+        3,
+        ge=0,
+        unit="sessions of the sleeve",
+        doc="The oldest usable decision of a sleeve, in its own sessions after the decision's "
+        "date up to the meta-portfolio's date (0: the sleeve's latest session on or before it); "
+        "3 covers a two-day venue holiday plus a failed run.",
+    )
+    missing_sleeve: Literal[MISSING_RULES] = bounded(  # type: ignore[valid-type]
+        "fail",
+        doc="A sleeve without a usable decision (none within `max_decision_age` sessions, or its "
+        "runs since failed): `fail` stops the meta-portfolio naming it; `allocate_present` "
+        "allocates across the others under a WARN naming it (recorded in the metadata and the "
+        "check). Never silent.",
+    )
+    limits: Mapping[str, MetaLimit] = bounded(
+        default_factory=dict,
+        unit="sleeve: {cap, floor}",
+        doc="Per-sleeve cap and floor (a sleeve not listed: floor 0, cap 1); floors must sum "
+        "to at most 1 and caps to at least 1.",
+    )
 
     def limit(self, sleeve: str) -> MetaLimit:
         return self.limits.get(sleeve, MetaLimit())

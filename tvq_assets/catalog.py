@@ -82,7 +82,7 @@ class Policy:
     # bar defects (see tvq_assets/quant/bars.py): action per rule overriding DEFAULT_ACTIONS
     # (repair | drop | quarantine), and the relative OHLC miss that is always repaired
     bar_actions: Mapping[str, str] = field(default_factory=dict)
-    ohlc_tolerance: float = bounded(BarPolicy.ohlc_tolerance, ge=0, lt=1)
+    ohlc_tolerance: float = bounded(0.01, ge=0, lt=1)
     # features (L2)
     feature_lookback: int = bounded(120, ge=2)
     liquidity_baseline: float = bounded(10e6, gt=0)  # median daily dollar volume, fully liquid

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tvq_assets.quant.returns import returns_window
+from tests.settings import settings_for
+from tvq_assets.quant import policy
 from tvq_checks import contracts
 from tvq_resources.synthetic import generate_market
 
@@ -368,13 +369,11 @@ def test_a_clean_synthetic_market_passes_every_error_rule(calendar, n_symbols, s
         seed=seed, n_symbols=n_symbols, start="2024-01-01", end="2025-06-30", calendar=calendar
     )
     errors, _ = contracts.bar_violations(bars, calendar=calendar)
-    window = returns_window(
+    window = policy.point_in_time(
         bars,
         as_of=pd.Timestamp("2025-06-30"),
-        lookback=300,
-        calendar=calendar,
-        stale_days=5,
-        min_history=90,
+        settings=settings_for(calendar, lookback=300),
+        quarantine=False,
     )
     assert errors.empty, errors.head().to_string()
     assert contracts.returns_violations(window.returns).empty
@@ -448,13 +447,11 @@ def test_a_missing_return_names_the_bar_defect_that_dropped_its_bar(column, valu
     day = raw.loc[ROW, "date"]
     raw.loc[ROW, column] = value
     cleaned = clean(raw, calendar="crypto", policy=BarPolicy(), now=pd.Timestamp("2030-01-01"))
-    window = returns_window(
+    window = policy.point_in_time(
         cleaned.bars,
         as_of=raw["date"].max(),
-        lookback=50,
-        calendar="crypto",
-        stale_days=5,
-        min_history=10,
+        settings=settings_for("crypto", lookback=50, min_history=10, train=40),
+        quarantine=False,
     )
     found = contracts.returns_violations(window.returns)
     named = contracts.name_dropped_bars(found, cleaned.defects, window.returns)

@@ -96,15 +96,15 @@ soak: $(STAMP)
 ## with the previous figures and goals; BENCH_ARGS="--sizes 1000 3000 --engine" adds the engine
 ## stages
 bench: $(STAMP)
-	cd $(ROOT) && $(PY) -m tests.bench $(BENCH_ARGS)
+	cd $(ROOT) && $(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 ## bench-large: refresh_bars + daily at 1000 and 10,000 symbols, seconds and memory per stage
 bench-large: $(STAMP)
-	cd $(ROOT) && $(PY) -m tests.bench --large $(BENCH_ARGS)
+	cd $(ROOT) && $(PY) -m benchmarks.bench --large $(BENCH_ARGS)
 
 ## bench-executors: one daily run (100 symbols) with the in-process, multiprocess (forkserver) and Ray executors
 bench-executors: $(STAMP)
-	cd $(ROOT) && $(PY) -m tests.bench_executors $(BENCH_ARGS)
+	cd $(ROOT) && $(PY) -m benchmarks.bench_executors $(BENCH_ARGS)
 
 ## flow-production: the production flow now (bars, then the newest run) through the run queue
 ## on the services: those of `make services`, unless TV_ORCH_MODE=production is already exported

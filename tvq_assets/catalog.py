@@ -195,7 +195,7 @@ class Policy:
         "`DEFAULT_ACTIONS` of `tvq_assets/quant/bars.py`.",
     )
     ohlc_tolerance: float = bounded(
-        BarPolicy.ohlc_tolerance,
+        0.01,
         ge=0,
         lt=1,
         unit="fraction",

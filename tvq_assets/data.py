@@ -396,6 +396,9 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
         bars.defects,
         window.returns,
     )
+    # point_in_time quarantined the engine's dated defects; a gap running into the as-of date
+    # (no return after it) is the contract's alone, and `quarantine` excludes it here
+    # (tests/checks/test_contracts.py shows the difference).
     handled = failures["rule"].isin(contracts.QUARANTINABLE) & quarantine
     window = returns_engine.drop_symbols(
         window, failures[handled].rename(columns={"message": "detail"}), reason="quarantine"

@@ -7,6 +7,7 @@ stalls, volume spikes, padding) are first written as derived columns by ``prepar
 ``tidy_returns``, then checked like any other column. Nothing here knows about Dagster.
 """
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,10 +52,8 @@ RULES: Mapping[str, Rule] = {
         ),
         Rule("volume_spike", WARN, "last volume is {value:.1f} standard deviations above normal"),
         Rule("price_stall", WARN, "close {value:g} repeated on the last bars (stalled)", "close"),
-        Rule("non_null_after_genesis", ERROR, "return is missing after the symbol's first bar"),
-        Rule("finite_return", ERROR, "return {value} is not finite"),
-        Rule("return_above_minus_100pct", ERROR, "return {value:+.0%} is below -100%"),
-        Rule("toxic_return", ERROR, "return {value:+.0%} exceeds the toxic threshold"),
+        # The return defects are declared with the engine's masks (quality.RETURN_DEFECT_RULES).
+        *(Rule(r.name, ERROR, r.message) for r in quality.RETURN_DEFECT_RULES),
         Rule("no_padding", ERROR, "every listed symbol returned exactly 0 (a padded day)", "value"),
         Rule(
             "universe_too_small",
@@ -65,12 +64,7 @@ RULES: Mapping[str, Rule] = {
 }
 
 # Symbol-level data faults a `quarantine` policy may exclude instead of failing the run.
-QUARANTINABLE = (
-    "toxic_return",
-    "return_above_minus_100pct",
-    "finite_return",
-    "non_null_after_genesis",
-)
+QUARANTINABLE = tuple(rule.name for rule in quality.RETURN_DEFECT_RULES)
 
 PRICES = ("open", "high", "low", "close")
 
@@ -236,7 +230,9 @@ def bars_warning_schema(*, volume_spike_sigma: float = 10.0) -> pa.DataFrameSche
 
 
 def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
-    """ERROR rules on the tidy returns window (``tidy_returns``): one row per listed symbol-day."""
+    """ERROR rules on the tidy returns window (``tidy_returns``): one row per listed symbol-day;
+    the return defects are ``quality.RETURN_DEFECT_RULES``, the engine's own declaration."""
+    thresholds = {"toxic_threshold": toxic_threshold}
     return pa.DataFrameSchema(
         {
             "symbol": pa.Column(str),
@@ -245,16 +241,12 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
                 float,
                 nullable=True,
                 checks=[
-                    rule_check("non_null_after_genesis", lambda s: s.notna(), ignore_na=False),
-                    rule_check("finite_return", lambda s: ~np.isinf(s)),
-                    # Infinite returns belong to finite_return alone: one finding per fault.
-                    rule_check("return_above_minus_100pct", lambda s: np.isinf(s) | (s >= -1.0)),
                     rule_check(
-                        "toxic_return",
-                        lambda s: pd.Series(
-                            ~quality.is_toxic(s.to_numpy(), toxic_threshold), s.index
-                        ),
-                    ),
+                        rule.name,
+                        functools.partial(_holds, rule, thresholds.get(rule.threshold)),
+                        ignore_na=False,
+                    )
+                    for rule in quality.RETURN_DEFECT_RULES
                 ],
             ),
             "filler_day": pa.Column(bool, checks=[never("no_padding")]),
@@ -263,6 +255,10 @@ def returns_schema(*, toxic_threshold: float = 5.0) -> pa.DataFrameSchema:
         description=f"Simple daily returns: finite, >= -100%, <= +{toxic_threshold:.0%} (toxic), "
         "NaN only before genesis, no padded days.",
     )
+
+
+def _holds(rule: quality.ReturnDefectRule, threshold: float | None, values: pd.Series):
+    return pd.Series(~rule.breaks(values.to_numpy(dtype=float), threshold), values.index)
 
 
 def returns_violations(returns: pd.DataFrame, *, toxic_threshold: float = 5.0) -> pd.DataFrame:

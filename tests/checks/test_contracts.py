@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tvq_assets.quant.returns import returns_window
+from tests.settings import settings_for
+from tvq_assets.quant import policy, quality
 from tvq_checks import contracts
 from tvq_resources.synthetic import generate_market
 
@@ -368,13 +369,11 @@ def test_a_clean_synthetic_market_passes_every_error_rule(calendar, n_symbols, s
         seed=seed, n_symbols=n_symbols, start="2024-01-01", end="2025-06-30", calendar=calendar
     )
     errors, _ = contracts.bar_violations(bars, calendar=calendar)
-    window = returns_window(
+    window = policy.point_in_time(
         bars,
         as_of=pd.Timestamp("2025-06-30"),
-        lookback=300,
-        calendar=calendar,
-        stale_days=5,
-        min_history=90,
+        settings=settings_for(calendar, lookback=300),
+        quarantine=False,
     )
     assert errors.empty, errors.head().to_string()
     assert contracts.returns_violations(window.returns).empty
@@ -448,13 +447,11 @@ def test_a_missing_return_names_the_bar_defect_that_dropped_its_bar(column, valu
     day = raw.loc[ROW, "date"]
     raw.loc[ROW, column] = value
     cleaned = clean(raw, calendar="crypto", policy=BarPolicy(), now=pd.Timestamp("2030-01-01"))
-    window = returns_window(
+    window = policy.point_in_time(
         cleaned.bars,
         as_of=raw["date"].max(),
-        lookback=50,
-        calendar="crypto",
-        stale_days=5,
-        min_history=10,
+        settings=settings_for("crypto", lookback=50, min_history=10, train=40),
+        quarantine=False,
     )
     found = contracts.returns_violations(window.returns)
     named = contracts.name_dropped_bars(found, cleaned.defects, window.returns)
@@ -467,4 +464,74 @@ def test_a_missing_return_names_the_bar_defect_that_dropped_its_bar(column, valu
     assert named[named["symbol"] != "AAA"].equals(found[found["symbol"] != "AAA"])
     assert contracts.name_dropped_bars(found, cleaned.defects.iloc[0:0], window.returns).equals(
         found
+    )
+
+
+def _faulty_bars() -> tuple[pd.DataFrame, list[str]]:
+    """A clean crypto market with every return defect planted in its own symbol inside the
+    decision window — a +900% print, a two-day gap, a missing close, a negative close (below
+    −100%), a close of 0 (an infinite return the day after), a gap running into the last bar —
+    and the planted symbols."""
+    bars = generate_market(seed=11, n_symbols=14, start="2024-01-01", end="2025-06-30")
+    last = pd.Timestamp("2025-06-30")
+    first = bars.groupby("symbol")["date"].min()
+    alive = set(bars.loc[bars["date"] == last, "symbol"])
+    planted = sorted(s for s in alive if first[s] <= pd.Timestamp("2024-06-01"))[:6]
+    day = pd.Timestamp("2025-06-10")
+    at = {s: (bars["symbol"] == s) & (bars["date"] == day) for s in planted}
+    prices = ["open", "high", "low", "close"]
+    bars.loc[at[planted[0]], prices] *= 10.0  # toxic_return
+    gap = (bars["symbol"] == planted[1]) & bars["date"].between(day, day + pd.Timedelta(days=1))
+    bars = bars[~gap].copy()  # non_null_after_genesis
+    bars.loc[at[planted[2]], "close"] = np.nan  # non_null_after_genesis (a NaN price)
+    bars.loc[at[planted[3]], "close"] = -1.0  # return_above_minus_100pct
+    bars.loc[at[planted[4]], "close"] = 0.0  # finite_return (the next day)
+    # A gap running into the last bar: no bar on 06-27..06-29, back on 06-30 (whose return needs
+    # the close of 06-29), so every return after 06-26 is missing.
+    tail = (bars["symbol"] == planted[5]) & bars["date"].between("2025-06-27", "2025-06-29")
+    return bars[~tail].copy(), planted
+
+
+@pytest.mark.parametrize("quarantine", [True, False])
+def test_under_quarantine_the_contract_finds_only_a_gap_running_into_the_last_bar(quarantine):
+    # Why the returns asset quarantines what its contract finds, after point_in_time excluded
+    # the symbols with a dated defect: the engine sees a gap only before a later return (a
+    # symbol's trailing NaN is a delisting to it), the contract sees any return missing after
+    # genesis — a gap running into the as-of date is only the contract's.
+    bars, planted = _faulty_bars()
+    window = policy.point_in_time(
+        bars,
+        as_of=pd.Timestamp("2025-06-30"),
+        settings=settings_for("crypto", lookback=300),
+        quarantine=quarantine,
+    )
+    found = contracts.returns_violations(window.returns)
+    quarantinable = found[found["rule"].isin(contracts.QUARANTINABLE)]
+    excluded = window.excluded[window.excluded["reason"] == "quarantine"]
+    if quarantine:
+        assert sorted(excluded["symbol"]) == planted[:5]
+        assert list(quarantinable["symbol"].unique()) == [planted[5]]
+        assert set(quarantinable["rule"]) == {"non_null_after_genesis"}
+    else:
+        assert set(quarantinable["rule"]) == set(contracts.QUARANTINABLE)
+        assert sorted(quarantinable["symbol"].unique()) == planted
+        assert excluded.empty
+
+
+def test_the_engine_and_the_contract_find_the_same_return_defects():
+    # One declaration (quality.RETURN_DEFECT_RULES) behind both: same rule, symbol, date, value.
+    returns = policy.point_in_time(
+        _faulty_bars()[0],
+        as_of=pd.Timestamp("2025-06-30"),
+        settings=settings_for("crypto", lookback=300),
+        quarantine=False,
+    ).returns
+    engine = quality.return_defects(returns, toxic_threshold=5.0)
+    contract = contracts.returns_violations(returns, toxic_threshold=5.0)
+    # The trailing gap is the contract's alone (see the test above).
+    contract = contract[contract["date"] < pd.Timestamp("2025-06-27")]
+    key = ["rule", "symbol", "date"]
+    pd.testing.assert_frame_equal(
+        engine[[*key, "value"]].sort_values(key, ignore_index=True),
+        contract[[*key, "value"]].sort_values(key, ignore_index=True),
     )

@@ -7,28 +7,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from tvq_assets.catalog import CALENDAR_DEFAULTS, CALENDARS, Policy, Sleeve
+from tests.settings import settings_for
 from tvq_assets.quant import backtest, optimise, policy
 from tvq_assets.quant.returns import eligibility
-from tvq_assets.settings import policy_settings
 from tvq_resources.synthetic import Fault, generate_market, planted_clusters
 
 END = "2026-06-30"
 # The documented bar for recovering the planted sectors (stablecoins form their own group).
 MIN_ADJUSTED_RAND = 0.9
-
-
-def settings_for(calendar: str = "crypto", **overrides) -> policy.PolicySettings:
-    """The composed policy's settings of a catalog sleeve (defaults, then ``overrides``)."""
-    sleeve = Sleeve(
-        name="test",
-        source={"kind": "synthetic"},
-        calendar=calendar,
-        periods_per_year=CALENDARS[calendar],
-        toxic_policy="fail",
-        policy=Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides}),
-    )
-    return policy_settings(sleeve)
 
 
 SETTINGS = settings_for()

@@ -7,11 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tests.settings import settings_for
+from tvq_assets.quant.policy import point_in_time
 from tvq_assets.quant.returns import (
     EXCLUSION_COLUMNS,
     ReturnsWindow,
     drop_symbols,
-    returns_window,
     tidy_returns,
 )
 from tvq_resources.synthetic import Fault, generate_market
@@ -19,15 +20,11 @@ from tvq_resources.synthetic import Fault, generate_market
 AS_OF = pd.Timestamp("2025-03-31")
 
 
-def window(bars: pd.DataFrame, **options) -> ReturnsWindow:
-    arguments = {
-        "as_of": AS_OF,
-        "lookback": 200,
-        "calendar": "crypto",
-        "stale_days": 5,
-        "min_history": 90,
-    }
-    return returns_window(bars, **{**arguments, **options})
+def window(bars: pd.DataFrame, *, as_of=AS_OF, calendar="crypto", **options) -> ReturnsWindow:
+    """The production run's window (``policy.point_in_time``, nothing quarantined) of a sleeve
+    with the catalog's defaults but for ``options`` (lookback 200 unless given)."""
+    settings = settings_for(calendar, **{"lookback": 200, **options})
+    return point_in_time(bars, as_of=pd.Timestamp(as_of), settings=settings, quarantine=False)
 
 
 def hand_made_bars() -> pd.DataFrame:
@@ -293,15 +290,8 @@ def test_a_symbol_without_a_bar_on_the_last_day_is_excluded_not_left_with_a_trai
     bars = generate_market(seed=5, n_symbols=20, end="2026-06-30")
     lagging = bars.loc[bars["date"] == "2026-06-30", "symbol"].iloc[0]
     bars = bars[~((bars["symbol"] == lagging) & (bars["date"] > "2026-06-28"))]
-    window = returns_window(
-        bars,
-        as_of=pd.Timestamp("2026-06-30"),
-        lookback=200,
-        calendar="crypto",
-        stale_days=5,
-        min_history=90,
-    )
-    assert lagging not in window.returns.columns
-    [rule] = window.excluded.loc[window.excluded["symbol"] == lagging, "rule"]
+    result = window(bars, as_of="2026-06-30")
+    assert lagging not in result.returns.columns
+    [rule] = result.excluded.loc[result.excluded["symbol"] == lagging, "rule"]
     assert rule == "no_bar_on_last_day"
-    assert not window.returns.iloc[-1].isna().any()
+    assert not result.returns.iloc[-1].isna().any()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.settings import settings_for
 from tvq_assets.quant import policy
 from tvq_assets.quant.returns import (
     ReturnsWindow,
@@ -15,7 +16,6 @@ from tvq_assets.quant.returns import (
     Venues,
     exchange_qualifier,
     returns_history,
-    returns_window,
     venue_sessions,
 )
 from tvq_resources.synthetic import Fault, generate_market
@@ -62,8 +62,11 @@ def venue_bars(*, drop=(), until=None) -> pd.DataFrame:
 
 
 def window(bars, as_of, venues, **options) -> ReturnsWindow:
-    arguments = {"lookback": 60, "calendar": "weekday", "stale_days": 5, "min_history": 20}
-    return returns_window(bars, as_of=day(as_of), venues=venues, **{**arguments, **options})
+    """The production run's window (``policy.point_in_time``, nothing quarantined) of a weekday
+    sleeve on ``venues`` (lookback 60, min_history 20 unless given)."""
+    settings = settings_for("weekday", **{"lookback": 60, "min_history": 20, **options})
+    settings = dataclasses.replace(settings, venues=venues)
+    return policy.point_in_time(bars, as_of=day(as_of), settings=settings, quarantine=False)
 
 
 def lagging(result: ReturnsWindow) -> list[str]:

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.settings import settings_for
 from tvq_assets.catalog import CALENDAR_DEFAULTS, Policy, Sleeve, parse_catalog
 from tvq_assets.quant import bars as bar_lake
-from tvq_assets.quant import returns as returns_engine
+from tvq_assets.quant.policy import point_in_time
 from tvq_checks import contracts
 from tvq_resources import clock
 from tvq_resources.market_data import MarketData, SourceConfig
@@ -170,13 +171,11 @@ def blocking(folder: Folder, bars: pd.DataFrame) -> pd.DataFrame:
     """Returns-contract violations in the default window at the folder's as-of date: what stops
     a `fail` sleeve (a `quarantine` sleeve excludes these symbols instead)."""
     policy = Policy(**CALENDAR_DEFAULTS[folder.calendar])
-    window = returns_engine.returns_window(
+    window = point_in_time(
         bars,
         as_of=pd.Timestamp(folder.as_of),
-        lookback=policy.lookback,
-        calendar=folder.calendar,
-        stale_days=policy.stale_days,
-        min_history=policy.min_history,
+        settings=settings_for(folder.calendar),
+        quarantine=False,
     )
     return contracts.returns_violations(window.returns, toxic_threshold=policy.toxic_threshold)
 

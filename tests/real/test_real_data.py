@@ -25,9 +25,10 @@ from tests.real.folders import (
     params,
     source,
 )
+from tests.settings import settings_for
 from tvq_assets import data
 from tvq_assets.definitions import SLEEVE_ASSETS
-from tvq_assets.quant import returns as returns_engine
+from tvq_assets.quant.policy import point_in_time
 from tvq_checks import contracts
 from tvq_resources import clock, files
 from tvq_resources.lake import ParquetLake
@@ -178,13 +179,11 @@ def test_tsla_stamped_at_the_us_open_in_utc_is_dated_by_its_us_session():
 @needs_real
 def test_a_mixed_venue_weekday_sleeve_carries_a_us_holiday_from_the_last_close(every_folder):
     _, moex = every_folder["tradfi_yahoo_moex_zenoftrading"]
-    window = returns_engine.returns_window(
+    window = point_in_time(
         moex.bars,
         as_of=day("2021-09-29"),
-        lookback=250,
-        calendar="weekday",
-        stale_days=5,
-        min_history=90,
+        settings=settings_for("weekday", lookback=250, train=200),
+        quarantine=False,
     )
     returns = window.returns
     # 2021-07-05 (US Independence Day observed): MOEX traded, US listings did not.
@@ -415,13 +414,8 @@ def test_an_illiquid_real_name_reaches_the_features_with_zero_liquidity(every_fo
 
     folder = BY_NAME["tradfi_yfinance_testdata"]
     _, yahoo = every_folder[folder.name]
-    window = returns_engine.returns_window(
-        yahoo.bars,
-        as_of=day(folder.as_of),
-        lookback=500,
-        calendar="weekday",
-        stale_days=5,
-        min_history=90,
+    window = point_in_time(
+        yahoo.bars, as_of=day(folder.as_of), settings=settings_for("weekday"), quarantine=False
     )
     table = policy.features(
         window.returns, window.dollar_volume, policy_settings(catalog.sleeves["tradfi"])

@@ -5,6 +5,9 @@ stores them, and work on every symbol at once through index arithmetic on the so
 group-by, no Python loop over symbols). ``as_of`` restricts them to bars dated on or before it.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -158,29 +161,75 @@ def is_toxic(values: np.ndarray, threshold: float) -> np.ndarray:
         return np.isfinite(values) & (values > threshold)
 
 
+def _below_minus_100pct(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    # Infinite returns belong to finite_return alone: one finding per fault.
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values < -1.0)
+
+
+def _infinite(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    return np.isinf(values)
+
+
+def _missing(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    return np.isnan(values)
+
+
+@dataclass(frozen=True)
+class ReturnDefectRule:
+    """One symbol-level return defect, declared once: the engine's masks
+    (:func:`return_defects`) and the returns contract (``tvq_checks.contracts``) are built from it.
+
+    ``breaks(values, threshold)``: True where a simple return breaks the rule (NaN breaks only
+    ``non_null_after_genesis``; which cells are asked is the caller's: after a symbol's first
+    return). ``threshold``: the ``Policy`` field the rule's threshold comes from (None: none).
+    ``message``: what is wrong, with the offending ``{value}``.
+    """
+
+    name: str
+    message: str
+    threshold: str | None
+    breaks: Callable[[np.ndarray, "float | None"], np.ndarray]
+
+
+# The rules of the returns contract a ``quarantine`` policy may exclude instead of failing a run.
+RETURN_DEFECT_RULES: tuple[ReturnDefectRule, ...] = (
+    ReturnDefectRule(
+        "toxic_return",
+        "return {value:+.0%} exceeds the toxic threshold",
+        "toxic_threshold",
+        is_toxic,
+    ),
+    ReturnDefectRule(
+        "return_above_minus_100pct", "return {value:+.0%} is below -100%", None, _below_minus_100pct
+    ),
+    ReturnDefectRule("finite_return", "return {value} is not finite", None, _infinite),
+    ReturnDefectRule(
+        "non_null_after_genesis", "return is missing after the symbol's first bar", None, _missing
+    ),
+)
+
+
 DEFECT_COLUMNS = ("symbol", "rule", "date", "value", "detail")
 
 
 def return_defects(returns: pd.DataFrame, *, toxic_threshold: float) -> pd.DataFrame:
     """Every symbol-level return defect of a wide returns frame, dated (DEFECT_COLUMNS).
 
-    The rules of the returns contract a ``quarantine`` policy may exclude: ``toxic_return``
-    (:func:`is_toxic`), ``return_above_minus_100pct`` (below −100%), ``finite_return`` (±inf) and
-    ``non_null_after_genesis`` (a missing return between a symbol's first and last return — a gap;
-    the NaN after a symbol's last return is a delisting, not a defect). Vectorised over symbols;
-    the walk-forward quarantines a symbol in every window whose rows contain one of its defects.
+    The rules are :data:`RETURN_DEFECT_RULES`, asked of every cell between a symbol's first and
+    last return (a missing return there is a gap; the NaN after a symbol's last return is a
+    delisting, not a defect). Vectorised over symbols; the walk-forward quarantines a symbol in
+    every window whose rows contain one of its defects.
     """
     values = returns.to_numpy(dtype=float)
     present = ~np.isnan(values)
     listed = np.maximum.accumulate(present, axis=0)
     alive = listed & np.maximum.accumulate(present[::-1], axis=0)[::-1]
-    with np.errstate(invalid="ignore"):
-        masks = {
-            "toxic_return": is_toxic(values, toxic_threshold),
-            "return_above_minus_100pct": np.isfinite(values) & (values < -1.0),
-            "finite_return": np.isinf(values),
-            "non_null_after_genesis": alive & ~present,
-        }
+    thresholds = {"toxic_threshold": toxic_threshold}
+    masks = {
+        rule.name: alive & rule.breaks(values, thresholds.get(rule.threshold))
+        for rule in RETURN_DEFECT_RULES
+    }
     symbols = returns.columns.to_numpy(dtype=object)
     dates = returns.index.to_numpy()
     tables = []

@@ -376,49 +376,6 @@ def _venue_note(sessions: pd.DataFrame | None, symbol: str) -> str:
     )
 
 
-def returns_window(
-    bars: pd.DataFrame,
-    *,
-    as_of: pd.Timestamp,
-    lookback: int,
-    calendar: str,
-    stale_days: int,
-    min_history: int,
-    history_rows: int | None = None,
-    toxic_threshold: float = np.inf,
-    venues: Venues | None = None,
-) -> ReturnsWindow:
-    """The eligible returns over the ``lookback`` bars ending at ``as_of``, and the history.
-
-    ``history_rows`` (default ``lookback``) rows of every symbol are kept for the walk-forward;
-    the decision window is their last ``lookback`` rows minus the symbols :func:`eligibility`
-    drops. ``defects`` are the return defects of the history (``quality.return_defects`` with
-    ``toxic_threshold``); nothing is quarantined here (that is the sleeve's policy, applied by the
-    caller through :func:`drop_symbols`). ``venues``: a weekday sleeve's venues
-    (:func:`eligibility`); None for a 24/7 sleeve.
-    """
-    rows = max(lookback, history_rows or lookback)
-    history = returns_history(bars, as_of=as_of, rows=rows, calendar=calendar, venues=venues)
-    window = history.returns.tail(lookback)
-    excluded = eligibility(
-        window,
-        last_bar=history.last_bar,
-        as_of=as_of,
-        stale_days=stale_days,
-        min_history=min_history,
-        venues=venues if calendar == "weekday" else None,
-    )
-    keep = window.columns.difference(pd.Index(excluded["symbol"]), sort=False).sort_values()
-    return ReturnsWindow(
-        returns=window[keep],
-        dollar_volume=history.dollar_volume.tail(lookback)[keep],
-        excluded=excluded,
-        history=history.returns,
-        history_dollar_volume=history.dollar_volume,
-        defects=quality.return_defects(history.returns, toxic_threshold=toxic_threshold),
-    )
-
-
 def _wide_on_grid(
     known: pd.DataFrame, grid: pd.DatetimeIndex, *, carry: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:

@@ -1,12 +1,12 @@
 """The next day from the window cache: the D+1 tournament cold vs warm (D filled the cache).
 
-``d_plus_one(n_symbols)`` builds the synthetic crypto sleeve of ``tests/bench.py`` (seed 7, three
-years to 2026-11-27, the default crypto policy), runs the tournament of D = 2026-11-26 into an
+``d_plus_one(n_symbols)`` builds the synthetic crypto sleeve of ``benchmarks/bench.py`` (seed 7,
+three years to 2026-11-27, the default crypto policy), runs the tournament of D = 2026-11-26 into an
 empty cache, then D+1 from that cache and D+1 cold, checks the warm run equals the cold one, and
 returns the seconds and the reuse counts. Wall-clock seconds; the machine's load makes them noisy,
 the ratio of the two D+1 runs (measured back to back) less so.
 
-Usage: ``python -m tests.bench_window_reuse [--sizes 1000]``
+Usage: ``python -m benchmarks.bench_window_reuse [--sizes 1000]``
 """
 
 import argparse
@@ -14,17 +14,20 @@ import tempfile
 import time
 
 import pandas as pd
+import yaml
 
-from tests.bench import END, SEED, crypto_sleeve
+from benchmarks.bench import DAY, SEED, _catalog
+from tvq_assets.catalog import parse_catalog
 from tvq_assets.quant import policy
 from tvq_assets.settings import policy_settings
 from tvq_resources.synthetic import generate_market
 from tvq_resources.window_cache import WindowCache
 
 
-def d_plus_one(n_symbols: int, *, end: str = END) -> dict:
+def d_plus_one(n_symbols: int, *, end: str = DAY) -> dict:
     """Seconds of the D (cold, filling the cache), D+1 warm and D+1 cold tournaments."""
-    settings = policy_settings(crypto_sleeve())
+    # The sleeve of `make bench` (its policy; the source is generated here at each size).
+    settings = policy_settings(parse_catalog(yaml.safe_load(_catalog(100, DAY))).sleeves["crypto"])
     bars = generate_market(seed=SEED, n_symbols=n_symbols, end=end)
     tomorrow = pd.Timestamp(end)
     today = tomorrow - pd.Timedelta(days=1)

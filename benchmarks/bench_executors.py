@@ -2,7 +2,7 @@
 
 Three executors, each timed on ONE ``daily`` run of the newest run partition of a one-sleeve
 synthetic catalog (``crypto``, seed 7, ``--symbols`` symbols, bars ending D = 2026-11-27 as in
-``tests.bench``; the run partition is D|crypto):
+``benchmarks.bench``; the run partition is D|crypto):
 
 - ``inprocess``: the project's default (``tvq_assets.definitions.executor()``), every step in the
   run's process;
@@ -16,8 +16,8 @@ synthetic catalog (``crypto``, seed 7, ``--symbols`` symbols, bars ending D = 20
 Each case has its own temporary workspace: ``DAGSTER_HOME`` (a SQLite instance with the
 project's ``dagster_home/dagster.yaml``), lake (``TVQ_LAKE``), MLflow SQLite store
 (``MLFLOW_TRACKING_URI``) and catalog (``TVQ_SLEEVES``). The bars are materialised first, in
-process (``tests.bench.case``: ``refresh_bars`` in a fresh subprocess), so that every case starts
-from the same lake. Then a definitions module written into the workspace rebuilds the code
+process (``benchmarks.bench.case``: ``refresh_bars`` in a fresh subprocess), so that every case
+starts from the same lake. Then a definitions module written into the workspace rebuilds the code
 location (``tvq_assets.definitions.defs``: same assets, jobs and resources) with the executor
 under test, and ``dagster job execute -f <module> -j daily`` runs it in a fresh subprocess: the
 wall seconds are those of that subprocess (Python start, code location load and the run), the run
@@ -26,8 +26,8 @@ from the instance; a run that is not SUCCESS is reported with its first error, n
 
 Timings depend on the load of the machine: compare ratios taken in one run.
 
-Usage: ``python -m tests.bench_executors [--symbols 100] [--executors inprocess multiprocess ray]
-[--keep DIR] [--timeout 1800]``.
+Usage: ``python -m benchmarks.bench_executors [--symbols 100]
+[--executors inprocess multiprocess ray] [--keep DIR] [--timeout 1800]``.
 """
 
 import argparse
@@ -44,7 +44,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench import DAY, case
+from benchmarks.bench import DAY, case
 
 ROOT = Path(__file__).resolve().parents[1]
 SLEEVE = "crypto"
@@ -69,7 +69,7 @@ STEP_ENVIRONMENT = (
 # (Ray's JobSubmissionClient prefers them to the configured address).
 FOREIGN_RAY = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 
-LOCATION = '''"""The tvq code location with the {name} executor (tests.bench_executors)."""
+LOCATION = '''"""The tvq code location with the {name} executor (benchmarks.bench_executors)."""
 
 import dagster as dg
 {imports}
@@ -160,7 +160,7 @@ def prepare(workspace: Path, symbols: int) -> dict[str, str]:
     """The bars of D in the workspace's lake (in process), and the environment of its runs."""
     case(workspace, "refresh_bars", symbols, DAY)
     home = workspace / "home"
-    # The project's instance configuration (tests.bench.case writes a minimal one).
+    # The project's instance configuration (benchmarks.bench.case writes a minimal one).
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     environment = {
         **os.environ,

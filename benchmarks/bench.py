@@ -20,7 +20,7 @@ plot all run.
 
 with the figures measured before this work and the goals beside them (reference columns: they are
 quoted, not re-measured). A second section times the engine stages in-process
-(``tests.bench_engine``) when ``--engine`` is given.
+(``benchmarks.bench_engine``) when ``--engine`` is given.
 
 ``make bench-large`` runs the same ``refresh_bars`` + ``daily`` at 1000 and at 10,000 symbols
 (``TVQ_BENCH_LARGE``) and prints the seconds and peak memory per stage (Dagster step) with the
@@ -30,8 +30,8 @@ Sizes: ``--sizes 1000 3000`` (env ``TVQ_BENCH_SIZES``; the first is the D+1 size
 10000`` (env ``TVQ_BENCH_LARGE``). ``--keep DIR`` keeps the workspaces. Timings depend on the load
 of the machine: compare ratios taken in one run.
 
-Usage: ``python -m tests.bench [--sizes 1000 3000] [--engine]``,
-``python -m tests.bench --large [10000]``.
+Usage: ``python -m benchmarks.bench [--sizes 1000 3000] [--engine]``,
+``python -m benchmarks.bench --large [10000]``.
 """
 
 import argparse
@@ -173,7 +173,7 @@ def case(workspace: Path, job: str, symbols: int, end: str) -> dict:
     command = [
         sys.executable,
         "-m",
-        "tests.bench",
+        "benchmarks.bench",
         "--case",
         json.dumps({"workspace": str(workspace), "job": job, "symbols": symbols, "end": end}),
     ]
@@ -371,7 +371,7 @@ def main() -> None:
             if arguments.engine:
                 from tests import bench_engine
 
-                print("\nengine stages, in-process (tests.bench_engine):")
+                print("\nengine stages, in-process (benchmarks.bench_engine):")
                 sys.argv = [sys.argv[0], "--sizes", str(arguments.sizes[0]), "--repeats", "1"]
                 bench_engine.main()
     finally:

@@ -1,6 +1,6 @@
 """The backtest tournament serial vs on Ray, at 100 and 1000 crypto symbols, in one process.
 
-``python -m tests.resources.bench_ray [--sizes 100 1000] [--address HOST:PORT]``
+``python -m benchmarks.bench_ray [--sizes 100 1000] [--address HOST:PORT]``
 
 Without ``--address`` a private local head is started (and its start-up timed); with it, the
 tournament runs on that cluster. Serial and Ray run back to back on the same window, so their
@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import yaml
 
-from tests.bench import DAY, SEED, START, _catalog
+from benchmarks.bench import DAY, SEED, START, _catalog
 from tests.resources.test_ray_fanout import assert_same_outcome
 from tvq_assets.catalog import parse_catalog
 from tvq_assets.quant import policy

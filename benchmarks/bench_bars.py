@@ -1,7 +1,7 @@
 """The bars refresh adding one day, before (whole source, whole lake, whole contract, one file
 rewritten) and after (the segment store), at 1000 synthetic crypto symbols over three years.
 
-``python -m tests.bench_bars [--symbols 1000] [--end 2026-11-27]`` prints seconds per stage of
+``python -m benchmarks.bench_bars [--symbols 1000] [--end 2026-11-27]`` prints seconds per stage of
 both paths, measured in one run. ``build(root, symbols, end)`` and ``refresh_next_day`` are what
 a benchmark suite calls; the source stage (generating the synthetic market) is the same for both.
 """

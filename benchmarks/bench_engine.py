@@ -6,7 +6,7 @@ best of ``--repeats`` runs (wall-clock seconds); a stage whose first run takes l
 ``--cheap`` seconds is run once. ``--profile`` prints the cProfile top functions of the
 1000-symbol backtest. Timings depend on the machine's load: repeat when they look noisy.
 
-Usage: ``python -m tests.bench_engine [--sizes 100 1000] [--repeats 3] [--profile]``
+Usage: ``python -m benchmarks.bench_engine [--sizes 100 1000] [--repeats 3] [--profile]``
 """
 
 import argparse

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tvq_assets.quant import quality
 from tvq_resources.records import lake_record
 
 EXCLUSION_COLUMNS = ("symbol", "rule", "date", "value", "detail", "reason")

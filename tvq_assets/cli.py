@@ -26,7 +26,7 @@ import dagster as dg
 import pandas as pd
 import yaml
 
-from tvq_resources import links
+from tvq_resources import library_output, links
 from tvq_resources.services import REPOSITORY_HOME
 
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
@@ -148,6 +148,9 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
         f"{'' if status == 0 else ', SOME FAILED (see FAILED above)'}. "
         f"Runs: {UI}/runs (`make dev`); MLflow: `make mlflow-ui`"
     )
+    count, log = library_output.written()
+    if count:
+        print(f"{count} library message(s) (MLflow, warnings) in {log}; `tvq --verbose` shows them")
     return status
 
 
@@ -660,6 +663,12 @@ def diff(sleeve_name: str, run_a: str, run_b: str, stages: list[str] | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="libraries' log lines and warnings on the terminal too (also: TVQ_VERBOSE=1); "
+        f"by default they go to $DAGSTER_HOME/{library_output.LOG_FILE}",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="materialise the newest run of every sleeve")
     run_demo.add_argument("--sleeve", action="append", help="only this sleeve (repeatable)")
@@ -702,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
         "--stage", action="append", choices=["selection", "weights", "backtest"], help="repeatable"
     )
     arguments = parser.parse_args(argv)
+    if arguments.verbose:
+        os.environ[library_output.VERBOSE] = "1"
+    library_output.quiet_libraries()
     if arguments.command == "demo":
         return flow(arguments.sleeve, arguments.as_of)
     if arguments.command == "production":

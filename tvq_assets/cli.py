@@ -26,7 +26,7 @@ import dagster as dg
 import pandas as pd
 import yaml
 
-from tvq_resources import links
+from tvq_resources import library_output, links
 from tvq_resources.services import REPOSITORY_HOME
 
 # The run's full event log is in the UI; the terminal shows warnings, errors and the summary.
@@ -148,6 +148,9 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
         f"{'' if status == 0 else ', SOME FAILED (see FAILED above)'}. "
         f"Runs: {UI}/runs (`make dev`); MLflow: `make mlflow-ui`"
     )
+    count, log = library_output.written()
+    if count:
+        print(f"{count} library message(s) (MLflow, warnings) in {log}; `tvq --verbose` shows them")
     return status
 
 
@@ -290,14 +293,26 @@ def print_meta(record, as_of: str) -> None:
     shown = ", ".join(f"{r.sleeve}:{r.symbol} {r.weight:.1%}" for r in top.itertuples())
     print(f"   top firm-wide holdings ({len(record.holdings)} in all): {shown}")
     if len(record.returns):
-        start, end = record.returns.index[0], record.returns.index[-1]
-        print(f"   walk-forward {start:%Y-%m-%d} .. {end:%Y-%m-%d} ({len(record.returns)} dates):")
+        from tvq_assets import summary
+
+        print("   walk-forward:")
         for policy in (engine.META, engine.BASELINE):
             row = record.metrics.loc[policy]
+            measured = summary.policy_span(record.returns, record.metrics, policy)
             print(
-                f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
-                f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
+                summary.metrics_line(
+                    policy, row["sharpe"], row["max_drawdown"], row["cagr"], measured
+                )
             )
+        note = summary.trails_baseline_note(
+            record.metrics,
+            engine.META,
+            engine.BASELINE,
+            what="the meta-portfolio",
+            against="the equal weight of its sleeves",
+        )
+        if note:
+            print(note)
 
 
 def _last_session(lake, sleeve_name: str, newest: str) -> str:
@@ -336,6 +351,10 @@ def _failures(instance, runs: list[dg.DagsterRun]) -> list[str]:
 def _summarise(lake, sleeve_name: str, key: str, fresh: set[str]) -> None:
     """What this run produced. A value stored by an earlier run is never shown as today's: when
     a stage did not materialise now, the summary says so and stops there."""
+    champion = None
+    if "backtest" in fresh:
+        with contextlib.suppress(Exception):  # the selection line then names no champion
+            champion = lake.read(["backtest"], key).champion
     for asset in ("bars", "returns", "selection", "backtest", "portfolio"):
         if asset not in fresh:
             print(
@@ -344,13 +363,16 @@ def _summarise(lake, sleeve_name: str, key: str, fresh: set[str]) -> None:
             )
             return
         try:
-            _summarise_asset(lake, asset, sleeve_name if asset == "bars" else key)
+            _summarise_asset(lake, asset, sleeve_name if asset == "bars" else key, champion)
         except Exception as error:  # the summary only shows what is stored: never stop the flow
             print(f"   {asset}: its summary failed ({type(error).__name__}: {error})")
     print(f"   files:   {lake.root_path}")
 
 
-def _summarise_asset(lake, asset: str, partition: str) -> None:
+def _summarise_asset(lake, asset: str, partition: str, champion: str | None = None) -> None:
+    from tvq_assets import summary
+    from tvq_assets.partitions import previous_run_key
+
     if asset == "bars":
         bars = lake.read(["bars"], partition).bars
         print(
@@ -368,17 +390,20 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
     elif asset == "selection":
         winners = lake.read(["selection"], partition).winners
         print(
-            f"   winners: {len(winners)} (HTR stage {int(winners['stage'].max())}): "
-            f"{', '.join(winners.index[:25])}"
+            f"   {summary.selection_label(champion)}: {len(winners)} (HTR stage "
+            f"{int(winners['stage'].max())}): {', '.join(winners.index[:25])}"
         )
     elif asset == "portfolio":
         stored = lake.read(["portfolio"], partition)
-        weights = stored.weights["weight"].sort_values(ascending=False)
-        held = ", ".join(f"{s} {w:.1%}" for s, w in weights.items() if w > 0) or "cash"
+        weights = stored.weights["weight"]
         # The champion runs its own scorer on the latest window, so its holdings may include
         # symbols outside `selection` (which is the Log-MPS choice on the full window).
-        print(f"   today's portfolio: {held}")
-        print(f"     turnover {stored.turnover:.1%} against the previous run's portfolio")
+        owner = f"{champion}'s winners" if champion else "winners"
+        print(f"   today's portfolio ({owner}, {int((weights > 0).sum())} names): ", end="")
+        print(summary.holdings(weights))
+        # No stored previous run: the book was built from cash (its trades start at zero).
+        from_cash = not lake.exists(["portfolio"], previous_run_key(partition))
+        print(summary.turnover(stored.turnover, from_cash))
     else:
         bundle = lake.read(["backtest"], partition)
         verdict = bundle.verdict.iloc[0]
@@ -394,9 +419,11 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
             f"best out-of-sample: {verdict['challenger']})"
         )
         for policy, row in shown.iterrows():
+            measured = summary.policy_span(bundle.returns, bundle.metrics, policy)
             print(
-                f"     {policy:<28} sharpe {row['sharpe']:6.2f}  "
-                f"max drawdown {row['max_drawdown']:7.1%}  CAGR {row['cagr']:7.1%}"
+                summary.metrics_line(
+                    policy, row["sharpe"], row["max_drawdown"], row["cagr"], measured
+                )
             )
         days = verdict.get("as_promoted_days", float("nan")) if bundle.has_as_promoted else 0
         if not days > 0:  # NaN too: the first window crowns nobody, so a young record is empty
@@ -405,15 +432,34 @@ def _summarise_asset(lake, asset: str, partition: str) -> None:
             # The selection process's own record (who the rule crowned at each window, held in
             # turn), next to the hindsight record of today's champion over every past date.
             switches = int(verdict["as_promoted_switches"])
-            print(
-                f"     {'as promoted':<28} sharpe {verdict['as_promoted_sharpe']:6.2f}  "
-                f"max drawdown {verdict['as_promoted_max_drawdown']:7.1%}  "
-                f"CAGR {verdict['as_promoted_cagr']:7.1%}  "
-                f"(PSR {verdict['as_promoted_psr']:.2f}, DSR "
-                f"{verdict['as_promoted_deflated_sharpe']:.2f}; "
-                f"{int(verdict['as_promoted_days'])} days, {switches} switch"
-                f"{'' if switches == 1 else 'es'})"
+            stream = bundle.as_promoted
+            measured = (
+                f"{summary.span(stream.index, stream['window'].nunique())}, "
+                f"{switches} switch{'' if switches == 1 else 'es'}; "
+                f"PSR {verdict['as_promoted_psr']:.2f}, "
+                f"DSR {verdict['as_promoted_deflated_sharpe']:.2f}"
             )
+            print(
+                summary.metrics_line(
+                    "as promoted",
+                    verdict["as_promoted_sharpe"],
+                    verdict["as_promoted_max_drawdown"],
+                    verdict["as_promoted_cagr"],
+                    measured,
+                )
+            )
+        for note in (
+            summary.deflated_sharpe_note(verdict),
+            summary.trails_baseline_note(
+                bundle.metrics,
+                verdict["champion"],
+                "baseline_universe",
+                what="the champion",
+                against="the equal weight of the universe",
+            ),
+        ):
+            if note:
+                print(note)
 
 
 def production(sleeves: list[str] | None) -> int:
@@ -660,6 +706,12 @@ def diff(sleeve_name: str, run_a: str, run_b: str, stages: list[str] | None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tvq", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="libraries' log lines and warnings on the terminal too (also: TVQ_VERBOSE=1); "
+        f"by default they go to $DAGSTER_HOME/{library_output.LOG_FILE}",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="materialise the newest run of every sleeve")
     run_demo.add_argument("--sleeve", action="append", help="only this sleeve (repeatable)")
@@ -702,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
         "--stage", action="append", choices=["selection", "weights", "backtest"], help="repeatable"
     )
     arguments = parser.parse_args(argv)
+    if arguments.verbose:
+        os.environ[library_output.VERBOSE] = "1"
+    library_output.quiet_libraries()
     if arguments.command == "demo":
         return flow(arguments.sleeve, arguments.as_of)
     if arguments.command == "production":

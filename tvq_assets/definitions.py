@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from tvq_assets import allocation, alpha, data, meta, tracking
+from tvq_assets import allocation, alpha, data, meta, terminal, tracking
 from tvq_assets.cli import instance_settings_problem
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
@@ -93,4 +93,7 @@ defs = dg.Definitions(
     sensors=[run_daily_after_bars, *meta.SENSORS, *tracking.SENSORS],
     resources=build_resources(),
     executor=executor(),
+    # Replaces Dagster's default "console" logger of every job (same config): one traceback
+    # per failure on the terminal.
+    loggers={"console": terminal.console},
 )

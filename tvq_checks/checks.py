@@ -15,6 +15,8 @@ import pandas as pd
 import pandera.pandas as pa
 from dagster_pandera import pandera_schema_to_dagster_type
 
+from tvq_assets.quant import display
+
 FIRST_FAILURES = 20
 
 
@@ -81,7 +83,8 @@ def result(
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A small table as markdown (dates as days, floats to 6 significant digits)."""
+    """A small table as markdown (dates as days, floats to ``display.DIGITS`` significant
+    digits: the table is read, not computed on)."""
     if table.empty:
         return "_none_"
     shown = table.copy()
@@ -89,7 +92,7 @@ def markdown(table: pd.DataFrame) -> str:
         if pd.api.types.is_datetime64_any_dtype(shown[column]):
             shown[column] = shown[column].dt.strftime("%Y-%m-%d")
         elif pd.api.types.is_float_dtype(shown[column]):
-            shown[column] = shown[column].map(lambda v: f"{v:.6g}")
+            shown[column] = shown[column].map(display.significant)
     header = "| " + " | ".join(map(str, shown.columns)) + " |"
     rule = "|" + "---|" * len(shown.columns)
     rows = ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in shown.values]

@@ -25,12 +25,15 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
-from tvq_resources import links
+from tvq_resources import library_output, links
 
 T = TypeVar("T")
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # MLflow's limits for one log_batch call and one param value.
 BATCH, PARAM_LENGTH = 100, 6000
+# MLflow 3's UI opens an experiment by this tag: without it, on the GenAI view (traces), where
+# tvq's runs are one click away; "custom_model_development" opens the runs ("Machine learning").
+EXPERIMENT_KIND, MACHINE_LEARNING = "mlflow.experimentKind", "custom_model_development"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -41,7 +44,10 @@ class TrackingUnavailable(RuntimeError):
 def _client(uri: str):
     """A client of ``uri``. Credentials in the URI (``http://user:password@host``) are handed to
     MLflow as ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` and the client gets the bare URI, so that
-    nothing MLflow prints, raises or stores carries them."""
+    nothing MLflow prints, raises or stores carries them. MLflow's own messages go to the
+    libraries' log file (:mod:`tvq_resources.library_output`): in every process that tracks (a
+    ``tvq`` command, a run worker, the daemon's sensors), before MLflow is imported."""
+    library_output.quiet_libraries()
     from mlflow import MlflowClient
 
     bare, user, password = links.credentials(uri)
@@ -128,9 +134,6 @@ class MlflowTracker(dg.ConfigurableResource):
 
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        # tvq prints its own links (without credentials); MLflow's "View run at" would be one
-        # more line per finished run.
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         delay, last = self.backoff_seconds, None
         for attempt in range(1, self.attempts + 1):
             try:
@@ -173,12 +176,21 @@ class MlflowTracker(dg.ConfigurableResource):
             f"find experiment {name!r}", lambda: self.client.get_experiment_by_name(name)
         )
         if found is not None:
+            if EXPERIMENT_KIND not in found.tags:  # created before tvq set it, or by hand
+                self.call(
+                    f"tag experiment {name!r}",
+                    lambda: self.client.set_experiment_tag(
+                        found.experiment_id, EXPERIMENT_KIND, MACHINE_LEARNING
+                    ),
+                )
             return found.experiment_id
         location = None if self.is_server else (self.artifact_root / name).as_uri()
         try:
             return self.call(
                 f"create experiment {name!r}",
-                lambda: self.client.create_experiment(name, artifact_location=location),
+                lambda: self.client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND: MACHINE_LEARNING}
+                ),
             )
         except MlflowException:  # created meanwhile by another process
             return self.client.get_experiment_by_name(name).experiment_id

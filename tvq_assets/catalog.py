@@ -35,7 +35,8 @@ SOURCE_KINDS = ("synthetic", "csv", "parquet")
 # Source keys that only make sense for one kind; every other field of `SourceConfig` applies to
 # every kind (so a key added there is accepted, and type-checked, without a change here).
 KIND_ONLY_SOURCE_KEYS: Mapping[str, frozenset[str]] = {
-    "synthetic": frozenset({"seed", "symbols", "clusters", "start", "end", "faults"}),
+    # `start` is every kind's: the market's first day, or the oldest bar a file source reads.
+    "synthetic": frozenset({"seed", "symbols", "clusters", "end", "faults"}),
     "csv": frozenset({"path", "pattern"}),
     "parquet": frozenset({"path", "pattern"}),
 }

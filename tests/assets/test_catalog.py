@@ -108,6 +108,14 @@ def test_a_broken_sleeve_is_refused_naming_the_file_the_sleeve_and_the_field(sle
     assert message in str(error.value)
 
 
+def test_a_file_source_takes_a_start_date_and_a_synthetic_key_is_still_refused(tmp_path):
+    """`start` on a csv source is the oldest bar it reads (MarketData.fetch honours it)."""
+    loaded = catalog_with(source={"kind": "csv", "path": str(tmp_path), "start": "2021-01-01"})
+    assert loaded.sleeve("mine").source["start"] == "2021-01-01"
+    with pytest.raises(CatalogError, match=r"source\.end applies to synthetic"):
+        catalog_with(source={"kind": "csv", "path": str(tmp_path), "end": "2021-01-01"})
+
+
 def test_an_unknown_sleeve_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="crypto"):
         load_catalog().sleeve("equities")

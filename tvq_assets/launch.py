@@ -64,9 +64,9 @@ LOCATION = "tvq"
 MODULE = "tvq_assets.definitions"
 REPOSITORY = "__repository__"
 
-# The run's full event log is in the UI; the terminal gets the run's INFO events (steps'
-# materialisations and failures), not the DEBUG stream of every engine event.
-LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# The run's full event log is in the UI and the summary says what each run did: the terminal gets
+# the runs' warnings and errors (a failure's traceback, once), not their INFO and DEBUG streams.
+LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # A backfill's runs show their warnings and errors; each partition gets one progress line.
 BACKFILL_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 

@@ -13,6 +13,7 @@ and the code location must load fast.
 
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -34,6 +35,31 @@ BATCH, PARAM_LENGTH = 100, 6000
 # MLflow 3's UI opens an experiment by this tag: without it, on the GenAI view (traces), where
 # tvq's runs are one click away; "custom_model_development" opens the runs ("Machine learning").
 EXPERIMENT_KIND, MACHINE_LEARNING = "mlflow.experimentKind", "custom_model_development"
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A content hash of a frame: its values, index and column names (16 hex digits)."""
+    rows = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    names = "\x1f".join(map(str, [frame.index.name, *frame.columns]))
+    return hashlib.sha256(rows.tobytes() + names.encode()).hexdigest()[:16]
+
+
+def colspec(frame: pd.DataFrame) -> list[dict]:
+    """The frame's schema as MLflow's column specs (the index first), from its dtypes."""
+
+    def kind(dtype) -> str:
+        if pd.api.types.is_bool_dtype(dtype):
+            return "boolean"
+        if pd.api.types.is_integer_dtype(dtype):
+            return "long"
+        if pd.api.types.is_float_dtype(dtype):
+            return "double"
+        if pd.api.types.is_datetime64_any_dtype(dtype):
+            return "datetime"
+        return "string"
+
+    index = {"type": kind(frame.index.dtype), "name": str(frame.index.name or "index")}
+    return [index] + [{"type": kind(t), "name": str(c)} for c, t in frame.dtypes.items()]
 
 
 class TrackingUnavailable(RuntimeError):
@@ -322,17 +348,27 @@ class MlflowTracker(dg.ConfigurableResource):
     def log_dataset(
         self, run_id: str, frame: pd.DataFrame, *, name: str, source: str, context: str
     ) -> str:
-        """Log a frame as a dataset input of the run; returns its digest (content hash)."""
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
+        """Log a frame as a dataset input of the run; returns its digest (content hash).
 
-        dataset = mlflow.data.from_pandas(frame.reset_index(), source=source, name=name)
+        The entity is built here, not by ``mlflow.data.from_pandas``: that infers a schema and a
+        digest column by column (about 2 s for a 500 × 1000 returns window); this hashes the
+        whole frame at once and writes the schema from the dtypes."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        digest = frame_digest(frame)
+        entity = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            schema=json.dumps({"mlflow_colspec": colspec(frame)}),
+            profile=json.dumps({"num_rows": len(frame), "num_elements": int(frame.size)}),
+        )
         entry = DatasetInput(
-            dataset=dataset._to_mlflow_entity(),
-            tags=[InputTag(key="mlflow.data.context", value=context)],
+            dataset=entity, tags=[InputTag(key="mlflow.data.context", value=context)]
         )
         self.call("log dataset", lambda: self.client.log_inputs(run_id, datasets=[entry]))
-        return dataset.digest
+        return digest
 
     def read_text(self, run_id: str, path: str) -> str:
         """An artifact's text (to verify what was logged)."""

@@ -476,6 +476,7 @@ class Launcher:
         seen: set[str] = set()
         while True:
             self.step()
+            finished_now = False
             for run_id in list(pending):
                 if run_id in seen:
                     continue
@@ -484,11 +485,15 @@ class Launcher:
                     self.status[run_id] = run.status.value
                 if run is not None and run.is_finished:
                     seen.add(run_id)
+                    finished_now = True
                     on_finished(run)
             if seen >= set(pending):
                 return
             self.explain_waits(set(pending) - seen)
-            time.sleep(poll_seconds)
+            # A run that just finished may have submitted the next (a sleeve's daily run after
+            # its bars): dequeue it at once; wait only when nothing moved.
+            if not finished_now:
+                time.sleep(poll_seconds)
 
     def backfill_runs(self, backfill_id: str) -> list[dg.DagsterRun]:
         """The backfill's runs, newest first (a retry comes before the run it retries)."""

@@ -19,13 +19,12 @@ import sys
 import time
 import traceback
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import NoReturn
 
 import dagster as dg
 import pandas as pd
-import yaml
 
+from tvq_assets.instance_settings import instance_settings_problem
 from tvq_resources import links
 from tvq_resources.services import REPOSITORY_HOME
 
@@ -48,55 +47,19 @@ def use_repository_home(environ: MutableMapping[str, str] | None = None) -> str 
     return f"tvq: DAGSTER_HOME is not set; using this repository's instance {REPOSITORY_HOME}"
 
 
-# What `tvq` needs of the instance in DAGSTER_HOME/dagster.yaml (section: class): the queue, whose
-# limits keep a sleeve's runs apart, and the launcher that executes a dequeued run in this process
-# (Dagster's default launcher refuses a code location not served over gRPC).
-INSTANCE_SETTINGS = {
-    "run_coordinator": "QueuedRunCoordinator",
-    "run_launcher": "MonitoredRunLauncher",
-}
 # The commands that launch runs through the instance.
 LAUNCHING_COMMANDS = ("demo", "production", "backfill")
-
-
-def instance_settings_problem(home: str | None) -> str | None:
-    """What the instance of DAGSTER_HOME ``home`` lacks of the project's settings, and what to
-    do; None when it has them (or ``home`` is unset: Dagster's own ephemeral instance)."""
-    if not home:
-        return None
-    settings = Path(home) / "dagster.yaml"
-    fix = (
-        f"copy the project's settings (cp {REPOSITORY_HOME / 'dagster.yaml'} {settings}), or unset "
-        f"DAGSTER_HOME to use this repository's instance {REPOSITORY_HOME}"
-    )
-    try:
-        document = yaml.safe_load(settings.read_text())
-    except FileNotFoundError:
-        return (
-            f"DAGSTER_HOME={home} has no dagster.yaml, so its instance has neither the project's "
-            f"run queue nor its run launcher: {fix}"
-        )
-    except (OSError, yaml.YAMLError) as error:
-        return f"{settings} cannot be read ({error}): {fix}"
-    document = document if isinstance(document, dict) else {}
-    missing = [
-        f"{section} ({name})"
-        for section, name in INSTANCE_SETTINGS.items()
-        if not isinstance(document.get(section), dict) or document[section].get("class") != name
-    ]
-    if missing:
-        return f"{settings} lacks the project's {' and '.join(missing)}: {fix}"
-    return None
 
 
 def flow(sleeves: list[str] | None, as_of: str | None) -> int:
     """Each sleeve's bars, then its run partition, as runs of the code location through the
     queue: the sleeves' runs go side by side as far as the queue's limits allow; a summary per
     sleeve as soon as its daily run has finished."""
-    from tvq_assets import launch, tracking
+    from tvq_assets import launch
     from tvq_assets.definitions import defs
     from tvq_assets.jobs import DAILY_LAUNCHED_BY
     from tvq_assets.partitions import catalog, newest_run_date, run_key
+    from tvq_assets.tracking import replay as tracking
 
     instance = dg.DagsterInstance.get()
     lake = defs.resources["lake"]
@@ -155,8 +118,8 @@ def tracking_of_dead_runs(instance: dg.DagsterInstance):
     """Marks the MLflow runs of a run the launcher found dead (its process killed) FAILED, as the
     daemon's ``mlflow_on_failure`` sensor does when a daemon runs; a tracking error is a warning,
     never the command's failure."""
-    from tvq_assets import tracking
     from tvq_assets.definitions import defs
+    from tvq_assets.tracking import status as tracking
 
     def finalise(run: dg.DagsterRun) -> None:
         try:
@@ -631,8 +594,8 @@ def lake_command(
 def track(sleeve_name: str, start: str, end: str) -> int:
     """Record in MLflow what the lake holds for a date range of one sleeve, without recomputing:
     missing MLflow runs or stages of them (e.g. after the tracking server was down)."""
-    from tvq_assets import tracking
     from tvq_assets.definitions import defs
+    from tvq_assets.tracking import replay as tracking
 
     tracker = defs.resources["mlflow"]
     recorded = tracking.replay(
@@ -646,8 +609,8 @@ def track(sleeve_name: str, start: str, end: str) -> int:
 
 def diff(sleeve_name: str, run_a: str, run_b: str, stages: list[str] | None) -> int:
     """Print what changed between two stored run partitions of a sleeve, stage by stage."""
-    from tvq_assets import diff as stage_diff
     from tvq_assets.definitions import defs
+    from tvq_assets.tracking import diff as stage_diff
 
     lake = defs.resources["lake"]
     comparison = stage_diff.compare(

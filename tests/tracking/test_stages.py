@@ -66,8 +66,9 @@ def test_a_describer_beside_its_asset_is_found_and_any_other_asset_has_the_defau
 
 
 def test_a_new_asset_is_materialised_tracked_and_replayed_with_no_list_edited(
-    instance, lake_root, tmp_path
+    instance, lake_root, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'tracked.db'}")
     assets = [*definitions.ASSETS, momentum]
     assert stage_order(assets)[-1] == "momentum"
     resources = resources_for(lake_root, crypto=synthetic_source())

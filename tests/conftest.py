@@ -35,17 +35,17 @@ os.environ.pop("TVQ_LAKE", None)
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='tvq-mlflow-')}/mlflow.db"
 
 AS_OF = "2026-06-30"
-ASSETS = (
-    "bars",
-    "returns",
-    "features",
-    "inference",
-    "clusters",
-    "selection",
-    "weights",
-    "backtest",
-    "portfolio",
-)
+
+
+def _sleeve_assets() -> tuple[str, ...]:
+    # After the environment above is set: the definitions read it when they are imported.
+    from tvq_assets.definitions import SLEEVE_ASSETS
+
+    return tuple(key.to_user_string() for asset in SLEEVE_ASSETS for key in asset.keys)
+
+
+# The assets of one sleeve, in the definitions' order (the one list of assets).
+ASSETS = _sleeve_assets()
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]

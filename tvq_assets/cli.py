@@ -19,13 +19,12 @@ import sys
 import time
 import traceback
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import NoReturn
 
 import dagster as dg
 import pandas as pd
-import yaml
 
+from tvq_assets.instance_settings import instance_settings_problem
 from tvq_resources import library_output, links
 from tvq_resources.services import REPOSITORY_HOME
 
@@ -48,55 +47,19 @@ def use_repository_home(environ: MutableMapping[str, str] | None = None) -> str 
     return f"tvq: DAGSTER_HOME is not set; using this repository's instance {REPOSITORY_HOME}"
 
 
-# What `tvq` needs of the instance in DAGSTER_HOME/dagster.yaml (section: class): the queue, whose
-# limits keep a sleeve's runs apart, and the launcher that executes a dequeued run in this process
-# (Dagster's default launcher refuses a code location not served over gRPC).
-INSTANCE_SETTINGS = {
-    "run_coordinator": "QueuedRunCoordinator",
-    "run_launcher": "MonitoredRunLauncher",
-}
 # The commands that launch runs through the instance.
 LAUNCHING_COMMANDS = ("demo", "production", "backfill")
-
-
-def instance_settings_problem(home: str | None) -> str | None:
-    """What the instance of DAGSTER_HOME ``home`` lacks of the project's settings, and what to
-    do; None when it has them (or ``home`` is unset: Dagster's own ephemeral instance)."""
-    if not home:
-        return None
-    settings = Path(home) / "dagster.yaml"
-    fix = (
-        f"copy the project's settings (cp {REPOSITORY_HOME / 'dagster.yaml'} {settings}), or unset "
-        f"DAGSTER_HOME to use this repository's instance {REPOSITORY_HOME}"
-    )
-    try:
-        document = yaml.safe_load(settings.read_text())
-    except FileNotFoundError:
-        return (
-            f"DAGSTER_HOME={home} has no dagster.yaml, so its instance has neither the project's "
-            f"run queue nor its run launcher: {fix}"
-        )
-    except (OSError, yaml.YAMLError) as error:
-        return f"{settings} cannot be read ({error}): {fix}"
-    document = document if isinstance(document, dict) else {}
-    missing = [
-        f"{section} ({name})"
-        for section, name in INSTANCE_SETTINGS.items()
-        if not isinstance(document.get(section), dict) or document[section].get("class") != name
-    ]
-    if missing:
-        return f"{settings} lacks the project's {' and '.join(missing)}: {fix}"
-    return None
 
 
 def flow(sleeves: list[str] | None, as_of: str | None) -> int:
     """Each sleeve's bars, then its run partition, as runs of the code location through the
     queue: the sleeves' runs go side by side as far as the queue's limits allow; a summary per
     sleeve as soon as its daily run has finished."""
-    from tvq_assets import launch, tracking
+    from tvq_assets import launch
     from tvq_assets.definitions import defs
     from tvq_assets.jobs import DAILY_LAUNCHED_BY
     from tvq_assets.partitions import catalog, newest_run_date, run_key
+    from tvq_assets.tracking import replay
 
     instance = dg.DagsterInstance.get()
     lake = defs.resources["lake"]
@@ -133,7 +96,7 @@ def flow(sleeves: list[str] | None, as_of: str | None) -> int:
             ok, fresh = _report(instance, lake, name, key, runs[name], seconds)
             status |= 0 if ok else 1
             if "returns" in fresh:  # a tracked run: its MLflow run, finished or failed
-                print(tracking.summary(defs.resources["mlflow"], key))
+                print(replay.summary(defs.resources["mlflow"], key))
             sys.stdout.flush()
 
         launcher.wait(pending, finished)
@@ -158,12 +121,12 @@ def tracking_of_dead_runs(instance: dg.DagsterInstance):
     """Marks the MLflow runs of a run the launcher found dead (its process killed) FAILED, as the
     daemon's ``mlflow_on_failure`` sensor does when a daemon runs; a tracking error is a warning,
     never the command's failure."""
-    from tvq_assets import tracking
     from tvq_assets.definitions import defs
+    from tvq_assets.tracking import status
 
     def finalise(run: dg.DagsterRun) -> None:
         try:
-            tracking.finalise(defs.resources["mlflow"], instance, run.run_id)
+            status.finalise(defs.resources["mlflow"], instance, run.run_id)
         except Exception as error:
             print(f"MLflow: could not mark the runs of {run.run_id[:8]} failed: {error}")
 
@@ -677,12 +640,18 @@ def lake_command(
 def track(sleeve_name: str, start: str, end: str) -> int:
     """Record in MLflow what the lake holds for a date range of one sleeve, without recomputing:
     missing MLflow runs or stages of them (e.g. after the tracking server was down)."""
-    from tvq_assets import tracking
-    from tvq_assets.definitions import defs
+    from tvq_assets.definitions import ASSETS, defs
+    from tvq_assets.tracking import replay
 
     tracker = defs.resources["mlflow"]
-    recorded = tracking.replay(
-        tracker, dg.DagsterInstance.get(), defs.resources["lake"], sleeve_name, start, end
+    recorded = replay.replay(
+        tracker,
+        dg.DagsterInstance.get(),
+        defs.resources["lake"],
+        sleeve_name,
+        start,
+        end,
+        assets=ASSETS,
     )
     for partition, stages in recorded:
         print(f"{partition}: {', '.join(stages) or 'already complete'}")
@@ -692,8 +661,8 @@ def track(sleeve_name: str, start: str, end: str) -> int:
 
 def diff(sleeve_name: str, run_a: str, run_b: str, stages: list[str] | None) -> int:
     """Print what changed between two stored run partitions of a sleeve, stage by stage."""
-    from tvq_assets import diff as stage_diff
     from tvq_assets.definitions import defs
+    from tvq_assets.tracking import diff as stage_diff
 
     lake = defs.resources["lake"]
     comparison = stage_diff.compare(

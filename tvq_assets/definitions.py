@@ -5,10 +5,13 @@ import warnings
 
 import dagster as dg
 
-from tvq_assets import allocation, alpha, data, meta, terminal, tracking
-from tvq_assets.cli import instance_settings_problem
+from tvq_assets import allocation, alpha, data, meta, terminal
+from tvq_assets.instance_settings import instance_settings_problem
 from tvq_assets.jobs import bars_job, daily_job, daily_schedule, run_daily_after_bars
 from tvq_assets.partitions import catalog
+from tvq_assets.tracking.io_manager import SENSORS as TRACKING_SENSORS
+from tvq_assets.tracking.io_manager import TrackedIOManager
+from tvq_assets.tracking.stages import stage_order
 from tvq_resources.lake import ParquetIOManager, ParquetLake, root_setting
 from tvq_resources.market_data import MarketData, SourceConfig
 from tvq_resources.mode import orchestration_mode
@@ -37,7 +40,7 @@ def build_resources(
         "market_data": market_data or market_data_from_catalog(),
         "lake": lake,
         "mlflow": mlflow,
-        "io_manager": tracking.TrackedIOManager(store=ParquetIOManager(lake=lake), mlflow=mlflow),
+        "io_manager": TrackedIOManager(store=ParquetIOManager(lake=lake), mlflow=mlflow),
         "ray": ray or ray_resource(orchestration_mode().is_production),
     }
 
@@ -61,7 +64,10 @@ def executor() -> dg.ExecutorDefinition:
     return dg.in_process_executor
 
 
-# The graph of one sleeve (partitioned by sleeve, or sleeve × run), then the fan-in over sleeves.
+# The one list of the graph's assets: the graph of one sleeve (partitioned by sleeve, or sleeve ×
+# run), then the fan-in over sleeves. Every other list of assets derives from it: the tracked stage
+# order (STAGES), the describers and diffs (found by name beside each asset or in tracking), the
+# tests' lists.
 SLEEVE_ASSETS = [
     data.bars,
     data.returns,
@@ -73,7 +79,10 @@ SLEEVE_ASSETS = [
     allocation.backtest,
     allocation.portfolio,
 ]
-ASSETS = [*SLEEVE_ASSETS, meta.meta_portfolio]
+# Each asset links to its source file and line in the UI.
+ASSETS = list(dg.with_source_code_references([*SLEEVE_ASSETS, meta.meta_portfolio]))
+# The sleeve × run assets in the graph's order: what MLflow records of a run partition.
+STAGES = stage_order(ASSETS)
 
 
 class InstanceSettingsWarning(UserWarning):
@@ -90,7 +99,7 @@ defs = dg.Definitions(
     assets=ASSETS,
     jobs=[bars_job, daily_job, meta.meta_job],
     schedules=[daily_schedule],
-    sensors=[run_daily_after_bars, *meta.SENSORS, *tracking.SENSORS],
+    sensors=[run_daily_after_bars, *meta.SENSORS, *TRACKING_SENSORS],
     resources=build_resources(),
     executor=executor(),
     # Replaces Dagster's default "console" logger of every job (same config): one traceback

@@ -474,7 +474,7 @@ def mlflow_check(tracker, runs: list) -> tuple[int, int, list[str]]:
 def registry_check(tracker, lake, successes: dict[str, list[str]]) -> list[str]:
     """Every decision recorded in the registry names the champion of the verdict stored for its
     partition, and the `champion` alias names the newest one."""
-    from tvq_assets import registry
+    from tvq_assets.tracking import registry
 
     problems = []
     for sleeve_name, partitions in successes.items():

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 
 from tests.quant.test_as_promoted import market, replayed
-from tvq_assets import tracking
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import backtest, metrics
 from tvq_assets.quant.policy import TournamentRecord
+from tvq_assets.tracking import describe
 
 
 def test_the_backtest_metrics_carry_the_as_promoted_record_beside_the_champions():
@@ -28,7 +28,7 @@ def test_the_backtest_metrics_carry_the_as_promoted_record_beside_the_champions(
         promotions=live.promotions,
         as_promoted=live.stream,
     )
-    described = tracking.describe_backtest(
+    described = describe.describe_backtest(
         "backtest", record, catalog.sleeve("crypto"), pd.Timestamp("2026-04-01")
     )
     assert described.headline["champion_sharpe"] == table.loc[champion, "sharpe"]

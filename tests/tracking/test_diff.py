@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from tvq_assets import cli, diff
+from tvq_assets import cli
+from tvq_assets.tracking import diff
 from tvq_resources.lake import ParquetLake
 
 

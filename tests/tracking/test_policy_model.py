@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import AS_OF, resources_for, synthetic_source
-from tvq_assets import allocation, data, registry
+from tvq_assets import allocation, data
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import policy
 from tvq_assets.settings import policy_settings
+from tvq_assets.tracking import registry
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 

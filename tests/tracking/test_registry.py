@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tvq_assets import registry
 from tvq_assets.quant.policy import TournamentRecord
+from tvq_assets.tracking import registry
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 

@@ -19,12 +19,13 @@ import yaml
 
 from tests.conftest import AS_OF, resources_for, synthetic_source
 from tests.tracking.conftest import free_port
-from tvq_assets import registry, tracking
 from tvq_assets.catalog import policy_parameters
 from tvq_assets.definitions import ASSETS, SLEEVE_ASSETS
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import metrics as performance
 from tvq_assets.quant import policy
+from tvq_assets.tracking import identity, registry
+from tvq_assets.tracking.io_manager import SENSORS
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 
@@ -53,7 +54,7 @@ def parent_runs(tracker: MlflowTracker, partition: str = KEY) -> list:
     experiment = tracker.client.get_experiment_by_name(f"tvq-{partition.split('|')[1]}")
     if experiment is None:
         return []
-    runs = tracker.search(experiment.experiment_id, {tracking.PARTITION_TAG: partition})
+    runs = tracker.search(experiment.experiment_id, {identity.PARTITION_TAG: partition})
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 
@@ -87,7 +88,7 @@ def test_the_local_default_is_an_absolute_sqlite_store_under_dagster_home(
     assert tags["dagster.run_id"] == result.run_id
     assert tags["dagster.partition"] == KEY
     assert (tags["dagster.partition.run"], tags["dagster.partition.sleeve"]) == (AS_OF, "crypto")
-    assert tags["mlflow.source.git.commit"] == tracking.code_version()[1] != "unknown"
+    assert tags["mlflow.source.git.commit"] == identity.code_version()[1] != "unknown"
     window = ParquetLake(root=lake_root).read(["returns"], KEY)
     assert run.data.metrics["returns.symbols"] == window.returns.shape[1]
     assert run.data.metrics["returns.excluded"] == len(window.excluded)
@@ -135,7 +136,7 @@ def test_a_cancelled_dagster_run_is_killed_in_mlflow_by_the_sensor(instance, lak
     dagster_run = instance.get_run_by_id(result.run_id)
     instance.report_run_canceled(dagster_run)
     [event] = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
-    [sensor] = [s for s in tracking.SENSORS if s.name == "mlflow_on_canceled"]
+    [sensor] = [s for s in SENSORS if s.name == "mlflow_on_canceled"]
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name,
         dagster_instance=instance,
@@ -153,17 +154,17 @@ def test_concurrent_steps_racing_for_the_same_run_end_with_one(tmp_path):
     as threads do here, so the machine-wide lock is exercised the same way."""
     tracker = MlflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracker.experiment_id("tvq-race")
-    identity = {tracking.ROOT_RUN_TAG: "race", tracking.PARTITION_TAG: KEY}
+    key = {identity.ROOT_RUN_TAG: "race", identity.PARTITION_TAG: KEY}
     barrier = threading.Barrier(6)
 
     def find_or_create(_: int) -> str:
         barrier.wait()
-        return tracker.find_or_create_run(experiment, identity=identity, name="race").info.run_id
+        return tracker.find_or_create_run(experiment, identity=key, name="race").info.run_id
 
     with ThreadPoolExecutor(6) as pool:
         run_ids = list(pool.map(find_or_create, range(6)))
     assert len(set(run_ids)) == 1
-    assert len(tracker.search(experiment, identity)) == 1
+    assert len(tracker.search(experiment, key)) == 1
 
 
 # --------------------------------------------------------------------------------------------

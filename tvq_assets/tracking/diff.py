@@ -3,19 +3,26 @@
 A comparison reads two stored values of a stage and says what changed: symbols added and removed,
 weight changes above a threshold, one-sided turnover, champion and metric changes. The same
 functions describe, in a materialisation's metadata, what changed since the sleeve's previous run.
+
+The comparison of asset ``X`` is the function ``diff_X(before, after)`` of this module (or of the
+module that defines the asset, for :func:`changes_since_previous`); an asset without one has no
+diff. The stages compared by default are those, in the order they are defined here.
 """
 
+import sys
 from collections.abc import Callable
+from types import ModuleType
 
+import dagster as dg
 import pandas as pd
 
-from tvq_assets.partitions import run_key
-from tvq_assets.tracking import tables_of
+from tvq_assets.partitions import previous_run_key, run_key
+from tvq_assets.tracking.values import tables_of
 from tvq_checks.checks import markdown
 from tvq_resources.lake import ParquetLake
 
 WEIGHT_THRESHOLD = 0.005  # a weight change smaller than half a percent is noise, not a decision
-STAGES = ("selection", "weights", "backtest", "portfolio")
+Diff = Callable[[object, object], dict[str, object]]
 
 
 def symbol_changes(before: pd.Index, after: pd.Index) -> pd.DataFrame:
@@ -111,12 +118,22 @@ def diff_portfolio(
     }
 
 
-DIFFS: dict[str, Callable[[object, object], dict[str, object]]] = {
-    "selection": diff_selection,
-    "weights": diff_weights,
-    "backtest": diff_backtest,
-    "portfolio": diff_portfolio,
-}
+def diffs_of(module: ModuleType) -> dict[str, Diff]:
+    """The ``diff_<asset>`` functions a module defines, by asset name."""
+    return {
+        name.removeprefix("diff_"): function
+        for name, function in vars(module).items()
+        if name.startswith("diff_") and callable(function)
+    }
+
+
+DIFFS = diffs_of(sys.modules[__name__])
+STAGES = tuple(DIFFS)
+
+
+def comparison_of(stage: str, home: ModuleType | None = None) -> Diff | None:
+    """The comparison of ``stage``: beside its asset (``home``) if defined there, else here."""
+    return {**DIFFS, **(diffs_of(home) if home is not None else {})}.get(stage)
 
 
 def compare(
@@ -149,21 +166,23 @@ def render(comparison: dict[str, dict[str, object]]) -> str:
 
 
 def changes_since_previous(
-    lake: ParquetLake, stage: str, partition: str, value: object
+    lake: ParquetLake,
+    stage: str,
+    partition: str,
+    value: object,
+    *,
+    home: ModuleType | None = None,
 ) -> dict[str, object]:
     """Metadata for a materialisation: what changed since the sleeve's previous run partition (the
     one the graph declares as the previous-run input: as-of − 1 day), tables as markdown, headline
-    numbers as numbers; empty for stages without a diff."""
-    import dagster as dg
-
-    from tvq_assets.partitions import previous_run_key
-
-    if stage not in DIFFS:
+    numbers as numbers; empty for stages without a diff (``home``: the module of the asset)."""
+    compare_stage = comparison_of(stage, home)
+    if compare_stage is None:
         return {}
     previous = previous_run_key(partition)
     if not lake.exists([stage], previous):
         return {"compared_with": f"none ({previous} not materialised)"}
-    parts = DIFFS[stage](lake.read([stage], previous), value)
+    parts = compare_stage(lake.read([stage], previous), value)
     found: dict[str, object] = {"compared_with": previous}
     for name, table in parts.items():
         found[f"changes_{name}"] = dg.MetadataValue.md(markdown(table))

@@ -6,10 +6,10 @@ promotion rule of ``backtest.champion_verdict``: PSR against the incumbent, a dr
 deflated-Sharpe bound) and mirrors it in the registry:
 
 - the champion and the challenger are each a version of ``tvq-<sleeve>``, registered on first use
-  as the models-from-code pyfunc of ``tvq_assets/policy_model.py`` (no pickled objects). A version
-  is one policy: the ``scorer/profile``, every parameter of the composed policy (their digest) and
-  the code version. The same policy on a later day reuses its version, so a new version means a
-  new policy; a first run registers its champion as version 1;
+  as the models-from-code pyfunc of ``tvq_assets/tracking/policy_model.py`` (no pickled
+  objects). A version is one policy: the ``scorer/profile``, every parameter of the composed
+  policy (their digest) and the code version. The same policy on a later day reuses its
+  version, so a new version means a new policy; a first run registers its champion as version 1;
 - the aliases move to the verdict's champion and challenger, and only for the newest decision: a
   backfill of older dates records its decision but leaves the aliases where the newest run put
   them (the registered model's ``tvq.decided_as_of`` tag);
@@ -33,15 +33,21 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 
 from tvq_assets.partitions import catalog, split_run_key
 from tvq_assets.quant import policy
 from tvq_assets.settings import policy_settings
+from tvq_assets.tracking.identity import Identity, Tracked, code_version
 from tvq_resources.lake import ParquetLake
 from tvq_resources.tracking import MlflowTracker
 
+# The pyfunc's code. MLflow copies the file into the model under its own name and loads that copy
+# by path (``model_code_path``'s base name), so where this file lives does not matter to versions
+# already registered; its name does (the ``tvq.code_sha256`` tag is of ``policy_model.py``).
 MODEL_FILE = Path(__file__).with_name("policy_model.py")
+REGISTERED_STAGE = "portfolio"  # the decision the registered model reproduces
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECIDED_AS_OF = "tvq.decided_as_of"
 # The numbers of the verdict a decision records (those the tournament computed).
@@ -267,8 +273,6 @@ def _register(
     """Save the policy as a models-from-code pyfunc, log it on the run, register a version."""
     import mlflow.pyfunc
 
-    from tvq_assets.tracking import code_version
-
     version_tag, commit = code_version()
     requirements = [f"{p}=={_installed(p)}" for p in REQUIREMENTS if _installed(p)]
     with tempfile.TemporaryDirectory() as scratch:
@@ -309,8 +313,6 @@ def promote(
     """Mirror the verdict of run partition ``partition`` (``date|sleeve``) in the registry and
     record the decision on MLflow run ``run_id`` (the partition's run). ``provenance``: tags
     naming the Dagster run and partition, put on every version registered here."""
-    from tvq_assets.tracking import code_version
-
     as_of, sleeve_name = split_run_key(partition)
     day = f"{as_of:%Y-%m-%d}"
     row = lake.read(["backtest"], partition).verdict.iloc[0]
@@ -380,3 +382,31 @@ def promote(
         texts={"promotion/decision.json": decision.as_json()},
     )
     return decision
+
+
+def register_decision(
+    tracker: MlflowTracker, lake: ParquetLake, identity: Identity, stage: str, tracked: Tracked
+) -> dict:
+    """Once the partition's ``portfolio`` is stored: its promotion decision in the model registry
+    (:func:`promote`); returns the Dagster metadata that links to it."""
+    if stage != REGISTERED_STAGE:
+        return {}
+    decision = promote(
+        tracker,
+        lake,
+        identity.partition,
+        run_id=tracked.run_id,
+        provenance={
+            "dagster.run_id": identity.dagster_run_id,
+            "dagster.run_url": tracker.dagster_run_url(identity.dagster_run_id),
+            "dagster.partition": identity.partition,
+        },
+    )
+    name = model_name(identity.sleeve)
+    return {
+        "promotion": decision.verdict,
+        "registered_model": f"{name} v{decision.champion_version} (champion)",
+        "registered_model_url": dg.MetadataValue.url(
+            tracker.model_version_url(name, decision.champion_version)
+        ),
+    }

@@ -1049,7 +1049,7 @@ def portfolio_record(target: pd.Series, previous: pd.Series | None) -> Portfolio
 
 
 # --------------------------------------------------------------------------------------------
-# The decision as a model: one frame in, the portfolio out (wrapped by ``tvq_assets.policy_model``)
+# The decision as a model: one frame in, the portfolio out (``tvq_assets.tracking.policy_model``)
 # --------------------------------------------------------------------------------------------
 MODEL_COLUMNS = ("kind", "date", "symbol", "return", "dollar_volume", "rule", "value", "detail")
 

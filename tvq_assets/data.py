@@ -1,17 +1,21 @@
 """Data layer: the sleeve's bar lake and the point-in-time returns window, with their contracts."""
 
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
 from dagster_ray import RayResource
 
-from tvq_assets import bar_store
-from tvq_assets.partitions import run_of, sleeve, sleeve_of, sleeve_run
+from tvq_assets import bar_store, stage
+from tvq_assets.partitions import Run, run_of, sleeve, sleeve_of, sleeve_run
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy
 from tvq_assets.quant import returns as returns_engine
+from tvq_assets.quant.bars import BarHistory
+from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import checks, contracts
+from tvq_checks.checks import Evaluation
 from tvq_resources import clock, ray_fanout
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData
@@ -365,18 +369,52 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
     itself bit for bit, whatever the store took in since; with ``restate`` it reads the current
     bars and records which bars differ from the ones it knew."""
     run = run_of(context)
-    settings = run.settings
-    quarantine = run.sleeve.toxic_policy == "quarantine"
+    read = _bars_as_known(context, run, lake, restate=config.restate)
+    window, failures = _checked_window(run, read.bars)
+    quarantined = window.excluded[window.excluded["reason"] != "ineligible"]
+    restated = _restated(read, window, run.as_of)
+    settings, toxic_policy = run.settings, run.sleeve.toxic_policy
+    yield from stage.emit(
+        run,
+        "returns",
+        window,
+        metadata={**_window_metadata(window, read.bars), **read.metadata(restated)},
+        evaluations=[_returns_evaluation(failures, quarantined, toxic_policy)],
+        failure_suffix=f" (threshold {settings.toxic_threshold:+.0%}, policy: {toxic_policy})",
+    )
+
+
+@dataclass(frozen=True)
+class BarsAsKnown:
+    """The bars a returns run reads: as of the store ``version`` it read before (``recorded``)
+    unless restated; ``before``: on a restate, the bars it knew then."""
+
+    bars: BarHistory
+    before: BarHistory | None
+    version: int | None
+    recorded: int | None
+    restate: bool
+    current: bar_store.State | None
+
+    def metadata(self, restated: pd.DataFrame | None) -> dict[str, object]:
+        return _bars_read(self.version, self.recorded, self.restate, restated, self.current)
+
+
+def _bars_as_known(
+    context: dg.AssetExecutionContext, run: Run, lake: ParquetLake, *, restate: bool
+) -> BarsAsKnown:
+    """The run's history window of the sleeve's bars, as this run knew them (see ``returns``)."""
     name = run.sleeve.name
     current = bar_store.state(lake, name)
     recorded = _recorded_version(context)
-    known = None if config.restate or current is None else recorded
+    known = None if restate or current is None else recorded
+    settings = run.settings
     window_of = {"as_of": run.as_of, "rows": settings.history_rows, "calendar": settings.calendar}
     try:
         bars = bar_store.read_history(lake, name, known=known, **window_of)
         before = (
             bar_store.as_known(lake, name, recorded, current=current)
-            if config.restate and recorded is not None and current is not None
+            if restate and recorded is not None and current is not None
             else None
         )
     except bar_store.UnknownVersion as exc:
@@ -384,6 +422,14 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
             description=f"returns[{run.key}]: the bars this run read before: {exc}"
         ) from exc
     version = known if known is not None else (None if current is None else current.sequence)
+    return BarsAsKnown(bars, before, version, recorded, restate, current)
+
+
+def _checked_window(run: Run, bars: BarHistory) -> tuple[ReturnsWindow, pd.DataFrame]:
+    """The point-in-time window of ``bars`` and the returns contract's unhandled violations;
+    under the ``quarantine`` policy the offenders the contract found are excluded instead."""
+    settings = run.settings
+    quarantine = run.sleeve.toxic_policy == "quarantine"
     window = policy.point_in_time(
         bars.bars,
         as_of=run.as_of,
@@ -403,60 +449,56 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
     window = returns_engine.drop_symbols(
         window, failures[handled].rename(columns={"message": "detail"}), reason="quarantine"
     )
-    failures = pd.concat(
-        [
-            failures[~handled],
-            contracts.universe_violations(
-                window.returns,
-                window.excluded,
-                minimum=settings.min_universe,
-                as_of=run.as_of,
-            ),
-        ],
-        ignore_index=True,
+    too_few = contracts.universe_violations(
+        window.returns, window.excluded, minimum=settings.min_universe, as_of=run.as_of
     )
-    excluded = window.excluded
+    return window, pd.concat([failures[~handled], too_few], ignore_index=True)
+
+
+def _restated(read: BarsAsKnown, window: ReturnsWindow, as_of: pd.Timestamp):
+    """What the run's history window sees differently from the bars it knew (None: no restate)."""
+    if read.before is None:
+        return None
+    start = window.history.index.min() if len(window.history) else as_of
+    inside = read.bars.bars[(read.bars.bars["date"] >= start) & (read.bars.bars["date"] <= as_of)]
+    old = read.before.bars[
+        (read.before.bars["date"] >= start) & (read.before.bars["date"] <= as_of)
+    ]
+    return bar_lake.changed_bars(old, inside)
+
+
+def _window_metadata(window: ReturnsWindow, bars: BarHistory) -> dict[str, object]:
+    frame, excluded = window.returns, window.excluded
     quarantined = excluded[excluded["reason"] != "ineligible"]
-    frame = window.returns
-    restated = None
-    if before is not None:
-        # What the run's history window sees differently from the bars it knew.
-        start = window.history.index.min() if len(window.history) else run.as_of
-        inside = bars.bars[(bars.bars["date"] >= start) & (bars.bars["date"] <= run.as_of)]
-        old = before.bars[(before.bars["date"] >= start) & (before.bars["date"] <= run.as_of)]
-        restated = bar_lake.changed_bars(old, inside)
-    # Like every ERROR contract here: a rejected window is never stored (see checks.emit).
-    if failures.empty:
-        yield dg.Output(
-            window,
-            metadata=run.metadata(
-                symbols=frame.shape[1],
-                rows=frame.shape[0],
-                date_range=_date_range(frame.index),
-                history_symbols=window.history.shape[1],
-                history_range=_date_range(window.history.index),
-                bars_read=len(bars.bars),
-                excluded=len(excluded),
-                excluded_symbols=dg.MetadataValue.md(checks.markdown(excluded)),
-                quarantined=dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
-                **_bars_read(version, recorded, config.restate, restated, current),
-            ),
-        )
-    threshold = f" (threshold {settings.toxic_threshold:+.0%}, policy: {run.sleeve.toxic_policy})"
+    return {
+        "symbols": frame.shape[1],
+        "rows": frame.shape[0],
+        "date_range": _date_range(frame.index),
+        "history_symbols": window.history.shape[1],
+        "history_range": _date_range(window.history.index),
+        "bars_read": len(bars.bars),
+        "excluded": len(excluded),
+        "excluded_symbols": stage.table(excluded),
+        "quarantined": dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
+    }
+
+
+def _returns_evaluation(
+    failures: pd.DataFrame, quarantined: pd.DataFrame, toxic_policy: str
+) -> Evaluation:
+    """The returns contract: the unhandled violations fail it; the quarantined symbols are
+    listed after them. A rejected window is never stored (see ``checks.emit``)."""
     reported = quarantined.assign(
         message=quarantined["symbol"] + ": " + quarantined["detail"] + " [quarantined]"
     )[["symbol", "date", "value", "rule", "message"]]
-    yield checks.result(
+    return Evaluation(
         RETURNS_CONTRACT,
-        pd.concat([failures, reported], ignore_index=True),
-        severity=dg.AssetCheckSeverity.ERROR,
-        passed=failures.empty,
+        failures,
         metadata={
-            "policy": run.sleeve.toxic_policy,
+            "policy": toxic_policy,
             "quarantined_symbols": dg.MetadataValue.json(
                 sorted(quarantined["symbol"].unique().tolist())
             ),
         },
+        handled=reported,
     )
-    if not failures.empty:
-        raise checks.blocking_failure("returns", run.key, failures, suffix=threshold)

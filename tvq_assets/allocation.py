@@ -6,7 +6,8 @@ import dagster as dg
 import pandas as pd
 from dagster_ray import RayResource
 
-from tvq_assets.partitions import previous_run, previous_run_key, run_of, sleeve_run
+from tvq_assets import stage
+from tvq_assets.partitions import Run, previous_run, run_of, sleeve_run
 from tvq_assets.plots import equity_plot
 from tvq_assets.quant import optimise, policy
 from tvq_assets.quant.policy import (
@@ -30,11 +31,6 @@ DIAGNOSTIC_COLUMNS = (
     *("solver", "status", "seconds", "objective", "fallback", "reason"),
     *("cap", "effective_cap", "cluster_cap", "effective_cluster_cap"),
 )
-
-
-def _previous_metadata(key: str, found: bool) -> str:
-    previous = previous_run_key(key)
-    return previous if found else f"none (first run or gap: {previous} not materialised)"
 
 
 @dg.asset(
@@ -73,16 +69,33 @@ def weights(
     reference; without them (a first run or a gap) no turnover penalty applies.
     """
     run = run_of(context)
-    settings = run.settings
     winners = selection.winners
     held = previous.weights if previous is not None else None
+    allocations = _allocations(run, winners, returns.returns, held)
+    table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
+    table = table.fillna(0.0).rename_axis("symbol")
+    diagnostics = _diagnostics(allocations)
+    yield from stage.emit(
+        run,
+        "weights",
+        WeightsRecord(weights=table, diagnostics=diagnostics),
+        metadata=_weights_metadata(run, table, diagnostics, held is not None),
+        evaluations=_weights_evaluations(run, table, diagnostics, winners),
+    )
+
+
+def _allocations(
+    run: Run, winners: pd.DataFrame, returns: pd.DataFrame, held: pd.DataFrame | None
+) -> dict[str, optimise.Allocation]:
+    """Every profile's allocation of the winners, against its previous weights when held; an
+    infeasible cap names the run and the sleeve."""
     try:
-        allocations = {
+        return {
             profile: policy.allocate(
                 profile,
                 winners,
-                returns.returns,
-                settings,
+                returns,
+                run.settings,
                 previous=held[profile] if held is not None else None,
             )
             for profile in optimise.PROFILES
@@ -91,44 +104,52 @@ def weights(
         raise optimise.InfeasibleCap(
             f"weights[{run.key}]: sleeve {run.sleeve.name!r}: {error}"
         ) from error
-    table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
-    table = table.fillna(0.0).rename_axis("symbol")
-    diagnostics = pd.DataFrame(
+
+
+def _diagnostics(allocations: dict[str, optimise.Allocation]) -> pd.DataFrame:
+    """One row per profile: the solver, its status and timing, the fallback and the caps."""
+    return pd.DataFrame(
         [[getattr(a, c) for c in DIAGNOSTIC_COLUMNS] for a in allocations.values()],
         index=pd.Index(list(allocations), name="profile"),
         columns=list(DIAGNOSTIC_COLUMNS),
     ).astype({"objective": float, "seconds": float, "cluster_cap": float})
-    yield from checks.emit(
-        "weights",
-        run.key,
-        WeightsRecord(weights=table, diagnostics=diagnostics),
-        metadata=run.metadata(
-            winners=len(table),
-            weights=dg.MetadataValue.md(checks.markdown(table.reset_index())),
-            diagnostics=dg.MetadataValue.md(checks.markdown(diagnostics.reset_index())),
-            previous_run=_previous_metadata(run.key, held is not None),
-            covariance=f"Ledoit-Wolf over the last {settings.train} bars; cap {settings.cap:.0%}",
+
+
+def _weights_metadata(run: Run, table: pd.DataFrame, diagnostics: pd.DataFrame, held: bool):
+    settings = run.settings
+    return {
+        "winners": len(table),
+        "weights": stage.table(table.reset_index()),
+        "diagnostics": stage.table(diagnostics.reset_index()),
+        "previous_run": stage.previous_run_note(run, held),
+        "covariance": f"Ledoit-Wolf over the last {settings.train} bars; cap {settings.cap:.0%}",
+    }
+
+
+def _weights_evaluations(
+    run: Run, table: pd.DataFrame, diagnostics: pd.DataFrame, winners: pd.DataFrame
+) -> list[Evaluation]:
+    """The weights contract per profile (blocking) and the solver status (a warning)."""
+    settings = run.settings
+    return [
+        Evaluation(
+            WEIGHTS_CONTRACT,
+            allocation_contracts.weights_violations(
+                table,
+                winners=winners.index,
+                cap=settings.cap,
+                infeasible_cap=settings.infeasible_cap,
+                clusters=winners["cluster"],
+                cluster_cap=settings.cluster_cap,
+                as_of=run.as_of,
+            ),
         ),
-        evaluations=[
-            Evaluation(
-                WEIGHTS_CONTRACT,
-                allocation_contracts.weights_violations(
-                    table,
-                    winners=winners.index,
-                    cap=settings.cap,
-                    infeasible_cap=settings.infeasible_cap,
-                    clusters=winners["cluster"],
-                    cluster_cap=settings.cluster_cap,
-                    as_of=run.as_of,
-                ),
-            ),
-            Evaluation(
-                SOLVER_STATUS,
-                allocation_contracts.solver_violations(diagnostics, as_of=run.as_of),
-                severity=dg.AssetCheckSeverity.WARN,
-            ),
-        ],
-    )
+        Evaluation(
+            SOLVER_STATUS,
+            allocation_contracts.solver_violations(diagnostics, as_of=run.as_of),
+            severity=dg.AssetCheckSeverity.WARN,
+        ),
+    ]
 
 
 def _cash_reasons(window: ReturnsWindow, settings, result) -> dict:
@@ -199,71 +220,88 @@ def backtest(
     fanout = ray_fanout.task_map(ray)
     started = time.perf_counter()
     outcome = policy.tournament(
-        returns,
-        run.settings,
-        incumbent=incumbent,
-        cache=lake_window_cache(lake),
-        map_tasks=fanout,
+        returns, run.settings, incumbent=incumbent, cache=lake_window_cache(lake), map_tasks=fanout
     )
     how = ray_fanout.tournament_metadata(fanout, time.perf_counter() - started)
-    reuse = outcome.reuse
+    complete = Evaluation(BACKTEST_COMPLETE, _backtest_violations(run, outcome, returns))
+    if outcome.verdict is None:
+        # No candidate ever traded: nothing is stored and the contract stops the run.
+        yield from checks.emit("backtest", run.key, None, metadata=how, evaluations=[complete])
+        return
+    stored = policy.record(outcome, incumbent=incumbent, dates=returns.history.index)
+    plot = _equity_curve(run, stored, lake)
+    metadata = _backtest_metadata(run, outcome, stored, previous, plot)
+    yield from stage.emit(
+        run, "backtest", stored, metadata={**metadata, **how}, evaluations=[complete]
+    )
+
+
+def _backtest_violations(
+    run: Run, outcome: policy.TournamentOutcome, returns: ReturnsWindow
+) -> pd.DataFrame:
+    """The ``backtest_complete`` violations, naming why the failing policies held cash, or that
+    nobody can be crowned yet."""
+    result = outcome.result
     violations = backtest_contracts.backtest_violations(
-        outcome.result.returns, outcome.metrics, as_of=run.as_of
+        result.returns, outcome.metrics, as_of=run.as_of
     )
     if not violations.empty:
         # Name the cause: why the failing policies held cash, window by window.
         violations = backtest_contracts.backtest_violations(
-            outcome.result.returns,
+            result.returns,
             outcome.metrics,
             as_of=run.as_of,
-            cash=_cash_reasons(returns, run.settings, outcome.result),
-            windows=len(outcome.result.windows),
+            cash=_cash_reasons(returns, run.settings, result),
+            windows=len(result.windows),
         )
     if outcome.verdict is None and violations.empty:
-        violations = backtest_contracts.no_champion(outcome.result.returns, as_of=run.as_of)
-    incomplete = Evaluation(BACKTEST_COMPLETE, violations)
-    if outcome.verdict is None:
-        # No candidate ever traded: nothing is stored and the contract stops the run.
-        yield from checks.emit("backtest", run.key, None, metadata=how, evaluations=[incomplete])
-        return
-    stored = policy.record(outcome, incumbent=incumbent, dates=returns.history.index)
-    champion = outcome.verdict.champion
+        violations = backtest_contracts.no_champion(result.returns, as_of=run.as_of)
+    return violations
+
+
+def _equity_curve(run: Run, stored: TournamentRecord, lake: ParquetLake):
+    """The champion's and the baselines' equity curves as a PNG beside the stored value."""
     png = equity_plot(
         stored.returns,
-        champion=champion,
+        champion=stored.champion,
         baselines=list(policy.BASELINES),
         title=f"{run.sleeve.name} walk-forward to {run.as_of:%Y-%m-%d}",
     )
     plot_path = lake.location(["backtest"], run.key).with_suffix(".png")
     write_file(png, plot_path)
-    shown = stored.metrics.loc[[champion, *policy.BASELINES]]
-    yield from checks.emit(
-        "backtest",
-        run.key,
-        stored,
-        metadata=run.metadata(
-            champion=champion,
-            challenger=outcome.verdict.challenger,
-            incumbent=incumbent or "none",
-            previous_run=_previous_metadata(run.key, previous is not None),
-            replaced_incumbent=outcome.verdict.replaced,
-            rule=outcome.verdict.rule,
-            sharpe=float(stored.metrics.loc[champion, "sharpe"]),
-            max_drawdown=float(stored.metrics.loc[champion, "max_drawdown"]),
-            champion_vs_baselines=dg.MetadataValue.md(checks.markdown(shown.reset_index())),
-            metrics=dg.MetadataValue.md(checks.markdown(stored.metrics.reset_index())),
-            equity_curve_file=dg.MetadataValue.path(str(plot_path)),
-            windows=reuse.windows,
-            windows_computed=reuse.windows_computed,
-            windows_reused=reuse.windows_reused,
-            alphas_computed=reuse.alphas_computed,
-            alphas_reused=reuse.alphas_reused,
-            out_of_sample_days=len(stored.returns),
-            target_rows=len(stored.targets),
-            **how,
-        ),
-        evaluations=[incomplete],
-    )
+    return plot_path
+
+
+def _backtest_metadata(
+    run: Run,
+    outcome: policy.TournamentOutcome,
+    stored: TournamentRecord,
+    previous: TournamentRecord | None,
+    plot_path,
+) -> dict[str, object]:
+    verdict, reuse, metrics = outcome.verdict, outcome.reuse, stored.metrics
+    champion = verdict.champion
+    shown = metrics.loc[[champion, *policy.BASELINES]]
+    return {
+        "champion": champion,
+        "challenger": verdict.challenger,
+        "incumbent": (previous.champion if previous is not None else None) or "none",
+        "previous_run": stage.previous_run_note(run, previous is not None),
+        "replaced_incumbent": verdict.replaced,
+        "rule": verdict.rule,
+        "sharpe": float(metrics.loc[champion, "sharpe"]),
+        "max_drawdown": float(metrics.loc[champion, "max_drawdown"]),
+        "champion_vs_baselines": stage.table(shown.reset_index()),
+        "metrics": stage.table(metrics.reset_index()),
+        "equity_curve_file": dg.MetadataValue.path(str(plot_path)),
+        "windows": reuse.windows,
+        "windows_computed": reuse.windows_computed,
+        "windows_reused": reuse.windows_reused,
+        "alphas_computed": reuse.alphas_computed,
+        "alphas_reused": reuse.alphas_reused,
+        "out_of_sample_days": len(stored.returns),
+        "target_rows": len(stored.targets),
+    }
 
 
 @dg.asset(
@@ -301,44 +339,49 @@ def portfolio(
     policy the tournament measured (and equals ``backtest``'s champion weights).
     """
     run = run_of(context)
-    settings = run.settings
     champion = backtest.champion
-    held = policy.last_target(
-        backtest.targets, champion, policy.walk_forward_count(returns.history.index, settings)
-    )
+    windows = policy.walk_forward_count(returns.history.index, run.settings)
+    held = policy.last_target(backtest.targets, champion, windows)
     # The newest window's alpha comes from the window cache the tournament filled.
     target = policy.decide_portfolio(
-        returns, settings, champion, held, cache=lake_window_cache(lake)
+        returns, run.settings, champion, held, cache=lake_window_cache(lake)
     )
     book = previous.weights["weight"] if previous is not None else None
     stored = policy.portfolio_record(target, book)
-    largest = float(target.max()) if len(target) else 0.0
-    shown = stored.trades[stored.trades["trade"].abs() > 0].reset_index()
-    yield from checks.emit(
+    yield from stage.emit(
+        run,
         "portfolio",
-        run.key,
         stored,
-        metadata=run.metadata(
+        metadata=_portfolio_metadata(run, champion, target, stored, previous is not None),
+        evaluations=[_portfolio_evaluation(run, champion, target, returns.returns.columns)],
+    )
+
+
+def _portfolio_metadata(
+    run: Run, champion: str, target: pd.Series, stored: PortfolioRecord, previous: bool
+) -> dict[str, object]:
+    shown = stored.trades[stored.trades["trade"].abs() > 0].reset_index()
+    return {
+        "policy": champion,
+        "names": int((target > 0).sum()),
+        "turnover": round(stored.turnover, 9),
+        "largest_weight": float(target.max()) if len(target) else 0.0,
+        "cash": len(target) == 0,
+        "portfolio": stage.table(stored.weights.reset_index()),
+        "trades": stage.table(shown),
+        "previous_run": stage.previous_run_note(run, previous),
+    }
+
+
+def _portfolio_evaluation(run: Run, champion: str, target: pd.Series, eligible) -> Evaluation:
+    return Evaluation(
+        PORTFOLIO_CONTRACT,
+        allocation_contracts.portfolio_violations(
+            target,
             policy=champion,
-            names=int((target > 0).sum()),
-            turnover=round(stored.turnover, 9),
-            largest_weight=largest,
-            cash=len(target) == 0,
-            portfolio=dg.MetadataValue.md(checks.markdown(stored.weights.reset_index())),
-            trades=dg.MetadataValue.md(checks.markdown(shown)),
-            previous_run=_previous_metadata(run.key, previous is not None),
+            eligible=eligible,
+            cap=run.settings.cap,
+            infeasible_cap=run.settings.infeasible_cap,
+            as_of=run.as_of,
         ),
-        evaluations=[
-            Evaluation(
-                PORTFOLIO_CONTRACT,
-                allocation_contracts.portfolio_violations(
-                    target,
-                    policy=champion,
-                    eligible=returns.returns.columns,
-                    cap=settings.cap,
-                    infeasible_cap=settings.infeasible_cap,
-                    as_of=run.as_of,
-                ),
-            )
-        ],
     )

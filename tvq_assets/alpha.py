@@ -3,8 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from tvq_assets import messages
-from tvq_assets.partitions import run_of, sleeve_run
+from tvq_assets import messages, stage
+from tvq_assets.partitions import Run, run_of, sleeve_run
 from tvq_assets.quant import policy, quality
 from tvq_assets.quant.bars import BarHistory
 from tvq_assets.quant.returns import ReturnsWindow
@@ -39,32 +39,39 @@ def _spec(asset: str, name: str, description: str, blocking: bool = True):
 def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: BarHistory):
     """Per-symbol features of the returns window: momentum, risk, entropy, Hurst, liquidity."""
     run = run_of(context)
-    settings, sleeve = run.settings, run.sleeve
-    table = policy.features(returns.returns, returns.dollar_volume, settings)
-    spikes = quality.volume_spikes(
-        bars.bars,
-        sigma=sleeve.policy.volume_spike_sigma,
-        window=sleeve.policy.volume_spike_window,
-        as_of=run.as_of,
-    )
+    table = policy.features(returns.returns, returns.dollar_volume, run.settings)
+    spikes = _volume_spikes(bars, run)
     table["volume_spike"] = table.index.isin(spikes["symbol"])
     failures = alpha_contracts.features_violations(
-        table, universe=returns.returns.columns, as_of=run.as_of, min_history=settings.min_history
-    )
-    yield from checks.emit(
-        "features",
-        run.key,
         table,
-        metadata=run.metadata(
-            symbols=len(table),
-            stalled=dg.MetadataValue.json(sorted(table.index[table["stalled"]])),
-            volume_spikes=dg.MetadataValue.json(sorted(spikes["symbol"])),
-            medians=dg.MetadataValue.md(
-                checks.markdown(table.median(numeric_only=True).to_frame("median").T)
-            ),
-        ),
+        universe=returns.returns.columns,
+        as_of=run.as_of,
+        min_history=run.settings.min_history,
+    )
+    yield from stage.emit(
+        run,
+        "features",
+        table,
+        metadata=_features_metadata(table, spikes),
         evaluations=[Evaluation(FEATURES_CONTRACT, failures)],
     )
+
+
+def _volume_spikes(bars: BarHistory, run: Run) -> pd.DataFrame:
+    """The last-bar volume spikes of the run's bars under the sleeve's spike rule."""
+    rule = run.sleeve.policy
+    return quality.volume_spikes(
+        bars.bars, sigma=rule.volume_spike_sigma, window=rule.volume_spike_window, as_of=run.as_of
+    )
+
+
+def _features_metadata(table: pd.DataFrame, spikes: pd.DataFrame) -> dict[str, object]:
+    return {
+        "symbols": len(table),
+        "stalled": dg.MetadataValue.json(sorted(table.index[table["stalled"]])),
+        "volume_spikes": dg.MetadataValue.json(sorted(spikes["symbol"])),
+        "medians": stage.table(table.median(numeric_only=True).to_frame("median").T),
+    }
 
 
 @dg.asset(
@@ -82,32 +89,36 @@ def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: Ba
 def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: ReturnsWindow):
     """Conviction score per symbol (Log-MPS), its feature probabilities, the challenger's score."""
     run = run_of(context)
-    settings = run.settings
     window, volume = returns.returns[features.index], returns.dollar_volume[features.index]
-    champion = policy.score("log_mps", features, window, volume, settings)
-    challenger = policy.score(CHALLENGER, features, window, volume, settings)
+    champion = policy.score("log_mps", features, window, volume, run.settings)
+    challenger = policy.score(CHALLENGER, features, window, volume, run.settings)
     table = champion.drop(columns="model").assign(
         model="log_mps", challenger_score=challenger["score"], challenger_model=CHALLENGER
     )
     failures = alpha_contracts.inference_violations(table, as_of=run.as_of)
-    scores = table["score"]
-    yield from checks.emit(
+    yield from stage.emit(
+        run,
         "inference",
-        run.key,
         table,
-        metadata=run.metadata(
-            model="log_mps",
-            weights=dg.MetadataValue.json(dict(champion.attrs.get("weights", {}))),
-            challenger=CHALLENGER,
-            challenger_weights=dg.MetadataValue.json(dict(challenger.attrs.get("weights", {}))),
-            challenger_fallback=str(challenger.attrs.get("fallback")),
-            score_quantiles=dg.MetadataValue.json(
-                {f"q{int(q * 100)}": round(float(scores.quantile(q)), 4) for q in (0.1, 0.5, 0.9)}
-            ),
-            rank_agreement=round(float(scores.corr(table["challenger_score"], "spearman")), 3),
-        ),
+        metadata=_inference_metadata(table, champion.attrs, challenger.attrs),
         evaluations=[Evaluation(INFERENCE_CONTRACT, failures)],
     )
+
+
+def _inference_metadata(table: pd.DataFrame, champion: dict, challenger: dict) -> dict:
+    """``champion``/``challenger``: the two scorers' attributes (their weights, the fallback)."""
+    scores = table["score"]
+    return {
+        "model": "log_mps",
+        "weights": dg.MetadataValue.json(dict(champion.get("weights", {}))),
+        "challenger": CHALLENGER,
+        "challenger_weights": dg.MetadataValue.json(dict(challenger.get("weights", {}))),
+        "challenger_fallback": str(challenger.get("fallback")),
+        "score_quantiles": dg.MetadataValue.json(
+            {f"q{int(q * 100)}": round(float(scores.quantile(q)), 4) for q in (0.1, 0.5, 0.9)}
+        ),
+        "rank_agreement": round(float(scores.corr(table["challenger_score"], "spearman")), 3),
+    }
 
 
 @dg.asset(
@@ -125,20 +136,19 @@ def inference(context: dg.AssetExecutionContext, features: pd.DataFrame, returns
 def clusters(context: dg.AssetExecutionContext, features: pd.DataFrame, returns: ReturnsWindow):
     """Hierarchical cluster of each symbol: multi-lookback correlation distance, Ward, cut 0.7."""
     run = run_of(context)
-    settings = run.settings
-    labels = policy.cluster(returns.returns[features.index], settings)
+    labels = policy.cluster(returns.returns[features.index], run.settings)
     failures = alpha_contracts.clusters_violations(
-        labels, universe=features.index, as_of=run.as_of, max_clusters=settings.max_clusters
+        labels, universe=features.index, as_of=run.as_of, max_clusters=run.settings.max_clusters
     )
     sizes = labels.value_counts().sort_index()
-    yield from checks.emit(
+    yield from stage.emit(
+        run,
         "clusters",
-        run.key,
         labels.to_frame(),
-        metadata=run.metadata(
-            clusters=int(labels.nunique()),
-            sizes=dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
-        ),
+        metadata={
+            "clusters": int(labels.nunique()),
+            "sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
+        },
         evaluations=[Evaluation(CLUSTERS_CONTRACT, failures)],
     )
 
@@ -173,53 +183,60 @@ def selection(
 ):
     """Winners per cluster with score, direction, cluster and HTR stage; the audit of every veto."""
     run = run_of(context)
-    settings = run.settings
     excluded = returns.excluded
     selected = policy.select_winners(
-        features, inference["score"], clusters["cluster"], excluded, settings
+        features, inference["score"], clusters["cluster"], excluded, run.settings
     )
     outcome = messages.render_selection(selected)
-    winners = outcome.winners
-    rules = settings.selection
-    yield from checks.emit(
+    yield from stage.emit(
+        run,
         "selection",
-        run.key,
-        policy.SelectionRecord(winners=winners, audit=outcome.audit),
-        metadata=run.metadata(
-            winners=len(winners),
-            stage_reached=selected.stage_reached,
-            winners_table=dg.MetadataValue.md(checks.markdown(winners.reset_index())),
-            vetoes=dg.MetadataValue.json(
-                outcome.audit.loc[outcome.audit["decision"] == "vetoed", "rule"]
-                .value_counts()
-                .to_dict()
-            ),
-            warnings=dg.MetadataValue.json(list(outcome.warnings)),
-        ),
-        evaluations=[
-            Evaluation(
-                SELECTION_CONTRACT,
-                alpha_contracts.selection_violations(
-                    winners,
-                    as_of=run.as_of,
-                    features=features.index,
-                    quarantined=excluded.loc[
-                        excluded["reason"].isin(policy.QUARANTINE_REASONS), "symbol"
-                    ],
-                    stalled=features.index[features["stalled"]],
-                    excluded=excluded["symbol"],
-                ),
-            ),
-            Evaluation(
-                WINNER_COUNT,
-                alpha_contracts.winner_count_violations(
-                    len(winners),
-                    as_of=run.as_of,
-                    minimum=rules.min_winners,
-                    maximum=rules.max_winners,
-                    reasons=outcome.warnings,
-                ),
-                severity=dg.AssetCheckSeverity.WARN,
-            ),
-        ],
+        policy.SelectionRecord(winners=outcome.winners, audit=outcome.audit),
+        metadata=_selection_metadata(outcome, selected.stage_reached),
+        evaluations=_selection_evaluations(run, outcome, features, excluded),
     )
+
+
+def _selection_metadata(outcome: messages.RenderedSelection, stage_reached) -> dict:
+    audit = outcome.audit
+    return {
+        "winners": len(outcome.winners),
+        "stage_reached": stage_reached,
+        "winners_table": stage.table(outcome.winners.reset_index()),
+        "vetoes": dg.MetadataValue.json(
+            audit.loc[audit["decision"] == "vetoed", "rule"].value_counts().to_dict()
+        ),
+        "warnings": dg.MetadataValue.json(list(outcome.warnings)),
+    }
+
+
+def _selection_evaluations(
+    run: Run, outcome: messages.RenderedSelection, features: pd.DataFrame, excluded: pd.DataFrame
+) -> list[Evaluation]:
+    """The safety contract on the winners (blocking) and the winner count (a warning)."""
+    winners, rules = outcome.winners, run.settings.selection
+    quarantined = excluded.loc[excluded["reason"].isin(policy.QUARANTINE_REASONS), "symbol"]
+    return [
+        Evaluation(
+            SELECTION_CONTRACT,
+            alpha_contracts.selection_violations(
+                winners,
+                as_of=run.as_of,
+                features=features.index,
+                quarantined=quarantined,
+                stalled=features.index[features["stalled"]],
+                excluded=excluded["symbol"],
+            ),
+        ),
+        Evaluation(
+            WINNER_COUNT,
+            alpha_contracts.winner_count_violations(
+                len(winners),
+                as_of=run.as_of,
+                minimum=rules.min_winners,
+                maximum=rules.max_winners,
+                reasons=outcome.warnings,
+            ),
+            severity=dg.AssetCheckSeverity.WARN,
+        ),
+    ]

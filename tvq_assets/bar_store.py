@@ -32,8 +32,9 @@ path operations that ``UPath`` also supports are used here (``/``, ``open``, ``e
 
 import io
 import json
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -960,3 +961,57 @@ def commit(lake: ParquetLake, plan: Plan, *, compact_after: int = COMPACT_AFTER)
         checksums=checksums,
         now=plan.now,
     )
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """One refresh of the store: the prepared merge, the source's batch, the contract's blocking
+    ``errors`` and recorded ``warnings`` on the rows it adds or revises, and the write (None when
+    the errors kept it out of the store); ``seconds`` of validation, writing and in all."""
+
+    plan: Plan
+    batch: object  # the market-data batch: its load errors and resolved duplicates
+    errors: pd.DataFrame
+    warnings: pd.DataFrame
+    written: Written | None
+    seconds: Mapping[str, float]
+
+
+def refresh(
+    lake: ParquetLake,
+    sleeve: str,
+    *,
+    fetch,
+    validate: Callable[[Plan], tuple[pd.DataFrame, pd.DataFrame]],
+    calendar: str,
+    bar_policy: bar_lake.BarPolicy,
+    volume_spike_window: int,
+    now: pd.Timestamp,
+    full: bool = False,
+) -> Refreshed:
+    """Take what is new at the source into the store: :func:`prepare` the merge, ``validate`` it
+    (the contract's errors and warnings on the rows the refresh adds or revises, read against the
+    stored context), and :func:`commit` it only when there is no error — the store only ever
+    holds bars that passed, one small segment per refresh."""
+    started = time.perf_counter()
+    plan, batch = prepare(
+        lake,
+        sleeve,
+        fetch=fetch,
+        calendar=calendar,
+        bar_policy=bar_policy,
+        volume_spike_window=volume_spike_window,
+        now=now,
+        full=full,
+    )
+    validating = time.perf_counter()
+    errors, warnings = validate(plan)
+    validated = time.perf_counter()
+    written = commit(lake, plan) if errors.empty else None
+    wrote = time.perf_counter()
+    seconds = {
+        "validate": validated - validating,
+        "write": wrote - validated,
+        "total": wrote - started,
+    }
+    return Refreshed(plan, batch, errors, warnings, written, seconds)

@@ -1,17 +1,21 @@
 """Data layer: the sleeve's bar lake and the point-in-time returns window, with their contracts."""
 
-import time
+from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
 from dagster_ray import RayResource
 
-from tvq_assets import bar_store
-from tvq_assets.partitions import run_of, sleeve, sleeve_of, sleeve_run
+from tvq_assets import bar_store, stage
+from tvq_assets.catalog import Sleeve
+from tvq_assets.partitions import Run, run_of, sleeve, sleeve_of, sleeve_run
 from tvq_assets.quant import bars as bar_lake
 from tvq_assets.quant import policy
 from tvq_assets.quant import returns as returns_engine
+from tvq_assets.quant.bars import BarHistory
+from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import checks, contracts
+from tvq_checks.checks import Evaluation
 from tvq_resources import clock, ray_fanout
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData
@@ -102,128 +106,167 @@ def _refresh_bars(
     *,
     full: bool,
 ):
-    started = time.perf_counter()
     sleeve_entry = sleeve_of(context)
-    policy = sleeve_entry.policy
     partition = context.partition_key
-    now = clock.now()
-    try:
-        plan, batch = bar_store.prepare(
-            lake,
-            partition,
-            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since, map_tasks=fanout),
+    refreshed = _refreshed_store(sleeve_entry, market_data, lake, fanout, full=full)
+    if refreshed.written is not None:
+        yield dg.MaterializeResult(metadata=_bars_metadata(refreshed, sleeve_entry, lake, fanout))
+    yield from _bars_check_results(refreshed)
+    if not refreshed.errors.empty:
+        raise checks.blocking_failure("bars", partition, refreshed.errors)
+
+
+def _refreshed_store(
+    sleeve_entry: Sleeve,
+    market_data: MarketData,
+    lake: ParquetLake,
+    fanout: ray_fanout.TaskMap,
+    *,
+    full: bool,
+) -> bar_store.Refreshed:
+    """``bar_store.refresh`` of the sleeve under its bar policy, validated by the bars contract."""
+    rules = sleeve_entry.policy
+
+    def validate(plan: bar_store.Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return contracts.bar_violations(
+            plan.frame,
             calendar=sleeve_entry.calendar,
-            bar_policy=policy.bar_policy,
-            volume_spike_window=policy.volume_spike_window,
-            now=now,
+            stall_bars=rules.stall_bars,
+            volume_spike_window=rules.volume_spike_window,
+            volume_spike_sigma=rules.volume_spike_sigma,
+            rows=plan.rows,
+        )
+
+    try:
+        return bar_store.refresh(
+            lake,
+            sleeve_entry.name,
+            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since, map_tasks=fanout),
+            validate=validate,
+            calendar=sleeve_entry.calendar,
+            bar_policy=rules.bar_policy,
+            volume_spike_window=rules.volume_spike_window,
+            now=clock.now(),
             full=full,
         )
     except bar_lake.FutureBarError as exc:
-        raise dg.Failure(description=f"bars of sleeve {partition}: {exc}") from exc
-    update, cleaned = plan.update, plan.cleaned
-    validating = time.perf_counter()
-    # The stored bars passed this contract when they came in; the rows this refresh adds or
-    # revises are checked, against the stored context their continuity rules look back on.
-    errors, warnings = contracts.bar_violations(
-        plan.frame,
-        calendar=sleeve_entry.calendar,
-        stall_bars=policy.stall_bars,
-        volume_spike_window=policy.volume_spike_window,
-        volume_spike_sigma=policy.volume_spike_sigma,
-        rows=plan.rows,
+        raise dg.Failure(description=f"bars of sleeve {sleeve_entry.name}: {exc}") from exc
+
+
+def _load_errors(refreshed: bar_store.Refreshed) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(e.file, e.line, e.reason) for e in refreshed.batch.errors],
+        columns=["file", "line", "reason"],
     )
-    validated = time.perf_counter()
-    load_errors = pd.DataFrame(
-        [(e.file, e.line, e.reason) for e in batch.errors], columns=["file", "line", "reason"]
-    )
-    load_table = dg.MetadataValue.md(checks.markdown(load_errors.head(20)))
-    summary = bar_lake.defect_summary(cleaned.defects)
-    summary_table = dg.MetadataValue.md(checks.markdown(summary))
-    per_symbol = dg.MetadataValue.md(checks.markdown(_defects_by_symbol(cleaned.defects)))
-    if errors.empty:
-        # The store writes one small segment and switches its manifest (never through the IO
-        # manager, which would rewrite the whole lake); readers load it with ``lake.read``.
-        written = bar_store.commit(lake, plan)
-        wrote = time.perf_counter()
-        symbols = plan.symbols
-        yield dg.MaterializeResult(
-            metadata={
-                "symbols": len(symbols),
-                "rows": written.rows,
-                "rows_read": plan.rows_read,
-                "rows_added": update.added,
-                "rows_revised_at_source": update.revised,
-                "rows_removed_by_defects": update.removed,
-                "rows_validated": int(plan.rows.sum()),
-                "new_symbols": len(set(update.changed["symbol"]) - set(plan.known_symbols)),
-                "date_range": _symbol_range(symbols),
-                "read_since": "everything" if plan.since is None else f"{plan.since:%Y-%m-%d}",
-                "segments": written.segments,
-                "compacted": written.compacted,
-                "version": written.version,
-                "source_disagreements": len(plan.source_check.disagreements),
-                "checksums_baselined": plan.source_check.baselined,
-                "source": sleeve_entry.source["kind"],
-                "duplicates_resolved": batch.duplicates,
-                **{
-                    f"defects_{action}": int((cleaned.defects["action"] == action).sum())
-                    for action in bar_lake.RECORDED.values()
-                },
-                "defects_by_rule": summary_table,
-                "defects_by_symbol": per_symbol,
-                "unreadable_files": len(load_errors),
-                "load_errors": load_table,
-                "path": dg.MetadataValue.path(str(bar_store.folder(lake, partition))),
-                "seconds_source": round(plan.seconds["source"], 3),
-                "source_parse_mode": fanout.mode,
-                "source_parse_tasks": fanout.tasks,
-                "seconds_read": round(plan.seconds["read"], 3),
-                "seconds_merge": round(plan.seconds["merge"], 3),
-                "seconds_checksums": round(plan.seconds["checksums"], 3),
-                "seconds_validate": round(validated - validating, 3),
-                "seconds_write": round(wrote - validated, 3),
-                "seconds": round(wrote - started, 3),
-            },
-        )
+
+
+def _bars_metadata(
+    refreshed: bar_store.Refreshed,
+    sleeve_entry: Sleeve,
+    lake: ParquetLake,
+    fanout: ray_fanout.TaskMap,
+) -> dict[str, object]:
+    plan, written, batch = refreshed.plan, refreshed.written, refreshed.batch
+    update, defects = plan.update, plan.cleaned.defects
+    load_errors = _load_errors(refreshed)
+    return {
+        "symbols": len(plan.symbols),
+        "rows": written.rows,
+        "rows_read": plan.rows_read,
+        "rows_added": update.added,
+        "rows_revised_at_source": update.revised,
+        "rows_removed_by_defects": update.removed,
+        "rows_validated": int(plan.rows.sum()),
+        "new_symbols": len(set(update.changed["symbol"]) - set(plan.known_symbols)),
+        "date_range": _symbol_range(plan.symbols),
+        "read_since": "everything" if plan.since is None else f"{plan.since:%Y-%m-%d}",
+        "segments": written.segments,
+        "compacted": written.compacted,
+        "version": written.version,
+        "source_disagreements": len(plan.source_check.disagreements),
+        "checksums_baselined": plan.source_check.baselined,
+        "source": sleeve_entry.source["kind"],
+        "duplicates_resolved": batch.duplicates,
+        **{
+            f"defects_{action}": int((defects["action"] == action).sum())
+            for action in bar_lake.RECORDED.values()
+        },
+        "defects_by_rule": stage.table(bar_lake.defect_summary(defects)),
+        "defects_by_symbol": stage.table(_defects_by_symbol(defects)),
+        "unreadable_files": len(load_errors),
+        "load_errors": stage.table(load_errors.head(20)),
+        "path": dg.MetadataValue.path(str(bar_store.folder(lake, plan.sleeve))),
+        "seconds_source": round(plan.seconds["source"], 3),
+        "source_parse_mode": fanout.mode,
+        "source_parse_tasks": fanout.tasks,
+        "seconds_read": round(plan.seconds["read"], 3),
+        "seconds_merge": round(plan.seconds["merge"], 3),
+        "seconds_checksums": round(plan.seconds["checksums"], 3),
+        "seconds_validate": round(refreshed.seconds["validate"], 3),
+        "seconds_write": round(refreshed.seconds["write"], 3),
+        "seconds": round(refreshed.seconds["total"], 3),
+    }
+
+
+def _bars_check_results(refreshed: bar_store.Refreshed):
+    """The bars contract (blocking), the quality warnings, the source's readability, the bar
+    defects and the source's revisions."""
+    plan = refreshed.plan
     yield checks.result(
         BARS_CONTRACT,
-        errors,
+        refreshed.errors,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows_checked": int(plan.rows.sum())},
     )
-    yield checks.result(BARS_QUALITY, warnings, severity=dg.AssetCheckSeverity.WARN)
-    yield dg.AssetCheckResult(
+    yield checks.result(BARS_QUALITY, refreshed.warnings, severity=dg.AssetCheckSeverity.WARN)
+    yield _source_readable(refreshed)
+    yield _bar_defects(plan.cleaned.defects)
+    yield _bar_revisions(plan)
+
+
+def _source_readable(refreshed: bar_store.Refreshed) -> dg.AssetCheckResult:
+    load_errors = _load_errors(refreshed)
+    return dg.AssetCheckResult(
         check_name=SOURCE_READABLE,
         passed=load_errors.empty,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
             "every file was read"
             if load_errors.empty
-            else f"{len(load_errors)} file(s) could not be read; first: {batch.errors[0]}"
+            else f"{len(load_errors)} file(s) could not be read; first: {refreshed.batch.errors[0]}"
         ),
-        metadata={"unreadable_files": len(load_errors), "load_errors": load_table},
+        metadata={
+            "unreadable_files": len(load_errors),
+            "load_errors": stage.table(load_errors.head(20)),
+        },
     )
-    held_back = int((cleaned.defects["rule"] == bar_lake.UNFINISHED).sum())
-    yield dg.AssetCheckResult(
+
+
+def _bar_defects(defects: pd.DataFrame) -> dg.AssetCheckResult:
+    held_back = int((defects["rule"] == bar_lake.UNFINISHED).sum())
+    return dg.AssetCheckResult(
         check_name=BARS_DEFECTS,
         # Holding back today's unfinished bars is routine, not a defect of the source.
-        passed=len(cleaned.defects) == held_back,
+        passed=len(defects) == held_back,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
             "no bar defect in the source"
-            if cleaned.defects.empty
-            else f"{len(cleaned.defects)} bar defect(s) in "
-            f"{cleaned.defects['symbol'].nunique()} symbol(s), handled by the bar policy"
+            if defects.empty
+            else f"{len(defects)} bar defect(s) in "
+            f"{defects['symbol'].nunique()} symbol(s), handled by the bar policy"
         ),
         metadata={
-            "defects": len(cleaned.defects) - held_back,
+            "defects": len(defects) - held_back,
             "unfinished_bars_held_back": held_back,
-            "by_rule": summary_table,
-            "by_symbol": per_symbol,
-            "first_defects": dg.MetadataValue.md(checks.markdown(cleaned.defects.head(20))),
+            "by_rule": stage.table(bar_lake.defect_summary(defects)),
+            "by_symbol": stage.table(_defects_by_symbol(defects)),
+            "first_defects": stage.table(defects.head(20)),
         },
     )
-    disagreements = plan.source_check.disagreements
+
+
+def _bar_revisions(plan: bar_store.Plan) -> dg.AssetCheckResult:
+    update, disagreements = plan.update, plan.source_check.disagreements
     told = []
     if not update.new_revisions.empty:
         told.append(
@@ -231,20 +274,18 @@ def _refresh_bars(
         )
     if not disagreements.empty:
         told.append(_disagreement_message(disagreements))
-    yield dg.AssetCheckResult(
+    return dg.AssetCheckResult(
         check_name=BARS_REVISIONS,
         passed=not told,
         severity=dg.AssetCheckSeverity.WARN,
         description="; ".join(told) or "no stored bar was revised by the source",
         metadata={
             "revisions": len(update.new_revisions),
-            "table": dg.MetadataValue.md(checks.markdown(update.new_revisions.head(20))),
+            "table": stage.table(update.new_revisions.head(20)),
             "source_disagreements": len(disagreements),
-            "disagreements": dg.MetadataValue.md(checks.markdown(disagreements.head(20))),
+            "disagreements": stage.table(disagreements.head(20)),
         },
     )
-    if not errors.empty:
-        raise checks.blocking_failure("bars", partition, errors)
 
 
 def _disagreement_message(disagreements: pd.DataFrame, shown: int = 5) -> str:
@@ -365,18 +406,52 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
     itself bit for bit, whatever the store took in since; with ``restate`` it reads the current
     bars and records which bars differ from the ones it knew."""
     run = run_of(context)
-    settings = run.settings
-    quarantine = run.sleeve.toxic_policy == "quarantine"
+    read = _bars_as_known(context, run, lake, restate=config.restate)
+    window, failures = _checked_window(run, read.bars)
+    quarantined = window.excluded[window.excluded["reason"] != "ineligible"]
+    restated = _restated(read, window, run.as_of)
+    settings, toxic_policy = run.settings, run.sleeve.toxic_policy
+    yield from stage.emit(
+        run,
+        "returns",
+        window,
+        metadata={**_window_metadata(window, read.bars), **read.metadata(restated)},
+        evaluations=[_returns_evaluation(failures, quarantined, toxic_policy)],
+        failure_suffix=f" (threshold {settings.toxic_threshold:+.0%}, policy: {toxic_policy})",
+    )
+
+
+@dataclass(frozen=True)
+class BarsAsKnown:
+    """The bars a returns run reads: as of the store ``version`` it read before (``recorded``)
+    unless restated; ``before``: on a restate, the bars it knew then."""
+
+    bars: BarHistory
+    before: BarHistory | None
+    version: int | None
+    recorded: int | None
+    restate: bool
+    current: bar_store.State | None
+
+    def metadata(self, restated: pd.DataFrame | None) -> dict[str, object]:
+        return _bars_read(self.version, self.recorded, self.restate, restated, self.current)
+
+
+def _bars_as_known(
+    context: dg.AssetExecutionContext, run: Run, lake: ParquetLake, *, restate: bool
+) -> BarsAsKnown:
+    """The run's history window of the sleeve's bars, as this run knew them (see ``returns``)."""
     name = run.sleeve.name
     current = bar_store.state(lake, name)
     recorded = _recorded_version(context)
-    known = None if config.restate or current is None else recorded
+    known = None if restate or current is None else recorded
+    settings = run.settings
     window_of = {"as_of": run.as_of, "rows": settings.history_rows, "calendar": settings.calendar}
     try:
         bars = bar_store.read_history(lake, name, known=known, **window_of)
         before = (
             bar_store.as_known(lake, name, recorded, current=current)
-            if config.restate and recorded is not None and current is not None
+            if restate and recorded is not None and current is not None
             else None
         )
     except bar_store.UnknownVersion as exc:
@@ -384,6 +459,14 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
             description=f"returns[{run.key}]: the bars this run read before: {exc}"
         ) from exc
     version = known if known is not None else (None if current is None else current.sequence)
+    return BarsAsKnown(bars, before, version, recorded, restate, current)
+
+
+def _checked_window(run: Run, bars: BarHistory) -> tuple[ReturnsWindow, pd.DataFrame]:
+    """The point-in-time window of ``bars`` and the returns contract's unhandled violations;
+    under the ``quarantine`` policy the offenders the contract found are excluded instead."""
+    settings = run.settings
+    quarantine = run.sleeve.toxic_policy == "quarantine"
     window = policy.point_in_time(
         bars.bars,
         as_of=run.as_of,
@@ -403,60 +486,56 @@ def returns(context: dg.AssetExecutionContext, config: ReturnsRead, lake: Parque
     window = returns_engine.drop_symbols(
         window, failures[handled].rename(columns={"message": "detail"}), reason="quarantine"
     )
-    failures = pd.concat(
-        [
-            failures[~handled],
-            contracts.universe_violations(
-                window.returns,
-                window.excluded,
-                minimum=settings.min_universe,
-                as_of=run.as_of,
-            ),
-        ],
-        ignore_index=True,
+    too_few = contracts.universe_violations(
+        window.returns, window.excluded, minimum=settings.min_universe, as_of=run.as_of
     )
-    excluded = window.excluded
+    return window, pd.concat([failures[~handled], too_few], ignore_index=True)
+
+
+def _restated(read: BarsAsKnown, window: ReturnsWindow, as_of: pd.Timestamp):
+    """What the run's history window sees differently from the bars it knew (None: no restate)."""
+    if read.before is None:
+        return None
+    start = window.history.index.min() if len(window.history) else as_of
+    inside = read.bars.bars[(read.bars.bars["date"] >= start) & (read.bars.bars["date"] <= as_of)]
+    old = read.before.bars[
+        (read.before.bars["date"] >= start) & (read.before.bars["date"] <= as_of)
+    ]
+    return bar_lake.changed_bars(old, inside)
+
+
+def _window_metadata(window: ReturnsWindow, bars: BarHistory) -> dict[str, object]:
+    frame, excluded = window.returns, window.excluded
     quarantined = excluded[excluded["reason"] != "ineligible"]
-    frame = window.returns
-    restated = None
-    if before is not None:
-        # What the run's history window sees differently from the bars it knew.
-        start = window.history.index.min() if len(window.history) else run.as_of
-        inside = bars.bars[(bars.bars["date"] >= start) & (bars.bars["date"] <= run.as_of)]
-        old = before.bars[(before.bars["date"] >= start) & (before.bars["date"] <= run.as_of)]
-        restated = bar_lake.changed_bars(old, inside)
-    # Like every ERROR contract here: a rejected window is never stored (see checks.emit).
-    if failures.empty:
-        yield dg.Output(
-            window,
-            metadata=run.metadata(
-                symbols=frame.shape[1],
-                rows=frame.shape[0],
-                date_range=_date_range(frame.index),
-                history_symbols=window.history.shape[1],
-                history_range=_date_range(window.history.index),
-                bars_read=len(bars.bars),
-                excluded=len(excluded),
-                excluded_symbols=dg.MetadataValue.md(checks.markdown(excluded)),
-                quarantined=dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
-                **_bars_read(version, recorded, config.restate, restated, current),
-            ),
-        )
-    threshold = f" (threshold {settings.toxic_threshold:+.0%}, policy: {run.sleeve.toxic_policy})"
+    return {
+        "symbols": frame.shape[1],
+        "rows": frame.shape[0],
+        "date_range": _date_range(frame.index),
+        "history_symbols": window.history.shape[1],
+        "history_range": _date_range(window.history.index),
+        "bars_read": len(bars.bars),
+        "excluded": len(excluded),
+        "excluded_symbols": stage.table(excluded),
+        "quarantined": dg.MetadataValue.json(sorted(quarantined["symbol"].unique().tolist())),
+    }
+
+
+def _returns_evaluation(
+    failures: pd.DataFrame, quarantined: pd.DataFrame, toxic_policy: str
+) -> Evaluation:
+    """The returns contract: the unhandled violations fail it; the quarantined symbols are
+    listed after them. A rejected window is never stored (see ``checks.emit``)."""
     reported = quarantined.assign(
         message=quarantined["symbol"] + ": " + quarantined["detail"] + " [quarantined]"
     )[["symbol", "date", "value", "rule", "message"]]
-    yield checks.result(
+    return Evaluation(
         RETURNS_CONTRACT,
-        pd.concat([failures, reported], ignore_index=True),
-        severity=dg.AssetCheckSeverity.ERROR,
-        passed=failures.empty,
+        failures,
         metadata={
-            "policy": run.sleeve.toxic_policy,
+            "policy": toxic_policy,
             "quarantined_symbols": dg.MetadataValue.json(
                 sorted(quarantined["symbol"].unique().tolist())
             ),
         },
+        handled=reported,
     )
-    if not failures.empty:
-        raise checks.blocking_failure("returns", run.key, failures, suffix=threshold)

@@ -125,12 +125,15 @@ def specs_for(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One check's outcome: its violation table and how severe a violation is."""
+    """One check's outcome: its violation table and how severe a violation is. ``handled``:
+    violations the policy dealt with (quarantined): listed in the check after the failures, but
+    they neither fail it nor block."""
 
     name: str
     failures: pd.DataFrame
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
     metadata: Mapping[str, object] | None = None
+    handled: pd.DataFrame | None = None
 
     @property
     def blocks(self) -> bool:
@@ -144,6 +147,7 @@ def emit(
     *,
     metadata: Mapping[str, object],
     evaluations: Sequence[Evaluation],
+    failure_suffix: str = "",
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Yield the asset's value and its check results; stop the run if an ERROR check failed.
 
@@ -156,11 +160,17 @@ def emit(
     if not blocking:
         yield dg.Output(value, metadata=dict(metadata))
     for evaluation in evaluations:
+        shown = evaluation.failures
+        if evaluation.handled is not None:
+            shown = pd.concat([shown, evaluation.handled], ignore_index=True)
         yield result(
             evaluation.name,
-            evaluation.failures,
+            shown,
             severity=evaluation.severity,
             metadata=evaluation.metadata,
+            passed=evaluation.failures.empty,
         )
     if blocking:
-        raise blocking_failure(asset, partition, pd.concat(blocking, ignore_index=True))
+        raise blocking_failure(
+            asset, partition, pd.concat(blocking, ignore_index=True), suffix=failure_suffix
+        )

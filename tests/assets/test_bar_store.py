@@ -566,3 +566,54 @@ def test_a_store_written_before_versions_is_read_and_refreshed_on(tmp_path):
     pd.testing.assert_frame_equal(
         lake.read(["bars"], SLEEVE).bars, once.read(["bars"], SLEEVE).bars
     )
+
+
+def test_a_refresh_the_contract_rejects_leaves_the_store_as_it_was(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    before = bar_store.state(lake, SLEEVE)
+    stored = lake.read(["bars"], SLEEVE)
+
+    def reject_the_first_new_row(plan):
+        errors, warnings = contracts.bar_violations(plan.frame, calendar="crypto", rows=plan.rows)
+        new = plan.frame[plan.rows].head(1)
+        rejected = new.assign(value=new["close"], rule="test_rule", message="rejected")
+        return rejected[list(errors.columns)], warnings
+
+    with lake.writer(["bars"], SLEEVE):
+        refreshed = bar_store.refresh(
+            lake,
+            SLEEVE,
+            fetch=synthetic("2025-03-05"),
+            validate=reject_the_first_new_row,
+            calendar="crypto",
+            bar_policy=bar_lake.BarPolicy(),
+            volume_spike_window=21,
+            now=pd.Timestamp(next_day("2025-03-05"), tz="UTC"),
+        )
+    assert refreshed.written is None and len(refreshed.errors) == 1
+    assert refreshed.plan.update.added > 0
+    assert bar_store.state(lake, SLEEVE).sequence == before.sequence
+    assert_same_history(lake.read(["bars"], SLEEVE), stored)
+
+
+def test_a_refresh_the_contract_passes_is_the_stores_next_version(tmp_path):
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    before = bar_store.state(lake, SLEEVE)
+    with lake.writer(["bars"], SLEEVE):
+        refreshed = bar_store.refresh(
+            lake,
+            SLEEVE,
+            fetch=synthetic("2025-03-05"),
+            validate=lambda plan: contracts.bar_violations(
+                plan.frame, calendar="crypto", rows=plan.rows
+            ),
+            calendar="crypto",
+            bar_policy=bar_lake.BarPolicy(),
+            volume_spike_window=21,
+            now=pd.Timestamp(next_day("2025-03-05"), tz="UTC"),
+        )
+    assert refreshed.errors.empty
+    assert refreshed.written.version == bar_store.state(lake, SLEEVE).sequence > before.sequence
+    assert lake.read(["bars"], SLEEVE).bars["date"].max() == pd.Timestamp("2025-03-05")

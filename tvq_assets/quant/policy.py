@@ -717,6 +717,218 @@ def grid_windows(dates: pd.Index, settings: PolicySettings) -> list[backtest.Win
     )
 
 
+@dataclass(frozen=True)
+class WalkPlan:
+    """The fixed facts of one walk-forward: the run's history, its grid windows, the rows each
+    decision reads (``spans``: every window's training rows, then today's decision rows) and the
+    store keys of those slices and of the parameters."""
+
+    history: pd.DataFrame
+    dollar_volume: pd.DataFrame  # aligned with ``history``
+    defects: pd.DataFrame
+    windows: list[backtest.Window]
+    spans: list[tuple[int, int]]
+    slice_keys: list[str]
+    settings_key: str
+    scorers: tuple[str, ...]
+    candidates: list[str]
+    stateful: bool  # a turnover penalty: each decision reads the previous target
+
+    @property
+    def names(self) -> list[str]:
+        """Every policy of the walk: the candidates, then the baselines."""
+        return [*self.candidates, *BASELINES]
+
+    @property
+    def today(self) -> int:
+        """The index of today's decision in ``spans`` (after the last grid window)."""
+        return len(self.windows)
+
+
+def plan_walk(
+    window: ReturnsWindow,
+    settings: PolicySettings,
+    *,
+    scorers: Sequence[str],
+    profiles: Sequence[str],
+) -> WalkPlan:
+    """The :class:`WalkPlan` of a run's window; a clear error when the history has no decision
+    row on the grid."""
+    history = window.history
+    volume = window.history_dollar_volume.reindex(index=history.index, columns=history.columns)
+    rows = decision_rows(len(history), settings)
+    windows = grid_windows(history.index, settings)
+    if not windows:
+        raise ValueError(
+            f"the history has {len(history)} rows; the walk-forward needs a decision row on the "
+            f"{settings.calendar} grid (every {settings.step}) after {rows} rows and before the "
+            "last"
+        )
+    spans = [(w.train.start, w.train.stop) for w in windows] + [(len(history) - rows, len(history))]
+    slice_keys = [
+        cache_keys.slice_digest(
+            *cache_keys.used_slice(history.iloc[a:b], volume.iloc[a:b], window.defects)
+        )
+        for a, b in spans
+    ]
+    return WalkPlan(
+        history=history,
+        dollar_volume=volume,
+        defects=window.defects,
+        windows=windows,
+        spans=spans,
+        slice_keys=slice_keys,
+        settings_key=cache_keys.settings_digest(settings_config(settings)),
+        scorers=tuple(scorers),
+        candidates=candidates_of(scorers, profiles),
+        stateful=settings.turnover_penalty > 0,
+    )
+
+
+def window_targets_key(plan: WalkPlan, k: int, done: Mapping[int, dict[str, pd.Series]]) -> str:
+    """The store key of window ``k``'s targets; a stateful walk keys it also by the previous
+    window's candidate targets (``done[k - 1]``, or none on the first window)."""
+    previous = "stateless"
+    if plan.stateful:
+        before = done.get(k - 1) if k > 0 else None
+        previous = cache_keys.targets_digest(
+            None if before is None else {n: before[n] for n in plan.candidates}
+        )
+    return cache_keys.targets_key(
+        plan.slice_keys[k], plan.settings_key, [*plan.names, "|", *plan.scorers], previous
+    )
+
+
+def read_stored(
+    cache: cache_keys.WindowStore | None, entry_key: str, columns: Sequence[str]
+) -> pd.DataFrame | None:
+    """The entry ``entry_key`` of ``cache`` in canonical form; None without a cache, for a miss
+    or for a damaged entry."""
+    return cache_keys.checked(cache.get(entry_key), columns) if cache is not None else None
+
+
+def stored_targets(
+    plan: WalkPlan, cache: cache_keys.WindowStore | None
+) -> tuple[dict[int, dict[str, pd.Series]], list[int]]:
+    """The windows whose targets the store holds (``done``) and those to compute (``pending``).
+
+    A stateful walk stops looking at the first miss: every later window's key names a previous
+    target not known yet. A stateless walk looks each window up on its own."""
+    done: dict[int, dict[str, pd.Series]] = {}
+    pending: list[int] = []
+    for k in range(len(plan.windows)):
+        if plan.stateful and pending:
+            pending.append(k)
+            continue
+        stored = read_stored(cache, window_targets_key(plan, k, done), cache_keys.TARGET_COLUMNS)
+        if stored is None:
+            pending.append(k)
+        else:
+            done[k] = cache_keys.targets_from(stored, plan.names)
+    return done, pending
+
+
+def alphas_needed(
+    plan: WalkPlan,
+    settings: PolicySettings,
+    needed: Sequence[int],
+    *,
+    map_tasks: backtest.TaskMap | None,
+    cache: cache_keys.WindowStore | None,
+) -> tuple[dict[int, pd.DataFrame], int]:
+    """Phase 1: the alpha (:func:`window_alpha`) of each window in ``needed``, from the store or
+    computed in ONE ``map_tasks`` call and stored; and how many were computed. Every alpha is
+    read through the stored form, exactly as a later run will read it."""
+    alpha_keys = {
+        k: cache_keys.alpha_key(plan.slice_keys[k], plan.settings_key, plan.scorers) for k in needed
+    }
+    alphas: dict[int, pd.DataFrame] = {}
+    for k, entry_key in alpha_keys.items():
+        stored = read_stored(cache, entry_key, cache_keys.ALPHA_COLUMNS)
+        if stored is not None:
+            alphas[k] = stored
+    missing = [k for k in alpha_keys if k not in alphas]
+    task = functools.partial(
+        window_alpha,
+        history=plan.history,
+        dollar_volume=plan.dollar_volume,
+        defects=plan.defects,
+        settings=settings,
+        scorers=plan.scorers,
+    )
+    computed = _mapped(map_tasks, task, [plan.spans[k] for k in missing])
+    for k, frame in zip(missing, computed, strict=True):
+        if cache is not None:
+            cache.put(alpha_keys[k], frame)
+        alphas[k] = cache_keys.checked(frame, cache_keys.ALPHA_COLUMNS)
+    return alphas, len(missing)
+
+
+def walk_chains(
+    plan: WalkPlan,
+    settings: PolicySettings,
+    pending: Sequence[int],
+    done: Mapping[int, dict[str, pd.Series]],
+    alphas: Mapping[int, pd.DataFrame],
+    *,
+    map_tasks: backtest.TaskMap | None,
+) -> list[list[pd.Series]]:
+    """Phase 2: ONE ``map_tasks`` call over the stateful policies (:func:`walk_chain`), each
+    walking the ``pending`` windows in order from its target on the window before them; one list
+    of targets per candidate, in ``plan.candidates`` order."""
+    first = pending[0] if pending else plan.today
+    chains = [
+        Chain(
+            policy=name,
+            previous=done[first - 1][name] if first > 0 and (first - 1) in done else None,
+            steps=tuple((k, plan.spans[k], alphas[k]) for k in pending),
+        )
+        for name in (plan.candidates if pending else [])
+    ]
+    return _mapped(
+        map_tasks, functools.partial(walk_chain, history=plan.history, settings=settings), chains
+    )
+
+
+def window_targets_frame(
+    plan: WalkPlan, k: int, chosen: Mapping[str, pd.Series], alpha: pd.DataFrame
+) -> pd.DataFrame:
+    """Window ``k``'s ``targets`` entry: the candidates' targets ``chosen`` and the baselines of
+    its ``alpha``, each validated against the history's symbols (an error names the window)."""
+    targets = {**chosen, **baseline_targets(alpha, plan.scorers)}
+    last_training_day = plan.history.index[plan.windows[k].train.stop - 1]
+    where = f"window {k} (training rows to {last_training_day:%Y-%m-%d})"
+    return cache_keys.targets_frame(
+        {
+            name: backtest.validated_weights(
+                targets[name], plan.history.columns, f"{where}, {name}"
+            )
+            for name in plan.names
+        }
+    )
+
+
+def store_walked(
+    plan: WalkPlan,
+    pending: Sequence[int],
+    walked: Sequence[Sequence[pd.Series]],
+    alphas: Mapping[int, pd.DataFrame],
+    done: Mapping[int, dict[str, pd.Series]],
+    cache: cache_keys.WindowStore | None,
+) -> dict[int, dict[str, pd.Series]]:
+    """Every window's targets: ``done`` and the ``pending`` windows' new outcomes, stored in
+    order (a stateful key names the window before) and read back through the stored form, so a
+    run from the store equals a cold run bit for bit."""
+    targets = dict(done)
+    for position, k in enumerate(pending):
+        chosen = {name: walked[i][position] for i, name in enumerate(plan.candidates)}
+        frame = window_targets_frame(plan, k, chosen, alphas[k])
+        targets[k] = cache_keys.targets_from(frame, plan.names)
+        if cache is not None:
+            cache.put(window_targets_key(plan, k, targets), frame)
+    return targets
+
+
 def walk_forward(
     window: ReturnsWindow,
     settings: PolicySettings,
@@ -728,129 +940,32 @@ def walk_forward(
 ) -> WalkForward:
     """Every policy's target on every grid window, reusing what ``cache`` holds.
 
-    1. Keys: each window's slice digest; its targets entry is keyed by that, the parameters, the
-       policy list and — when the decision reads it (a turnover penalty) — the digest of the
-       previous window's targets. Stored windows are taken in order up to the first miss; with a
-       turnover penalty every later window misses too (its reference is not known yet), without
-       one each window is looked up on its own.
-    2. Phase 1: the alpha (:func:`window_alpha`) of every window to compute and of today's window,
-       unless stored: ONE ``map_tasks`` call over those windows.
-    3. Phase 2: ONE ``map_tasks`` call over the stateful policies (:func:`walk_chain`), each
-       walking its windows in order from the phase-1 alphas; baselines follow from the alphas.
-    4. The new outcomes are validated and stored, and every target is read back through the same
-       table form, so a run from the store equals a cold run bit for bit.
+    1. :func:`plan_walk`: the windows and each one's slice digest; a window's targets entry is
+       keyed by that, the parameters, the policy list and — when the decision reads it (a
+       turnover penalty) — the digest of the previous window's targets (:func:`stored_targets`).
+    2. :func:`alphas_needed`: the alpha of every window to compute and of today's window, unless
+       stored: ONE ``map_tasks`` call over those windows.
+    3. :func:`walk_chains`: ONE ``map_tasks`` call over the stateful policies, each walking its
+       windows in order from the phase-1 alphas; baselines follow from the alphas.
+    4. :func:`store_walked`: the new outcomes are validated and stored, and every target is read
+       back through the same table form, so a run from the store equals a cold run bit for bit.
     """
-    history = window.history
-    volume = window.history_dollar_volume.reindex(index=history.index, columns=history.columns)
-    defects = window.defects
-    rows = decision_rows(len(history), settings)
-    windows = grid_windows(history.index, settings)
-    if not windows:
-        raise ValueError(
-            f"the history has {len(history)} rows; the walk-forward needs a decision row on the "
-            f"{settings.calendar} grid (every {settings.step}) after {rows} rows and before the "
-            "last"
-        )
-    candidates = candidates_of(scorers, profiles)
-    names = [*candidates, *BASELINES]
-    settings_key = cache_keys.settings_digest(settings_config(settings))
-    stateful = settings.turnover_penalty > 0
-    spans = [(w.train.start, w.train.stop) for w in windows] + [(len(history) - rows, len(history))]
-    slice_keys = [
-        cache_keys.slice_digest(
-            *cache_keys.used_slice(history.iloc[a:b], volume.iloc[a:b], defects)
-        )
-        for a, b in spans
-    ]
-
-    def targets_key(k: int, done: Mapping[int, dict[str, pd.Series]]) -> str:
-        previous = "stateless"
-        if stateful:
-            before = done.get(k - 1) if k > 0 else None
-            previous = cache_keys.targets_digest(
-                None if before is None else {n: before[n] for n in candidates}
-            )
-        return cache_keys.targets_key(
-            slice_keys[k], settings_key, [*names, "|", *scorers], previous
-        )
-
-    def read(entry_key: str, columns) -> pd.DataFrame | None:
-        return cache_keys.checked(cache.get(entry_key), columns) if cache is not None else None
-
-    done: dict[int, dict[str, pd.Series]] = {}
-    pending: list[int] = []
-    for k in range(len(windows)):
-        if stateful and pending:
-            pending.append(k)
-            continue
-        stored = read(targets_key(k, done), cache_keys.TARGET_COLUMNS)
-        if stored is None:
-            pending.append(k)
-        else:
-            done[k] = cache_keys.targets_from(stored, names)
-
-    # Phase 1: the alphas the pending windows and today's decision need.
-    alpha_keys = {
-        k: cache_keys.alpha_key(slice_keys[k], settings_key, scorers)
-        for k in [*pending, len(windows)]
-    }
-    alphas: dict[int, pd.DataFrame] = {}
-    for k, entry_key in alpha_keys.items():
-        stored = read(entry_key, cache_keys.ALPHA_COLUMNS)
-        if stored is not None:
-            alphas[k] = stored
-    missing = [k for k in alpha_keys if k not in alphas]
-    task = functools.partial(
-        window_alpha,
-        history=history,
-        dollar_volume=volume,
-        defects=defects,
-        settings=settings,
-        scorers=tuple(scorers),
-    )
-    computed = _mapped(map_tasks, task, [spans[k] for k in missing])
-    for k, frame in zip(missing, computed, strict=True):
-        if cache is not None:
-            cache.put(alpha_keys[k], frame)
-        # Through the stored form, exactly as a later run will read it.
-        alphas[k] = cache_keys.checked(frame, cache_keys.ALPHA_COLUMNS)
-
-    # Phase 2: one task per stateful policy, walking the pending windows in order.
-    first = pending[0] if pending else len(windows)
-    chains = [
-        Chain(
-            policy=name,
-            previous=done[first - 1][name] if first > 0 and (first - 1) in done else None,
-            steps=tuple((k, spans[k], alphas[k]) for k in pending),
-        )
-        for name in (candidates if pending else [])
-    ]
-    walked = _mapped(
-        map_tasks, functools.partial(walk_chain, history=history, settings=settings), chains
-    )
-    for position, k in enumerate(pending):
-        chosen = {name: walked[i][position] for i, name in enumerate(candidates)}
-        chosen.update(baseline_targets(alphas[k], scorers))
-        where = f"window {k} (training rows to {history.index[windows[k].train.stop - 1]:%Y-%m-%d})"
-        frame = cache_keys.targets_frame(
-            {
-                name: backtest.validated_weights(chosen[name], history.columns, f"{where}, {name}")
-                for name in names
-            }
-        )
-        done[k] = cache_keys.targets_from(frame, names)
-        if cache is not None:
-            cache.put(targets_key(k, done), frame)
-
-    targets = {name: {k: done[k][name] for k in range(len(windows))} for name in names}
+    plan = plan_walk(window, settings, scorers=scorers, profiles=profiles)
+    done, pending = stored_targets(plan, cache)
+    needed = [*pending, plan.today]
+    alphas, computed = alphas_needed(plan, settings, needed, map_tasks=map_tasks, cache=cache)
+    walked = walk_chains(plan, settings, pending, done, alphas, map_tasks=map_tasks)
+    done = store_walked(plan, pending, walked, alphas, done, cache)
+    windows = len(plan.windows)
+    targets = {name: {k: done[k][name] for k in range(windows)} for name in plan.names}
     reuse = cache_keys.Reuse(
-        windows=len(windows),
+        windows=windows,
         windows_computed=len(pending),
-        windows_reused=len(windows) - len(pending),
-        alphas_computed=len(missing),
-        alphas_reused=len(alpha_keys) - len(missing),
+        windows_reused=windows - len(pending),
+        alphas_computed=computed,
+        alphas_reused=len(needed) - computed,
     )
-    return WalkForward(windows, targets, alphas[len(windows)], reuse)
+    return WalkForward(plan.windows, targets, alphas[plan.today], reuse)
 
 
 def tournament(

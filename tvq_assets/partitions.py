@@ -4,6 +4,7 @@ Multi-partition keys join the dimension values in alphabetical order of the dime
 ``2026-11-20|crypto`` is run 2026-11-20 of sleeve ``crypto``.
 """
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import pandas as pd
 
 from tvq_assets.catalog import Catalog, Sleeve, load_catalog, policy_parameters
 from tvq_assets.quant import bars as bar_rules
+from tvq_assets.quant import display
 from tvq_assets.quant.policy import PolicySettings
 from tvq_assets.settings import policy_settings
 from tvq_resources import clock
@@ -103,6 +105,13 @@ def sleeve_and_date(context: dg.AssetExecutionContext) -> tuple[Sleeve, pd.Times
     return catalog.sleeve(sleeve_name), as_of
 
 
+def shown(value: object) -> object:
+    """A plain float rounded for display (4 significant digits); anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(display.significant(value))
+    return value
+
+
 @dataclass(frozen=True)
 class Run:
     """One sleeve × run materialisation: its partition decoded, its policy, and its clock."""
@@ -114,9 +123,13 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
 
     def metadata(self, **values: object) -> dict[str, object]:
-        """``values`` plus what every sleeve × run asset records: as-of, parameters, seconds."""
+        """``values`` plus what every sleeve × run asset records: as-of, parameters, seconds.
+
+        A plain float is shown to four significant digits (``display.significant``): the UI
+        prints it as it is given. A value that charts need exact is passed as
+        ``dg.MetadataValue.float`` and kept whole (the tracked describers' ``champion_*``)."""
         return {
-            **values,
+            **{k: shown(v) for k, v in values.items()},
             "as_of": f"{self.as_of:%Y-%m-%d}",
             "parameters": dg.MetadataValue.json(
                 {

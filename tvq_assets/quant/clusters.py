@@ -38,6 +38,11 @@ MICRO_CLUSTERS = 256
 """Most micro-clusters the vector method's k-means forms before Ward (ten times the default
 ``max_clusters``): enough that the top of the tree, where the cut falls, is Ward's own."""
 
+IMPUTATION_FACTORS = 8
+"""Leading principal factors of the complete series that fill a gappy series' missing dates in
+the vector method (a series needs ``MIN_OVERLAP`` = 20 dates, so at most 8 loadings are fitted on
+20 points); the synthetic market plants 8 sectors."""
+
 MICRO_CLUSTER_PASSES = 5
 """Most k-means (Lloyd) passes of the vector method; it stops earlier once no point moves. More
 passes change no cut measurably (1 to 20 passes at 1000 and 3000 synthetic symbols: the
@@ -186,14 +191,44 @@ def _renumber(labels: np.ndarray, symbols: pd.Index) -> np.ndarray:
     return mapping.loc[labels].to_numpy()
 
 
+def _filled_from_factors(standardised: np.ndarray, present: np.ndarray, usable: np.ndarray):
+    """Fill the missing dates of the usable columns with gaps, in place, from the leading
+    principal factors of the complete usable columns.
+
+    ``standardised`` (dates × symbols) holds each column standardised on its own observed dates
+    (0 where missing). The factors are the top ``IMPUTATION_FACTORS`` eigenvectors of the
+    dates × dates Gram matrix of the complete columns (Θ(T²·N) time, Θ(T²) memory); each gappy
+    column is regressed on them over its own dates and takes the fit on its missing ones. Without
+    two complete columns the gaps stay 0.
+    """
+    rows = len(standardised)
+    gappy = np.flatnonzero(usable & ~present.all(axis=0))
+    complete = usable & present.all(axis=0)
+    factors = min(IMPUTATION_FACTORS, int(complete.sum()) - 1, rows - 1)
+    if not gappy.size or factors < 1:
+        return
+    complete_columns = standardised[:, complete]
+    _, vectors = np.linalg.eigh(complete_columns @ complete_columns.T)
+    basis = vectors[:, ::-1][:, :factors]  # dates × factors, orthonormal
+    observed = present[:, gappy].astype(np.float64)
+    # Per gappy column j: (Bᵀ diag(observed_j) B) β_j = Bᵀ z_j, one k×k system each.
+    products = (basis[:, :, None] * basis[:, None, :]).reshape(rows, factors * factors)
+    normal = (observed.T @ products).reshape(len(gappy), factors, factors)
+    normal += 1e-9 * np.eye(factors)  # a column observed on fewer dates than factors
+    loadings = np.linalg.solve(normal, (basis.T @ standardised[:, gappy]).T[:, :, None])[:, :, 0]
+    fitted = basis @ loadings.T
+    standardised[:, gappy] = np.where(observed > 0, standardised[:, gappy], fitted)
+
+
 def correlation_embedding(
     values: np.ndarray, lookbacks: Sequence[int], min_overlap: int = MIN_OVERLAP
 ) -> np.ndarray:
     """Points whose Euclidean distance is the correlation distance: shape ``(N, D)``, linear in N.
 
     For each fitting lookback ``l`` of ``L`` and each column of ``values`` (dates × symbols):
-    centre the column on its own observed dates, scale it to Euclidean norm 1/2 and put 0 on the
-    dates it is missing; plus one coordinate that is 0. For unit vectors ``u``,
+    standardise the column on its own observed dates, fill its missing dates from the market's
+    leading factors (:func:`_filled_from_factors`), centre it and scale it to Euclidean norm 1/2;
+    plus one coordinate that is 0. For unit vectors ``u``,
     ``‖u_i/2 − u_j/2‖² = (2 − 2·u_i·u_j)/4 = 0.5·(1 − ρ_ij)``: the squared correlation distance.
     A column not usable in the lookback (fewer than ``min_overlap`` observations, or constant on
     them) gets the zero block and 1/2 on the extra coordinate instead: norm 1/2 again, orthogonal
@@ -206,10 +241,10 @@ def correlation_embedding(
 
     - lookbacks are averaged as the root mean square of the distances, not their mean (equal for
       one lookback; the RMS is never below the mean);
-    - a pair with gaps: the imputed zeros shrink ρ toward 0 by the share of each series' own
-      observations that the pair shares (``ρ_ij · Σ_overlap z_i z_j / (‖z_i‖·‖z_j‖)`` with each
-      series standardised on its own dates), instead of re-centring on the overlap; and the
-      pair's ``min_overlap`` is checked per series, not per pair;
+    - a series with gaps is correlated on the whole lookback with its gaps filled from the
+      factors, not pairwise on the dates both have; filling with 0 instead would shrink its
+      correlations toward 0 by the share of dates it misses and set late listings apart as
+      clusters of their own. A pair's ``min_overlap`` is checked per series, not per pair;
     - two columns unusable in the same lookback are at distance 0 there (exact: uninformative),
       so flat or too-short series group together.
 
@@ -223,16 +258,19 @@ def correlation_embedding(
         window = values[-lookback:]
         present = np.isfinite(window)
         counts = present.sum(axis=0)
-        observed = np.where(present, window, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(counts > 0, observed.sum(axis=0) / counts, 0.0)
-        centred = np.where(present, window - means, 0.0)
-        squares = (centred * centred).sum(axis=0)
+            means = np.where(counts > 0, np.where(present, window, 0.0).sum(axis=0) / counts, 0.0)
+        block = np.where(present, window - means, 0.0)
+        squares = (block * block).sum(axis=0)
         usable = (counts >= min_overlap) & (squares > _DEGENERATE_VARIANCE * counts)
-        scale = np.where(usable, weight / np.sqrt(np.where(usable, squares, 1.0)), 0.0)
-        blocks.append(centred * scale)
+        block *= np.where(usable, np.sqrt(counts / np.where(usable, squares, 1.0)), 0.0)
+        _filled_from_factors(block, present, usable)
+        block -= block.mean(axis=0)
+        norms = np.sqrt((block * block).sum(axis=0))
+        block *= np.where(usable, weight / np.where(usable, norms, 1.0), 0.0)
+        blocks.append(block)
         blocks.append(np.where(usable, 0.0, weight)[None, :])
-        del window, present, observed, centred
+        del window, present
     embedding = np.empty((n_columns, sum(len(block) for block in blocks)))
     column = 0
     for block in blocks:

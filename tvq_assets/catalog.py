@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from tvq_assets.quant.bars import BarPolicy
+from tvq_assets.quant.clusters import CLUSTER_METHODS
 from tvq_assets.quant.meta import MISSING_RULES
 from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES, PROFILES
 
@@ -228,6 +229,23 @@ class Policy:
         doc="Ward tree cut height; correlation distance lies in [0, 2].",
     )
     max_clusters: int = bounded(25, ge=1, unit="clusters", doc="At most this many clusters.")
+    cluster_method: Literal[CLUSTER_METHODS] = bounded(  # type: ignore[valid-type]
+        "auto",
+        doc="How the Ward tree is built: `exact` (the full N×N pairwise-complete distance; "
+        "memory grows with N²), `vector` (linear memory and time in N: standardised return "
+        "vectors grouped into micro-clusters, then Ward; an approximation, see "
+        "`tvq_assets/quant/clusters.py`), or `auto` (exact up to `cluster_exact_max` symbols, "
+        "vector above).",
+    )
+    # 2000: every sleeve of today (real folders, synthetic up to 1000 symbols) keeps the exact
+    # decisions; exact at 3000 symbols already takes ~5x the vector method's time and 2x its memory.
+    cluster_exact_max: int = bounded(
+        2000,
+        ge=1,
+        unit="symbols",
+        doc="With `cluster_method: auto`, a window of more symbols than this is clustered by the "
+        "vector method.",
+    )
     max_entropy: float = bounded(
         0.90,
         gt=0,

@@ -40,6 +40,8 @@ def policy_settings(sleeve: Sleeve) -> PolicySettings:
         cluster_lookbacks=policy.cluster_lookbacks,
         cluster_threshold=policy.cluster_threshold,
         max_clusters=policy.max_clusters,
+        cluster_method=policy.cluster_method,
+        cluster_exact_max=policy.cluster_exact_max,
         selection=SelectionPolicy.of(policy),
         cap=policy.cap,
         cluster_cap=policy.cluster_cap,

@@ -73,6 +73,8 @@ class PolicySettings:
     cluster_lookbacks: tuple[int, ...]
     cluster_threshold: float
     max_clusters: int
+    cluster_method: str
+    cluster_exact_max: int
     selection: SelectionPolicy
     cap: float
     cluster_cap: float | None
@@ -262,6 +264,8 @@ def cluster(returns: pd.DataFrame, settings: PolicySettings) -> pd.Series:
         lookbacks=settings.cluster_lookbacks,
         threshold=settings.cluster_threshold,
         max_clusters=settings.max_clusters,
+        method=settings.cluster_method,
+        exact_max=settings.cluster_exact_max,
     )
 
 
@@ -1245,6 +1249,9 @@ def settings_from_config(values: dict) -> PolicySettings:
     chosen["selection"] = SelectionPolicy(**chosen["selection"])
     chosen["promotion"] = backtest.Promotion(**chosen["promotion"])
     chosen["cluster_lookbacks"] = tuple(chosen["cluster_lookbacks"])
+    # A model registered before the cluster method existed clustered exactly: replay it so.
+    chosen.setdefault("cluster_method", "exact")
+    chosen.setdefault("cluster_exact_max", 0)  # not read by the exact method
     # A model registered before venues existed decided without them: replay it so.
     venues = chosen.get("venues")
     chosen["venues"] = Venues.from_config(venues) if venues is not None else None

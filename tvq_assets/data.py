@@ -111,7 +111,10 @@ def _refresh_bars(
         plan, batch = bar_store.prepare(
             lake,
             partition,
-            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since, map_tasks=fanout),
+            fetch=lambda since, known=(): market_data.fetch(
+                sleeve_entry.name, since=since, known=known, map_tasks=fanout
+            ),
+            incremental=market_data.incremental(sleeve_entry.name),
             calendar=sleeve_entry.calendar,
             bar_policy=policy.bar_policy,
             volume_spike_window=policy.volume_spike_window,
@@ -165,6 +168,7 @@ def _refresh_bars(
                 "checksums_baselined": plan.source_check.baselined,
                 "source": sleeve_entry.source["kind"],
                 "duplicates_resolved": batch.duplicates,
+                **{f"source_{key}": value for key, value in batch.metadata.items()},
                 **{
                     f"defects_{action}": int((cleaned.defects["action"] == action).sum())
                     for action in bar_lake.RECORDED.values()

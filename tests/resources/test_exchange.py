@@ -9,13 +9,16 @@ not the loopback address: nothing reaches the internet.
 import ipaddress
 import socket
 import time
+from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import pytest
 
+from tests.conftest import evaluations, resources_for
 from tests.real.folders import REAL, SHIPPED, needs_real
 from tests.resources.exchange_replay import ReplayExchange, markets_from
-from tvq_assets import bar_store
+from tvq_assets import bar_store, catalog, data
 from tvq_assets.quant import bars as bar_lake
 from tvq_checks import contracts
 from tvq_resources import exchange, files
@@ -399,3 +402,90 @@ def test_a_failed_refresh_stores_nothing(tmp_path, monkeypatch):
     after = bar_store.state(lake, SLEEVE)
     assert after.sequence == before.sequence
     assert history(lake).bars["date"].max() == pd.Timestamp("2022-09-24")
+
+
+# -- the catalog and the bars asset -------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "tvq_assets" / "examples" / "binance_spot_live.yaml"
+
+
+def parse_source(source: dict):
+    return catalog.parse_catalog({"sleeves": {"live": {"source": source}}}, origin="test.yaml")
+
+
+def test_the_example_catalog_declares_an_exchange_sleeve_and_the_shipped_one_stays_offline():
+    example = catalog.load_catalog(EXAMPLE)
+    live = example.sleeves["binance_spot_live"]
+    assert live.source["kind"] == "exchange" and live.source["top"] == 50
+    shipped = catalog.load_catalog(catalog.DEFAULT_CATALOG)
+    assert all(s.source["kind"] != "exchange" for s in shipped.sleeves.values())
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            {"kind": "exchange", "exchange": "binanse", "bases": ["BTC"]},
+            "source.exchange = 'binanse' is not a ccxt exchange id (did you mean 'binance'?)",
+        ),
+        (
+            {"kind": "exchange", "exchange": "binance"},
+            "either `bases` (a list of base assets) or `top`",
+        ),
+        (
+            {"kind": "exchange", "exchange": "binance", "bases": ["BTC"], "top": 5},
+            "not both and not neither",
+        ),
+        ({"kind": "exchange", "bases": ["BTC"]}, "needs `exchange` (a ccxt id"),
+        (
+            {"kind": "exchange", "exchange": "binance", "top": 5, "market": "futures"},
+            "source.market = 'futures': not an allowed value",
+        ),
+        (
+            {"kind": "exchange", "exchange": "binance", "top": 5, "url": "api.binance.com"},
+            "is not http(s)://host[:port]",
+        ),
+        (
+            {"kind": "exchange", "exchange": "binance", "top": 5, "symbols": 10},
+            "source.symbols applies to synthetic sources, not to a exchange source",
+        ),
+        (
+            {"kind": "csv", "path": "tvq_resources/fixtures", "top": 5},
+            "source.top applies to exchange sources, not to a csv source",
+        ),
+    ],
+)
+def test_a_nonsense_exchange_source_is_refused_at_load_naming_the_field(source, message):
+    with pytest.raises(catalog.CatalogError) as raised:
+        parse_source(source)
+    assert message in str(raised.value)
+
+
+@needs_real
+def test_the_bars_asset_refreshes_from_the_exchange_and_records_what_it_did(
+    instance, lake_root, monkeypatch
+):
+    with spot_replay(only=("BTCUSDT", "JUVUSDT", "LUNAUSDT")) as replay:
+        replay.delist("LUNAUSDT")
+        live = source(replay, bases=["BTC", "JUV", "LUNA"])
+        resources = resources_for(lake_root, crypto=live)
+        results = []
+        for now in ("2022-09-28T00:30:00Z", "2022-09-29T00:30:00Z"):
+            monkeypatch.setenv("TVQ_NOW", now)
+            replay.now = pd.Timestamp(now)
+            results.append(
+                dg.materialize(
+                    [data.bars], partition_key="crypto", resources=resources, instance=instance
+                )
+            )
+    first, second = (r.asset_materializations_for_node("bars")[0].metadata for r in results)
+    assert first["read_since"].value == "everything"
+    assert second["read_since"].value == "2022-09-20"  # the stored 09-27 minus 7 days
+    assert second["source_exchange"].value == "binance spot"
+    # the market list and one page each for BTC, JUV and LUNA (refused)
+    assert second["source_exchange_requests"].value == 4
+    readable = evaluations(results[1])[data.SOURCE_READABLE]
+    assert not readable.passed and "LUNAUSDT" in readable.description
+    bars = ParquetLake(root=lake_root).read(["bars"], "crypto").bars
+    assert set(bars["symbol"]) == {"BTCUSDT", "JUVUSDT"}
+    assert bars["date"].max() == pd.Timestamp("2022-09-28")

@@ -68,6 +68,7 @@ class Logged:
     params: Mapping[str, str]
     weight: int
     host: str
+    port: int  # the client's port: one per connection (a ccxt client keeps its connection)
     status: int | None = None  # None until answered
 
 
@@ -336,7 +337,8 @@ def _handler(replay: ReplayExchange) -> type[BaseHTTPRequestHandler]:
             weight = replay._weights().get(endpoint, 1)
             if endpoint == "ticker/24hr" and "symbol" in params:
                 weight = 2
-            logged = Logged(time.monotonic(), split.path, params, weight, self.client_address[0])
+            host, port = self.client_address[:2]
+            logged = Logged(time.monotonic(), split.path, params, weight, host, port)
             with replay._lock:
                 replay.log.append(logged)
                 used = sum(r.weight for r in replay.log if r.at >= time.monotonic() - 60)

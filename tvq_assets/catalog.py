@@ -32,7 +32,7 @@ from tvq_assets.quant.optimise import INFEASIBLE_CAP_POLICIES, PROFILES
 DEFAULT_CATALOG = Path(__file__).with_name("sleeves.yaml")
 CALENDARS = {"crypto": 365, "weekday": 252}
 TOXIC_POLICIES = ("fail", "quarantine")
-SOURCE_KINDS = ("synthetic", "csv", "parquet")
+SOURCE_KINDS = ("synthetic", "csv", "parquet", "exchange")
 # Source keys that only make sense for one kind; every other field of `SourceConfig` applies to
 # every kind (so a key added there is accepted, and type-checked, without a change here).
 KIND_ONLY_SOURCE_KEYS: Mapping[str, frozenset[str]] = {
@@ -40,6 +40,20 @@ KIND_ONLY_SOURCE_KEYS: Mapping[str, frozenset[str]] = {
     "synthetic": frozenset({"seed", "symbols", "clusters", "end", "faults"}),
     "csv": frozenset({"path", "pattern"}),
     "parquet": frozenset({"path", "pattern"}),
+    "exchange": frozenset(
+        {
+            "exchange",
+            "market",
+            "quote",
+            "bases",
+            "top",
+            "url",
+            "timeout",
+            "retries",
+            "backoff",
+            "workers",
+        }
+    ),
 }
 SLEEVE_KEYS = ("source", "calendar", "venues", "periods_per_year", "toxic_policy", "policy")
 TOP_LEVEL_KEYS = ("first_run", "sleeves", "meta")
@@ -55,7 +69,8 @@ TOP_LEVEL_KEY_DOCS: Mapping[str, str] = {
     "meta": "The meta-portfolio across sleeves (`MetaPolicy`); optional.",
 }
 SLEEVE_KEY_DOCS: Mapping[str, str] = {
-    "source": "Where the bars come from: `{kind: synthetic | csv | parquet, ...}`; required (no "
+    "source": "Where the bars come from: `{kind: synthetic | csv | parquet | exchange, ...}`; "
+    "required (no "
     "default source: a sleeve that forgot its data must not trade a synthetic market).",
     "calendar": "`crypto` (every day, 365 periods a year; the default) or `weekday` (Monday to "
     "Friday, 252).",
@@ -70,11 +85,16 @@ SLEEVE_KEY_DOCS: Mapping[str, str] = {
 }
 # SourceConfig's fields (tvq_resources/market_data.py): unit and meaning.
 SOURCE_KEY_DOCS: Mapping[str, tuple[str, str]] = {
-    "kind": ("", "`synthetic` (the embedded market), `csv` or `parquet` (a folder of files)."),
+    "kind": (
+        "",
+        "`synthetic` (the embedded market), `csv` or `parquet` (a folder of files), `exchange` "
+        "(an exchange's public API through ccxt).",
+    ),
     "start": (
         "ISO date",
         "The first date of the history (synthetic: the market's first day, default 2023-11-01; "
-        "csv/parquet: older bars are not read; none keeps all of them).",
+        "csv/parquet: older bars are not read; none keeps all of them; exchange: the first "
+        "candle of a first load, none from the listing).",
     ),
     "seed": ("", "Synthetic: the market's random seed."),
     "symbols": ("symbols", "Synthetic: the number of symbols."),
@@ -104,6 +124,35 @@ SOURCE_KEY_DOCS: Mapping[str, tuple[str, str]] = {
         "",
         "The unit of the files' volume column: `base` (coins, shares) or `quote` (currency); "
         "quote volume is divided by the close so close × volume is the traded value either way.",
+    ),
+    "exchange": ("ccxt id", "Exchange: the exchange, as ccxt names it (`binance`)."),
+    "market": ("", "Exchange: `spot` or `swap` (perpetual futures settled in `quote`)."),
+    "quote": ("currency", "Exchange: the quote currency of the markets (default USDT)."),
+    "bases": (
+        "list of base assets",
+        "Exchange: the markets `BASE/quote` to load (`[BTC, ETH]`); stored under the exchange's "
+        "own id (`BTCUSDT`). Either `bases` or `top`.",
+    ),
+    "top": (
+        "markets",
+        "Exchange: the N active markets of `quote` with the largest 24h quote volume, decided at "
+        "each refresh and recorded in the bars' metadata. Either `bases` or `top`.",
+    ),
+    "url": (
+        "URL",
+        "Exchange: `scheme://host[:port]` replacing the hosts of the API (a mirror or a proxy; "
+        "paths kept); none: the exchange's own.",
+    ),
+    "timeout": ("seconds", "Exchange: the wait for one response before a retry (default 10)."),
+    "retries": (
+        "attempts",
+        "Exchange: further attempts after a timeout, 5xx, 418 or 429 (default 5); "
+        "`Retry-After` is honoured.",
+    ),
+    "backoff": ("seconds", "Exchange: the wait before the first retry, doubling (default 1)."),
+    "workers": (
+        "threads",
+        "Exchange: markets fetched side by side (default 4), within ccxt's rate limit.",
     ),
 }
 
@@ -879,6 +928,15 @@ def _parse_source(spec: Any, calendar: str, where: str, problems: list[str]) -> 
             problems.append(
                 f"{where}: source.path = {_shown(source['path'])}: {problem} (rule: an existing, "
                 f"readable folder of the sleeve's {kind} files)"
+            )
+    if kind == "exchange" and isinstance(source.get("exchange"), str):
+        from tvq_resources.exchange import exchange_ids  # ccxt: only for an exchange sleeve
+
+        ids = exchange_ids()
+        if source["exchange"] not in ids:
+            problems.append(
+                f"{where}: source.exchange = {source['exchange']!r} is not a ccxt exchange id"
+                f"{did_you_mean(source['exchange'], ids)}"
             )
     known = {k: v for k, v in source.items() if k in allowed}
     try:

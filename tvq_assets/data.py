@@ -141,7 +141,10 @@ def _refreshed_store(
         return bar_store.refresh(
             lake,
             sleeve_entry.name,
-            fetch=lambda since: market_data.fetch(sleeve_entry.name, since=since, map_tasks=fanout),
+            fetch=lambda since, known=(): market_data.fetch(
+                sleeve_entry.name, since=since, known=known, map_tasks=fanout
+            ),
+            incremental=market_data.incremental(sleeve_entry.name),
             validate=validate,
             calendar=sleeve_entry.calendar,
             bar_policy=rules.bar_policy,
@@ -187,6 +190,7 @@ def _bars_metadata(
         "checksums_baselined": plan.source_check.baselined,
         "source": sleeve_entry.source["kind"],
         "duplicates_resolved": batch.duplicates,
+        **{f"source_{key}": value for key, value in batch.metadata.items()},
         **{
             f"defects_{action}": int((defects["action"] == action).sum())
             for action in bar_lake.RECORDED.values()

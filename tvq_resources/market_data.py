@@ -1,22 +1,24 @@
 """Market data: one source per sleeve, chosen by the sleeve catalog.
 
-Three kinds of source share one interface, ``MarketData.fetch(sleeve, since=...)``:
-``synthetic`` (the embedded, seeded market), ``csv`` (a directory of per-symbol exports) and
-``parquet`` (a lake of ``{EXCHANGE}_{SYMBOL}_1d.parquet`` files). Every source returns long bars
-(symbol, UTC date, OHLCV) plus the files it could not read, so one broken file never hides the rest.
+Four kinds of source share one interface, ``MarketData.fetch(sleeve, since=...)``:
+``synthetic`` (the embedded, seeded market), ``csv`` (a directory of per-symbol exports),
+``parquet`` (a lake of ``{EXCHANGE}_{SYMBOL}_1d.parquet`` files) and ``exchange`` (an exchange's
+public API through ccxt, see ``exchange``). Every source returns long bars (symbol, UTC date,
+OHLCV) plus the files or markets it could not read, so one broken file never hides the rest.
 """
 
 import datetime
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from tvq_resources import clock, files, synthetic
+from tvq_resources import clock, exchange, files, synthetic
 
 SYNTHETIC_START = "2023-11-01"
 # The largest synthetic market: a bound that keeps a typo (1e9) from hanging the load; the
@@ -53,7 +55,7 @@ def iso_date(value: str | None) -> str | None:
 class SourceConfig(dg.Config):
     """Where one sleeve's bars come from. Fields apply to the kinds named in their comment."""
 
-    kind: Literal["synthetic", "csv", "parquet"] = "synthetic"
+    kind: Literal["synthetic", "csv", "parquet", "exchange"] = "synthetic"
     calendar: Literal["crypto", "weekday"] = "crypto"
     # all kinds: the first date of the sleeve's history (synthetic: the market's first day,
     # default 2023-11-01; csv/parquet: older bars are not read; None keeps all of them)
@@ -71,6 +73,19 @@ class SourceConfig(dg.Config):
     # Yahoo crypto in USD); quote volume is divided by the close so that close x volume is the
     # traded value either way
     volume: Literal["base", "quote"] = "base"
+    # exchange (see `exchange`): a ccxt exchange id, the market type, the quote currency, and
+    # either `bases` (base assets traded against `quote`) or `top` (the N markets of `quote` with
+    # the largest 24h quote volume, decided at each refresh)
+    exchange: str | None = Field(default=None, min_length=1)
+    market: Literal["spot", "swap"] = "spot"
+    quote: str = Field(default="USDT", min_length=1)
+    bases: list[str] = []
+    top: int | None = Field(default=None, ge=1, le=5000)
+    url: str | None = None  # the API's scheme://host[:port] (a mirror or a proxy); paths kept
+    timeout: float = Field(default=10.0, gt=0, le=300)  # seconds per request
+    retries: int = Field(default=5, ge=0, le=20)  # further attempts after a retryable failure
+    backoff: float = Field(default=1.0, ge=0, le=60)  # seconds before the first retry, doubling
+    workers: int = Field(default=4, ge=1, le=64)  # symbols fetched side by side
 
     @field_validator("start", "end")
     @classmethod
@@ -84,6 +99,13 @@ class SourceConfig(dg.Config):
             files._compile_pattern(value)  # the readers' own rules
         return value
 
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            exchange.rebased("https://example.invalid/api", value)  # the source's own rule
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "SourceConfig":
         # A synthetic market without `start` begins at SYNTHETIC_START (see `fetch`).
@@ -92,6 +114,14 @@ class SourceConfig(dg.Config):
         if start and self.end and day(self.end) < day(start):
             shown = f"start = {start!r}" if self.start else f"the default start {start!r}"
             raise ValueError(f"end = {self.end!r} is before {shown} (rule: start <= end)")
+        if self.kind == "exchange":
+            if self.exchange is None:
+                raise ValueError("an exchange source needs `exchange` (a ccxt id, e.g. binance)")
+            if bool(self.bases) == (self.top is not None):
+                raise ValueError(
+                    "an exchange source takes either `bases` (a list of base assets) or `top` "
+                    "(the N most liquid markets of `quote`), not both and not neither"
+                )
         if self.kind == "synthetic":
             # the generator's own rule (`synthetic._layout`): one identity per cluster at least
             most = (
@@ -123,6 +153,8 @@ class Batch:
     duplicates: int = 0
     files: int = 0
     superseded: pd.DataFrame | None = None  # earlier reports of duplicated (symbol, date) rows
+    # what the source says about this delivery (an exchange: requests, retries, the universe)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 class MarketData(dg.ConfigurableResource):
@@ -135,15 +167,19 @@ class MarketData(dg.ConfigurableResource):
         sleeve: str,
         *,
         since: pd.Timestamp | None = None,
+        known: Sequence[str] = (),
         map_tasks: files.MapTasks | None = None,
     ) -> Batch:
         """Bars of ``sleeve`` dated after ``since`` (all bars when ``since`` is None); a file
-        source's files are parsed as tasks of ``map_tasks`` when given (see ``files``)."""
-        if sleeve not in self.sources:
-            raise KeyError(
-                f"sleeve {sleeve!r} has no market data source; known: {sorted(self.sources)}"
+        source's files are parsed as tasks of ``map_tasks`` when given (see ``files``). An
+        incremental source (:meth:`incremental`) delivers the whole history of the symbols not
+        in ``known`` (the stored ones), ``since`` applying to the known ones only."""
+        source = self._source(sleeve)
+        if source.kind == "exchange":
+            fetched = exchange.fetch_daily_bars(
+                exchange_spec(source), now=clock.now(), since=since, known=known
             )
-        source = self.sources[sleeve]
+            return Batch(bars=fetched.bars, errors=fetched.errors, metadata=fetched.metadata)
         if source.kind == "synthetic":
             bars = synthetic.generate_market(
                 seed=source.seed,
@@ -186,6 +222,35 @@ class MarketData(dg.ConfigurableResource):
             files=loaded.files,
             superseded=superseded,
         )
+
+    def incremental(self, sleeve: str) -> bool:
+        """Whether the sleeve's source serves the days asked for (an exchange's API) rather
+        than a whole folder to be read anyway: the bar store then asks it for the new days."""
+        return self._source(sleeve).kind == "exchange"
+
+    def _source(self, sleeve: str) -> SourceConfig:
+        if sleeve not in self.sources:
+            raise KeyError(
+                f"sleeve {sleeve!r} has no market data source; known: {sorted(self.sources)}"
+            )
+        return self.sources[sleeve]
+
+
+def exchange_spec(source: SourceConfig) -> exchange.ExchangeSpec:
+    """An exchange source's settings as the ``exchange`` module takes them."""
+    return exchange.ExchangeSpec(
+        exchange=source.exchange or "",
+        market=source.market,
+        quote=source.quote,
+        bases=tuple(source.bases),
+        top=source.top,
+        start=source.start,
+        url=source.url,
+        timeout=source.timeout,
+        retries=source.retries,
+        backoff=source.backoff,
+        workers=source.workers,
+    )
 
 
 def resolve_path(path: str) -> Path:

@@ -362,7 +362,7 @@ def test_an_empty_source_in_a_yaml_file_is_refused(tmp_path):
         load_catalog(path)
     assert error.value.problems == [
         f"{path}: sleeve 'crypto': source = None: the sleeve has no source (rule: `source: "
-        "{kind: ...}` with kind one of ['synthetic', 'csv', 'parquet'])",
+        "{kind: ...}` with kind one of ['synthetic', 'csv', 'parquet', 'exchange'])",
         f"{path}: sleeve 'tradfi': an empty entry (rule: a sleeve names its data, e.g. "
         "`source: {kind: synthetic}`)",
     ]

@@ -275,7 +275,8 @@ class Policy:
         gt=0,
         le=2,
         unit="correlation distance",
-        doc="Ward tree cut height; correlation distance lies in [0, 2].",
+        doc="Ward tree cut height, on the scale of the correlation distance sqrt((1 - rho) / 2), "
+        "which lies in [0, 1] (Ward's merge heights may exceed 1).",
     )
     max_clusters: int = bounded(25, ge=1, unit="clusters", doc="At most this many clusters.")
     cluster_method: Literal[CLUSTER_METHODS] = bounded(  # type: ignore[valid-type]

@@ -166,21 +166,36 @@ def _segment_frame(
 ) -> pa.Table:
     """Rows (and tombstones for ``removed`` keys) as a segment of ``version``, sorted by (date,
     symbol); rows that already carry a ``version`` (a compaction) keep theirs."""
-    columns = [*bar_lake.BAR_COLUMNS, *(c for c in ("removed", "version") if c in bars)]
+    bar_columns = bar_lake.bar_columns(bars)
+    columns = [*bar_columns, *(c for c in ("removed", "version") if c in bars)]
     frame = bars[columns]
     if "removed" not in frame:
         frame = frame.assign(removed=False)
     if "version" not in frame:
         frame = frame.assign(version=version)
     if removed is not None and len(removed):
+        values = bar_columns[2:]
         stones = removed[["symbol", "date"]].assign(
-            **{name: np.nan for name in bar_lake.VALUE_COLUMNS}, removed=True, version=version
+            **{name: np.nan for name in values}, removed=True, version=version
         )
         frame = pd.concat([frame, stones[frame.columns]], ignore_index=True)
-    frame = frame[[*bar_lake.BAR_COLUMNS, "removed", "version"]]
+    frame = frame[[*bar_columns, "removed", "version"]]
     frame = frame.sort_values(["date", "symbol", "version"], ignore_index=True, kind="stable")
     frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
-    return pa.Table.from_pandas(frame, schema=_SCHEMA, preserve_index=False)
+    return pa.Table.from_pandas(frame, schema=_schema(bar_columns), preserve_index=False)
+
+
+def _schema(bar_columns: Sequence[str]) -> pa.Schema:
+    """The segment schema: OHLCV, then the optional value columns the rows carry (a segment
+    of bars without quote volume is written exactly as before quote volumes were kept)."""
+    optional = [name for name in bar_columns if name in bar_lake.OPTIONAL_COLUMNS]
+    if not optional:
+        return _SCHEMA
+    at = _SCHEMA.get_field_index("removed")
+    schema = _SCHEMA
+    for offset, name in enumerate(optional):
+        schema = schema.insert(at + offset, pa.field(name, pa.float64()))
+    return schema
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -235,13 +250,16 @@ def _resolve(segments: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
     chosen = order[newest]
     removed = frame["removed"].to_numpy(dtype=bool)[chosen]
     kept = frame.iloc[chosen[~removed]]
+    # Segments without an optional column (written before it was kept, or by a source without
+    # it) hold it as missing: the column is read when any segment holds it.
+    columns = bar_lake.bar_columns(frame)
     bars = pd.DataFrame(
         {
             "symbol": kept["symbol"].to_numpy(dtype=object),
             "date": kept["date"].to_numpy(dtype="datetime64[ns]"),
-            **{name: kept[name].to_numpy(dtype=float) for name in bar_lake.VALUE_COLUMNS},
+            **{name: kept[name].to_numpy(dtype=float) for name in columns[2:]},
         },
-        columns=list(bar_lake.BAR_COLUMNS),
+        columns=columns,
     )
     return bars, int(removed.sum())
 
@@ -831,7 +849,7 @@ def prepare(
         delivered = pd.MultiIndex.from_frame(incoming[keys])
         context_rows = stored_rows[~pd.MultiIndex.from_frame(stored_rows[keys]).isin(delivered)]
         cleaned = bar_lake.clean(
-            pd.concat([context_rows, incoming[list(bar_lake.BAR_COLUMNS)]], ignore_index=True),
+            pd.concat([context_rows, incoming[bar_lake.bar_columns(incoming)]], ignore_index=True),
             calendar=calendar,
             policy=bar_policy,
             now=now,

@@ -617,3 +617,60 @@ def test_a_refresh_the_contract_passes_is_the_stores_next_version(tmp_path):
     assert refreshed.errors.empty
     assert refreshed.written.version == bar_store.state(lake, SLEEVE).sequence > before.sequence
     assert lake.read(["bars"], SLEEVE).bars["date"].max() == pd.Timestamp("2025-03-05")
+
+
+def test_a_source_without_quote_volume_writes_ohlcv_segments_and_one_with_it_keeps_it(tmp_path):
+    import pyarrow.parquet as pq
+
+    lake = ParquetLake(root=str(tmp_path))
+    refresh(lake, synthetic("2025-03-01"), calendar="crypto", now=next_day("2025-03-01"))
+    first = bar_store.state(lake, SLEEVE)
+    base = bar_store.folder(lake, SLEEVE) / first.segments[0].file
+    assert pq.read_schema(base).names == [*bar_lake.BAR_COLUMNS, "removed", "version"]
+    assert tuple(lake.read(["bars"], SLEEVE).bars.columns) == bar_lake.BAR_COLUMNS
+
+    def with_quote_volume(end):
+        fetch = synthetic(end)
+
+        def given(since):
+            batch = fetch(since)
+            bars = batch.bars.assign(quote_volume=batch.bars["close"] * batch.bars["volume"] * 2)
+            return dataclasses.replace(batch, bars=bars)
+
+        return given
+
+    # Two refreshes from a source that reports quote volume; the second compacts every segment.
+    refresh(lake, with_quote_volume("2025-03-02"), calendar="crypto", now=next_day("2025-03-02"))
+    _, written = refresh(
+        lake,
+        with_quote_volume("2025-03-03"),
+        calendar="crypto",
+        now=next_day("2025-03-03"),
+        compact_after=1,
+    )
+    assert written.compacted
+    bars = lake.read(["bars"], SLEEVE).bars
+    given = bars.loc[bars["date"] > first_since(first), "quote_volume"]
+    assert given.notna().all() and len(given)
+    expected = bars.loc[given.index, "close"] * bars.loc[given.index, "volume"] * 2
+    assert (given == expected).all()
+    # bars never re-read keep no quote volume (none was given), and none was a revision
+    assert bars.loc[bars["date"] <= first_since(first), "quote_volume"].isna().all()
+    assert lake.read(["bars"], SLEEVE).revisions.empty
+    # as known before the quote volume came: the OHLCV bars of then, unchanged
+    then = bar_store.as_known(lake, SLEEVE, first.sequence).bars
+    assert then["quote_volume"].isna().all()
+    pd.testing.assert_frame_equal(
+        then[list(bar_lake.BAR_COLUMNS)], first_history(tmp_path, "2025-03-01")
+    )
+
+
+def first_since(state: bar_store.State) -> pd.Timestamp:
+    """The date after which the first refresh after ``state`` re-reads the source."""
+    return bar_store.resume_date(state, bar_lake.empty_defects())
+
+
+def first_history(tmp_path: Path, end: str) -> pd.DataFrame:
+    lake = ParquetLake(root=str(tmp_path / "alone"))
+    refresh(lake, synthetic(end), calendar="crypto", now=next_day(end))
+    return lake.read(["bars"], SLEEVE).bars

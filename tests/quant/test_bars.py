@@ -267,3 +267,37 @@ def test_refresh_agrees_with_a_dictionary_merge_on_random_key_sets(sets):
     assert update.added == len(set(expected) - set(before))
     assert update.revised == sum(1 for k, v in before.items() if expected[k] != v)
     assert not got.duplicated(KEYS).any()
+
+
+def test_a_revised_quote_volume_is_a_revision_and_a_first_one_is_stored_without_one():
+    stored = history_of(
+        frame([bar("AAA", "2024-01-01", 10, 11, 9, 10), bar("AAA", "2024-01-02", 10, 11, 9, 10)])
+    )
+    given = frame(
+        [bar("AAA", "2024-01-01", 10, 11, 9, 10), bar("AAA", "2024-01-02", 10, 11, 9, 10)]
+    ).assign(quote_volume=[1000.0, 1010.0])
+    now = pd.Timestamp("2024-01-05")
+    # Bars stored without a quote volume (a source before it was kept): the one given now is
+    # stored with the rows, and no value was revised.
+    first = refresh(stored, Cleaned(bars=given, defects=empty_defects()), seen_at=now)
+    assert first.new_revisions.empty and first.revised == 0
+    assert first.changed["quote_volume"].tolist() == [1000.0, 1010.0]
+    assert first.history.bars["quote_volume"].tolist() == [1000.0, 1010.0]
+    # A later delivery revising the quote volume alone: one revision of that column.
+    again = given.assign(quote_volume=[1000.0, 999.0])
+    second = refresh(first.history, Cleaned(bars=again, defects=empty_defects()), seen_at=now)
+    assert second.revised == 1
+    assert second.new_revisions[["date", "column", "old", "new"]].values.tolist() == [
+        [pd.Timestamp("2024-01-02"), "quote_volume", 1010.0, 999.0]
+    ]
+    assert second.changed["date"].tolist() == [pd.Timestamp("2024-01-02")]
+
+
+def test_bars_without_quote_volume_keep_exactly_their_ohlcv_columns(first_source):
+    cleaned = clean(
+        first_source, calendar="crypto", policy=BarPolicy(), now=pd.Timestamp("2030-01-01")
+    )
+    assert tuple(cleaned.bars.columns) == BAR_COLUMNS
+    merged = refresh(None, cleaned, seen_at=pd.Timestamp("2030-01-01"))
+    assert tuple(merged.history.bars.columns) == BAR_COLUMNS
+    assert tuple(merged.changed.columns) == BAR_COLUMNS

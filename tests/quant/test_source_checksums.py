@@ -130,3 +130,31 @@ def test_months_roll_up_as_the_store_moves_on_and_still_catch_old_revisions():
         step.checksums, revised(later, "BBB", "2024-04-09"), since=SINCE, last=LAST
     )
     assert check.disagreements[["symbol", "period"]].values.tolist() == [["BBB", "2024-04"]]
+
+
+def with_quote_volume(bars: pd.DataFrame) -> pd.DataFrame:
+    return bars.assign(quote_volume=bars["close"] * bars["volume"])
+
+
+def test_a_row_without_quote_volume_has_the_checksum_of_its_ohlcv_alone():
+    bars = delivery()
+    unknown = bars.assign(quote_volume=np.nan)  # an exchange that did not report it
+    pd.testing.assert_frame_equal(
+        bar_lake.day_checksums(unknown), bar_lake.day_checksums(bars), check_exact=True
+    )
+
+
+def test_a_revision_of_the_quote_volume_alone_changes_the_checksums_of_its_day_and_month():
+    bars = with_quote_volume(delivery())
+    before, after = (
+        bar_lake.day_checksums(bars),
+        bar_lake.day_checksums(revised(bars, "AAA", "2024-02-10", column="quote_volume")),
+    )
+    differs = before.merge(after, on=["symbol", "period"], suffixes=("", "_after"))
+    differs = differs[differs["checksum"] != differs["checksum_after"]]
+    assert differs[["symbol", "period"]].values.tolist() == [["AAA", "2024-02-10"]]
+    stored = bar_lake.check_source(None, bars, since=None, last=LAST).checksums
+    check = bar_lake.check_source(
+        stored, revised(bars, "AAA", "2024-02-10", column="quote_volume"), since=SINCE, last=LAST
+    )
+    assert check.disagreements[["symbol", "period"]].values.tolist() == [["AAA", "2024-02"]]

@@ -45,6 +45,8 @@ FUTURES_WEIGHTS = {"exchangeInfo": 1, "klines": 5, "ticker/24hr": 40, "time": 1}
 WEIGHT_PER_MINUTE = {"spot": 6000, "swap": 2400}
 TIME_COLUMNS = ("open_time", "timestamp")
 QUOTE_VOLUME_COLUMNS = ("quote_asset_volume", "quote_volume")
+# The fields of a Binance kline row, by position (the names the bars give them).
+KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume")
 
 
 @dataclass
@@ -166,10 +168,11 @@ class ReplayExchange:
         return scripted
 
     def revise(self, symbol: str, day: str, **values: str) -> None:
-        """Change a served candle (``close="123.4"``): the exchange's revision of a bar."""
+        """Change a served candle (``close="123.4"``, ``quote_volume="5.5"``): the exchange's
+        revision of a bar."""
         row = self.markets[symbol].rows[_ms(day)]
         for name, value in values.items():
-            row[("open", "high", "low", "close", "volume").index(name) + 1] = value
+            row[KLINE_FIELDS.index(name)] = value
 
     def delist(self, symbol: str) -> None:
         """The market stays in the list (status BREAK) but its klines answer ``-1121``."""

@@ -380,6 +380,70 @@ def test_a_candle_revised_inside_the_margin_is_recorded_as_a_revision(tmp_path, 
     assert history(lake).bars.set_index("date").loc["2022-09-21", "close"] == 19000.5
 
 
+def file_quote_volumes(folder: Path, symbols) -> pd.DataFrame:
+    """(symbol, date, quote_volume) of kline files, read straight from their own column (a
+    repeated day: its last row, as the exchange serves one candle a day)."""
+    parts = []
+    for symbol in symbols:
+        raw = pd.read_csv(
+            folder / f"{symbol}.csv",
+            usecols=["open_time", "quote_asset_volume"],
+            float_precision="round_trip",  # the exact decimal of the file, as float() reads it
+        )
+        parts.append(
+            pd.DataFrame(
+                {
+                    "symbol": symbol,
+                    "date": pd.to_datetime(raw["open_time"], unit="ms").astype("datetime64[ns]"),
+                    "quote_volume": raw["quote_asset_volume"].astype(float),
+                }
+            ).drop_duplicates(["symbol", "date"], keep="last")
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+@needs_real
+def test_the_stored_bars_keep_the_quote_volume_of_the_files_row_for_row(tmp_path, monkeypatch):
+    lake = ParquetLake(root=str(tmp_path))
+    with spot_replay() as replay:
+        refresh(lake, replay, monkeypatch, now="2022-09-25T01:00:00Z")  # a first load
+        for day in ("2022-09-26", "2022-09-27", "2022-09-30"):  # incremental, then a gap
+            refresh(lake, replay, monkeypatch, now=f"{day}T01:00:00Z")
+    stored = history(lake).bars
+    assert len(bar_store.state(lake, SLEEVE).segments) > 1  # read across segments
+    expected = file_quote_volumes(YODUMINI, SPOT)
+    joined = stored.merge(expected, on=["symbol", "date"], how="left", suffixes=("", "_file"))
+    assert len(joined) == len(stored) > 2000
+    assert joined["quote_volume_file"].notna().all()  # every stored bar has its file row
+    bad = joined[joined["quote_volume"] != joined["quote_volume_file"]]
+    assert bad.empty, bad.to_string()
+    # the delivery's quote volume went through the store unchanged: no revision recorded
+    assert history(lake).revisions.empty
+
+
+@needs_real
+def test_a_revised_quote_volume_alone_is_recorded_as_a_revision(tmp_path, monkeypatch):
+    lake = ParquetLake(root=str(tmp_path))
+    with spot_replay(only=("BTCUSDT",)) as replay:
+        monkeypatch.setattr("tests.resources.test_exchange.SPOT", ("BTCUSDT",))
+        refresh(lake, replay, monkeypatch, now="2022-09-25T01:00:00Z")
+        before = history(lake).bars.set_index("date").loc["2022-09-21"]
+        replay.revise("BTCUSDT", "2022-09-21", quote_volume="123456789.5")
+        plan, _ = refresh(lake, replay, monkeypatch, now="2022-09-26T01:00:00Z")
+    revisions = history(lake).revisions
+    assert revisions[["symbol", "date", "column"]].values.tolist() == [
+        ["BTCUSDT", pd.Timestamp("2022-09-21"), "quote_volume"]
+    ]
+    assert (revisions.iloc[0]["old"], revisions.iloc[0]["new"]) == (
+        before["quote_volume"],
+        123456789.5,
+    )
+    after = history(lake).bars.set_index("date").loc["2022-09-21"]
+    assert after["quote_volume"] == 123456789.5
+    assert after[list(bar_lake.VALUE_COLUMNS)].equals(before[list(bar_lake.VALUE_COLUMNS)])
+    assert plan.update.revised == 1
+
+
 @needs_real
 def test_a_symbol_new_to_the_store_comes_with_its_whole_history(tmp_path, monkeypatch):
     lake = ParquetLake(root=str(tmp_path))

@@ -31,6 +31,11 @@ from tvq_resources.records import lake_record
 
 BAR_COLUMNS = ("symbol", "date", "open", "high", "low", "close", "volume")
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
+# The traded value in the quote currency, kept when the source reports it (an exchange's API):
+# an optional value column. Bars of a source without it carry no such column at all, so their
+# frames, segments and checksums are those of OHLCV bars.
+QUOTE_VOLUME = "quote_volume"
+OPTIONAL_COLUMNS = (QUOTE_VOLUME,)
 PRICES = ("open", "high", "low", "close")
 DEFECT_COLUMNS = ("symbol", "date", "rule", "action", "value", "detail")
 REVISION_COLUMNS = ("symbol", "date", "column", "old", "new", "seen_at")
@@ -152,6 +157,17 @@ def context_rows(volume_spike_window: int) -> int:
     return max(PARTIAL_WINDOW, volume_spike_window) + 1
 
 
+def bar_columns(*frames: pd.DataFrame) -> list[str]:
+    """BAR_COLUMNS plus the optional value columns any of ``frames`` holds."""
+    return [*BAR_COLUMNS, *(c for c in OPTIONAL_COLUMNS if any(c in f for f in frames))]
+
+
+def value_columns(*frames: pd.DataFrame) -> list[str]:
+    """The value columns to compare between ``frames``: OHLCV, and an optional one when every
+    frame holds it (a source without quote volume revises no quote volume)."""
+    return [*VALUE_COLUMNS, *(c for c in OPTIONAL_COLUMNS if all(c in f for f in frames))]
+
+
 def empty_bars() -> pd.DataFrame:
     frame = pd.DataFrame({name: pd.Series(dtype=float) for name in BAR_COLUMNS})
     frame["symbol"] = frame["symbol"].astype(object)
@@ -160,11 +176,12 @@ def empty_bars() -> pd.DataFrame:
 
 
 def _typed(bars: pd.DataFrame) -> pd.DataFrame:
-    """BAR_COLUMNS with the lake's dtypes (an empty frame may come in untyped)."""
-    frame = bars[list(BAR_COLUMNS)].copy()
+    """BAR_COLUMNS (and the optional columns it holds) with the lake's dtypes (an empty frame
+    may come in untyped)."""
+    frame = bars[bar_columns(bars)].copy()
     frame["symbol"] = frame["symbol"].astype(object)
     frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
-    for column in VALUE_COLUMNS:
+    for column in value_columns(frame):
         frame[column] = frame[column].astype(float)
     return frame
 
@@ -243,7 +260,7 @@ def clean(
     ``FutureBarError`` for bars from the future. Vectorised over all symbols.
     """
     reject_future_bars(raw, now=now)
-    frame = raw[list(BAR_COLUMNS)].sort_values(["symbol", "date"], ignore_index=True, kind="stable")
+    frame = raw[bar_columns(raw)].sort_values(["symbol", "date"], ignore_index=True, kind="stable")
     defects: list[pd.DataFrame] = []
 
     def handle(mask: np.ndarray, rule: str, value, detail, action: str | None = None) -> None:
@@ -311,7 +328,7 @@ def clean(
     )
 
     found = _defect_table(defects)
-    return Cleaned(bars=frame[list(BAR_COLUMNS)].reset_index(drop=True), defects=found)
+    return Cleaned(bars=frame[bar_columns(frame)].reset_index(drop=True), defects=found)
 
 
 def _partial_last_bars(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -465,9 +482,21 @@ def refresh(
     overlap = joined[joined["_merge"] == "both"]
     revisions = []
     revised_rows = np.zeros(len(overlap), dtype=bool)
-    for column in VALUE_COLUMNS:
-        new, old = overlap[column].to_numpy(float), overlap[f"{column}_old"].to_numpy(float)
+    filled_rows = np.zeros(len(overlap), dtype=bool)
+    for column in value_columns(incoming):
+        new = overlap[column].to_numpy(float)
+        old = (
+            overlap[f"{column}_old"].to_numpy(float)
+            if f"{column}_old" in overlap
+            else np.full(len(overlap), np.nan)
+        )
         changed = ~((new == old) | (np.isnan(new) & np.isnan(old)))
+        if column in OPTIONAL_COLUMNS:
+            # A quote volume given where none was stored (bars stored before it was kept, or
+            # from files without it) is stored with the row, not recorded as a revision.
+            filled = changed & np.isnan(old)
+            filled_rows |= filled
+            changed &= ~filled
         revised_rows |= changed
         if changed.any():
             rows = overlap[changed]
@@ -490,7 +519,7 @@ def refresh(
     )
     fresh = (joined["_merge"] == "left_only").to_numpy()
     changed = fresh.copy()
-    changed[np.flatnonzero(~fresh)[revised_rows]] = True
+    changed[np.flatnonzero(~fresh)[revised_rows | filled_rows]] = True
     removed_keys = cleaned.defects[cleaned.defects["action"].isin(["dropped", "quarantined"])]
     kept_old = base[~_key_mask(base, incoming)] if len(base) else base
     removal = _key_mask(kept_old, removed_keys) if len(kept_old) and len(removed_keys) else None
@@ -501,7 +530,7 @@ def refresh(
         kept_old = kept_old[~removal]
     bars = (
         pd.concat([kept_old, incoming], ignore_index=True)
-        .sort_values(keys, ignore_index=True, kind="stable")[list(BAR_COLUMNS)]
+        .sort_values(keys, ignore_index=True, kind="stable")[bar_columns(kept_old, incoming)]
         .reset_index(drop=True)
     )
     # Unfinished bars are held back, not history: they are reported by the delivery only.
@@ -674,6 +703,19 @@ def _hashed(bars: pd.DataFrame) -> _Hashed:
         pd.DataFrame({"date": dates, **{c: bars[c].astype(float) for c in VALUE_COLUMNS}}),
         index=False,
     ).to_numpy(dtype=np.uint64)
+    if QUOTE_VOLUME in bars:
+        # A reported quote volume adds its own hash (modulo 2**64): a revision of it alone is a
+        # revision of the source, while a row without one hashes as OHLCV alone, as the
+        # checksums of every store written before quote volumes were kept.
+        quote = bars[QUOTE_VOLUME].astype(float)
+        given = quote.notna().to_numpy()
+        if given.any():
+            extra = pd.util.hash_pandas_object(
+                pd.DataFrame({"date": dates[given], QUOTE_VOLUME: quote[given]}), index=False
+            ).to_numpy(dtype=np.uint64)
+            hashes = hashes.copy()  # pandas may hand out a read-only view
+            with np.errstate(over="ignore"):
+                hashes[given] = hashes[given] + extra
     code, names = pd.factorize(bars["symbol"].to_numpy(dtype=object))
     return _Hashed(
         np.asarray(names, dtype=object),
@@ -883,14 +925,16 @@ def disagreeing_dates(
         month = _days(pd.to_datetime(frame["date"]).to_numpy(dtype="datetime64[ns]"), "M")
         keys = pd.MultiIndex.from_arrays([frame["symbol"].to_numpy(dtype=object), month])
         mask = keys.isin(pd.MultiIndex.from_frame(months[["symbol", "period"]]))
-        return _typed(frame[list(BAR_COLUMNS)][np.asarray(mask, dtype=bool)])
+        return _typed(frame[bar_columns(frame)][np.asarray(mask, dtype=bool)])
 
     source, lake = inside(delivered), inside(stored)
     joined = source.merge(lake, on=keys, how="outer", suffixes=("", "_lake"), indicator=True)
     same = joined["_merge"] == "both"
-    for column in VALUE_COLUMNS:
+    for column in value_columns(source, lake):
         new, old = joined[column].to_numpy(float), joined[f"{column}_lake"].to_numpy(float)
-        same &= (new == old) | (np.isnan(new) & np.isnan(old))
+        # an optional value the store never held (kept from a later refresh on) is no revision
+        unheld = np.isnan(old) if column in OPTIONAL_COLUMNS else False
+        same &= (new == old) | (np.isnan(new) & np.isnan(old)) | unheld
     differing = joined.loc[~same, keys]
     if len(defects):
         differing = differing[~_key_mask(differing, defects)]
@@ -912,7 +956,7 @@ def changed_bars(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         _typed(after), on=keys, how="outer", suffixes=("_before", ""), indicator=True
     )
     same = joined["_merge"] == "both"
-    for column in VALUE_COLUMNS:
+    for column in value_columns(before, after):
         new, old = joined[column].to_numpy(float), joined[f"{column}_before"].to_numpy(float)
         same &= (new == old) | (np.isnan(new) & np.isnan(old))
     changed = joined[~same]

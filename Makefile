@@ -93,8 +93,9 @@ soak: $(STAMP)
 	cd $(ROOT) && $(PY) -m tvq_assets.soak --days $(DAYS) $(SOAK_ARGS)
 
 ## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold), one table
-## with the previous figures and goals; BENCH_ARGS="--sizes 1000 3000 --engine" adds the engine
-## stages
+## with the previous figures and goals, then the exchange source's refreshes at 300 markets of a
+## local Binance replay (--exchange 0 skips them); BENCH_ARGS="--sizes 1000 3000 --engine" adds
+## the engine stages
 bench: $(STAMP)
 	cd $(ROOT) && $(PY) -m benchmarks.bench $(BENCH_ARGS)
 

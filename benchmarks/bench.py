@@ -26,11 +26,16 @@ quoted, not re-measured). A second section times the engine stages in-process
 (``TVQ_BENCH_LARGE``) and prints the seconds and peak memory per stage (Dagster step) with the
 growth 1000 -> 10,000 per stage (10x = linear in symbols).
 
+A last section times the exchange source (``benchmarks.bench_exchange``, in its own subprocess):
+the first load and the one-day refresh of the ``--exchange`` most liquid markets (300; env
+``TVQ_BENCH_EXCHANGE``; 0 skips it) of a replay of Binance's API on 127.0.0.1, with the requests,
+the request weight sent and the peak weight per minute against Binance's documented 6000.
+
 Sizes: ``--sizes 1000 3000`` (env ``TVQ_BENCH_SIZES``; the first is the D+1 size), ``--large
 10000`` (env ``TVQ_BENCH_LARGE``). ``--keep DIR`` keeps the workspaces. Timings depend on the load
 of the machine: compare ratios taken in one run.
 
-Usage: ``python -m benchmarks.bench [--sizes 1000 3000] [--engine]``,
+Usage: ``python -m benchmarks.bench [--sizes 1000 3000] [--engine] [--exchange 300]``,
 ``python -m benchmarks.bench --large [10000]``.
 """
 
@@ -319,6 +324,19 @@ def report_large(small: dict[str, dict], large: dict[str, dict], sizes: tuple[in
         )
 
 
+def exchange_section(markets: int) -> bool:
+    """The exchange source's refreshes at ``markets`` markets (``benchmarks.bench_exchange``) in
+    a fresh subprocess; its table is printed as this section. Whether it ran within the budget."""
+    print(f"\nexchange source, {markets} markets (benchmarks.bench_exchange):", flush=True)
+    command = [sys.executable, "-m", "benchmarks.bench_exchange", "--markets", str(markets)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    print(done.stdout.rstrip())
+    if done.returncode:
+        # 1: over the weight budget or a request left 127.0.0.1 (the table says which)
+        print(f"  exchange case exited with code {done.returncode}\n{done.stderr[-2000:]}")
+    return done.returncode == 0
+
+
 def _sizes(value: str | None, default: list[int]) -> list[int]:
     return [int(part) for part in value.split()] if value else default
 
@@ -339,6 +357,12 @@ def main() -> None:
         help="run the large case (default 10000 symbols) instead of the main table",
     )
     parser.add_argument("--engine", action="store_true", help="also time the engine stages")
+    parser.add_argument(
+        "--exchange",
+        type=int,
+        default=int(os.environ.get("TVQ_BENCH_EXCHANGE", "300")),
+        help="markets of the exchange source's section (0: skip it)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the workspaces under this folder")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -374,6 +398,8 @@ def main() -> None:
                 print("\nengine stages, in-process (benchmarks.bench_engine):")
                 sys.argv = [sys.argv[0], "--sizes", str(arguments.sizes[0]), "--repeats", "1"]
                 bench_engine.main()
+            if arguments.exchange:
+                exchange_section(arguments.exchange)
     finally:
         if arguments.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -105,7 +105,9 @@ def test_a_policy_sees_only_its_training_slice(market):
     walked = policy.walk_forward(market, SHORT, profiles=("min_variance",))
     cut = walked.windows[1].train.stop
     changed = dataclasses.replace(market, history=market.history.copy())
-    changed.history.iloc[cut:] = changed.history.iloc[cut:] * -3.0
+    # Noise, not a rescaling: a minimum-variance book is blind to a covariance scaled uniformly.
+    noise = np.random.default_rng(3).normal(0.0, 0.03, changed.history.iloc[cut:].shape)
+    changed.history.iloc[cut:] = changed.history.iloc[cut:] + noise  # NaN (unlisted) stays NaN
     rewritten = policy.walk_forward(changed, SHORT, profiles=("min_variance",))
     assert rewritten.windows == walked.windows
     for name, by_window in walked.targets.items():

@@ -32,10 +32,13 @@ partitioning, and the meta-portfolio of a date needs every sleeve's run of that 
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from tvq_assets import stage
 from tvq_assets.catalog import Catalog
 from tvq_assets.partitions import catalog, is_run_key, run, run_key, sleeve_run, split_run_key
 from tvq_assets.plots import equity_plot
@@ -134,36 +137,19 @@ def sleeve_runs(
     return runs
 
 
-def _read_decision(
-    lake: ParquetLake, decision: engine.Decision, where: str
-) -> tuple[TournamentRecord, PortfolioRecord]:
-    """The stored backtest and portfolio of the decision's run (Dagster recorded both)."""
-    key = run_key(decision.date, decision.sleeve)
-    missing = [asset for asset in DECISION_ASSETS if not lake.exists([asset], key)]
-    if missing:
-        raise dg.Failure(
-            description=f"{where}: Dagster records {missing} of {key} as materialised, but the "
-            f"lake at {lake.root_path} has no such value (quarantined or deleted?): "
-            f"re-materialise {key} (`tvq backfill {decision.sleeve} {decision.date:%Y-%m-%d} "
-            f"{decision.date:%Y-%m-%d}`)"
-        )
-    return lake.read(["backtest"], key), lake.read(["portfolio"], key)
+@dataclass(frozen=True)
+class DecisionsRead:
+    """What a run of the meta-portfolio reads: each sleeve's latest successful decision at or
+    before the date, the stored backtest and portfolio of each usable one (in the
+    meta-portfolio's order), and the seconds spent asking Dagster and reading the lake."""
 
+    decisions: dict[str, engine.Decision]
+    records: dict[str, tuple[TournamentRecord, PortfolioRecord]]
+    seconds: float
 
-def _decision_table(decisions: Mapping[str, engine.Decision]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "sleeve": s,
-                "decision": f"{d.date:%Y-%m-%d %a}" if d.date is not None else "none",
-                "age_days": d.age_days,
-                "age_sessions": d.age_sessions,
-                "usable": d.usable,
-                "skipped": d.skipped_text() or "-",
-            }
-            for s, d in decisions.items()
-        ]
-    )
+    @property
+    def usable(self) -> list[str]:
+        return list(self.records)
 
 
 @dg.asset(
@@ -197,58 +183,200 @@ def meta_portfolio(context: dg.AssetExecutionContext, lake: ParquetLake):
     decision at or before it) and the firm-wide holdings it implies, with a meta walk-forward
     against the equal weight of the sleeves."""
     started = time.perf_counter()
-    key = str(context.partition_key)
-    as_of = pd.Timestamp(key)
-    settings = meta_settings()
-    sleeves = list(catalog.meta_sleeves)
-    where = f"meta_portfolio[{key}]"
-    runs = sleeve_runs(context.instance, settings, sleeves=sleeves, as_of=as_of)
+    key, settings, sleeves = str(context.partition_key), meta_settings(), list(catalog.meta_sleeves)
+    as_of, where = pd.Timestamp(key), f"meta_portfolio[{key}]"
+    read = read_decisions(
+        context.instance, lake, settings, sleeves=sleeves, as_of=as_of, where=where
+    )
+    _log_decisions_used(context.log, read, where)
+    record = _decide(read, settings, as_of=as_of, where=where)
+    _log_missing_sleeves(context.log, record, read, where)
+    plot_path = _equity_curve(record, lake, key)
+    yield from checks.emit(
+        "meta_portfolio",
+        key,
+        record,
+        metadata=_meta_metadata(key, settings, read, record, plot_path, started),
+        evaluations=_meta_evaluations(record, settings, sleeves=sleeves, as_of=as_of),
+    )
+
+
+def read_decisions(
+    instance: dg.DagsterInstance,
+    lake: ParquetLake,
+    settings: engine.MetaSettings,
+    *,
+    sleeves: Sequence[str],
+    as_of: pd.Timestamp,
+    where: str,
+) -> DecisionsRead:
+    """Each sleeve's latest successful decision at or before ``as_of`` from what Dagster
+    records of its runs (:func:`sleeve_runs`), and the stored backtest and portfolio of each
+    usable one from the lake."""
+    started = time.perf_counter()
+    runs = sleeve_runs(instance, settings, sleeves=sleeves, as_of=as_of)
     decisions = engine.latest_decisions(runs, settings, sleeves=sleeves, as_of=as_of)
-    usable = [s for s, d in decisions.items() if d.usable]
-    records = {s: _read_decision(lake, decisions[s], where) for s in usable}
-    read_seconds = time.perf_counter() - started
-    for sleeve in usable:
-        decision = decisions[sleeve]
+    records = {s: _read_decision(lake, d, where) for s, d in decisions.items() if d.usable}
+    return DecisionsRead(decisions, records, time.perf_counter() - started)
+
+
+def _read_decision(
+    lake: ParquetLake, decision: engine.Decision, where: str
+) -> tuple[TournamentRecord, PortfolioRecord]:
+    """The stored backtest and portfolio of the decision's run (Dagster recorded both)."""
+    key = run_key(decision.date, decision.sleeve)
+    missing = [asset for asset in DECISION_ASSETS if not lake.exists([asset], key)]
+    if missing:
+        raise dg.Failure(
+            description=f"{where}: Dagster records {missing} of {key} as materialised, but the "
+            f"lake at {lake.root_path} has no such value (quarantined or deleted?): "
+            f"re-materialise {key} (`tvq backfill {decision.sleeve} {decision.date:%Y-%m-%d} "
+            f"{decision.date:%Y-%m-%d}`)"
+        )
+    return lake.read(["backtest"], key), lake.read(["portfolio"], key)
+
+
+def _log_decisions_used(log: dg.DagsterLogManager, read: DecisionsRead, where: str) -> None:
+    """One line per usable sleeve naming the decision it uses and its age: a WARN when a newer
+    session was passed over (no run, a failed run), worth a look; an INFO otherwise (a weekend
+    is not)."""
+    for sleeve in read.usable:
+        decision = read.decisions[sleeve]
         line = f"{where}: {sleeve} uses its {decision.describe()}"
-        # A newer session passed over (no run, a failed run) is worth a look; a weekend is not.
-        (context.log.warning if decision.skipped else context.log.info)(line)
+        (log.warning if decision.skipped else log.info)(line)
+
+
+def _decide(
+    read: DecisionsRead, settings: engine.MetaSettings, *, as_of: pd.Timestamp, where: str
+) -> engine.MetaRecord:
+    """``engine.decide`` on the usable sleeves' as-promoted streams, books and champions; a
+    missing sleeve under ``fail``, an infeasible bound or a backtest without an as-promoted
+    record fails the run naming it."""
+    records = read.records
     # Each sleeve contributes what its selection process would have earned (the policy the rule
     # crowned at each window), not today's champion's stream over past dates (hindsight).
     outdated = [s for s, (backtest, _) in records.items() if not backtest.has_as_promoted]
     if outdated:
         raise dg.Failure(
             description=f"{where}: the stored backtest of "
-            f"{[run_key(decisions[s].date, s) for s in outdated]} has no as-promoted record (it "
-            "was stored before the record existed), and the meta-portfolio joins the sleeves' "
+            f"{[run_key(read.decisions[s].date, s) for s in outdated]} has no as-promoted record "
+            "(it was stored before the record existed), and the meta-portfolio joins the sleeves' "
             "as-promoted streams: re-materialise those runs' backtest (`tvq backfill <sleeve> "
             "<date> <date>`)"
         )
     try:
-        record = engine.decide(
+        return engine.decide(
             {s: backtest.as_promoted["return"] for s, (backtest, _) in records.items()},
             {s: book.weights["weight"] for s, (_, book) in records.items()},
             {s: backtest.champion for s, (backtest, _) in records.items()},
             settings,
-            decisions=decisions,
+            decisions=read.decisions,
             as_of=as_of,
             where=where,
         )
     except (engine.MissingSleeve, engine.MetaInfeasible) as error:
         raise dg.Failure(description=str(error)) from error
-    missing = record.missing
-    for sleeve, reason in missing.items():
-        context.log.warning(
-            f"{where}: sleeve {sleeve!r} is missing ({reason}); allocating across {usable}"
+
+
+def _log_missing_sleeves(
+    log: dg.DagsterLogManager, record: engine.MetaRecord, read: DecisionsRead, where: str
+) -> None:
+    """A WARN per sleeve left out under ``missing_sleeve: allocate_present``, with why."""
+    for sleeve, reason in record.missing.items():
+        log.warning(
+            f"{where}: sleeve {sleeve!r} is missing ({reason}); allocating across {read.usable}"
         )
+
+
+def _equity_curve(record: engine.MetaRecord, lake: ParquetLake, key: str) -> Path:
+    """The meta walk-forward's and the baseline's equity curves as a PNG beside the value."""
     png = equity_plot(
         record.returns,
         champion=engine.META,
         baselines=[engine.BASELINE],
-        title=f"meta-portfolio walk-forward to {as_of:%Y-%m-%d}",
+        title=f"meta-portfolio walk-forward to {key}",
     )
     plot_path = lake.location(["meta_portfolio"], key).with_suffix(".png")
     write_file(png, plot_path)
+    return plot_path
+
+
+def _meta_metadata(
+    key: str,
+    settings: engine.MetaSettings,
+    read: DecisionsRead,
+    record: engine.MetaRecord,
+    plot_path: Path,
+    started: float,
+) -> dict[str, object]:
+    decisions, usable = read.decisions, read.usable
     shown = record.metrics.loc[[engine.META, engine.BASELINE]] if len(record.returns) else None
+    return {
+        "as_of": key,
+        "profile": settings.profile,
+        "missing_sleeve_rule": settings.missing,
+        "sleeves_present": ", ".join(usable),
+        "sleeves_missing": ", ".join(record.missing) or "none",
+        "max_decision_age": settings.max_decision_age,
+        "decisions": stage.table(_decision_table(decisions)),
+        "decision_dates": dg.MetadataValue.json(
+            {s: f"{d.date:%Y-%m-%d}" if d.date is not None else None for s, d in decisions.items()}
+        ),
+        "oldest_decision_sessions": max(
+            (d.age_sessions for d in decisions.values() if d.usable), default=0
+        ),
+        "sleeve_weights": stage.table(record.sleeves.reset_index()),
+        "top_holdings": stage.table(record.holdings.head(20)),
+        "holdings": len(record.holdings),
+        "common_dates": len(record.joined),
+        "periods_per_year": settings.joined_periods_per_year(usable),
+        "meta_vs_baseline": dg.MetadataValue.md(
+            checks.markdown(shown.reset_index()) if shown is not None else "_no window_"
+        ),
+        **(_meta_figures(shown) if shown is not None else {}),
+        "equity_curve_file": dg.MetadataValue.path(str(plot_path)),
+        "seconds": round(time.perf_counter() - started, 3),
+        # Asking Dagster for the decisions and reading them from the lake.
+        "seconds_reading_decisions": round(read.seconds, 3),
+    }
+
+
+def _decision_table(decisions: Mapping[str, engine.Decision]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "sleeve": s,
+                "decision": f"{d.date:%Y-%m-%d %a}" if d.date is not None else "none",
+                "age_days": d.age_days,
+                "age_sessions": d.age_sessions,
+                "usable": d.usable,
+                "skipped": d.skipped_text() or "-",
+            }
+            for s, d in decisions.items()
+        ]
+    )
+
+
+def _meta_figures(shown: pd.DataFrame) -> dict[str, float]:
+    """The figures charted across run dates: the meta walk-forward's and the baseline's."""
+    return {
+        "sharpe": float(shown.loc[engine.META, "sharpe"]),
+        "max_drawdown": float(shown.loc[engine.META, "max_drawdown"]),
+        "baseline_sharpe": float(shown.loc[engine.BASELINE, "sharpe"]),
+        "baseline_max_drawdown": float(shown.loc[engine.BASELINE, "max_drawdown"]),
+    }
+
+
+def _meta_evaluations(
+    record: engine.MetaRecord,
+    settings: engine.MetaSettings,
+    *,
+    sleeves: Sequence[str],
+    as_of: pd.Timestamp,
+) -> list[Evaluation]:
+    """The firm-wide holdings contract (blocking) and the sleeves present (a warning naming each
+    missing sleeve and why)."""
+    missing = record.missing
     absent = pd.DataFrame(
         {
             "symbol": list(missing),
@@ -258,70 +386,25 @@ def meta_portfolio(context: dg.AssetExecutionContext, lake: ParquetLake):
             "message": [f"{s} on {as_of:%Y-%m-%d}: missing ({r})" for s, r in missing.items()],
         }
     )
-    yield from checks.emit(
-        "meta_portfolio",
-        key,
-        record,
-        metadata={
-            "as_of": key,
-            "profile": settings.profile,
-            "missing_sleeve_rule": settings.missing,
-            "sleeves_present": ", ".join(usable),
-            "sleeves_missing": ", ".join(missing) or "none",
-            "max_decision_age": settings.max_decision_age,
-            "decisions": dg.MetadataValue.md(checks.markdown(_decision_table(decisions))),
-            "decision_dates": dg.MetadataValue.json(
-                {
-                    s: f"{d.date:%Y-%m-%d}" if d.date is not None else None
-                    for s, d in decisions.items()
-                }
+    return [
+        Evaluation(
+            META_CONTRACT,
+            meta_contracts.holdings_violations(
+                record.holdings,
+                sleeves=sleeves,
+                missing=missing,
+                caps=settings.caps,
+                floors=settings.floors,
+                as_of=as_of,
             ),
-            "oldest_decision_sessions": max(
-                (d.age_sessions for d in decisions.values() if d.usable), default=0
-            ),
-            "sleeve_weights": dg.MetadataValue.md(checks.markdown(record.sleeves.reset_index())),
-            "top_holdings": dg.MetadataValue.md(checks.markdown(record.holdings.head(20))),
-            "holdings": len(record.holdings),
-            "common_dates": len(record.joined),
-            "periods_per_year": settings.joined_periods_per_year(usable),
-            "meta_vs_baseline": dg.MetadataValue.md(
-                checks.markdown(shown.reset_index()) if shown is not None else "_no window_"
-            ),
-            **(
-                {
-                    "sharpe": float(shown.loc[engine.META, "sharpe"]),
-                    "max_drawdown": float(shown.loc[engine.META, "max_drawdown"]),
-                    "baseline_sharpe": float(shown.loc[engine.BASELINE, "sharpe"]),
-                    "baseline_max_drawdown": float(shown.loc[engine.BASELINE, "max_drawdown"]),
-                }
-                if shown is not None
-                else {}
-            ),
-            "equity_curve_file": dg.MetadataValue.path(str(plot_path)),
-            "seconds": round(time.perf_counter() - started, 3),
-            # Asking Dagster for the decisions and reading them from the lake.
-            "seconds_reading_decisions": round(read_seconds, 3),
-        },
-        evaluations=[
-            Evaluation(
-                META_CONTRACT,
-                meta_contracts.holdings_violations(
-                    record.holdings,
-                    sleeves=sleeves,
-                    missing=missing,
-                    caps=settings.caps,
-                    floors=settings.floors,
-                    as_of=as_of,
-                ),
-            ),
-            Evaluation(
-                SLEEVES_PRESENT,
-                absent,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"missing": dg.MetadataValue.json(missing)},
-            ),
-        ],
-    )
+        ),
+        Evaluation(
+            SLEEVES_PRESENT,
+            absent,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"missing": dg.MetadataValue.json(missing)},
+        ),
+    ]
 
 
 meta_job = dg.define_asset_job(

@@ -13,7 +13,6 @@ from sklearn.covariance import LedoitWolf
 from tests.conftest import AS_OF, evaluations, metadata, resources_for, synthetic_source
 from tvq_assets import allocation, alpha, data
 from tvq_assets.partitions import catalog
-from tvq_assets.quant import backtest as backtest_engine
 from tvq_assets.quant import optimise, policy
 from tvq_assets.settings import policy_settings
 from tvq_resources.lake import ParquetLake
@@ -274,13 +273,8 @@ def test_the_portfolio_is_the_champions_decision_with_trades_from_the_previous_r
     settings = policy_settings(catalog.sleeve("crypto"))
     scorer, profile = tournament.champion.split("/")
     rows = policy.decision_rows(len(returns.history), settings)
-    result = backtest_engine.run(
-        returns.history,
-        {tournament.champion: policy.Tournament(returns, settings).policies()[tournament.champion]},
-        cost_rate=settings.cost_rate,
-        windows=policy.grid_windows(returns.history.index, settings),
-    )
-    held = result.targets[tournament.champion][len(result.windows) - 1]
+    walked = policy.walk_forward(returns, settings, scorers=(scorer,), profiles=(profile,))
+    held = walked.targets[tournament.champion][len(walked.windows) - 1]
     decided = policy.Tournament(returns, settings).decide(
         scorer, profile, returns.history.tail(rows), held
     )

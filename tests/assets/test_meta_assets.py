@@ -10,6 +10,7 @@ a daily run would (materialisations, planned materialisations of a failed run).
 """
 
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -73,11 +74,19 @@ def sleeve_records(sleeve: str, as_of: str, seed: int, *, as_promoted: bool = Tr
 
 
 def sleeve_run_of(
-    instance, lake_root: str, as_of: str, sleeve: str, *, fail: bool = False, as_promoted=True
+    instance,
+    lake_root: str,
+    as_of: str,
+    sleeve: str,
+    *,
+    fail: bool = False,
+    fail_portfolio: bool = False,
+    as_promoted=True,
 ):
     """One run of the sleeve × run partition ``as_of|sleeve`` on ``instance``: it stores the
     sleeve's backtest and portfolio, or fails in its backtest step (nothing stored, the
-    portfolio skipped) as a daily run stopped by a check does."""
+    portfolio skipped) as a daily run stopped by a check does, or (``fail_portfolio``) stores
+    the backtest and fails in its portfolio step."""
     record, book = sleeve_records(
         sleeve, as_of, seed=sum(map(ord, sleeve + as_of)), as_promoted=as_promoted
     )
@@ -90,6 +99,8 @@ def sleeve_run_of(
 
     @dg.asset(name="portfolio", partitions_def=sleeve_run, deps=[backtest])
     def portfolio() -> policy.PortfolioRecord:
+        if fail_portfolio:
+            raise dg.Failure(description=f"the portfolio of {as_of}|{sleeve} failed its contract")
         return book
 
     result = dg.materialize(
@@ -99,7 +110,7 @@ def sleeve_run_of(
         resources={"io_manager": ParquetIOManager(lake=ParquetLake(root=lake_root))},
         raise_on_error=False,
     )
-    assert result.success != fail
+    assert result.success != (fail or fail_portfolio)
     return result
 
 
@@ -117,6 +128,15 @@ def run_meta(lake_root: str, instance, as_of: str = AS_OF):
     return defs.resolve_job_def("meta_portfolio_job").execute_in_process(
         partition_key=as_of, instance=instance, raise_on_error=False
     )
+
+
+def logged(instance, result) -> dict[str, int]:
+    """The run's own log lines (not Dagster's events), each with its level."""
+    return {
+        record.user_message: record.level
+        for record in instance.all_logs(result.run_id)
+        if not record.is_dagster_event
+    }
 
 
 def failure_of(result) -> str:
@@ -208,6 +228,10 @@ def test_on_a_sunday_the_weekday_sleeves_friday_decision_holds(lake_root, instan
     shown = metadata(result, "meta_portfolio")
     assert shown["decision_dates"] == {"crypto": SUNDAY, "tradfi": FRIDAY}
     assert "2026-06-26 Fri" in shown["decisions"]
+    # Nothing was passed over, so the run notes each sleeve's decision without a warning.
+    lines = logged(instance, result)
+    used = f"meta_portfolio[{SUNDAY}]: tradfi uses its decision of 2026-06-26 (Friday, 2 days, "
+    assert lines[used + "0 sessions old)"] == logging.INFO, lines
     # `tvq demo` prints each sleeve's decision and its age.
     cli.print_meta(stored, SUNDAY)
     printed = capsys.readouterr().out
@@ -249,15 +273,35 @@ def test_the_day_after_a_failed_run_the_previous_decision_is_used_never_the_stal
     held = set(stored.holdings["symbol"])
     assert "tradfi_A_0629" in held and "tradfi_A_0630" not in held
     assert stored.sleeves.loc["crypto", "decision_date"] == pd.Timestamp(AS_OF)
-    # The run says so in a WARN line.
-    warned = [
-        record.user_message
-        for record in instance.all_logs(result.run_id)
-        if record.level >= 30 and not record.is_dagster_event
-    ]
-    assert any("tradfi uses its decision of 2026-06-29" in line for line in warned), warned
+    # The run says so in a WARN line naming the decision used, its age and what was passed over.
+    lines = logged(instance, result)
+    used = (
+        f"meta_portfolio[{AS_OF}]: tradfi uses its decision of 2026-06-29 (Monday, 1 day, "
+        "1 session old); skipped 2026-06-30 run failed"
+    )
+    assert lines[used] == logging.WARNING, lines
+    fresh = f"meta_portfolio[{AS_OF}]: crypto uses its decision of {AS_OF} (Tuesday, 0 days, "
+    assert lines[fresh + "0 sessions old)"] == logging.INFO, lines
     cli.print_meta(stored, AS_OF)
     assert "skipped 2026-06-30 run failed" in capsys.readouterr().out
+
+
+def test_a_run_that_stored_its_backtest_but_failed_its_portfolio_is_no_decision(
+    lake_root, instance
+):
+    decided(instance, lake_root, MONDAY)
+    decided(instance, lake_root, AS_OF)
+    # Run again, tradfi's Tuesday stores a new backtest, then its portfolio fails: the lake's
+    # portfolio of Tuesday is the older run's, which must not be paired with the new backtest.
+    sleeve_run_of(instance, lake_root, AS_OF, "tradfi", fail_portfolio=True)
+    result = run_meta(lake_root, instance)
+    assert result.success, failure_of(result)
+    stored = ParquetLake(root=lake_root).read(["meta_portfolio"], AS_OF)
+    tradfi = stored.sleeves.loc["tradfi"]
+    assert tradfi["decision_date"] == pd.Timestamp(MONDAY)
+    assert tradfi["skipped"] == "2026-06-30 run failed"
+    held = set(stored.holdings["symbol"])
+    assert "tradfi_A_0629" in held and "tradfi_A_0630" not in held
 
 
 def test_a_sleeve_backtest_stored_before_the_as_promoted_record_fails_naming_the_run(
@@ -301,6 +345,13 @@ def test_a_gap_longer_than_the_bound_makes_the_sleeve_missing(lake_root, instanc
     message = failure_of(result)
     assert "decision of 2026-06-24 (Wednesday, 6 days, 4 sessions old)" in message
     assert "max_decision_age = 3" in message
+    # Under allocate_present the too-old decision is left out, never read nor allocated.
+    meta_rule(missing_sleeve="allocate_present", limits={"crypto": MetaLimit(cap=1.0, floor=0.2)})
+    result = run_meta(lake_root, instance)
+    assert result.success, failure_of(result)
+    shown = metadata(result, "meta_portfolio")
+    assert (shown["sleeves_present"], shown["sleeves_missing"]) == ("crypto", "tradfi")
+    assert not [line for line in logged(instance, result) if "tradfi uses its" in line]
     # A bound of 4 sessions accepts it.
     meta_rule(missing_sleeve="fail", max_decision_age=4)
     assert run_meta(lake_root, instance).success
@@ -317,6 +368,10 @@ def test_a_missing_sleeve_is_named_in_a_warn_under_allocate_present(lake_root, i
     assert "tradfi" in warned.description
     assert evaluations(result)["meta_holdings_contract"].passed
     assert metadata(result, "meta_portfolio")["sleeves_missing"] == "tradfi"
+    [line] = [m for m, level in logged(instance, result).items() if "is missing" in m]
+    assert line.startswith(f"meta_portfolio[{AS_OF}]: sleeve 'tradfi' is missing (")
+    assert "2026-06-30 run failed" in line and line.endswith("allocating across ['crypto']")
+    assert logged(instance, result)[line] == logging.WARNING
     stored = ParquetLake(root=lake_root).read(["meta_portfolio"], AS_OF)
     assert stored.sleeves.loc["crypto", "weight"] == pytest.approx(1.0)
     reason = stored.sleeves.loc["tradfi", "missing_reason"]

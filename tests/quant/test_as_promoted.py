@@ -14,6 +14,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.quant.test_backtest import stitched
 from tvq_assets.quant import backtest, metrics, promoted
 
 CANDIDATES = ("momentum/top2", "momentum/leader", "risk/inverse_vol", "risk/equal")
@@ -50,7 +51,7 @@ def production_verdict(returns, *, incumbent, train, test, step, calendar, cost_
     )
     if not windows:
         return None, None
-    result = backtest.run(returns, POLICIES, windows=windows, cost_rate=cost_rate)
+    result = stitched(returns, POLICIES, windows, cost_rate=cost_rate)
     table = metrics.metrics_table(result.returns, periods_per_year=252)
     if not np.isfinite(table.loc[list(CANDIDATES), "sharpe"].to_numpy(dtype=float)).any():
         return None, result
@@ -69,7 +70,7 @@ def replayed(returns, *, train, test, step, calendar, cost_rate, promotion):
     windows = backtest.grid_windows(
         pd.DatetimeIndex(returns.index), train=train, test=test, step=step, calendar=calendar
     )
-    result = backtest.run(returns, POLICIES, windows=windows, cost_rate=cost_rate)
+    result = stitched(returns, POLICIES, windows, cost_rate=cost_rate)
     live = promoted.replay(
         result,
         returns,
@@ -209,7 +210,7 @@ def test_the_summary_uses_the_metric_functions_on_the_stream():
 def test_without_a_window_that_can_crown_the_record_is_empty():
     returns = market(3, 30, "crypto")
     only = backtest.Window(index=0, train=slice(0, 25), test=slice(25, 30))
-    result = backtest.run(returns, POLICIES, windows=[only], cost_rate=0.0)
+    result = stitched(returns, POLICIES, [only], cost_rate=0.0)
     live = promoted.replay(
         result,
         returns,

@@ -1,12 +1,9 @@
 import dataclasses
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tvq_assets.quant import backtest, metrics
 
@@ -56,6 +53,26 @@ POLICIES = {
 }
 
 
+def windows_of(frame: pd.DataFrame, *, train: int, test: int, step: int) -> list[backtest.Window]:
+    """The walk-forward's windows over ``frame``'s daily dates (``grid_windows``, crypto)."""
+    return backtest.grid_windows(frame.index, train=train, test=test, step=step, calendar="crypto")
+
+
+def stitched(returns, policies, windows, *, cost_rate: float) -> backtest.BacktestResult:
+    """Every policy's validated targets, each from its window's training rows only, held
+    through ``windows`` (``stitch``)."""
+    targets = {
+        name: {
+            w.index: backtest.validated_weights(
+                chosen(returns.iloc[w.train].copy()), returns.columns, f"{name}, window {w.index}"
+            )
+            for w in windows
+        }
+        for name, chosen in policies.items()
+    }
+    return backtest.stitch(returns, targets, windows, cost_rate=cost_rate)
+
+
 def reference_hold(targets, returns, windows, cost_rate):
     """Day-by-day loop: rebalance at each window's first test day, drift weight by weight."""
     symbols = list(returns.columns)
@@ -81,110 +98,7 @@ def reference_hold(targets, returns, windows, cost_rate):
     return pd.Series(net), pd.Series(turnover)
 
 
-# walk_forward_windows
-
-
-def test_windows_train_then_test_and_advance_by_step():
-    windows = backtest.walk_forward_windows(300, train=252, test=20, step=20)
-    assert [(w.train, w.test) for w in windows] == [
-        (slice(0, 252), slice(252, 272)),
-        (slice(20, 272), slice(272, 292)),
-        (slice(40, 292), slice(292, 300)),
-    ]
-    assert [w.index for w in windows] == [0, 1, 2]
-
-
-def test_there_is_no_window_without_a_test_row():
-    assert backtest.walk_forward_windows(252, train=252, test=20, step=20) == []
-    assert backtest.walk_forward_windows(100, train=252) == []
-    assert len(backtest.walk_forward_windows(253, train=252)) == 1
-
-
-def test_non_positive_window_lengths_are_rejected():
-    with pytest.raises(ValueError, match="step"):
-        backtest.walk_forward_windows(300, train=252, test=20, step=0)
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    n_rows=st.integers(min_value=0, max_value=400),
-    train=st.integers(min_value=1, max_value=120),
-    test=st.integers(min_value=1, max_value=40),
-    step=st.integers(min_value=1, max_value=40),
-)
-def test_windows_never_look_ahead_and_cover_the_out_of_sample_rows(n_rows, train, test, step):
-    windows = backtest.walk_forward_windows(n_rows, train=train, test=test, step=step)
-    assert (len(windows) == 0) == (n_rows <= train)
-    for k, window in enumerate(windows):
-        assert window.index == k
-        assert window.train.stop - window.train.start == train
-        assert window.train.start == k * step
-        assert window.train.stop == window.test.start  # train strictly before test, no overlap
-        assert window.test.start < window.test.stop <= n_rows
-        assert window.test.stop - window.test.start == min(test, n_rows - window.test.start)
-    if windows:
-        covered = set().union(*(range(w.test.start, w.test.stop) for w in windows))
-        assert min(covered) == train
-        if step <= test:
-            assert covered == set(range(train, n_rows))
-        assert windows[-1].test.start + step >= n_rows  # nothing left for another window
-
-
-def test_plan_lists_every_policy_for_every_window_in_order():
-    tasks = backtest.plan(300, ["a", "b"], train=252, test=20, step=20)
-    assert [(t.window.index, t.policy) for t in tasks] == [
-        (0, "a"),
-        (0, "b"),
-        (1, "a"),
-        (1, "b"),
-        (2, "a"),
-        (2, "b"),
-    ]
-
-
-# evaluate
-
-
-def test_targets_never_depend_on_rows_after_the_training_slice(returns):
-    windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
-    rng = np.random.default_rng(5)
-    for window in windows:
-        task = backtest.Task(window=window, policy="inverse_volatility")
-        before = backtest.evaluate(task, returns, inverse_volatility)
-        future = returns.copy()
-        later = future.index[window.train.stop :]
-        future.loc[later] = rng.normal(0.0, 0.5, size=(len(later), future.shape[1]))
-        future.iloc[window.train.stop :: 3, 0] = np.nan
-        after = backtest.evaluate(task, future, inverse_volatility)
-        pd.testing.assert_series_equal(before, after)
-        # and the policy really reacts to the data it is allowed to see
-        past = returns.copy()
-        past.iloc[window.train.start : window.train.stop, 0] *= 3.0
-        assert not backtest.evaluate(task, past, inverse_volatility).equals(before)
-
-
-def test_run_targets_are_unchanged_when_the_future_is_rewritten(returns):
-    result = backtest.run(returns, POLICIES, train=60, test=20, step=20, cost_rate=0.001)
-    cut = result.windows[2].train.stop
-    future = returns.copy()
-    future.iloc[cut:] = -future.iloc[cut:] * 5.0
-    rewritten = backtest.run(future, POLICIES, train=60, test=20, step=20, cost_rate=0.001)
-    for policy in POLICIES:
-        for window in result.windows[:3]:
-            pd.testing.assert_series_equal(
-                result.targets[policy][window.index], rewritten.targets[policy][window.index]
-            )
-
-
-def test_a_policy_cannot_alter_the_callers_returns(returns):
-    def vandal(train: pd.DataFrame) -> pd.Series:
-        train.iloc[:, :] = 0.0
-        return equal_weight(train)
-
-    original = returns.copy()
-    window = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)[0]
-    backtest.evaluate(backtest.Task(window=window, policy="vandal"), returns, vandal)
-    pd.testing.assert_frame_equal(returns, original)
+# validated_weights
 
 
 @pytest.mark.parametrize(
@@ -196,10 +110,8 @@ def test_a_policy_cannot_alter_the_callers_returns(returns):
     ],
 )
 def test_weights_that_are_not_long_only_and_fully_invested_are_rejected(returns, weights, message):
-    window = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)[0]
-    task = backtest.Task(window=window, policy="bad")
     with pytest.raises(ValueError, match=message):
-        backtest.evaluate(task, returns, lambda train: weights)
+        backtest.validated_weights(weights, returns.columns, "policy 'bad', window 0")
 
 
 # hold
@@ -210,7 +122,10 @@ def test_two_asset_drift_and_costs_match_a_hand_computation():
         {"A": [0.0, 0.0, 0.10, -0.05, 0.02, 0.03], "B": [0.0, 0.0, -0.02, 0.04, 0.01, -0.01]},
         index=pd.date_range("2024-01-01", periods=6, name="date"),
     )
-    windows = backtest.walk_forward_windows(6, train=2, test=2, step=2)
+    windows = [
+        backtest.Window(index=0, train=slice(0, 2), test=slice(2, 4)),
+        backtest.Window(index=1, train=slice(2, 4), test=slice(4, 6)),
+    ]
     targets = {0: pd.Series({"A": 0.5, "B": 0.5}), 1: pd.Series({"A": 0.5, "B": 0.5})}
     net, turnover = backtest.hold(targets, returns, windows, cost_rate=0.01)
 
@@ -235,7 +150,7 @@ def test_two_asset_drift_and_costs_match_a_hand_computation():
 def test_hold_matches_a_day_by_day_reference_with_overlaps_and_missing_prices(returns):
     frame = returns.copy()
     frame.iloc[120:, 5] = np.nan  # a delisting while held
-    windows = backtest.walk_forward_windows(len(frame), train=60, test=25, step=15)
+    windows = windows_of(frame, train=60, test=25, step=15)
     rng = np.random.default_rng(9)
     targets = {}
     for window in windows:
@@ -247,14 +162,14 @@ def test_hold_matches_a_day_by_day_reference_with_overlaps_and_missing_prices(re
     expected_net, expected_turnover = reference_hold(targets, frame, windows, 0.002)
 
     assert net.index.is_unique
-    assert list(net.index) == list(frame.index[60:])
+    assert list(net.index) == list(frame.index[windows[0].test.start :])
     np.testing.assert_allclose(net.to_numpy(), expected_net.to_numpy(), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(turnover.to_numpy(), expected_turnover.to_numpy(), rtol=1e-10)
     assert list(turnover.index) == [frame.index[w.test.start] for w in windows]
 
 
 def test_costs_are_the_rate_on_every_traded_dollar_on_rebalance_days_only(returns):
-    windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
+    windows = windows_of(returns, train=60, test=20, step=20)
     targets = {w.index: inverse_volatility(returns.iloc[w.train]) for w in windows}
     gross, turnover = backtest.hold(targets, returns, windows, cost_rate=0.0)
     net, same_turnover = backtest.hold(targets, returns, windows, cost_rate=0.0014)
@@ -269,50 +184,26 @@ def test_costs_are_the_rate_on_every_traded_dollar_on_rebalance_days_only(return
 
 
 def test_a_cash_policy_earns_nothing_and_pays_nothing(returns):
-    windows = backtest.walk_forward_windows(len(returns), train=60, test=20, step=20)
+    windows = windows_of(returns, train=60, test=20, step=20)
     targets = {w.index: pd.Series(dtype=float) for w in windows}
     net, turnover = backtest.hold(targets, returns, windows, cost_rate=0.01)
     assert (net == 0.0).all() and (turnover == 0.0).all()
 
 
-# run
+# stitch
 
 
-def test_run_stitches_one_out_of_sample_return_per_date_and_policy(returns):
-    result = backtest.run(returns, POLICIES, train=60, test=20, step=20, cost_rate=0.001)
+def test_stitch_holds_one_out_of_sample_return_per_date_and_policy(returns):
+    windows = windows_of(returns, train=60, test=20, step=20)
+    result = stitched(returns, POLICIES, windows, cost_rate=0.001)
     assert list(result.returns.columns) == list(POLICIES)
-    assert list(result.returns.index) == list(returns.index[60:])
+    assert list(result.returns.index) == list(returns.index[windows[0].test.start :])
     assert result.returns.notna().all().all()
     assert list(result.turnover.index) == [returns.index[w.test.start] for w in result.windows]
     assert set(result.targets) == set(POLICIES)
     assert all(len(t) == len(result.windows) for t in result.targets.values())
     table = metrics.metrics_table(result.returns, periods_per_year=365, turnover=result.turnover)
     assert (table["rebalances"] == len(result.windows)).all()
-
-
-def test_run_in_parallel_gives_the_same_result_as_serial(returns):
-    serial = backtest.run(returns, POLICIES, train=60, test=10, step=7, cost_rate=0.0014)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        parallel = backtest.run(
-            returns,
-            POLICIES,
-            train=60,
-            test=10,
-            step=7,
-            cost_rate=0.0014,
-            map_tasks=lambda function, tasks: list(pool.map(function, tasks)),
-        )
-    pd.testing.assert_frame_equal(serial.returns, parallel.returns)
-    pd.testing.assert_frame_equal(serial.turnover, parallel.turnover)
-    assert serial.windows == parallel.windows
-    for policy in POLICIES:
-        for index, weights in serial.targets[policy].items():
-            pd.testing.assert_series_equal(weights, parallel.targets[policy][index])
-
-
-def test_run_refuses_a_history_shorter_than_one_training_window(returns):
-    with pytest.raises(ValueError, match="train=252"):
-        backtest.run(returns, POLICIES, cost_rate=0.001)
 
 
 # champion_verdict
@@ -527,7 +418,7 @@ def _fifty_fifty_books() -> pd.DataFrame:
     """Two 50/50 books of the same two assets: one weighted exactly, one with the last-bit error
     an optimiser's arithmetic leaves (as HRP's does), signed so that it shows the higher Sharpe."""
     frame = make_returns(300, 4, seed=4).iloc[:, :2]
-    windows = backtest.walk_forward_windows(len(frame), train=20, test=20, step=20)
+    windows = windows_of(frame, train=20, test=20, step=20)
     symbols = frame.columns
 
     def book(first: float) -> pd.Series:

@@ -89,70 +89,77 @@ def test_the_stall_rule_also_fires_on_a_run_of_identical_closes():
     assert list(mask) == [True, False]
 
 
-def test_a_policy_sees_only_its_training_slice(market):
-    contest = policy.Tournament(market, SHORT)
-    train = market.history.iloc[:400].tail(SHORT.lookback)
-    decide = contest.policies()["log_mps/min_variance"].decide
-    before = decide(train, None)
-    changed = dataclasses.replace(market, history=market.history.copy())
-    changed.history.iloc[400:] = changed.history.iloc[400:] * -3.0
-    fresh = policy.Tournament(changed, SHORT)
-    after = fresh.policies()["log_mps/min_variance"].decide(
-        changed.history.iloc[:400].tail(SHORT.lookback), None
+def one_window(data, settings, rows: tuple[int, int]) -> pd.DataFrame:
+    """The walk-forward's alpha of the history rows ``[start, stop)`` (``policy.window_alpha``)."""
+    return policy.window_alpha(
+        rows,
+        history=data.history,
+        dollar_volume=data.history_dollar_volume,
+        defects=data.defects,
+        settings=settings,
+        scorers=policy.SCORERS,
     )
-    pd.testing.assert_series_equal(before, after)
+
+
+def test_a_policy_sees_only_its_training_slice(market):
+    walked = policy.walk_forward(market, SHORT, profiles=("min_variance",))
+    cut = walked.windows[1].train.stop
+    changed = dataclasses.replace(market, history=market.history.copy())
+    # Noise, not a rescaling: a minimum-variance book is blind to a covariance scaled uniformly.
+    noise = np.random.default_rng(3).normal(0.0, 0.03, changed.history.iloc[cut:].shape)
+    changed.history.iloc[cut:] = changed.history.iloc[cut:] + noise  # NaN (unlisted) stays NaN
+    rewritten = policy.walk_forward(changed, SHORT, profiles=("min_variance",))
+    assert rewritten.windows == walked.windows
+    for name, by_window in walked.targets.items():
+        for k in (0, 1):  # every window trained before the cut decides as before
+            pd.testing.assert_series_equal(by_window[k], rewritten.targets[name][k])
+    # and the rewrite is seen by a window that trains on it
+    last = len(walked.windows) - 1
+    assert not walked.targets["log_mps/min_variance"][last].equals(
+        rewritten.targets["log_mps/min_variance"][last]
+    )
 
 
 def test_every_profile_of_a_scorer_allocates_the_same_winners(market):
-    contest = policy.Tournament(market, SHORT)
-    train = market.history.tail(SHORT.lookback)
-    policies = contest.policies()
-    held = {name: set(policies[name].decide(train, None).index) for name in contest.candidates}
-    winners = set(contest.alpha_of(train).selections["log_mps"].winners.index)
-    for profile in optimise.PROFILES:
-        assert held[f"log_mps/{profile}"] <= winners
-    assert np.isclose(policies["baseline_winners"](train).sum(), 1.0)
-    assert set(policies["baseline_winners"](train).index) == winners
+    walked = policy.walk_forward(market, SHORT)
+    for k, window in enumerate(walked.windows):
+        frame = one_window(market, SHORT, (window.train.start, window.train.stop))
+        winners = set(policy.winners_of(frame, "log_mps").index)
+        for profile in optimise.PROFILES:
+            assert set(walked.targets[f"log_mps/{profile}"][k].index) <= winners, (k, profile)
+        equal = walked.targets["baseline_winners"][k]
+        assert np.isclose(equal.sum(), 1.0) and set(equal.index) == winners
 
 
 def test_the_tournament_honours_the_cluster_cap_on_every_window(market):
     capped = dataclasses.replace(SHORT, cluster_cap=0.3)
-    contest = policy.Tournament(market, capped)
-    result = backtest.run(
-        market.history,
-        contest.policies(),
-        train=capped.lookback,
-        test=capped.test,
-        step=capped.step,
-        cost_rate=capped.cost_rate,
-    )
+    walked = policy.walk_forward(market, capped)
+    candidates = policy.candidates_of(policy.SCORERS, optimise.PROFILES)
     checked = 0
-    for name in contest.candidates:
-        for index, weights in result.targets[name].items():
+    for k, window in enumerate(walked.windows):
+        frame = one_window(market, capped, (window.train.start, window.train.stop))
+        for name in candidates:
+            weights = walked.targets[name][k]
             if weights.empty:
                 continue
-            window_rows = result.windows[index].train
-            labels = contest.alpha_of(market.history.iloc[window_rows]).clusters
+            labels = policy.winners_of(frame, name.split("/")[0])["cluster"]
             by_cluster = weights.groupby(labels.reindex(weights.index)).sum()
-            assert by_cluster.max() <= 0.3 + 1e-6, (name, index, by_cluster.max())
+            assert by_cluster.max() <= 0.3 + 1e-6, (name, k, by_cluster.max())
             checked += 1
-    assert checked >= len(contest.candidates) * len(result.windows) - 2
+    assert checked >= len(candidates) * len(walked.windows) - 2
 
 
 def test_the_tournament_penalises_turnover_against_each_policys_previous_target(market):
-    train = market.history.tail(SHORT.lookback)
-    previous = (
-        policy.Tournament(market, SHORT)
-        .policies()["log_mps/min_variance"]
-        .decide(market.history.iloc[:-20].tail(SHORT.lookback), None)
-    )
-    free = policy.Tournament(market, SHORT).policies()["log_mps/min_variance"].decide(train, None)
+    # The last two decisions of one policy, each step's reference the step before's target.
+    rows = policy.decision_rows(len(market.history), SHORT)
+    end = len(market.history)
+    spans = [(end - 20 - rows, end - 20), (end - rows, end)]
+    steps = tuple((k, span, one_window(market, SHORT, span)) for k, span in enumerate(spans))
+    chain = policy.Chain(policy="log_mps/min_variance", previous=None, steps=steps)
+    previous, free = policy.walk_chain(chain, history=market.history, settings=SHORT)
     penalised = dataclasses.replace(SHORT, turnover_penalty=1.0)
-    held = (
-        policy.Tournament(market, penalised)
-        .policies()["log_mps/min_variance"]
-        .decide(train, previous)
-    )
+    same, held = policy.walk_chain(chain, history=market.history, settings=penalised)
+    pd.testing.assert_series_equal(same, previous)  # no previous target: nothing to penalise
 
     def moved(weights):
         symbols = weights.index.union(previous.index)
@@ -174,7 +181,8 @@ def test_a_stale_symbol_leaves_the_tournaments_universe_with_its_rule(market):
     assert victim not in universe.returns.columns
     [row] = universe.excluded[universe.excluded["symbol"] == victim].itertuples()
     assert row.rule == "stale_or_delisted" and row.value == 6.0
-    assert victim not in contest.policies()["baseline_universe"](train).index
+    frame = policy.alpha_frame(contest.alpha_of(train), policy.SCORERS)
+    assert victim not in policy.baseline_targets(frame, policy.SCORERS)["baseline_universe"].index
 
 
 def test_a_symbol_that_dies_inside_the_backtest_is_held_before_and_leaves_after():
@@ -187,14 +195,9 @@ def test_a_symbol_that_dies_inside_the_backtest_is_held_before_and_leaves_after(
     assert data.history[victim].loc[:death].notna().iloc[-1]
     assert data.history[victim].loc[death + pd.Timedelta(days=1) :].isna().all()
 
-    contest = policy.Tournament(data, SHORT)
-    result = backtest.run(
-        data.history,
-        contest.policies(),
-        train=SHORT.lookback,
-        test=SHORT.test,
-        step=SHORT.step,
-        cost_rate=SHORT.cost_rate,
+    walked = policy.walk_forward(data, SHORT, profiles=("min_variance",))
+    result = backtest.stitch(
+        data.history, walked.targets, walked.windows, cost_rate=SHORT.cost_rate
     )
     held = result.targets["baseline_universe"]
     ends = {i: data.history.index[w.train.stop - 1] for i, w in enumerate(result.windows)}
@@ -226,13 +229,13 @@ def test_a_toxic_print_quarantines_its_symbol_only_in_windows_that_contain_it():
 
 def test_a_window_with_too_small_a_universe_holds_cash(market):
     tiny = dataclasses.replace(SHORT, min_universe=10_000)
-    contest = policy.Tournament(market, tiny)
-    train = market.history.tail(tiny.lookback)
-    for name, chosen in contest.policies().items():
-        weights = (
-            chosen.decide(train, None) if isinstance(chosen, backtest.Stateful) else chosen(train)
-        )
-        assert weights.empty, name
+    walked = policy.walk_forward(market, tiny)
+    assert set(walked.targets) == {
+        *policy.candidates_of(policy.SCORERS, optimise.PROFILES),
+        *policy.BASELINES,
+    }
+    for name, by_window in walked.targets.items():
+        assert by_window and all(weights.empty for weights in by_window.values()), name
 
 
 def test_a_window_whose_cap_is_infeasible_holds_cash_under_fail_and_raises_the_cap_under_raise(

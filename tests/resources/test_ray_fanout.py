@@ -1,6 +1,7 @@
 """The ``ray`` resource: serial and Ray fan-out of the tournament give identical results, tasks run
 on the cluster the test started, and no Ray process outlives the run that started it."""
 
+import functools
 import json
 import shutil
 import signal
@@ -83,19 +84,36 @@ def test_ray_mode_refuses_to_map_before_it_is_connected():
         RayFanout(address="127.0.0.1:1").task_map()
 
 
-def test_the_tournaments_policies_pickle_for_another_process_and_decide_the_same(small):
-    contest = policy.Tournament(small, SHORT)
-    policies = contest.policies()
-    clone = cloudpickle.loads(cloudpickle.dumps(policies))
+def test_the_walk_forwards_tasks_pickle_for_another_process_and_decide_the_same(small):
+    # What the tournament sends to a Ray worker: each phase's module-level function and items.
     rows = policy.decision_rows(len(small.history), SHORT)
-    train = small.history.iloc[:rows]
-    for name in contest.candidates:
-        pd.testing.assert_series_equal(
-            clone[name].decide(train, None), policies[name].decide(train, None), check_exact=True
-        )
-    pd.testing.assert_series_equal(
-        clone["baseline_universe"](train), policies["baseline_universe"](train), check_exact=True
+    spans = [(0, rows), (20, rows + 20)]
+    alpha = functools.partial(
+        policy.window_alpha,
+        history=small.history,
+        dollar_volume=small.history_dollar_volume,
+        defects=small.defects,
+        settings=SHORT,
+        scorers=policy.SCORERS,
     )
+    alpha_clone = cloudpickle.loads(cloudpickle.dumps(alpha))
+    frames = [alpha(span) for span in spans]
+    for span, frame in zip(spans, frames, strict=True):
+        pd.testing.assert_frame_equal(alpha_clone(span), frame, check_exact=True)
+    steps = tuple(
+        (k, span, frame) for k, (span, frame) in enumerate(zip(spans, frames, strict=True))
+    )
+    walk = functools.partial(policy.walk_chain, history=small.history, settings=SHORT)
+    walk_clone = cloudpickle.loads(cloudpickle.dumps(walk))
+    for name in policy.candidates_of(policy.SCORERS, PROFILES):
+        chain = policy.Chain(
+            policy=name,
+            previous=None,
+            steps=steps,
+        )
+        sent = cloudpickle.loads(cloudpickle.dumps(chain))
+        for mine, theirs in zip(walk(chain), walk_clone(sent), strict=True):
+            pd.testing.assert_series_equal(theirs, mine, check_exact=True)
 
 
 # --------------------------------------------------------------------------------------------

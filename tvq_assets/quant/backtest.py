@@ -1,15 +1,14 @@
-"""Walk-forward backtest: rolling windows, independent weight tasks, a sequential holding pass.
+"""Walk-forward backtest: windows on a calendar grid, a sequential holding pass, the verdict.
 
-The engine is split so that the expensive part can be fanned out:
-
-1. :func:`walk_forward_windows` / :func:`plan` cut the returns frame into rolling windows and list
-   one :class:`Task` per (window, policy); :func:`grid_windows` places the windows on a calendar
-   grid independent of the as-of date instead, so consecutive runs share their windows.
-2. :func:`evaluate` turns one task into target weights from the window's training rows only; tasks
-   are independent, so a caller may run them in any order or in parallel (``run(map_tasks=...)``).
-3. :func:`hold` walks the windows in order, rebalancing to each target and letting the weights
+1. :func:`grid_windows` cuts the returns frame into rolling windows whose decision dates sit on a
+   calendar grid independent of the as-of date, so consecutive runs share their windows. Each
+   window's targets are decided from its training rows only (``tvq_assets.quant.policy.
+   walk_forward``, which fans the decisions out and validates them with
+   :func:`validated_weights`).
+2. :func:`hold` walks the windows in order, rebalancing to each target and letting the weights
    drift with prices; it is cheap and sequential because each rebalance depends on the drift of the
    previous holding. :func:`stitch` holds every policy's targets and assembles the result.
+3. :func:`champion_verdict` ranks the policies and applies the promotion rule.
 
 Returns are simple per-period returns on the sleeve's calendar (dates x symbols, see
 ``tvq_assets.quant.metrics`` for the metric conventions). Weights are fractions of portfolio
@@ -25,18 +24,6 @@ import numpy as np
 import pandas as pd
 
 from tvq_assets.quant.metrics import deflated_sharpe_ratio, probabilistic_sharpe_ratio
-
-
-@dataclass(frozen=True)
-class Stateful:
-    """A policy that also receives its own previous target (None at the first window), e.g. for a
-    turnover penalty: ``decide(train, previous) -> target weights``."""
-
-    decide: Callable[[pd.DataFrame, "pd.Series | None"], pd.Series]
-
-
-Policy = Callable[[pd.DataFrame], pd.Series] | Stateful
-"""Training-slice returns (dates x all symbols) -> target weights (symbols, >= 0, sum 1)."""
 
 TaskMap = Callable[[Callable[[Any], Any], Sequence[Any]], Sequence[Any]]
 """``map_tasks(function, items)``: ``[function(item) for item in items]`` in order, possibly in
@@ -55,37 +42,6 @@ class Window:
     index: int
     train: slice
     test: slice
-
-
-@dataclass(frozen=True)
-class Task:
-    """Compute one policy's target weights for one window."""
-
-    window: Window
-    policy: str
-
-
-def walk_forward_windows(
-    n_rows: int, *, train: int = 252, test: int = 20, step: int = 20
-) -> list[Window]:
-    """Rolling (fixed-length, not expanding) windows over ``n_rows`` rows.
-
-    Window k trains on rows ``[k·step, k·step + train)`` and tests on the following ``test`` rows;
-    the last test slice is cut at ``n_rows`` and may be shorter. No window when
-    ``n_rows <= train``. With ``step < test`` test slices overlap (see :func:`hold`); with
-    ``step > test`` the rows between test slices are never traded.
-    """
-    for name, value in (("train", train), ("test", test), ("step", step)):
-        if value < 1:
-            raise ValueError(f"walk-forward {name} must be at least 1 row, got {value}")
-    return [
-        Window(
-            index=k,
-            train=slice(start, start + train),
-            test=slice(start + train, min(start + train + test, n_rows)),
-        )
-        for k, start in enumerate(range(0, max(n_rows - train, 0), step))
-    ]
 
 
 def grid_ordinals(dates: pd.DatetimeIndex, calendar: str) -> np.ndarray:
@@ -134,12 +90,6 @@ def grid_windows(
     ]
 
 
-def plan(n_rows: int, policies: Sequence[str], *, train: int, test: int, step: int) -> list[Task]:
-    """All (window, policy) tasks, window-major, policies in the given order."""
-    windows = walk_forward_windows(n_rows, train=train, test=test, step=step)
-    return [Task(window=window, policy=policy) for window in windows for policy in policies]
-
-
 def validated_weights(weights: pd.Series, symbols: pd.Index, where: str) -> pd.Series:
     """Float weights indexed by symbol, checked long-only and fully invested (or empty = cash)."""
     if not isinstance(weights, pd.Series):
@@ -163,26 +113,6 @@ def validated_weights(weights: pd.Series, symbols: pd.Index, where: str) -> pd.S
             f"{where}: weights sum to {total:.8f}, expected 1 (or an empty Series for cash)"
         )
     return weights
-
-
-def evaluate(
-    task: Task, returns: pd.DataFrame, policy: Policy, previous: pd.Series | None = None
-) -> pd.Series:
-    """Target weights of ``task`` from ``returns.iloc[task.window.train]`` only (and, for a
-    :class:`Stateful` policy, its ``previous`` target).
-
-    The policy receives a copy of the training rows (every symbol column, NaN included), so it can
-    neither see later rows nor alter the caller's frame. Raises ``ValueError`` when the weights are
-    not long-only and fully invested (tolerance 1e-6) or name unknown symbols.
-    """
-    train_returns = returns.iloc[task.window.train].copy()
-    where = f"policy {task.policy!r}, window {task.window.index}"
-    chosen = (
-        policy.decide(train_returns, previous)
-        if isinstance(policy, Stateful)
-        else policy(train_returns)
-    )
-    return validated_weights(chosen, returns.columns, where)
 
 
 def hold(
@@ -303,64 +233,6 @@ def target_table(result: BacktestResult, dates: pd.Index) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=columns).astype({"weight": float, "window": int})
     return pd.concat(rows, ignore_index=True)[columns]
-
-
-def _serial_map(function: Callable[[Task], pd.Series], tasks: Sequence[Task]) -> list[pd.Series]:
-    return [function(task) for task in tasks]
-
-
-def run(
-    returns: pd.DataFrame,
-    policies: Mapping[str, Policy],
-    *,
-    train: int = 252,
-    test: int = 20,
-    step: int = 20,
-    cost_rate: float,
-    map_tasks: TaskMap | None = None,
-    windows: Sequence[Window] | None = None,
-) -> BacktestResult:
-    """Walk-forward backtest of every policy on the same rolling windows.
-
-    ``returns``: dates x symbols simple returns, ascending unique dates. ``cost_rate``: cost per
-    unit of notional traded, each side (crypto 0.0014, tradfi 0.0006; see :func:`hold`).
-    ``map_tasks(function, tasks)`` must return ``[function(task) for task in tasks]`` in order
-    and may evaluate them in parallel (threads, processes, Ray); it is called once per window,
-    windows in order, so that a :class:`Stateful` policy sees its previous target. The result
-    equals the serial default. ``windows``: the windows to run (e.g. :func:`grid_windows`)
-    instead of :func:`walk_forward_windows` of ``train``, ``test``, ``step``.
-    Raises ``ValueError`` when there are no policies or too few rows for one window.
-    """
-    if not policies:
-        raise ValueError("run needs at least one policy")
-    if not returns.index.is_monotonic_increasing or returns.index.has_duplicates:
-        raise ValueError("returns must have ascending unique dates")
-    if windows is None:
-        windows = walk_forward_windows(len(returns), train=train, test=test, step=step)
-    windows = list(windows)
-    if not windows:
-        raise ValueError(
-            f"returns has {len(returns)} rows; the walk-forward needs more than train={train}"
-        )
-    names = list(policies)
-    tasks = [Task(window=window, policy=name) for window in windows for name in names]
-    targets: dict[str, dict[int, pd.Series]] = {name: {} for name in names}
-
-    def evaluate_task(task: Task) -> pd.Series:
-        previous = targets[task.policy].get(task.window.index - 1)
-        return evaluate(task, returns, policies[task.policy], previous)
-
-    # Windows in order (a stateful policy needs its previous target); the policies of one window
-    # are independent and may be mapped in parallel.
-    for window in windows:
-        batch = [task for task in tasks if task.window.index == window.index]
-        results = list((map_tasks or _serial_map)(evaluate_task, batch))
-        if len(results) != len(batch):
-            raise ValueError(f"map_tasks returned {len(results)} results for {len(batch)} tasks")
-        for task, weights in zip(batch, results, strict=True):
-            targets[task.policy][task.window.index] = weights
-
-    return stitch(returns, targets, windows, cost_rate=cost_rate)
 
 
 def stitch(

@@ -23,7 +23,7 @@ only its newest window and a re-run or a backfill reuses what an earlier run com
 import dataclasses
 import functools
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -388,15 +388,14 @@ def decide_alpha(
 
 
 class Tournament:
-    """The backtest's policies: every scorer × profile, plus two equal-weight baselines.
+    """One window's decision of every scorer × profile, the view the tests and audits replay.
 
     Each window's decision is :func:`decide_alpha` on the history rows ending at the window's
     last training day (``lookback`` rows, every symbol of the sleeve, so the universe is
     point-in-time) followed by :func:`decide_target` with that policy's previous target as the
     turnover reference. The alpha of a window is computed once and shared by the profiles
-    (thread-safe memo). This is the one-window view the tests and audits replay;
-    :func:`tournament` runs the same decisions through :func:`walk_forward`, which stores and
-    fans them out.
+    (thread-safe memo). :func:`tournament` runs the same decisions, and the baselines, through
+    :func:`walk_forward`, which stores and fans them out.
     """
 
     def __init__(
@@ -426,14 +425,6 @@ class Tournament:
     @property
     def candidates(self) -> list[str]:
         return [f"{s}/{p}" for s in self.scorers for p in self.profiles]
-
-    def policies(self) -> dict[str, backtest.Policy]:
-        chosen: dict[str, backtest.Policy] = {
-            name: backtest.Stateful(self._policy(*name.split("/"))) for name in self.candidates
-        }
-        chosen["baseline_universe"] = self._equal_universe
-        chosen["baseline_winners"] = self._equal_winners
-        return chosen
 
     def alpha_of(self, train: pd.DataFrame, *, as_of: pd.Timestamp | None = None) -> Alpha:
         """The alpha of a window's rows (every symbol), computed once and then shared.
@@ -470,26 +461,6 @@ class Tournament:
         alpha = self.alpha_of(train, as_of=as_of)
         winners = winners_of(alpha_frame(alpha, self.scorers), scorer)
         return decide_target(profile, winners, train, self.settings, previous=previous)
-
-    def _policy(
-        self, scorer: str, profile: str
-    ) -> Callable[[pd.DataFrame, pd.Series | None], pd.Series]:
-        def weights(train: pd.DataFrame, previous: pd.Series | None) -> pd.Series:
-            return self.decide(scorer, profile, train, previous)
-
-        return weights
-
-    def _equal_universe(self, train: pd.DataFrame) -> pd.Series:
-        alpha = self.alpha_of(train)
-        symbols = alpha.universe.returns.columns if not alpha.too_small else pd.Index([])
-        return pd.Series(np.full(len(symbols), 1.0 / max(len(symbols), 1)), index=symbols)
-
-    def _equal_winners(self, train: pd.DataFrame) -> pd.Series:
-        alpha = self.alpha_of(train)
-        if alpha.too_small:
-            return pd.Series(dtype=float)
-        chosen = alpha.selections[self.scorers[0]].winners.index
-        return pd.Series(np.full(len(chosen), 1.0 / max(len(chosen), 1)), index=chosen)
 
 
 @dataclass(frozen=True)

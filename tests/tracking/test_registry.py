@@ -223,3 +223,13 @@ def test_a_version_registered_without_digests_is_refused_and_replaced_by_the_nex
     assert (
         registry.load_policy(SLEEVE, tracking_uri=tracker.uri).unwrap_python_model().champion == A
     )
+
+
+def test_a_first_champion_below_the_deflated_sharpe_bound_is_said_plainly():
+    first = {"champion": A, "challenger": A, "incumbent": "", "replaced": True}
+    assert registry.verdict_text(pd.Series({**first, "deflated_sharpe_ok": 1.0})) == (
+        "first champion"
+    )
+    below = registry.verdict_text(pd.Series({**first, "deflated_sharpe_ok": 0.0}))
+    assert below.startswith("first champion; ") and "deflated Sharpe is below the bound" in below
+    assert "(" not in below  # the summary wraps the verdict in parentheses of its own

@@ -127,8 +127,12 @@ def verdict_text(row: pd.Series) -> str:
     incumbent = str(row.get("incumbent", "") or "")
     if not incumbent:
         below = float(row.get("deflated_sharpe_ok", 1.0)) == 0.0
+        # Said plainly, not nested in the summary's parentheses: a first champion is promoted
+        # whatever its deflated Sharpe, since there is no incumbent to keep.
         return "first champion" + (
-            " (deflated Sharpe below the bound: nothing else to run)" if below else ""
+            "; its deflated Sharpe is below the bound, promoted as there is no incumbent"
+            if below
+            else ""
         )
     if bool(row["replaced"]):
         if pd.isna(row.get("incumbent_sharpe", math.nan)):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from tvq_assets import soak
+from tvq_assets.catalog import parse_catalog
 
 HEADER = "Date,Open,High,Low,Close,Adj Close,Volume\n"
 
@@ -134,6 +135,83 @@ def test_a_fail_sleeve_is_expected_to_fail_while_the_toxic_print_is_in_its_windo
     assert expect("crypto", printed + pd.Timedelta(days=4), scenarios, catalog) == "fail:toxic"
     assert expect("crypto", printed + pd.Timedelta(days=5), scenarios, catalog) == "success"
     assert expect("tradfi", printed, scenarios, catalog) == "success"
+
+
+KLINE_HEADER = "open_time,open,high,low,close,volume,close_time,quote_asset_volume\n"
+
+
+def _klines(folder: Path, symbol: str, days: list[str]) -> None:
+    """A Binance kline file: one row a UTC day, epoch milliseconds, as the exports hold them."""
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for i, day in enumerate(days):
+        opened = int(pd.Timestamp(day).value // 1_000_000)
+        close = 100.0 + i
+        rows.append(
+            f"{opened},{close},{close + 1},{close - 1},{close},10.0,{opened + 86399999},1000\n"
+        )
+    (folder / f"{symbol}.csv").write_text(KLINE_HEADER + "".join(rows))
+
+
+def _served_days(url: str, symbol: str) -> list[str]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/v3/klines?symbol={symbol}&interval=1d") as answer:
+        candles = json.load(answer)
+    return [f"{pd.Timestamp(c[0], unit='ms'):%F}" for c in candles]
+
+
+def test_the_exchange_replay_reveals_one_simulated_day_at_a_time(tmp_path):
+    from tvq_resources.exchange_replay import ReplayExchange, markets_from
+
+    days = ["2022-09-01", "2022-09-02", "2022-09-03", "2022-09-04"]
+    _klines(tmp_path, "BTCUSDT", days)
+    with ReplayExchange(markets_from(tmp_path), now="2022-09-02T06:00:00Z") as replay:
+        # Production's morning: yesterday closed, today's candle the open one.
+        assert _served_days(replay.url, "BTCUSDT") == days[:2]
+        replay.now = pd.Timestamp("2022-09-03T06:00:00Z")
+        assert _served_days(replay.url, "BTCUSDT") == days[:3]
+
+
+def test_the_exchange_soak_adds_a_quarantine_sleeve_that_the_catalog_accepts():
+    scenarios = soak.Scenarios(pd.Timestamp(soak.EXCHANGE_START), soak.DEFAULT_DAYS)
+    exchange = {"url": "http://127.0.0.1:8123", "bases": ["BTC", "LUNA"]}
+    document = soak.soak_catalog(Path("/x"), scenarios, Path("/x/venues"), exchange)
+    parsed = parse_catalog(document, origin="the exchange soak's catalog")
+    assert list(parsed.sleeves) == ["crypto", "tradfi", "venues", "exchange"]
+    assert parsed.meta_sleeves == ("crypto", "tradfi", "venues", "exchange")
+    sleeve = parsed.sleeve("exchange")
+    assert (sleeve.calendar, sleeve.toxic_policy) == ("crypto", "quarantine")
+    assert document["sleeves"]["exchange"]["source"]["url"] == exchange["url"]
+    assert sleeve.policy == parsed.sleeve("tradfi").policy, "the soak's small policy"
+    # The synthetic market and the first run partition come before the 2022 span.
+    assert parsed.first_run < scenarios.start
+    for name in ("crypto", "tradfi"):
+        synthetic_start = pd.Timestamp(document["sleeves"][name]["source"]["start"])
+        assert synthetic_start + pd.Timedelta(days=300) < scenarios.start
+
+
+def test_the_usual_soak_keeps_its_synthetic_market_where_it_was():
+    """The synthetic values are offsets from the market's start: moving it changes every result."""
+    scenarios = soak.Scenarios(pd.Timestamp(soak.DEFAULT_START), soak.DEFAULT_DAYS)
+    document = soak.soak_catalog(Path("/x"), scenarios, None)
+    assert "exchange" not in document["sleeves"]
+    assert document["first_run"] == soak.FIRST_RUN
+    for name in ("crypto", "tradfi"):
+        assert document["sleeves"][name]["source"]["start"] == soak.SYNTHETIC_START
+
+
+def test_the_exchange_soak_refuses_a_missing_folder_and_a_span_outside_the_files(tmp_path):
+    missing = soak.exchange_span_problem(tmp_path / "none", pd.Timestamp("2022-09-01"), 3)
+    assert "no kline files" in missing and "crypto_binance_klines_yodumini" in missing
+    _klines(tmp_path, "BTCUSDT", [f"2022-09-{d:02d}" for d in range(1, 11)])
+    start = pd.Timestamp("2022-09-02")
+    assert soak.exchange_span_problem(tmp_path, start, 9) == ""
+    assert "2022-09-02 .. 2022-09-11 is not inside" in soak.exchange_span_problem(
+        tmp_path, start, 10
+    )
+    assert "not inside" in soak.exchange_span_problem(tmp_path, pd.Timestamp("2022-09-01"), 3)
 
 
 @pytest.mark.slow

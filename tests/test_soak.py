@@ -258,3 +258,40 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
         assert scenario in done.stdout, scenario
     holiday = [line for line in lines if line.startswith("2024-06-19 Wed venues")]
     assert holiday and "success" in holiday[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not soak.SHARED_KLINES.is_dir(), reason=f"real kline files not found at {soak.SHARED_KLINES}"
+)
+def test_production_day_after_day_reads_a_replay_of_the_exchange_one_day_at_a_time(tmp_path):
+    """Three days from 2022-09-01 with a sleeve on a replay of Binance's API serving the real
+    kline files (LUNA's collapse in every window): the sleeve succeeds each day, the day revealed
+    stored and nothing of the open one (the soak's evidence), and the meta-portfolio holds it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tvq_assets.soak",
+            "--exchange",
+            "--days",
+            "3",
+            "--workdir",
+            str(tmp_path / "soak"),
+        ],
+        cwd=soak.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    print(done.stdout[-8000:], done.stderr[-3000:])
+    assert done.returncode == 0
+    lines = done.stdout.strip().splitlines()
+    [summary] = [line for line in lines if line.startswith("soak: 3 days, ")]
+    assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
+    days = [f"{d:%Y-%m-%d %a}" for d in pd.date_range(soak.EXCHANGE_START, periods=3)]
+    for day in days:
+        [row] = [line for line in lines if line.startswith(f"{day} exchange ")]
+        assert row.split()[4] == "success", row
+        [meta] = [line for line in lines if line.startswith(f"{day} meta ")]
+        assert meta.split()[4] == "success", meta

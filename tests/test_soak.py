@@ -174,17 +174,18 @@ def test_the_exchange_replay_reveals_one_simulated_day_at_a_time(tmp_path):
         assert _served_days(replay.url, "BTCUSDT") == days[:3]
 
 
-def test_the_exchange_soak_adds_a_quarantine_sleeve_that_the_catalog_accepts():
+def test_the_exchange_soak_adds_a_quarantine_sleeve_that_the_catalog_accepts(tmp_path):
     scenarios = soak.Scenarios(pd.Timestamp(soak.EXCHANGE_START), soak.DEFAULT_DAYS)
     exchange = {"url": "http://127.0.0.1:8123", "bases": ["BTC", "LUNA"]}
-    document = soak.soak_catalog(Path("/x"), scenarios, Path("/x/venues"), exchange)
+    document = soak.soak_catalog(tmp_path, scenarios, tmp_path, exchange)
     parsed = parse_catalog(document, origin="the exchange soak's catalog")
     assert list(parsed.sleeves) == ["crypto", "tradfi", "venues", "exchange"]
     assert parsed.meta_sleeves == ("crypto", "tradfi", "venues", "exchange")
     sleeve = parsed.sleeve("exchange")
     assert (sleeve.calendar, sleeve.toxic_policy) == ("crypto", "quarantine")
     assert document["sleeves"]["exchange"]["source"]["url"] == exchange["url"]
-    assert sleeve.policy == parsed.sleeve("tradfi").policy, "the soak's small policy"
+    small = document["sleeves"]["tradfi"]["policy"]
+    assert document["sleeves"]["exchange"]["policy"] == small, "the soak's small policy"
     # The synthetic market and the first run partition come before the 2022 span.
     assert parsed.first_run < scenarios.start
     for name in ("crypto", "tradfi"):

@@ -69,11 +69,13 @@ YEAR_START = "2023-08-20"
 SHARED_KLINES = ROOT.parent / "shared" / "data" / "real" / "crypto_binance_klines_yodumini"
 # A 14-day span from here ends on 2022-09-14, inside the files.
 EXCHANGE_START = "2022-09-01"
-# LUNAUSDT's +17,739,900% row (2022-05-31) is inside the returns window of every run until the
-# window (160 days) leaves it: the run excludes the symbol.
+# LUNAUSDT's collapse, halt (no candle 2022-05-14 .. 2022-05-30) and reused symbol (+17,739,900%
+# on 2022-05-31) are inside the returns window (160 days) of every run until 2022-11-06, past the
+# files' end: each run must exclude the symbol for one of these defects (the halt's missing
+# returns, `non_null_after_genesis`, is the rule the runs name), never trade it.
 EXCHANGE_TOXIC_SYMBOL = "LUNAUSDT"
 EXCHANGE_TOXIC_WINDOW = (pd.Timestamp("2022-05-31"), pd.Timestamp("2022-11-06"))
-EXCHANGE_TOXIC_RULES = ("toxic_return",)
+EXCHANGE_TOXIC_RULES = ("non_null_after_genesis", "toxic_return")
 # The synthetic market of the usual spans starts on this date; its values are offsets from its
 # start, so the usual spans keep it (their results stay the same). An exchange span, 2022, moves
 # it (and the first run partition) to this many days before the span.
@@ -621,8 +623,8 @@ def venue_evidence(
 
 def exchange_evidence(lake, day: pd.Timestamp, partition: str) -> list[str]:
     """The exchange sleeve's run of ``day`` stored the day the replay revealed, and nothing of
-    the day still open; LUNA's collapse and reused symbol (real, inside every 2022 window) are
-    quarantined, not traded."""
+    the day still open; LUNA's halt and reused symbol (real, inside every window of the files'
+    last months) are quarantined, not traded."""
     problems = []
     newest = pd.Timestamp(lake.read(["bars"], "exchange").bars["date"].max())
     if newest.tz is not None:

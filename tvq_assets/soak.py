@@ -23,6 +23,11 @@ mid-step; an outage day with no run (a gap); a delisting (a file that stops); a 
 the meta-portfolio holds its last decision while that is recent enough, then fails naming it) and
 one under ``quarantine`` (the run succeeds with the symbol excluded).
 
+``--exchange`` adds a fourth sleeve whose source is the exchange kind, pointed at a replay of
+Binance's API on 127.0.0.1 (``tvq_resources.exchange_replay``) serving real kline files; the
+replay's clock is each day's ``TVQ_NOW``, so each morning reveals the day just closed. The span
+must lie inside the files (default start 2022-09-01); the synthetic market is then moved before it.
+
 At the end: no run is left STARTED or QUEUED; MLflow has exactly one run per Dagster run of a
 partition, with the right status; every registered decision names the champion of the verdict
 stored that day and the ``champion`` alias names the newest; ``lake verify`` is clean. It prints a

@@ -1,6 +1,6 @@
 """The exchange source at 300 markets, against the Binance replay on 127.0.0.1.
 
-The replay (``tests/resources/exchange_replay.py``) serves the real Binance spot kline files of
+The replay (``tvq_resources/exchange_replay.py``) serves the real Binance spot kline files of
 ``../shared/data/real`` (``crypto_binance_klines_yodumini`` and ``crypto_binance_spot_soneyjohnt``,
 79 series), each repeated under numbered names (``BTC2USDT``, ``BTC3USDT``, ...) until the market
 list holds ``--markets`` + 16 markets; the source's universe rule takes the ``--markets`` most
@@ -37,7 +37,7 @@ NEXT_DAY = "2022-06-06T06:00:00Z"
 
 
 def replay_markets(count: int):
-    from tests.resources.exchange_replay import markets_from
+    from tvq_resources.exchange_replay import markets_from
 
     series = {
         **markets_from(REAL / "crypto_binance_klines_yodumini"),
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the real kline files are not at {REAL}", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPOSITORY))
-    from tests.resources.exchange_replay import ReplayExchange
+    from tvq_resources.exchange_replay import ReplayExchange
     from tvq_resources.lake import ParquetLake
 
     markets = replay_markets(args.markets + 16)

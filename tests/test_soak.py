@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from tvq_assets import soak
+from tvq_assets.catalog import parse_catalog
 
 HEADER = "Date,Open,High,Low,Close,Adj Close,Volume\n"
 
@@ -136,6 +137,84 @@ def test_a_fail_sleeve_is_expected_to_fail_while_the_toxic_print_is_in_its_windo
     assert expect("tradfi", printed, scenarios, catalog) == "success"
 
 
+KLINE_HEADER = "open_time,open,high,low,close,volume,close_time,quote_asset_volume\n"
+
+
+def _klines(folder: Path, symbol: str, days: list[str]) -> None:
+    """A Binance kline file: one row a UTC day, epoch milliseconds, as the exports hold them."""
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for i, day in enumerate(days):
+        opened = int(pd.Timestamp(day).value // 1_000_000)
+        close = 100.0 + i
+        rows.append(
+            f"{opened},{close},{close + 1},{close - 1},{close},10.0,{opened + 86399999},1000\n"
+        )
+    (folder / f"{symbol}.csv").write_text(KLINE_HEADER + "".join(rows))
+
+
+def _served_days(url: str, symbol: str) -> list[str]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/v3/klines?symbol={symbol}&interval=1d") as answer:
+        candles = json.load(answer)
+    return [f"{pd.Timestamp(c[0], unit='ms'):%F}" for c in candles]
+
+
+def test_the_exchange_replay_reveals_one_simulated_day_at_a_time(tmp_path):
+    from tvq_resources.exchange_replay import ReplayExchange, markets_from
+
+    days = ["2022-09-01", "2022-09-02", "2022-09-03", "2022-09-04"]
+    _klines(tmp_path, "BTCUSDT", days)
+    with ReplayExchange(markets_from(tmp_path), now="2022-09-02T06:00:00Z") as replay:
+        # Production's morning: yesterday closed, today's candle the open one.
+        assert _served_days(replay.url, "BTCUSDT") == days[:2]
+        replay.now = pd.Timestamp("2022-09-03T06:00:00Z")
+        assert _served_days(replay.url, "BTCUSDT") == days[:3]
+
+
+def test_the_exchange_soak_adds_a_quarantine_sleeve_that_the_catalog_accepts(tmp_path):
+    scenarios = soak.Scenarios(pd.Timestamp(soak.EXCHANGE_START), soak.DEFAULT_DAYS)
+    exchange = {"url": "http://127.0.0.1:8123", "bases": ["BTC", "LUNA"]}
+    document = soak.soak_catalog(tmp_path, scenarios, tmp_path, exchange)
+    parsed = parse_catalog(document, origin="the exchange soak's catalog")
+    assert list(parsed.sleeves) == ["crypto", "tradfi", "venues", "exchange"]
+    assert parsed.meta_sleeves == ("crypto", "tradfi", "venues", "exchange")
+    sleeve = parsed.sleeve("exchange")
+    assert (sleeve.calendar, sleeve.toxic_policy) == ("crypto", "quarantine")
+    assert document["sleeves"]["exchange"]["source"]["url"] == exchange["url"]
+    small = document["sleeves"]["tradfi"]["policy"]
+    assert document["sleeves"]["exchange"]["policy"] == small, "the soak's small policy"
+    # The synthetic market and the first run partition come before the 2022 span.
+    assert parsed.first_run < scenarios.start
+    for name in ("crypto", "tradfi"):
+        synthetic_start = pd.Timestamp(document["sleeves"][name]["source"]["start"])
+        assert synthetic_start + pd.Timedelta(days=300) < scenarios.start
+
+
+def test_the_usual_soak_keeps_its_synthetic_market_where_it_was():
+    """The synthetic values are offsets from the market's start: moving it changes every result."""
+    scenarios = soak.Scenarios(pd.Timestamp(soak.DEFAULT_START), soak.DEFAULT_DAYS)
+    document = soak.soak_catalog(Path("/x"), scenarios, None)
+    assert "exchange" not in document["sleeves"]
+    assert document["first_run"] == soak.FIRST_RUN
+    for name in ("crypto", "tradfi"):
+        assert document["sleeves"][name]["source"]["start"] == soak.SYNTHETIC_START
+
+
+def test_the_exchange_soak_refuses_a_missing_folder_and_a_span_outside_the_files(tmp_path):
+    missing = soak.exchange_span_problem(tmp_path / "none", pd.Timestamp("2022-09-01"), 3)
+    assert "no kline files" in missing and "crypto_binance_klines_yodumini" in missing
+    _klines(tmp_path, "BTCUSDT", [f"2022-09-{d:02d}" for d in range(1, 11)])
+    start = pd.Timestamp("2022-09-02")
+    assert soak.exchange_span_problem(tmp_path, start, 9) == ""
+    assert "2022-09-02 .. 2022-09-11 is not inside" in soak.exchange_span_problem(
+        tmp_path, start, 10
+    )
+    assert "not inside" in soak.exchange_span_problem(tmp_path, pd.Timestamp("2022-09-01"), 3)
+
+
 @pytest.mark.slow
 def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_and_restarts(
     tmp_path,
@@ -180,3 +259,40 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
         assert scenario in done.stdout, scenario
     holiday = [line for line in lines if line.startswith("2024-06-19 Wed venues")]
     assert holiday and "success" in holiday[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not soak.SHARED_KLINES.is_dir(), reason=f"real kline files not found at {soak.SHARED_KLINES}"
+)
+def test_production_day_after_day_reads_a_replay_of_the_exchange_one_day_at_a_time(tmp_path):
+    """Three days from 2022-09-01 with a sleeve on a replay of Binance's API serving the real
+    kline files (LUNA's collapse in every window): the sleeve succeeds each day, the day revealed
+    stored and nothing of the open one (the soak's evidence), and the meta-portfolio holds it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tvq_assets.soak",
+            "--exchange",
+            "--days",
+            "3",
+            "--workdir",
+            str(tmp_path / "soak"),
+        ],
+        cwd=soak.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    print(done.stdout[-8000:], done.stderr[-3000:])
+    assert done.returncode == 0
+    lines = done.stdout.strip().splitlines()
+    [summary] = [line for line in lines if line.startswith("soak: 3 days, ")]
+    assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
+    days = [f"{d:%Y-%m-%d %a}" for d in pd.date_range(soak.EXCHANGE_START, periods=3)]
+    for day in days:
+        [row] = [line for line in lines if line.startswith(f"{day} exchange ")]
+        assert row.split()[4] == "success", row
+        [meta] = [line for line in lines if line.startswith(f"{day} meta ")]
+        assert meta.split()[4] == "success", meta

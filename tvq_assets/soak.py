@@ -23,6 +23,11 @@ mid-step; an outage day with no run (a gap); a delisting (a file that stops); a 
 the meta-portfolio holds its last decision while that is recent enough, then fails naming it) and
 one under ``quarantine`` (the run succeeds with the symbol excluded).
 
+``--exchange`` adds a fourth sleeve whose source is the exchange kind, pointed at a replay of
+Binance's API on 127.0.0.1 (``tvq_resources.exchange_replay``) serving real kline files; the
+replay's clock is each day's ``TVQ_NOW``, so each morning reveals the day just closed. The span
+must lie inside the files (default start 2022-09-01); the synthetic market is then moved before it.
+
 At the end: no run is left STARTED or QUEUED; MLflow has exactly one run per Dagster run of a
 partition, with the right status; every registered decision names the champion of the verdict
 stored that day and the ``champion`` alias names the newest; ``lake verify`` is clean. It prints a
@@ -53,6 +58,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tvq_resources.exchange_replay import ReplayExchange, markets_from
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_REAL = ROOT.parent / "shared" / "data" / "real" / "tradfi_yfinance_testdata"
 # The CI span: two weekends, Good Friday (New York and London closed), Easter Monday (London
@@ -61,6 +68,26 @@ DEFAULT_START = "2024-03-25"
 DEFAULT_DAYS = 14
 # A year for `make soak DAYS=365` ends inside the real files (they stop on 2024-08-21).
 YEAR_START = "2023-08-20"
+
+# The exchange sleeve (`--exchange`): a replay of Binance's API serving real spot kline files
+# (2021-01-01 .. 2022-09-30; a LUNA collapse, delistings, stablecoins, leveraged tokens).
+SHARED_KLINES = ROOT.parent / "shared" / "data" / "real" / "crypto_binance_klines_yodumini"
+# A 14-day span from here ends on 2022-09-14, inside the files.
+EXCHANGE_START = "2022-09-01"
+# LUNAUSDT's collapse, halt (no candle 2022-05-14 .. 2022-05-30) and reused symbol (+17,739,900%
+# on 2022-05-31) are inside the returns window (160 days) of every run until 2022-11-06, past the
+# files' end: each run must exclude the symbol for one of these defects (the halt's missing
+# returns, `non_null_after_genesis`, is the rule the runs name), never trade it.
+EXCHANGE_TOXIC_SYMBOL = "LUNAUSDT"
+EXCHANGE_TOXIC_WINDOW = (pd.Timestamp("2022-05-31"), pd.Timestamp("2022-11-06"))
+EXCHANGE_TOXIC_RULES = ("non_null_after_genesis", "toxic_return")
+# The synthetic market of the usual spans starts on this date; its values are offsets from its
+# start, so the usual spans keep it (their results stay the same). An exchange span, 2022, moves
+# it (and the first run partition) to this many days before the span.
+SYNTHETIC_START = "2023-01-01"
+FIRST_RUN = "2023-06-01"
+EXCHANGE_SYNTHETIC_HISTORY_DAYS = 500
+EXCHANGE_FIRST_RUN_DAYS = 90
 
 # The mixed-venue sleeve: US names (New York) and London names, real Yahoo files.
 US_FILES = ("CALM-1d-no-bad-divs.csv", "EWG-1d-no-bad-divs.csv", "SAND-1d-bad-div.csv")
@@ -173,9 +200,22 @@ class Scenarios:
 # ----------------------------------------------------------------------------------------------
 # The workplace: environment, catalog, replayed files
 # ----------------------------------------------------------------------------------------------
-def soak_catalog(workdir: Path, scenarios: Scenarios, venues_dir: Path | None) -> dict:
-    """Three small sleeves (two synthetic, one of real files replayed) and their meta-portfolio."""
+def soak_catalog(
+    workdir: Path,
+    scenarios: Scenarios,
+    venues_dir: Path | None,
+    exchange: dict | None = None,
+) -> dict:
+    """Three small sleeves (two synthetic, one of real files replayed) and their meta-portfolio;
+    with ``exchange`` (``{"url": ..., "bases": [...]}``, the replay's) a fourth sleeve whose bars
+    come from the exchange's API, and the synthetic market moved before the span."""
     toxic_date = scenarios.day_of("toxic")
+    synthetic_start, first_run = SYNTHETIC_START, FIRST_RUN
+    if exchange is not None:
+        synthetic_start = (
+            f"{scenarios.start - pd.Timedelta(days=EXCHANGE_SYNTHETIC_HISTORY_DAYS):%F}"
+        )
+        first_run = f"{scenarios.start - pd.Timedelta(days=EXCHANGE_FIRST_RUN_DAYS):%F}"
     small = {
         "lookback": 160,
         "train": 100,
@@ -197,7 +237,7 @@ def soak_catalog(workdir: Path, scenarios: Scenarios, venues_dir: Path | None) -
                 "seed": 7,
                 "symbols": 24,
                 "clusters": 4,
-                "start": "2023-01-01",
+                "start": synthetic_start,
                 "faults": faults,
             },
             "calendar": "crypto",
@@ -210,7 +250,7 @@ def soak_catalog(workdir: Path, scenarios: Scenarios, venues_dir: Path | None) -
                 "seed": 11,
                 "symbols": 24,
                 "clusters": 4,
-                "start": "2023-01-01",
+                "start": synthetic_start,
                 "faults": faults,
             },
             "calendar": "weekday",
@@ -226,8 +266,24 @@ def soak_catalog(workdir: Path, scenarios: Scenarios, venues_dir: Path | None) -
             "toxic_policy": "quarantine",
             "policy": {**small, "min_universe": 3},
         }
+    if exchange is not None:
+        sleeves["exchange"] = {
+            "source": {
+                "kind": "exchange",
+                "exchange": "binance",
+                "market": "spot",
+                "quote": "USDT",
+                "bases": list(exchange["bases"]),
+                "url": exchange["url"],
+            },
+            "calendar": "crypto",
+            # The real files hold a LUNA collapse and a reused symbol (+17,739,900% in a day):
+            # inside every 2022 window; the sleeve trades without it.
+            "toxic_policy": "quarantine",
+            "policy": small,
+        }
     return {
-        "first_run": "2023-06-01",
+        "first_run": first_run,
         "sleeves": sleeves,
         "meta": {"sleeves": list(sleeves), "missing_sleeve": "fail"},
     }
@@ -570,6 +626,27 @@ def venue_evidence(
     return [f"venues {day:%F}: {p}" for p in problems]
 
 
+def exchange_evidence(lake, day: pd.Timestamp, partition: str) -> list[str]:
+    """The exchange sleeve's run of ``day`` stored the day the replay revealed, and nothing of
+    the day still open; LUNA's halt and reused symbol (real, inside every window of the files'
+    last months) are quarantined, not traded."""
+    problems = []
+    newest = pd.Timestamp(lake.read(["bars"], "exchange").bars["date"].max())
+    if newest.tz is not None:
+        newest = newest.tz_convert("UTC").tz_localize(None)
+    if newest.normalize() != day:
+        problems.append(f"the stored bars end on {newest:%F}, not on the day revealed")
+    rule = _excluded(lake, partition).get(EXCHANGE_TOXIC_SYMBOL)
+    if (
+        EXCHANGE_TOXIC_WINDOW[0] <= day <= EXCHANGE_TOXIC_WINDOW[1]
+        and rule not in EXCHANGE_TOXIC_RULES
+    ):
+        problems.append(
+            f"{EXCHANGE_TOXIC_SYMBOL} is {rule or 'eligible'}, not one of {EXCHANGE_TOXIC_RULES}"
+        )
+    return [f"exchange {day:%F}: {p}" for p in problems]
+
+
 def quarantine_evidence(lake, scenarios: Scenarios, day: pd.Timestamp, partition: str) -> list:
     """The quarantine sleeve's run on the toxic day lists the toxic symbol."""
     if not scenarios.on("toxic", day):
@@ -622,6 +699,9 @@ class Soak:
     day_timeout: float = 900.0
     production: bool = False
     day_log: DayLog = field(default_factory=DayLog)
+    # `--exchange`: the folder of kline files the replay of Binance's API serves
+    klines_source: Path | None = None
+    exchange: ReplayExchange | None = None
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -664,7 +744,11 @@ class Soak:
             self.running_services = running
             self.service_exports = running.exports()
         venues_dir = self.workdir / "sources" / "venues" if self.venues_source else None
-        catalog = soak_catalog(self.workdir, self.scenarios, venues_dir)
+        exchange = None
+        if self.exchange is not None:
+            bases = sorted(market.base for market in self.exchange.markets.values())
+            exchange = {"url": self.exchange.url, "bases": bases}
+        catalog = soak_catalog(self.workdir, self.scenarios, venues_dir, exchange)
         (self.workdir / "sleeves.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
         self.replay = (
             Replay(self.venues_source, venues_dir, self.scenarios, US_FILES + LONDON_FILES)
@@ -677,7 +761,13 @@ class Soak:
 
     def run(self) -> int:
         try:
-            return self._run()
+            with contextlib.ExitStack() as stack:
+                if self.klines_source is not None:
+                    # The API knows nothing of the span until the first day is revealed.
+                    self.exchange = stack.enter_context(
+                        ReplayExchange(markets_from(self.klines_source), now=self.scenarios.start)
+                    )
+                return self._run()
         finally:
             if self.production and hasattr(self, "running_services"):
                 with contextlib.redirect_stdout(sys.stderr):
@@ -714,6 +804,9 @@ class Soak:
             os.environ["TVQ_NOW"] = f"{now:%Y-%m-%dT%H:%M:%SZ}"
             if self.replay is not None:
                 self.replay.reveal(day)
+            if self.exchange is not None:
+                # The exchange's clock is production's: the day closed, the next one open.
+                self.exchange.now = now
             log = logs / f"{day:%Y-%m-%d}.log"
             if s.on("gap", day):
                 for name in catalog.sleeves:
@@ -864,6 +957,8 @@ class Soak:
                     self.evidence += venue_evidence(lake, self.scenarios, day, partition, now)
                 elif name == "tradfi":
                     self.evidence += quarantine_evidence(lake, self.scenarios, day, partition)
+                elif name == "exchange":
+                    self.evidence += exchange_evidence(lake, day, partition)
             self._add(row)
         self._add(
             Row(
@@ -917,6 +1012,28 @@ def real_folder(explicit: Path | None) -> Path | None:
     return None
 
 
+def exchange_span_problem(folder: Path, start: pd.Timestamp, days: int) -> str:
+    """Why the exchange sleeve cannot be soaked over these days from ``folder`` ("" if it can):
+    no kline files there, or a span that leaves the files (the replay would serve no new day)."""
+    markets = markets_from(folder) if folder.is_dir() else {}
+    if not markets:
+        return (
+            f"no kline files (<BASE>USDT.csv with an open_time column) in {folder}; the real "
+            "ones are ../shared/data/real/crypto_binance_klines_yodumini beside the checkout"
+        )
+    opened = [day for market in markets.values() for day in market.rows]
+    first = pd.Timestamp(min(opened), unit="ms")
+    last = pd.Timestamp(max(opened), unit="ms")
+    end = start + pd.Timedelta(days=days - 1)
+    if start <= first or end > last:
+        return (
+            f"the span {start:%F} .. {end:%F} is not inside the kline files of {folder} "
+            f"({first:%F} .. {last:%F}); choose --start and --days inside them (e.g. --start "
+            f"{EXCHANGE_START} --days 14)"
+        )
+    return ""
+
+
 @contextlib.contextmanager
 def _workdir(path: Path | None, keep: bool) -> Iterator[Path]:
     if path is not None:
@@ -961,8 +1078,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=DAYS",
         help=f"only these scenarios, each DAYS after the start (names: {', '.join(SHORT_SPAN)})",
     )
+    parser.add_argument(
+        "--exchange",
+        nargs="?",
+        type=Path,
+        const=SHARED_KLINES,
+        metavar="FOLDER",
+        help="add a sleeve `exchange` whose bars come from a replay of Binance's API on "
+        "127.0.0.1, serving the kline files of FOLDER one simulated day at a time (default "
+        f"{SHARED_KLINES}); the default start becomes {EXCHANGE_START}",
+    )
     arguments = parser.parse_args(argv)
-    start = arguments.start or (YEAR_START if arguments.days > 60 else DEFAULT_START)
+    if arguments.exchange is not None:
+        start = arguments.start or EXCHANGE_START
+        problem = exchange_span_problem(arguments.exchange, pd.Timestamp(start), arguments.days)
+        if problem:
+            parser.error(f"--exchange: {problem}")
+    else:
+        start = arguments.start or (YEAR_START if arguments.days > 60 else DEFAULT_START)
     offsets = LONG_SPAN if arguments.days > 60 else SHORT_SPAN
     if arguments.scenario:
         offsets = {}
@@ -986,6 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
             venues,
             day_timeout=arguments.day_timeout,
             production=arguments.production,
+            klines_source=arguments.exchange,
         ).run()
 
 

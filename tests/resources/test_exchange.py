@@ -1,6 +1,6 @@
 """The exchange source against a replay of Binance's public API on 127.0.0.1.
 
-The replay (``tests/resources/exchange_replay.py``) serves the real Binance kline files of
+The replay (``tvq_resources/exchange_replay.py``) serves the real Binance kline files of
 ``../shared/data/real`` (and the perpetuals shipped in the repository) as the exchange would, with
 scripted faults. Every test runs under a guard that refuses any connection or name lookup that is
 not the loopback address: nothing reaches the internet.
@@ -17,11 +17,11 @@ import pytest
 
 from tests.conftest import evaluations, resources_for
 from tests.real.folders import REAL, SHIPPED, needs_real
-from tests.resources.exchange_replay import ReplayExchange, markets_from
 from tvq_assets import bar_store, catalog, data
 from tvq_assets.quant import bars as bar_lake
 from tvq_checks import contracts
 from tvq_resources import exchange, files
+from tvq_resources.exchange_replay import ReplayExchange, markets_from
 from tvq_resources.lake import ParquetLake
 from tvq_resources.market_data import MarketData, SourceConfig
 

@@ -191,8 +191,10 @@ def test_a_500_then_success_is_retried_with_backoff(monkeypatch):
 @needs_real
 def test_a_timeout_is_retried(monkeypatch):
     with spot_replay(only=("BTCUSDT",)) as replay:
-        replay.fail("klines", delay=1.5)
-        batch = fetch(replay, monkeypatch, bases=["BTC"], timeout=0.5)
+        # The client gives up after 2 s on a request the server holds for 6 s; the retry is
+        # answered at once (2 s leaves room for a loaded machine: it must not time out too).
+        replay.fail("klines", delay=6.0)
+        batch = fetch(replay, monkeypatch, bases=["BTC"], timeout=2.0)
         asked = replay.requests("klines")
     assert len(asked) == 2
     assert len(batch.bars) == 637 and batch.metadata["exchange_retries"] == 1

@@ -60,6 +60,7 @@ def replay_markets(count: int):
 def refresh(lake, replay, *, now: str, top: int, workers: int, start: str) -> dict:
     from tvq_assets import bar_store
     from tvq_assets.quant import bars as bar_lake
+    from tvq_resources.exchange_replay import peak_weight_per_minute
     from tvq_resources.market_data import MarketData, SourceConfig
 
     os.environ["TVQ_NOW"] = now
@@ -89,26 +90,13 @@ def refresh(lake, replay, *, now: str, top: int, workers: int, start: str) -> di
         "seconds_source": plan.seconds["source"],
         "requests": len(log),
         "weight": sum(r.weight for r in log),
-        "peak_60s": _peak(log, 60.0),
-        "peak_10s": _peak(log, 10.0),
+        "peak_60s": peak_weight_per_minute(log, 60.0),
+        "peak_10s": peak_weight_per_minute(log, 10.0),
         "rows": plan.rows_read,
         "symbols": batch.bars["symbol"].nunique(),
         "retries": batch.metadata.get("exchange_retries", 0),
         "read_since": "everything" if plan.since is None else f"{plan.since:%Y-%m-%d}",
     }
-
-
-def _peak(log, window: float) -> float:
-    """The largest weight sent inside any ``window`` seconds, as weight per minute."""
-    entries = sorted((r.at, r.weight) for r in log)
-    peak = total = first = 0
-    for at, weight in entries:
-        total += weight
-        while entries[first][0] < at - window:
-            total -= entries[first][1]
-            first += 1
-        peak = max(peak, total)
-    return peak * 60.0 / window
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,15 +185,7 @@ class ReplayExchange:
 
     def peak_weight_per_minute(self, window: float = 60.0) -> float:
         """The largest request weight sent inside any ``window`` seconds, per minute."""
-        entries = sorted((r.at, r.weight) for r in self.requests())
-        peak, total, first = 0, 0, 0
-        for at, weight in entries:
-            total += weight
-            while entries[first][0] < at - window:
-                total -= entries[first][1]
-                first += 1
-            peak = max(peak, total)
-        return peak * 60.0 / window
+        return peak_weight_per_minute(self.requests(), window)
 
     # -- answers --------------------------------------------------------------------------------
 
@@ -325,6 +317,19 @@ class ReplayExchange:
                 }
             )
         return tickers
+
+
+def peak_weight_per_minute(log: Iterable[Logged], window: float = 60.0) -> float:
+    """The largest request weight of ``log`` sent inside any ``window`` seconds, per minute."""
+    entries = sorted((r.at, r.weight) for r in log)
+    peak, total, first = 0, 0, 0
+    for at, weight in entries:
+        total += weight
+        while entries[first][0] < at - window:
+            total -= entries[first][1]
+            first += 1
+        peak = max(peak, total)
+    return peak * 60.0 / window
 
 
 def _handler(replay: ReplayExchange) -> type[BaseHTTPRequestHandler]:

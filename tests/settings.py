@@ -16,3 +16,18 @@ def settings_for(calendar: str = "crypto", **overrides) -> policy.PolicySettings
         policy=Policy(**{**CALENDAR_DEFAULTS[calendar], **overrides}),
     )
     return policy_settings(sleeve)
+
+
+# A policy small enough to walk forward in seconds (a history of 120 + 65 rows: 65 is not a
+# multiple of the step, so the day a window enters is not the day the oldest leaves).
+TINY = {
+    "lookback": 120,
+    "train": 55,
+    "test": 10,
+    "step": 10,
+    "min_history": 30,
+    "feature_lookback": 60,
+    "cluster_lookbacks": (30, 60),
+    "min_winners": 4,
+    "max_winners": 8,
+}

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import materialised, metadata, resources_for, synthetic_source
-from tests.quant.test_policy import settings_for
+from tests.settings import TINY, settings_for
 from tvq_assets import allocation, data
 from tvq_assets.quant import backtest, policy
 from tvq_assets.quant import window_cache as keys
@@ -21,19 +21,6 @@ from tvq_resources.lake import ParquetLake
 from tvq_resources.synthetic import generate_market
 from tvq_resources.window_cache import WindowCache, lake_window_cache
 
-# The history keeps 120 + 65 rows: 65 is not a multiple of the step, so the day a window enters
-# is not the day the oldest leaves.
-TINY = {
-    "lookback": 120,
-    "train": 55,
-    "test": 10,
-    "step": 10,
-    "min_history": 30,
-    "feature_lookback": 60,
-    "cluster_lookbacks": (30, 60),
-    "min_winners": 4,
-    "max_winners": 8,
-}
 # A turnover penalty large enough that each decision depends on the previous target.
 STATEFUL = settings_for(**TINY, turnover_penalty=1.0)
 STATELESS = settings_for(**TINY)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import pytest
 
-from tests.settings import settings_for
+from tests.settings import TINY, settings_for
 from tvq_assets.quant import backtest, optimise, policy
 from tvq_assets.quant import window_cache as cache_keys
 from tvq_assets.quant.returns import ReturnsWindow
@@ -140,18 +140,6 @@ def reference_walk_forward(
     return policy.WalkForward(windows, targets, alphas[len(windows)], reuse)
 
 
-# Small enough to run in seconds, with a history whose length is not a multiple of the step.
-TINY = {
-    "lookback": 120,
-    "train": 55,
-    "test": 10,
-    "step": 10,
-    "min_history": 30,
-    "feature_lookback": 60,
-    "cluster_lookbacks": (30, 60),
-    "min_winners": 4,
-    "max_winners": 8,
-}
 STATELESS = settings_for(**TINY)
 STATEFUL = settings_for(**TINY, turnover_penalty=1.0)
 AS_OF = "2026-07-03"

@@ -1,6 +1,7 @@
 """The soak's own parts: the scenario calendar, the replay of real files, the expected outcomes.
 The soak itself (production day after day) runs in the slow suite and in CI (`make soak`)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -213,6 +214,24 @@ def test_the_exchange_soak_refuses_a_missing_folder_and_a_span_outside_the_files
         tmp_path, start, 10
     )
     assert "not inside" in soak.exchange_span_problem(tmp_path, pd.Timestamp("2022-09-01"), 3)
+
+
+def test_the_soak_tracks_in_its_own_store_whatever_services_its_caller_names(tmp_path, monkeypatch):
+    """The caller's MLflow store (the test session's, a developer's server) never receives the
+    soak's runs: its registry would keep aliases the soak's decisions must move."""
+    from tvq_resources.tracking import MlflowTracker
+
+    for variable in soak.CALLERS_SERVICES:
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    saved = dict(os.environ)
+    try:
+        soak.Soak(tmp_path, soak.Scenarios(pd.Timestamp(soak.DEFAULT_START), 3), None).prepare()
+        assert not set(soak.CALLERS_SERVICES) & set(os.environ)
+        store = MlflowTracker().uri
+        assert store == f"sqlite:///{(tmp_path / 'home' / 'mlflow').resolve()}/mlflow.db"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.mark.slow

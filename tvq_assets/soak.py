@@ -145,6 +145,9 @@ LONG_SPAN = {
     "mlflow_restart": 80,
 }
 RESTARTS = ("postgres_restart", "mlflow_restart")
+# The services a caller's environment may name; a soak runs on its workplace's own (or, in
+# production mode, on the services it starts itself).
+CALLERS_SERVICES = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "TVQ_POSTGRES_URL")
 
 
 @dataclass(frozen=True)
@@ -704,11 +707,9 @@ class Soak:
     exchange: ReplayExchange | None = None
 
     def environment(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "TVQ_POSTGRES_URL")
-        }
+        """The whole environment of the soak's process and of everything it starts: the caller's
+        services never reach it (its store, lake and cluster are its workplace's own)."""
+        env = {k: v for k, v in os.environ.items() if k not in CALLERS_SERVICES}
         env.update(
             DAGSTER_HOME=str(self.workdir / "home"),
             TVQ_SLEEVES=str(self.workdir / "sleeves.yaml"),
@@ -757,7 +758,11 @@ class Soak:
         )
         if self.replay is not None:
             self.replay.reveal(self.scenarios.start - pd.Timedelta(days=1))
-        os.environ.update(self.environment())
+        # Replaced, not updated: a caller's MLFLOW_TRACKING_URI left in this process would track
+        # its runs (and move its registry's aliases) in the caller's store.
+        environment = self.environment()
+        os.environ.clear()
+        os.environ.update(environment)
 
     def run(self) -> int:
         try:

@@ -163,15 +163,48 @@ def test_the_daily_schedule_refreshes_the_bars_of_every_sleeve():
 
 
 def test_the_partition_key_format_has_one_home_that_agrees_with_dagster():
-    from tvq_assets.partitions import previous_run_key, run_key, sleeve_run, split_run_key
+    from tvq_assets.partitions import run_key, sleeve_run, split_run_key
 
     keys = sleeve_run.get_partition_keys()
     made = run_key("2026-06-30", "crypto")
     assert made in keys
     assert split_run_key(made) == (pd.Timestamp("2026-06-30"), "crypto")
-    assert previous_run_key(made) == run_key("2026-06-29", "crypto") in keys
     with pytest.raises(ValueError, match="sleeve × run partition key"):
         split_run_key("crypto")
+
+
+def test_the_previous_run_keys_are_those_dagster_maps_a_run_to_and_the_newest_stored_is_read(
+    tmp_path,
+):
+    """One rule of the previous run: the keys `previous_run_keys` names are the partitions the
+    declared self-dependency maps a run to (the lineage Dagster shows and backfills order by),
+    and the newest of them holding a value is the one loaded."""
+    from tvq_assets.partitions import (
+        PREVIOUS_RUN_DAYS,
+        PREVIOUS_RUN_MAPPING,
+        previous_run_keys,
+        previous_stored_run,
+        run_key,
+        sleeve_run,
+    )
+    from tvq_resources.lake import ParquetLake
+
+    monday = run_key("2026-06-29", "tradfi")
+    mapped = PREVIOUS_RUN_MAPPING.get_upstream_mapped_partitions_result_for_partitions(
+        sleeve_run.subset_with_partition_keys([monday]), sleeve_run, sleeve_run
+    ).partitions_subset.get_partition_keys()
+    assert sorted(mapped) == previous_run_keys(monday)
+    assert len(mapped) == PREVIOUS_RUN_DAYS and run_key("2026-06-28", "tradfi") in mapped
+
+    lake = ParquetLake(root=str(tmp_path / "lake"))
+    assert previous_stored_run(lake, "portfolio", monday) is None  # a first run
+    friday, earlier = run_key("2026-06-26", "tradfi"), run_key("2026-06-25", "tradfi")
+    for key in (earlier, friday, run_key("2026-06-26", "crypto")):
+        lake.write(["portfolio"], key, pd.DataFrame({"weight": [1.0]}))
+    assert previous_stored_run(lake, "portfolio", monday) == friday  # over the weekend
+    # Friday's state is not carried past a week (the run then starts afresh and says so).
+    assert previous_stored_run(lake, "portfolio", run_key("2026-07-03", "tradfi")) == friday
+    assert previous_stored_run(lake, "portfolio", run_key("2026-07-04", "tradfi")) is None
 
 
 def test_the_readers_and_the_engine_share_the_bar_columns():

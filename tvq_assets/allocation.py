@@ -20,7 +20,7 @@ from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import allocation_contracts, backtest_contracts, checks
 from tvq_checks.checks import Evaluation
 from tvq_resources import ray_fanout
-from tvq_resources.lake import ParquetLake, write_file
+from tvq_resources.lake import ParquetLake, PreviousRun, write_file
 from tvq_resources.window_cache import lake_window_cache
 
 WEIGHTS_CONTRACT = "weights_contract"
@@ -61,16 +61,17 @@ def weights(
     context: dg.AssetExecutionContext,
     selection: SelectionRecord,
     returns: ReturnsWindow,
-    previous: WeightsRecord | None,
+    previous: PreviousRun | None,
 ):
     """Optimised long-only weights of the run's winners per risk profile, with solver status.
 
-    The previous run's weights (same sleeve, as-of − 1 day, a declared input) are the turnover
-    reference; without them (a first run or a gap) no turnover penalty applies.
+    The previous run's weights (the sleeve's newest run in the week before, a declared input)
+    are the turnover reference; without them (a first run or a long gap) no turnover penalty
+    applies.
     """
     run = run_of(context)
     winners = selection.winners
-    held = previous.weights if previous is not None else None
+    held = previous.value.weights if previous is not None else None
     allocations = _allocations(run, winners, returns.returns, held)
     table = pd.DataFrame({p: a.weights for p, a in allocations.items()}).reindex(winners.index)
     table = table.fillna(0.0).rename_axis("symbol")
@@ -79,7 +80,7 @@ def weights(
         run,
         "weights",
         WeightsRecord(weights=table, diagnostics=diagnostics),
-        metadata=_weights_metadata(run, table, diagnostics, held is not None),
+        metadata=_weights_metadata(run, table, diagnostics, previous),
         evaluations=_weights_evaluations(run, table, diagnostics, winners),
     )
 
@@ -115,13 +116,15 @@ def _diagnostics(allocations: dict[str, optimise.Allocation]) -> pd.DataFrame:
     ).astype({"objective": float, "seconds": float, "cluster_cap": float})
 
 
-def _weights_metadata(run: Run, table: pd.DataFrame, diagnostics: pd.DataFrame, held: bool):
+def _weights_metadata(
+    run: Run, table: pd.DataFrame, diagnostics: pd.DataFrame, previous: PreviousRun | None
+):
     settings = run.settings
     return {
         "winners": len(table),
         "weights": stage.table(table.reset_index()),
         "diagnostics": stage.table(diagnostics.reset_index()),
-        "previous_run": stage.previous_run_note(run, held),
+        "previous_run": stage.previous_run_note(run, previous),
         "covariance": f"Ledoit-Wolf over the last {settings.train} bars; cap {settings.cap:.0%}",
     }
 
@@ -203,20 +206,21 @@ def _cash_reasons(window: ReturnsWindow, settings, result) -> dict:
 def backtest(
     context: dg.AssetExecutionContext,
     returns: ReturnsWindow,
-    previous: TournamentRecord | None,
+    previous: PreviousRun | None,
     lake: ParquetLake,
     ray: RayResource,
 ):
     """Walk-forward out-of-sample returns and metrics per policy, and the champion verdict.
 
     Policies: every scorer × profile replaying the production policy on point-in-time windows,
-    plus the two equal-weight baselines. The incumbent is the previous run's champion (same
-    sleeve, as-of − 1 day, a declared input); without it the best candidate becomes champion.
+    plus the two equal-weight baselines. The incumbent is the previous run's champion (the
+    sleeve's newest run in the week before, a declared input); without it the best candidate
+    becomes champion.
     Window outcomes are reused from, and added to, the lake's window cache (``cache/windows``);
     the windows still to compute fan out through the ``ray`` resource (serial in process, or Ray).
     """
     run = run_of(context)
-    incumbent = previous.champion if previous is not None else None
+    incumbent = previous.value.champion if previous is not None else None
     fanout = ray_fanout.task_map(ray)
     started = time.perf_counter()
     outcome = policy.tournament(
@@ -276,7 +280,7 @@ def _backtest_metadata(
     run: Run,
     outcome: policy.TournamentOutcome,
     stored: TournamentRecord,
-    previous: TournamentRecord | None,
+    previous: PreviousRun | None,
     plot_path,
 ) -> dict[str, object]:
     verdict, reuse, metrics = outcome.verdict, outcome.reuse, stored.metrics
@@ -285,8 +289,8 @@ def _backtest_metadata(
     return {
         "champion": champion,
         "challenger": verdict.challenger,
-        "incumbent": (previous.champion if previous is not None else None) or "none",
-        "previous_run": stage.previous_run_note(run, previous is not None),
+        "incumbent": (previous.value.champion if previous is not None else None) or "none",
+        "previous_run": stage.previous_run_note(run, previous),
         "replaced_incumbent": verdict.replaced,
         "rule": verdict.rule,
         "sharpe": float(metrics.loc[champion, "sharpe"]),
@@ -327,12 +331,13 @@ def portfolio(
     context: dg.AssetExecutionContext,
     returns: ReturnsWindow,
     backtest: TournamentRecord,
-    previous: PortfolioRecord | None,
+    previous: PreviousRun | None,
     lake: ParquetLake,
 ):
     """What production acts on: the champion policy's target weights for the as-of date, and the
-    trades and one-sided turnover from the previous run's portfolio (same sleeve, as-of − 1 day,
-    a declared input; without it the book is built from cash).
+    trades and one-sided turnover from the previous run's portfolio (the sleeve's newest run in
+    the week before, a declared input: Friday's on a weekday sleeve's Monday; without it the book
+    is built from cash).
 
     The decision is ``policy.decide_portfolio`` on the run's point-in-time history, with the
     champion's own last walk-forward target as the turnover-penalty reference, so it is the
@@ -346,19 +351,23 @@ def portfolio(
     target = policy.decide_portfolio(
         returns, run.settings, champion, held, cache=lake_window_cache(lake)
     )
-    book = previous.weights["weight"] if previous is not None else None
+    book = previous.value.weights["weight"] if previous is not None else None
     stored = policy.portfolio_record(target, book)
     yield from stage.emit(
         run,
         "portfolio",
         stored,
-        metadata=_portfolio_metadata(run, champion, target, stored, previous is not None),
+        metadata=_portfolio_metadata(run, champion, target, stored, previous),
         evaluations=[_portfolio_evaluation(run, champion, target, returns.returns.columns)],
     )
 
 
 def _portfolio_metadata(
-    run: Run, champion: str, target: pd.Series, stored: PortfolioRecord, previous: bool
+    run: Run,
+    champion: str,
+    target: pd.Series,
+    stored: PortfolioRecord,
+    previous: PreviousRun | None,
 ) -> dict[str, object]:
     shown = stored.trades[stored.trades["trade"].abs() > 0].reset_index()
     return {

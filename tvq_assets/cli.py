@@ -334,7 +334,7 @@ def _summarise(lake, sleeve_name: str, key: str, fresh: set[str]) -> None:
 
 def _summarise_asset(lake, asset: str, partition: str, champion: str | None = None) -> None:
     from tvq_assets import summary
-    from tvq_assets.partitions import previous_run_key
+    from tvq_assets.partitions import previous_stored_run
 
     if asset == "bars":
         bars = lake.read(["bars"], partition).bars
@@ -365,7 +365,7 @@ def _summarise_asset(lake, asset: str, partition: str, champion: str | None = No
         print(f"   today's portfolio ({owner}, {int((weights > 0).sum())} names): ", end="")
         print(summary.holdings(weights))
         # No stored previous run: the book was built from cash (its trades start at zero).
-        from_cash = not lake.exists(["portfolio"], previous_run_key(partition))
+        from_cash = previous_stored_run(lake, "portfolio", partition) is None
         print(summary.turnover(stored.turnover, from_cash))
     else:
         bundle = lake.read(["backtest"], partition)

@@ -29,16 +29,24 @@ run = dg.DailyPartitionsDefinition(
 )
 sleeve_run = dg.MultiPartitionsDefinition({"run": run, "sleeve": sleeve})
 
+# How far back a run looks for its own previous run (calendar days): a weekday sleeve's Monday
+# finds Friday, a venue holiday or a failed day is stepped over, and state older than a week
+# is not carried (the run starts afresh, as a first run, and says so).
+PREVIOUS_RUN_DAYS = 7
+
 with warnings.catch_warnings():
     # MultiPartitionMapping and allow_nonexistent_upstream_partitions are beta in Dagster 1.13.
     warnings.simplefilter("ignore", dg.BetaWarning)
-    # The same sleeve's run one day earlier: the state a run carries from the previous one.
+    # The same sleeve's runs of the week before: the state a run carries is the newest of them
+    # stored (see `previous_run`).
     PREVIOUS_RUN_MAPPING = dg.MultiPartitionMapping(
         {
             "run": dg.DimensionPartitionMapping(
                 "run",
                 dg.TimeWindowPartitionMapping(
-                    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+                    start_offset=-PREVIOUS_RUN_DAYS,
+                    end_offset=-1,
+                    allow_nonexistent_upstream_partitions=True,
                 ),
             ),
             "sleeve": dg.DimensionPartitionMapping("sleeve", dg.IdentityPartitionMapping()),
@@ -53,10 +61,12 @@ def newest_run_date() -> str:
 
 
 def previous_run(asset: str) -> dg.AssetIn:
-    """A declared input on ``asset``'s own previous run partition (same sleeve, as-of − 1 day).
+    """A declared input on ``asset``'s own previous run: the newest partition of the same sleeve
+    stored in the :data:`PREVIOUS_RUN_DAYS` days before the as-of date, loaded as a
+    ``PreviousRun`` (its partition and value).
 
-    Loads as None when that partition was never materialised (a first run or a gap): the asset
-    then decides without it and says so in its metadata.
+    Loads as None when none is stored (a first run, or a gap longer than that): the asset then
+    decides without it and says so in its metadata.
     """
     return dg.AssetIn(
         key=asset, partition_mapping=PREVIOUS_RUN_MAPPING, metadata={PREVIOUS_RUN: True}
@@ -86,11 +96,20 @@ def is_run_key(key: "str | None") -> bool:
     return bool(key) and str(key).count("|") == 1 and split_run_key(key)[1] in catalog.sleeves
 
 
-def previous_run_key(key: str) -> str:
-    """The partition key the previous-run input reads: ``2026-11-19|crypto`` for
-    ``2026-11-20|crypto``."""
+def previous_run_keys(key: str) -> list[str]:
+    """The partition keys the previous-run input maps ``key`` to, oldest first: the same sleeve's
+    :data:`PREVIOUS_RUN_DAYS` days before its as-of date."""
     as_of, sleeve_name = split_run_key(key)
-    return run_key(as_of - pd.Timedelta(days=1), sleeve_name)
+    return [
+        run_key(as_of - pd.Timedelta(days=back), sleeve_name)
+        for back in range(PREVIOUS_RUN_DAYS, 0, -1)
+    ]
+
+
+def previous_stored_run(lake, asset: str, key: str) -> str | None:
+    """The partition ``asset``'s previous-run input of ``key`` loads (``lake``: a ParquetLake),
+    or None: the newest of :func:`previous_run_keys` stored."""
+    return lake.newest_stored([asset], previous_run_keys(key))
 
 
 def sleeve_of(context: dg.AssetExecutionContext) -> Sleeve:

@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -650,6 +651,34 @@ def exchange_evidence(lake, day: pd.Timestamp, partition: str) -> list[str]:
     return [f"exchange {day:%F}: {p}" for p in problems]
 
 
+def state_evidence(lake, partition: str, previous: str | None) -> list[str]:
+    """What every successful sleeve run must show: it carried the state of ``previous``, the
+    sleeve's newest successful run of the soak before it (Friday's on a weekday sleeve's Monday,
+    the last good one after a failed day or an outage; None on its first run): its trades start
+    from that run's book and its tournament defends that run's champion; with none, a book from
+    cash and no incumbent."""
+    trades = lake.read(["portfolio"], partition).trades
+    verdict = lake.read(["backtest"], partition).verdict.iloc[0]
+    if previous is None:
+        book, incumbent = pd.Series(dtype=float), ""
+    else:
+        book = lake.read(["portfolio"], previous).weights["weight"]
+        incumbent = lake.read(["backtest"], previous).champion
+    problems = []
+    held = book.reindex(trades.index).fillna(0.0)
+    if not np.allclose(trades["previous"].to_numpy(float), held.to_numpy(float), atol=1e-12):
+        problems.append(
+            f"state: {partition}'s trades do not start from the book of "
+            f"{previous or 'cash (no run stored in the week before)'}"
+        )
+    if str(verdict["incumbent"] or "") != incumbent:
+        problems.append(
+            f"state: {partition} defended {verdict['incumbent'] or 'no incumbent'}, the newest "
+            f"run before it ({previous or 'none'}) crowned {incumbent or 'nobody'}"
+        )
+    return problems
+
+
 def quarantine_evidence(lake, scenarios: Scenarios, day: pd.Timestamp, partition: str) -> list:
     """The quarantine sleeve's run on the toxic day lists the toxic symbol."""
     if not scenarios.on("toxic", day):
@@ -882,7 +911,7 @@ class Soak:
             killed_left.append("the kill day reached no step to kill")
         for title, problems in (
             ("unexpected outcomes", [self._line(r) for r in unexpected_rows]),
-            ("scenarios without their effect", self.evidence),
+            ("evidence missing (a scenario without its effect, state not carried)", self.evidence),
             ("runs left running", [f"{r.job_name} {r.run_id[:8]} {r.status.value}" for r in stuck]),
             ("killed runs not marked failed", killed_left),
             ("MLflow", mlflow_problems),
@@ -958,6 +987,9 @@ class Soak:
                 verdict = lake.read(["backtest"], partition).verdict.iloc[0]
                 row.champion = str(verdict["champion"])
                 row.turnover = f"{lake.read(['portfolio'], partition).turnover:.1%}"
+                self.evidence += state_evidence(
+                    lake, partition, self._previous_success(name, run_date)
+                )
                 if name == "venues":
                     self.evidence += venue_evidence(lake, self.scenarios, day, partition, now)
                 elif name == "tradfi":
@@ -975,6 +1007,21 @@ class Soak:
                 seconds=seconds,
             )
         )
+
+    def _previous_success(self, sleeve: str, run_date: pd.Timestamp) -> str | None:
+        """The partition of ``sleeve``'s newest successful run of the soak dated before
+        ``run_date``, or None. (The soak's outages last a day: no state it carries is ever
+        older than the week a run looks back.)"""
+        from tvq_assets.partitions import run_key
+
+        earlier = [
+            pd.Timestamp(row.partition)
+            for row in self.rows
+            if row.sleeve == sleeve
+            and row.outcome == "success"  # a run with an outcome has a partition
+            and pd.Timestamp(row.partition) < run_date
+        ]
+        return run_key(max(earlier), sleeve) if earlier else None
 
     def _expected_meta(self, day: pd.Timestamp, catalog) -> str:
         """The meta-portfolio succeeds while every sleeve has a successful decision recent

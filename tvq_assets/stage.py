@@ -11,9 +11,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 
-from tvq_assets.partitions import Run, previous_run_key
+from tvq_assets.partitions import PREVIOUS_RUN_DAYS, Run, split_run_key
 from tvq_checks import checks
 from tvq_checks.checks import Evaluation
+from tvq_resources.lake import PreviousRun
 
 
 def emit(
@@ -42,7 +43,10 @@ def table(frame: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(checks.markdown(frame))
 
 
-def previous_run_note(run: Run, found: bool) -> str:
-    """The ``previous_run`` metadata of an asset reading its own previous run partition."""
-    previous = previous_run_key(run.key)
-    return previous if found else f"none (first run or gap: {previous} not materialised)"
+def previous_run_note(run: Run, previous: PreviousRun | None) -> str:
+    """The ``previous_run`` metadata of an asset reading its own previous run: the partition it
+    loaded and how many days before the run's date, or why there is none."""
+    if previous is None:
+        return f"none (first run, or no run stored in the {PREVIOUS_RUN_DAYS} days before)"
+    days = (run.as_of - split_run_key(previous.partition)[0]).days
+    return f"{previous.partition} ({days} day{'' if days == 1 else 's'} before)"

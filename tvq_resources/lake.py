@@ -58,8 +58,9 @@ from upath import UPath
 from tvq_resources import records
 
 MANIFEST = "manifest.json"
-# Input metadata marking an asset's own previous run partition (a declared self-dependency): a
-# missing one (a first run, a gap) loads as None instead of failing.
+# Input metadata marking an asset's own earlier run partitions (a declared self-dependency on a
+# window of them): it loads as the newest one stored (a :class:`PreviousRun`), or None when none
+# of them is (a first run, a long gap) instead of failing.
 PREVIOUS_RUN = "previous_run"
 # Input metadata marking a fan-in over several partitions (e.g. every sleeve's run of one date):
 # it loads as {partition key: value} of the partitions stored; a missing one is left out and the
@@ -556,6 +557,12 @@ class ParquetLake(dg.ConfigurableResource):
         base = self.location(asset, partition)
         return base.with_suffix(".parquet").exists() or (base / MANIFEST).exists()
 
+    def newest_stored(self, asset: Sequence[str], partitions: Sequence[str]) -> str | None:
+        """The newest of ``partitions`` (keys of one sleeve, which differ only in their leading
+        date and so sort as text) that holds a value of ``asset``, or None."""
+        stored = [key for key in partitions if self.exists(asset, key)]
+        return max(stored) if stored else None
+
     @contextlib.contextmanager
     def writer(self, asset: Sequence[str], partition: str | None) -> Iterator[None]:
         """Be the only writer of one value while the block runs.
@@ -762,6 +769,16 @@ def _move(source: LakePath, target: LakePath) -> None:
     shutil.move(str(source), str(target))
 
 
+@dataclasses.dataclass(frozen=True)
+class PreviousRun:
+    """An asset's own previous run: the newest of the earlier partitions its input maps to that
+    holds a value (a weekday sleeve's Friday on Monday, the day before a failed run), and that
+    value."""
+
+    partition: str
+    value: object
+
+
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores every asset value in the Parquet lake; no pickle anywhere."""
 
@@ -777,10 +794,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if not context.has_asset_partitions:
             return self.lake.read(asset, None)
         keys = context.asset_partition_keys
-        if (context.definition_metadata or {}).get(PREVIOUS_RUN) and (
-            len(keys) != 1 or not self.lake.exists(asset, keys[0])
-        ):
-            return None
+        if (context.definition_metadata or {}).get(PREVIOUS_RUN):
+            newest = self.lake.newest_stored(asset, keys)
+            return None if newest is None else PreviousRun(newest, self.lake.read(asset, newest))
         if (context.definition_metadata or {}).get(FAN_IN):
             return {key: self.lake.read(asset, key) for key in keys if self.lake.exists(asset, key)}
         if len(keys) != 1:

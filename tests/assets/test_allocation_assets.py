@@ -126,8 +126,9 @@ def test_min_variance_has_the_lowest_ledoit_wolf_variance_of_all_profiles(weight
 
 def test_weights_name_the_previous_run_partition_only_when_one_exists(weights_runs):
     first = metadata(weights_runs.results[run_key(1)], "weights")["previous_run"]
-    assert first == f"none (first run or gap: {run_key(2)} not materialised)"
-    assert metadata(weights_runs.results[KEY], "weights")["previous_run"] == run_key(1)
+    assert first == "none (first run, or no run stored in the 7 days before)"
+    shown = metadata(weights_runs.results[KEY], "weights")["previous_run"]
+    assert shown == f"{run_key(1)} (1 day before)"
 
 
 def test_the_turnover_penalty_reads_the_previous_run_and_moves_the_weights_less(
@@ -137,7 +138,8 @@ def test_the_turnover_penalty_reads_the_previous_run_and_moves_the_weights_less(
     free = weights_runs.values["weights", KEY].weights
     sleeve_policy("crypto", policy={"turnover_penalty": 1.0})
     result = run(weights_runs.instance, weights_runs.resources, [allocation.weights])
-    assert result.success and metadata(result, "weights")["previous_run"] == run_key(1)
+    assert result.success
+    assert metadata(result, "weights")["previous_run"] == f"{run_key(1)} (1 day before)"
     assert evaluations(result)[allocation.WEIGHTS_CONTRACT].passed
     held = weights_runs.lake.read(["weights"], KEY).weights
 
@@ -298,7 +300,7 @@ def test_the_portfolio_is_the_champions_decision_with_trades_from_the_previous_r
     assert shown["names"] == int((weights > 0).sum())
     assert shown["largest_weight"] == float(f"{weights.max():.4g}")
     assert shown["policy"] == tournament.champion
-    assert shown["previous_run"] == run_key(1)
+    assert shown["previous_run"] == f"{run_key(1)} (1 day before)"
 
 
 def test_a_one_percent_cap_stops_weights_naming_the_cap_the_names_and_the_minimum(

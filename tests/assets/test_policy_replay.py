@@ -160,7 +160,10 @@ def test_the_tournaments_last_window_replays_a_csv_sleeve_with_state_quarantine_
     window = lake.read(["returns"], key("crypto"))
     reasons = dict(zip(window.excluded["symbol"], window.excluded["reason"], strict=True))
     assert "quarantine" in reasons.values() and "ineligible" in reasons.values()
-    assert metadata(result, "weights")["previous_run"] == key("crypto", days_before=1)
+    assert (
+        metadata(result, "weights")["previous_run"]
+        == f"{key('crypto', days_before=1)} (1 day before)"
+    )
     assert_tournament_replays_the_assets(lake, "crypto", key("crypto"))
 
 
@@ -190,7 +193,7 @@ def test_the_backtest_defends_the_previous_runs_champion(
     assert evaluations(first)[allocation.BACKTEST_COMPLETE].passed
     shown = metadata(first, "backtest")
     assert shown["incumbent"] == "none"
-    assert shown["previous_run"].startswith("none (first run or gap")
+    assert shown["previous_run"] == "none (first run, or no run stored in the 7 days before)"
     lake = ParquetLake(root=lake_root)
     champion = lake.read(["backtest"], key("crypto", days_before=1)).champion
 
@@ -199,7 +202,9 @@ def test_the_backtest_defends_the_previous_runs_champion(
     stored = lake.read(["backtest"], key("crypto"))
     verdict = stored.verdict.iloc[0]
     assert verdict["incumbent"] == champion
-    assert metadata(second, "backtest")["previous_run"] == key("crypto", days_before=1)
+    assert metadata(second, "backtest")["previous_run"] == (
+        f"{key('crypto', days_before=1)} (1 day before)"
+    )
     assert "incumbent_sharpe" in stored.verdict.columns
     if not verdict["replaced"]:
         assert verdict["champion"] == champion
@@ -209,11 +214,18 @@ def test_the_backtest_defends_the_previous_runs_champion(
     sums = targets.groupby(["policy", "rebalance"])["weight"].sum()
     assert np.allclose(sums, 1.0)
 
-    # A gap (no run the day before) starts again without an incumbent.
+    # A gap (no run the day before: a weekday sleeve's Monday, a failed day) defends the newest
+    # run before it.
     gap = materialise(
         instance, resources, [data.returns, allocation.backtest], key("crypto", days_before=-2)
     )
-    assert gap.success and metadata(gap, "backtest")["incumbent"] == "none"
+    assert gap.success
+    assert metadata(gap, "backtest")["incumbent"] == stored.champion
+    assert metadata(gap, "backtest")["previous_run"] == f"{key('crypto')} (2 days before)"
+    assert (
+        lake.read(["backtest"], key("crypto", days_before=-2)).verdict.iloc[0]["incumbent"]
+        == stored.champion
+    )
 
 
 def test_a_sleeve_too_young_for_any_walk_forward_window_fails_backtest_complete(

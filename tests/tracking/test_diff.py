@@ -66,8 +66,11 @@ def test_a_materialisation_records_what_changed_since_the_previous_run_partition
     assert found["compared_with"] == "2026-06-29|crypto"
     assert found["turnover_min_variance"] == pytest.approx(0.6)
     assert "| D |" in found["changes_moves"].value
+    # A gap (a weekend, a failed day): the newest run stored in the week before.
     gap = diff.changes_since_previous(lake, "weights", "2026-07-02|crypto", today)
-    assert gap == {"compared_with": "none (2026-07-01|crypto not materialised)"}
+    assert gap["compared_with"] == "2026-06-29|crypto"
+    late = diff.changes_since_previous(lake, "weights", "2026-07-07|crypto", today)
+    assert late == {"compared_with": "none (no run stored in the 7 days before)"}
 
 
 def test_the_portfolio_diff_lists_entries_exits_moves_and_turnover(tmp_path):

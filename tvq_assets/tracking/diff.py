@@ -16,7 +16,7 @@ from types import ModuleType
 import dagster as dg
 import pandas as pd
 
-from tvq_assets.partitions import previous_run_key, run_key
+from tvq_assets.partitions import PREVIOUS_RUN_DAYS, previous_stored_run, run_key
 from tvq_assets.tracking.values import tables_of
 from tvq_checks.checks import markdown
 from tvq_resources.lake import ParquetLake
@@ -173,15 +173,16 @@ def changes_since_previous(
     *,
     home: ModuleType | None = None,
 ) -> dict[str, object]:
-    """Metadata for a materialisation: what changed since the sleeve's previous run partition (the
-    one the graph declares as the previous-run input: as-of − 1 day), tables as markdown, headline
-    numbers as numbers; empty for stages without a diff (``home``: the module of the asset)."""
+    """Metadata for a materialisation: what changed since the sleeve's previous run (the partition
+    the previous-run input loads: the newest stored in the week before), tables as markdown,
+    headline numbers as numbers; empty for stages without a diff (``home``: the module of the
+    asset)."""
     compare_stage = comparison_of(stage, home)
     if compare_stage is None:
         return {}
-    previous = previous_run_key(partition)
-    if not lake.exists([stage], previous):
-        return {"compared_with": f"none ({previous} not materialised)"}
+    previous = previous_stored_run(lake, stage, partition)
+    if previous is None:
+        return {"compared_with": f"none (no run stored in the {PREVIOUS_RUN_DAYS} days before)"}
     parts = compare_stage(lake.read([stage], previous), value)
     found: dict[str, object] = {"compared_with": previous}
     for name, table in parts.items():

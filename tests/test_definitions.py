@@ -110,8 +110,8 @@ def test_only_definitions_binds_resources():
     assert binders == {"tvq_assets/definitions.py"}
 
 
-def test_the_self_dependencies_read_the_previous_run_of_the_same_sleeve():
-    from tvq_assets.partitions import PREVIOUS_RUN_MAPPING
+def test_the_self_dependencies_read_the_previous_week_of_runs_of_the_same_sleeve():
+    from tvq_assets.partitions import PREVIOUS_RUN_DAYS, PREVIOUS_RUN_MAPPING, previous_run_keys
 
     graph = defs.resolve_asset_graph()
     for name in ("weights", "backtest", "portfolio"):
@@ -123,7 +123,10 @@ def test_the_self_dependencies_read_the_previous_run_of_the_same_sleeve():
         upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
             sleeve_run.subset_with_partition_keys([downstream]), sleeve_run, sleeve_run
         ).partitions_subset.get_partition_keys()
-        assert [str(k) for k in upstream] == ["2026-06-29|crypto"]
+        # One rule: the keys `previous_run_keys` names (the summary, the diff and the soak read
+        # by them) are the partitions Dagster maps a run to (its lineage, its backfill order).
+        assert sorted(str(k) for k in upstream) == previous_run_keys(str(downstream))
+        assert len(upstream) == PREVIOUS_RUN_DAYS and "2026-06-29|crypto" in upstream
     # The dangling edge from backtest to weights is gone.
     assert dg.AssetKey("weights") not in graph.get(dg.AssetKey("backtest")).parent_keys
 
@@ -173,29 +176,11 @@ def test_the_partition_key_format_has_one_home_that_agrees_with_dagster():
         split_run_key("crypto")
 
 
-def test_the_previous_run_keys_are_those_dagster_maps_a_run_to_and_the_newest_stored_is_read(
-    tmp_path,
-):
-    """One rule of the previous run: the keys `previous_run_keys` names are the partitions the
-    declared self-dependency maps a run to (the lineage Dagster shows and backfills order by),
-    and the newest of them holding a value is the one loaded."""
-    from tvq_assets.partitions import (
-        PREVIOUS_RUN_DAYS,
-        PREVIOUS_RUN_MAPPING,
-        previous_run_keys,
-        previous_stored_run,
-        run_key,
-        sleeve_run,
-    )
+def test_the_previous_run_read_is_the_newest_stored_in_the_week_before(tmp_path):
+    from tvq_assets.partitions import previous_stored_run, run_key
     from tvq_resources.lake import ParquetLake
 
     monday = run_key("2026-06-29", "tradfi")
-    mapped = PREVIOUS_RUN_MAPPING.get_upstream_mapped_partitions_result_for_partitions(
-        sleeve_run.subset_with_partition_keys([monday]), sleeve_run, sleeve_run
-    ).partitions_subset.get_partition_keys()
-    assert sorted(mapped) == previous_run_keys(monday)
-    assert len(mapped) == PREVIOUS_RUN_DAYS and run_key("2026-06-28", "tradfi") in mapped
-
     lake = ParquetLake(root=str(tmp_path / "lake"))
     assert previous_stored_run(lake, "portfolio", monday) is None  # a first run
     friday, earlier = run_key("2026-06-26", "tradfi"), run_key("2026-06-25", "tradfi")

@@ -64,9 +64,14 @@ mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri "$$store" \
 	  --artifacts-destination $(DAGSTER_HOME)/mlflow/artifacts -h $(HOST) -p $(MLFLOW_PORT) --workers 1
 
+# Test processes (pytest-xdist): a test file runs whole on one of them, so its module fixtures
+# are built once; JOBS=1 runs everything in this process.
+JOBS ?= 2
+XDIST = $(if $(filter 1,$(JOBS)),,-n $(JOBS) --dist loadfile)
+
 ## test: the fast suite (what to run often); property tests on fixed examples (tests/conftest.py)
 test: $(STAMP)
-	cd $(ROOT) && $(PY) -m pytest -m "not slow" -q --hypothesis-profile=ci
+	cd $(ROOT) && $(PY) -m pytest -m "not slow" -q --hypothesis-profile=ci $(XDIST)
 
 ## browser: Debian's headless Chromium for the UI test (tests/ui), installed when missing (root)
 browser:
@@ -75,7 +80,7 @@ browser:
 
 ## test-slow: end-to-end tests (whole jobs, the dev server, the UI in Chromium); CI runs them
 test-slow: $(STAMP) browser
-	cd $(ROOT) && $(PY) -m pytest -m slow -q --hypothesis-profile=ci --durations=30
+	cd $(ROOT) && $(PY) -m pytest -m slow -q --hypothesis-profile=ci --durations=30 $(XDIST)
 
 ## test-all: the fast suite, then the slow one
 test-all: test test-slow

@@ -36,6 +36,14 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='tvq-ml
 
 AS_OF = "2026-06-30"
 
+# The files whose tests take longest (minutes: the production soaks) are collected first: the test
+# processes take whole files in collection order, so the others share out around them.
+LONGEST_FIRST = ("test_soak.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: order otherwise
+
 
 def _sleeve_assets() -> tuple[str, ...]:
     # After the environment above is set: the definitions read it when they are imported.

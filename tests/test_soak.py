@@ -235,12 +235,11 @@ def test_the_soak_tracks_in_its_own_store_whatever_services_its_caller_names(tmp
 
 
 @pytest.mark.slow
-def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_and_restarts(
-    tmp_path,
-):
-    """Three days from Tuesday 2024-06-18 on real services of the soak's own: Juneteenth (New York
-    closed, London open) with a kill -9 mid-step, then Thursday with a source revision after
-    both Postgres and the MLflow server were restarted."""
+def test_production_day_after_day_through_a_holiday_a_revision_a_kill_and_restarts(tmp_path):
+    """Two days on real services of the soak's own: Juneteenth 2024 (New York closed, London
+    open; the first run) with a kill -9 mid-step, then Thursday with a source revision after
+    both Postgres and the MLflow server were restarted. (Weekends, the other holidays and the
+    state carried across them are the CI span's: `make soak`.)"""
     done = subprocess.run(
         [
             sys.executable,
@@ -248,19 +247,19 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
             "tvq_assets.soak",
             "--production",
             "--start",
-            "2024-06-18",
+            "2024-06-19",
             "--days",
-            "3",
-            # A revision needs a stored bar to revise: not the first day (it moves to Thursday,
-            # the next day both venues trade); the kill comes on the holiday.
+            "2",
+            # A revision needs a stored bar to revise: not the first day; the kill comes on the
+            # holiday.
             "--scenario",
             "revision=1",
             "--scenario",
-            "kill=1",
+            "kill=0",
             "--scenario",
-            "postgres_restart=2",
+            "postgres_restart=1",
             "--scenario",
-            "mlflow_restart=2",
+            "mlflow_restart=1",
             "--workdir",
             str(tmp_path / "soak"),
         ],
@@ -272,7 +271,7 @@ def test_production_day_after_day_through_a_holiday_a_weekend_a_revision_a_kill_
     print(done.stdout[-8000:], done.stderr[-3000:])
     assert done.returncode == 0
     lines = done.stdout.strip().splitlines()
-    [summary] = [line for line in lines if line.startswith("soak: 3 days, ")]
+    [summary] = [line for line in lines if line.startswith("soak: 2 days, ")]
     assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
     for scenario in ("killed run", "postgres and mlflow restarted"):
         assert scenario in done.stdout, scenario
@@ -307,7 +306,7 @@ def test_production_day_after_day_reads_a_replay_of_the_exchange_one_day_at_a_ti
     print(done.stdout[-8000:], done.stderr[-3000:])
     assert done.returncode == 0
     lines = done.stdout.strip().splitlines()
-    [summary] = [line for line in lines if line.startswith("soak: 3 days, ")]
+    [summary] = [line for line in lines if line.startswith("soak: 2 days, ")]
     assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
     days = [f"{d:%Y-%m-%d %a}" for d in pd.date_range(soak.EXCHANGE_START, periods=3)]
     for day in days:

@@ -789,7 +789,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         path = self.lake.write(context.asset_key.path, partition, obj)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
 
-    def load_input(self, context: dg.InputContext) -> "pd.DataFrame | dict":
+    def load_input(self, context: dg.InputContext) -> "pd.DataFrame | dict | PreviousRun | None":
         asset = context.asset_key.path
         if not context.has_asset_partitions:
             return self.lake.read(asset, None)

@@ -156,11 +156,23 @@ def test_the_tournament_runs_on_the_cluster_and_equals_the_serial_path(small, co
     assert fanout.calls == 2
     assert fanout.tasks == on_ray.reuse.alphas_computed + len(policy.SCORERS) * len(PROFILES)
     ours = set(fanout.task_names)
-    ran = [
-        task
-        for task in list_tasks(address=head.address, limit=10_000, raise_on_missing_output=False)
-        if task.name in ours and task.state == "FINISHED"
-    ]
+
+    def finished() -> list:
+        return [
+            task
+            for task in list_tasks(
+                address=head.address, limit=10_000, raise_on_missing_output=False
+            )
+            if task.name in ours and task.state == "FINISHED"
+        ]
+
+    # Workers report task events to the head in batches (every second, later on a busy machine):
+    # the state API shows a finished task some time after `ray.get` returned its result.
+    deadline = time.monotonic() + 60
+    ran = finished()
+    while len({task.name for task in ran}) < fanout.tasks and time.monotonic() < deadline:
+        time.sleep(0.5)
+        ran = finished()
     assert len({task.name for task in ran}) == fanout.tasks
     node = ray.get_runtime_context().get_node_id()
     assert {task.node_id for task in ran} == {node}

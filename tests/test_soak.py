@@ -306,7 +306,7 @@ def test_production_day_after_day_reads_a_replay_of_the_exchange_one_day_at_a_ti
     print(done.stdout[-8000:], done.stderr[-3000:])
     assert done.returncode == 0
     lines = done.stdout.strip().splitlines()
-    [summary] = [line for line in lines if line.startswith("soak: 2 days, ")]
+    [summary] = [line for line in lines if line.startswith("soak: 3 days, ")]
     assert " 0 unexpected, 0 stuck, " in summary and "lake verify ok" in summary
     days = [f"{d:%Y-%m-%d %a}" for d in pd.date_range(soak.EXCHANGE_START, periods=3)]
     for day in days:

@@ -80,7 +80,11 @@ SLEEVE_ASSETS = [
     allocation.portfolio,
 ]
 # Each asset links to its source file and line in the UI.
-ASSETS = list(dg.with_source_code_references([*SLEEVE_ASSETS, meta.meta_portfolio]))
+with warnings.catch_warnings():
+    # with_source_code_references and its code-reference classes are beta in Dagster 1.13: a
+    # notice for us, not for whoever loads the definitions.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    ASSETS = list(dg.with_source_code_references([*SLEEVE_ASSETS, meta.meta_portfolio]))
 # The sleeve × run assets in the graph's order: what MLflow records of a run partition.
 STAGES = stage_order(ASSETS)
 

@@ -18,11 +18,10 @@ def settings_for(calendar: str = "crypto", **overrides) -> policy.PolicySettings
     return policy_settings(sleeve)
 
 
-# A policy small enough to walk forward in seconds (a history of 120 + 65 rows: 65 is not a
-# multiple of the step, so the day a window enters is not the day the oldest leaves).
+# A policy small enough to walk forward in seconds.
 TINY = {
     "lookback": 120,
-    "train": 55,
+    "train": 60,
     "test": 10,
     "step": 10,
     "min_history": 30,
@@ -31,3 +30,6 @@ TINY = {
     "min_winners": 4,
     "max_winners": 8,
 }
+# The same with a history of 120 + 65 rows: 65 is not a multiple of the step, so the day a window
+# enters is not the day the oldest leaves.
+TINY_UNEVEN = {**TINY, "train": 55}

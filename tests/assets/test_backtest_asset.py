@@ -6,8 +6,9 @@ import dataclasses
 import dagster as dg
 import pandas as pd
 
-from tests.assets.test_policy_replay import TINY, key, materialise, refresh
+from tests.assets.test_policy_replay import key, materialise, refresh
 from tests.conftest import evaluations, materialised, metadata, resources_for, synthetic_source
+from tests.settings import TINY
 from tvq_assets import allocation, data
 from tvq_resources.lake import ParquetLake
 

@@ -4,8 +4,9 @@ the catalog's per-side rate (slippage + commission bps)."""
 import numpy as np
 import pandas as pd
 
-from tests.assets.test_policy_replay import TINY, key, materialise, refresh
+from tests.assets.test_policy_replay import key, materialise, refresh
 from tests.conftest import resources_for, synthetic_source
+from tests.settings import TINY
 from tvq_assets import allocation, data
 from tvq_assets.partitions import catalog
 from tvq_resources.lake import ParquetLake

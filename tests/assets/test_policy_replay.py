@@ -16,6 +16,7 @@ from tests.conftest import (
     resources_for,
     synthetic_source,
 )
+from tests.settings import TINY
 from tvq_assets import allocation, alpha, data
 from tvq_assets.partitions import catalog
 from tvq_assets.quant import optimise, policy
@@ -165,19 +166,6 @@ def test_the_tournaments_last_window_replays_a_csv_sleeve_with_state_quarantine_
         == f"{key('crypto', days_before=1)} (1 day before)"
     )
     assert_tournament_replays_the_assets(lake, "crypto", key("crypto"))
-
-
-TINY = {
-    "lookback": 120,
-    "train": 60,
-    "test": 10,
-    "step": 10,
-    "min_history": 30,
-    "feature_lookback": 60,
-    "cluster_lookbacks": (30, 60),
-    "min_winners": 4,
-    "max_winners": 8,
-}
 
 
 def test_the_backtest_defends_the_previous_runs_champion(

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import materialised, metadata, resources_for, synthetic_source
-from tests.settings import TINY, settings_for
+from tests.settings import TINY_UNEVEN, settings_for
 from tvq_assets import allocation, data
 from tvq_assets.quant import backtest, policy
 from tvq_assets.quant import window_cache as keys
@@ -22,8 +22,8 @@ from tvq_resources.synthetic import generate_market
 from tvq_resources.window_cache import WindowCache, lake_window_cache
 
 # A turnover penalty large enough that each decision depends on the previous target.
-STATEFUL = settings_for(**TINY, turnover_penalty=1.0)
-STATELESS = settings_for(**TINY)
+STATEFUL = settings_for(**TINY_UNEVEN, turnover_penalty=1.0)
+STATELESS = settings_for(**TINY_UNEVEN)
 # 2026-06-10 is a crypto grid date for step 10 (days since 1970-01-05 divisible by 10).
 ANCHOR = pd.Timestamp("2026-06-10")
 
@@ -241,7 +241,7 @@ def test_the_tournament_fans_out_in_two_picklable_calls_that_equal_the_serial_ru
 def test_the_backtest_asset_reports_reuse_and_the_next_day_recomputes_only_the_newest_window(
     instance, lake_root, sleeve_policy
 ):
-    sleeve_policy("crypto", policy=TINY)
+    sleeve_policy("crypto", policy=TINY_UNEVEN)
     resources = resources_for(lake_root, crypto=synthetic_source(symbols=12, end="2026-06-20"))
     assert dg.materialize(
         [data.bars], partition_key="crypto", resources=resources, instance=instance

@@ -5,23 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.settings import TINY
 from tvq_assets.quant import backtest, policy
 from tvq_assets.quant.backtest import GRID_EPOCH, grid_windows
 from tvq_resources.synthetic import generate_market
 
 from .test_policy import settings_for, window
-
-TINY = {
-    "lookback": 120,
-    "train": 60,
-    "test": 10,
-    "step": 10,
-    "min_history": 30,
-    "feature_lookback": 60,
-    "cluster_lookbacks": (30, 60),
-    "min_winners": 4,
-    "max_winners": 8,
-}
 
 
 def decision_dates(dates: pd.DatetimeIndex, **options) -> list[pd.Timestamp]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import pytest
 
-from tests.settings import TINY, settings_for
+from tests.settings import TINY_UNEVEN, settings_for
 from tvq_assets.quant import backtest, optimise, policy
 from tvq_assets.quant import window_cache as cache_keys
 from tvq_assets.quant.returns import ReturnsWindow
@@ -140,8 +140,8 @@ def reference_walk_forward(
     return policy.WalkForward(windows, targets, alphas[len(windows)], reuse)
 
 
-STATELESS = settings_for(**TINY)
-STATEFUL = settings_for(**TINY, turnover_penalty=1.0)
+STATELESS = settings_for(**TINY_UNEVEN)
+STATEFUL = settings_for(**TINY_UNEVEN, turnover_penalty=1.0)
 AS_OF = "2026-07-03"
 
 

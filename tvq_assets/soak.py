@@ -654,9 +654,9 @@ def exchange_evidence(lake, day: pd.Timestamp, partition: str) -> list[str]:
 def state_evidence(lake, partition: str, previous: str | None) -> list[str]:
     """What every successful sleeve run must show: it carried the state of ``previous``, the
     sleeve's newest successful run of the soak before it (Friday's on a weekday sleeve's Monday,
-    the last good one after a failed day or an outage; None on its first run): its trades start
-    from that run's book and its tournament defends that run's champion; with none, a book from
-    cash and no incumbent."""
+    the last good one after a failed day or an outage; None on its first run or after a failure
+    longer than a week): its trades start from that run's book and its tournament defends that
+    run's champion; with none, a book from cash and no incumbent."""
     trades = lake.read(["portfolio"], partition).trades
     verdict = lake.read(["backtest"], partition).verdict.iloc[0]
     if previous is None:
@@ -1010,9 +1010,9 @@ class Soak:
 
     def _previous_success(self, sleeve: str, run_date: pd.Timestamp) -> str | None:
         """The partition of ``sleeve``'s newest successful run of the soak dated before
-        ``run_date``, or None. (The soak's outages last a day: no state it carries is ever
-        older than the week a run looks back.)"""
-        from tvq_assets.partitions import run_key
+        ``run_date`` within the week a run looks back (after a longer failure, e.g. a toxic
+        print held in a `fail` sleeve's window for months, it starts afresh), or None."""
+        from tvq_assets.partitions import PREVIOUS_RUN_DAYS, run_key
 
         earlier = [
             pd.Timestamp(row.partition)
@@ -1021,7 +1021,9 @@ class Soak:
             and row.outcome == "success"  # a run with an outcome has a partition
             and pd.Timestamp(row.partition) < run_date
         ]
-        return run_key(max(earlier), sleeve) if earlier else None
+        if not earlier or (run_date - max(earlier)).days > PREVIOUS_RUN_DAYS:
+            return None
+        return run_key(max(earlier), sleeve)
 
     def _expected_meta(self, day: pd.Timestamp, catalog) -> str:
         """The meta-portfolio succeeds while every sleeve has a successful decision recent

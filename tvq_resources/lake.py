@@ -36,6 +36,7 @@ read error always names the asset, partition and file.
 """
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import io
@@ -48,7 +49,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -517,6 +519,75 @@ def root_setting(explicit: str | None = None) -> "str | dg.EnvVar | None":
     return dg.EnvVar("TVQ_LAKE") if os.environ.get("TVQ_LAKE") else None
 
 
+class RecentReads:
+    """The values this process read last, by the identity of the local file that defines each
+    (a table's file, a bundle's manifest): its inode, size and modification time. Several assets
+    of one run read the same value (every stage after ``returns`` reads its window): it is decoded
+    once and every reader gets its own deep copy, so no reader sees another's changes.
+
+    A write replaces the file (a new inode; a bundle's manifest is written last) and so reads anew;
+    object storage is always read (its files carry no identity here). At most ``entries`` values
+    of at most ``budget`` bytes in all are held; a larger value is never held.
+    """
+
+    def __init__(self, *, entries: int = 8, budget: int = 512 * 2**20) -> None:
+        self.entries, self.budget = entries, budget
+        self._held: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.decoded = 0  # values decoded from their files (what a test of reuse counts)
+
+    def read(self, path: LakePath, decode: Callable[[], object]) -> object:
+        if is_remote(path):
+            return decode()
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return decode()  # replaced meanwhile: decode() reads what is there or names it
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None:
+                self._held.move_to_end(key)
+        if held is None:
+            value = decode()
+            self.decoded += 1
+            size = _bytes_of(value)
+            if size > self.budget:
+                return value
+            with self._lock:
+                self._held[key] = (value, size)
+                while (
+                    len(self._held) > self.entries
+                    or sum(s for _, s in self._held.values()) > self.budget
+                ):
+                    self._held.popitem(last=False)
+            held = (value, size)
+        return copy.deepcopy(held[0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held.clear()
+
+
+def _bytes_of(value: object) -> int:
+    """The memory of a stored value's frames and series (their data, not Python objects)."""
+    if isinstance(value, pd.DataFrame):
+        return int(value.memory_usage(index=True).sum())
+    if isinstance(value, pd.Series):
+        return int(value.memory_usage(index=True))
+    parts = (
+        value.values()
+        if isinstance(value, Mapping)
+        else (getattr(value, f.name) for f in dataclasses.fields(value))
+        if dataclasses.is_dataclass(value)
+        else ()
+    )
+    return sum(_bytes_of(part) for part in parts)
+
+
+RECENT_READS = RecentReads()
+
+
 class ParquetLake(dg.ConfigurableResource):
     """Where asset values live: ``{root}/{asset}/{sleeve}[/{run}].parquet`` (or a bundle folder).
 
@@ -552,6 +623,10 @@ class ParquetLake(dg.ConfigurableResource):
         # history sits in one folder.
         parts = partition.split("|")
         return path.joinpath(*reversed(parts))
+
+    def figure(self, asset: Sequence[str], partition: str | None) -> LakePath:
+        """Where the figure an asset renders of a value is stored: beside it, ``<value>.png``."""
+        return self.location(asset, partition).with_suffix(".png")
 
     def exists(self, asset: Sequence[str], partition: str | None) -> bool:
         base = self.location(asset, partition)
@@ -611,12 +686,15 @@ class ParquetLake(dg.ConfigurableResource):
             return base
 
     def read(self, asset: Sequence[str], partition: str | None) -> "pd.DataFrame | dict":
+        """The stored value; a local file read before by this process, and unchanged since, is
+        not decoded again (:data:`RECENT_READS`)."""
         base = self.location(asset, partition)
         what = _describe(asset, partition)
         if base.with_suffix(".parquet").exists():
-            return read_table(base.with_suffix(".parquet"), what=what)
+            table = base.with_suffix(".parquet")
+            return RECENT_READS.read(table, lambda: read_table(table, what=what))
         if (base / MANIFEST).exists():
-            return read_bundle(base, what=what)
+            return RECENT_READS.read(base / MANIFEST, lambda: read_bundle(base, what=what))
         raise FileNotFoundError(
             f"{what} has not been materialised (nothing at {base}); materialise it first"
         )

@@ -632,3 +632,54 @@ def test_verify_clean_and_quarantine_on_a_url(remote_lake):
     assert [p.path.name for p in remote_lake.clean()] == ["returns-0123456789ab.parquet"]
     target = remote_lake.quarantine(["bars"], "crypto")
     assert ".corrupt/bars/crypto." in str(target) and remote_lake.verify() == []
+
+
+def test_a_value_read_again_is_decoded_once_and_every_reader_gets_its_own_copy(tmp_path):
+    from tvq_assets.quant.returns import ReturnsWindow
+    from tvq_resources.lake import RecentReads
+
+    reads = RecentReads()
+    dates = pd.DatetimeIndex(["2026-01-01", "2026-01-02"], name="date")
+    frame = pd.DataFrame({"AAA": [0.01, -0.02]}, index=dates)
+    window = ReturnsWindow(
+        returns=frame,
+        dollar_volume=frame * 1e6,
+        excluded=pd.DataFrame({"symbol": ["BBB"], "rule": ["min_history"]}),
+        history=frame,
+        history_dollar_volume=frame * 1e6,
+        defects=pd.DataFrame({"symbol": ["BBB"], "date": [dates[1]]}),
+    )
+    lake = ParquetLake(root=str(tmp_path))
+    folder = lake.write(["returns"], KEY, window)
+    from tvq_resources.lake import read_bundle
+
+    def decode():
+        return read_bundle(folder)
+
+    first = reads.read(folder / MANIFEST, decode)
+    first.returns.iloc[0, 0] = 99.0  # a reader changing its copy in place
+    second = reads.read(folder / MANIFEST, decode)
+    assert reads.decoded == 1 and type(second) is ReturnsWindow
+    assert second.returns.iloc[0, 0] == 0.01 and second.returns is not first.returns
+    # A write replaces the manifest: the next read decodes the new value.
+    lake.write(["returns"], KEY, dataclasses.replace(window, returns=frame * 2))
+    third = reads.read(folder / MANIFEST, decode)
+    assert reads.decoded == 2 and third.returns.iloc[0, 0] == 0.02
+    # A value over the budget is handed out as decoded and never held.
+    small = RecentReads(budget=8)
+    small.read(folder / MANIFEST, decode)
+    small.read(folder / MANIFEST, decode)
+    assert small.decoded == 2
+
+
+def test_the_lake_reads_a_stored_table_once_until_it_is_written_again(lake):
+    from tvq_resources.lake import RECENT_READS
+
+    lake.write(["features"], KEY, features_frame())
+    before = RECENT_READS.decoded
+    first, second = lake.read(["features"], KEY), lake.read(["features"], KEY)
+    assert RECENT_READS.decoded == before + 1
+    pd.testing.assert_frame_equal(first, second)
+    lake.write(["features"], KEY, features_frame().assign(history=[1, 2]))
+    assert list(lake.read(["features"], KEY)["history"]) == [1, 2]
+    assert RECENT_READS.decoded == before + 2

@@ -3,13 +3,13 @@
 import dagster as dg
 import pandas as pd
 
-from tvq_assets import messages, stage
+from tvq_assets import bar_store, messages, stage
 from tvq_assets.partitions import Run, run_of, sleeve_run
 from tvq_assets.quant import policy, quality
-from tvq_assets.quant.bars import BarHistory
 from tvq_assets.quant.returns import ReturnsWindow
 from tvq_checks import alpha_contracts, checks
 from tvq_checks.checks import Evaluation
+from tvq_resources.lake import ParquetLake
 
 FEATURES_CONTRACT = "features_contract"
 INFERENCE_CONTRACT = "inference_contract"
@@ -35,12 +35,15 @@ def _spec(asset: str, name: str, description: str, blocking: bool = True):
         "Finite where defined, entropy/efficiency/liquidity/"
         "survival in [0, 1], volatility >= 0, one row per eligible symbol of `returns`.",
     ),
+    # The volume-spike rule reads the bar store's last bars of the window's symbols (the store's
+    # tail, not the whole store).
+    ins={"bars": dg.AssetIn(dagster_type=dg.Nothing)},
 )
-def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: BarHistory):
+def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, lake: ParquetLake):
     """Per-symbol features of the returns window: momentum, risk, entropy, Hurst, liquidity."""
     run = run_of(context)
     table = policy.features(returns.returns, returns.dollar_volume, run.settings)
-    spikes = _volume_spikes(bars, run)
+    spikes = _volume_spikes(lake, run, returns.returns.columns)
     table["volume_spike"] = table.index.isin(spikes["symbol"])
     failures = alpha_contracts.features_violations(
         table,
@@ -57,11 +60,22 @@ def features(context: dg.AssetExecutionContext, returns: ReturnsWindow, bars: Ba
     )
 
 
-def _volume_spikes(bars: BarHistory, run: Run) -> pd.DataFrame:
-    """The last-bar volume spikes of the run's bars under the sleeve's spike rule."""
+def _volume_spikes(lake: ParquetLake, run: Run, symbols: pd.Index) -> pd.DataFrame:
+    """The last-bar volume spikes of the window's ``symbols`` under the sleeve's spike rule.
+
+    The rule reads each symbol's last ``window + 1`` bars up to the as-of date, so only those are
+    read from the bar store (``bar_store.read_tail``), not the whole store."""
     rule = run.sleeve.policy
+    tail = bar_store.read_tail(
+        lake,
+        run.sleeve.name,
+        since=run.as_of,
+        context=rule.volume_spike_window + 1,
+        symbols=symbols,
+    )
+    bars = tail.bars[tail.bars["symbol"].isin(symbols)]
     return quality.volume_spikes(
-        bars.bars, sigma=rule.volume_spike_sigma, window=rule.volume_spike_window, as_of=run.as_of
+        bars, sigma=rule.volume_spike_sigma, window=rule.volume_spike_window, as_of=run.as_of
     )
 
 

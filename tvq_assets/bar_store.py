@@ -230,34 +230,44 @@ def _read_segment(
 def _resolve(segments: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
     """Bars by (symbol, date) from segments oldest first: the row of the newest version of a key
     wins (then the later segment), a tombstone deletes it. Also the number of tombstones that
-    were applied."""
+    were applied.
+
+    Column by column in NumPy: each column of the segments is joined once and the winning rows
+    taken once (no frame is concatenated, taken and rebuilt: a run reads its history window of
+    every symbol this way, so this is on the daily path)."""
     parts = [s for s in segments if len(s)]
     if not parts:
         return bar_lake.empty_bars(), 0
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def joined(name: str, dtype, missing) -> np.ndarray:
+        """The column over every segment; a segment without it holds ``missing``."""
+        return np.concatenate(
+            [
+                p[name].to_numpy(dtype=dtype) if name in p else np.full(len(p), missing, dtype)
+                for p in parts
+            ]
+        )
+
     order_of_segment = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
-    versions = (
-        frame["version"].to_numpy(dtype=np.int64)
-        if "version" in frame
-        else np.zeros(len(frame), dtype=np.int64)
-    )
-    codes, _ = pd.factorize(frame["symbol"].to_numpy(dtype=object), sort=True)
-    dates = frame["date"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    order = np.lexsort((order_of_segment, versions, dates, codes))
-    codes, dates = codes[order], dates[order]
+    versions = joined("version", np.int64, 0)
+    symbols = joined("symbol", object, None)
+    codes, _ = pd.factorize(symbols, sort=True)
+    dates = joined("date", "datetime64[ns]", np.datetime64("NaT", "ns"))
+    order = np.lexsort((order_of_segment, versions, dates.view(np.int64), codes))
+    codes, ordered_dates = codes[order], dates.view(np.int64)[order]
     newest = np.ones(len(order), dtype=bool)
-    newest[:-1] = (codes[1:] != codes[:-1]) | (dates[1:] != dates[:-1])
+    newest[:-1] = (codes[1:] != codes[:-1]) | (ordered_dates[1:] != ordered_dates[:-1])
     chosen = order[newest]
-    removed = frame["removed"].to_numpy(dtype=bool)[chosen]
-    kept = frame.iloc[chosen[~removed]]
+    removed = joined("removed", bool, False)[chosen]  # a segment without the column: no tombstone
+    kept = chosen[~removed]
     # Segments without an optional column (written before it was kept, or by a source without
     # it) hold it as missing: the column is read when any segment holds it.
-    columns = bar_lake.bar_columns(frame)
+    columns = bar_lake.bar_columns(*parts)
     bars = pd.DataFrame(
         {
-            "symbol": kept["symbol"].to_numpy(dtype=object),
-            "date": kept["date"].to_numpy(dtype="datetime64[ns]"),
-            **{name: kept[name].to_numpy(dtype=float) for name in columns[2:]},
+            "symbol": symbols[kept],
+            "date": dates[kept],
+            **{name: joined(name, float, np.nan)[kept] for name in columns[2:]},
         },
         columns=columns,
     )
@@ -543,13 +553,13 @@ def read_tail(
         if first is None or start <= first:
             return history
         before = bars[bars["date"] <= since]
-        counts = before.groupby("symbol")["date"].agg(["size", "min"])
+        counts = before.groupby("symbol")["date"].size()
+        if symbols is not None:  # a symbol with no bar in the window has none of its context
+            counts = counts.reindex(pd.Index(list(symbols)), fill_value=0)
         older = pd.Series(
             {s: pd.Timestamp(f) for s, (f, _) in (current.symbols.items() if current else ())}
         )
-        short = counts[counts["size"] < context]
-        if symbols is not None:
-            short = short[short.index.isin(list(symbols))]
+        short = counts[counts < context]
         if short.empty or not (older.reindex(short.index) < start).any():
             return history
         span *= 2

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import synthetic_source
 from tests.real.folders import BY_NAME, source
@@ -674,3 +676,55 @@ def first_history(tmp_path: Path, end: str) -> pd.DataFrame:
     lake = ParquetLake(root=str(tmp_path / "alone"))
     refresh(lake, synthetic(end), calendar="crypto", now=next_day(end))
     return lake.read(["bars"], SLEEVE).bars
+
+
+segment_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["AAA", "BBB", "CCC"]),
+        st.integers(0, 4),  # the day
+        st.integers(0, 3),  # the version
+        st.booleans(),  # a tombstone
+        st.floats(0.5, 2.0),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(segment_rows, min_size=1, max_size=4), st.booleans())
+def test_the_resolved_bars_are_the_newest_version_of_each_key_whatever_the_segments(
+    segments, quote_volume_in_first
+):
+    """Against a reference built row by row: per (symbol, date) the row of the highest version,
+    then of the later segment, wins; a winning tombstone deletes the key; sorted by key."""
+    frames = []
+    for number, rows in enumerate(segments):
+        frame = pd.DataFrame(
+            {
+                "symbol": pd.Series([r[0] for r in rows], dtype=object),
+                "date": pd.to_datetime([r[1] for r in rows], unit="D").astype("datetime64[ns]"),
+                **{c: [r[4] for r in rows] for c in ("open", "high", "low", "close", "volume")},
+                "removed": pd.Series([r[3] for r in rows], dtype=bool),
+                "version": pd.Series([r[2] for r in rows], dtype=np.int64),
+            }
+        )
+        if number == 0 and quote_volume_in_first:
+            frame["quote_volume"] = frame["close"] * 10
+        frames.append(frame)
+    bars, tombstones = bar_store._resolve(frames)
+
+    winners: dict[tuple, tuple] = {}
+    for number, frame in enumerate(frames):
+        for row in frame.to_dict("records"):
+            key = (row["symbol"], row["date"])
+            rank = (row["version"], number)
+            if key not in winners or rank >= winners[key][0]:
+                winners[key] = (rank, row)
+    kept = sorted((key, row) for key, (_, row) in winners.items() if not row["removed"])
+    assert tombstones == sum(row["removed"] for _, row in winners.values())
+    assert list(zip(bars["symbol"], bars["date"], strict=True)) == [key for key, _ in kept]
+    assert list(bars.columns[:2]) == ["symbol", "date"]
+    assert ("quote_volume" in bars) == (quote_volume_in_first and any(len(f) for f in frames[:1]))
+    for column in bars.columns[2:]:
+        expected = [row.get(column, np.nan) for _, row in kept]
+        np.testing.assert_array_equal(bars[column].to_numpy(), np.asarray(expected, dtype=float))

@@ -271,7 +271,7 @@ def _equity_curve(run: Run, stored: TournamentRecord, lake: ParquetLake):
         baselines=list(policy.BASELINES),
         title=f"{run.sleeve.name} walk-forward to {run.as_of:%Y-%m-%d}",
     )
-    plot_path = lake.location(["backtest"], run.key).with_suffix(".png")
+    plot_path = lake.figure(["backtest"], run.key)
     write_file(png, plot_path)
     return plot_path
 

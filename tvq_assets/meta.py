@@ -296,7 +296,7 @@ def _equity_curve(record: engine.MetaRecord, lake: ParquetLake, key: str) -> Pat
         baselines=[engine.BASELINE],
         title=f"meta-portfolio walk-forward to {key}",
     )
-    plot_path = lake.location(["meta_portfolio"], key).with_suffix(".png")
+    plot_path = lake.figure(["meta_portfolio"], key)
     write_file(png, plot_path)
     return plot_path
 

@@ -62,6 +62,13 @@ def colspec(frame: pd.DataFrame) -> list[dict]:
     return [index] + [{"type": kind(t), "name": str(c)} for c, t in frame.dtypes.items()]
 
 
+# Experiment ids by (tracking URI, name), found once per process; the names of the params on
+# each run by (tracking URI, run id), read once per process and kept as logged (params are
+# write-once: another process logging the same run logs the same values).
+_EXPERIMENTS: dict[tuple[str, str], str] = {}
+_PARAMS: dict[tuple[str, str], set[str]] = {}
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking server could not be reached after every retry."""
 
@@ -196,6 +203,14 @@ class MlflowTracker(dg.ConfigurableResource):
 
     # -- experiments and runs ------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created when missing; looked up once per process (an
+        experiment is never renamed or deleted by tvq)."""
+        key = (self.uri, name)
+        if key not in _EXPERIMENTS:
+            _EXPERIMENTS[key] = self._find_or_create_experiment(name)
+        return _EXPERIMENTS[key]
+
+    def _find_or_create_experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
         found = self.call(
@@ -307,7 +322,7 @@ class MlflowTracker(dg.ConfigurableResource):
         a re-execution logs the same values again); non-finite metrics are left out."""
         from mlflow.entities import Metric, Param, RunTag
 
-        existing = self.get_run(run_id).data.params if params else {}
+        existing = self._params_on(run_id) if params else set()
         now = int(time.time() * 1000)
         param_rows = [
             Param(str(k), str(v)[:PARAM_LENGTH])
@@ -327,23 +342,31 @@ class MlflowTracker(dg.ConfigurableResource):
                 "tags": tag_rows[start : start + BATCH],
             }
             self.call("log params and metrics", lambda b=batch: self.client.log_batch(run_id, **b))
-        for path, frame in (tables or {}).items():
-            text = frame.to_csv()
-            self.call(f"log {path}", lambda t=text, p=path: self.client.log_text(run_id, t, p))
-        for path, text in (texts or {}).items():
-            self.call(f"log {path}", lambda t=text, p=path: self.client.log_text(run_id, t, p))
-        for path, png in (figures or {}).items():
-            self._log_bytes(run_id, path, png)
+        existing.update(p.key for p in param_rows)
+        files = {
+            **{path: frame.to_csv().encode() for path, frame in (tables or {}).items()},
+            **{path: text.encode() for path, text in (texts or {}).items()},
+            **dict(figures or {}),
+        }
+        if files:
+            self._log_files(run_id, files)
 
-    def _log_bytes(self, run_id: str, path: str, data: bytes) -> None:
-        folder, name = os.path.split(path)
+    def _params_on(self, run_id: str) -> set[str]:
+        """The names of the params on a run: read once per process, then kept as logged."""
+        key = (self.uri, run_id)
+        if key not in _PARAMS:
+            _PARAMS[key] = set(self.get_run(run_id).data.params)
+        return _PARAMS[key]
+
+    def _log_files(self, run_id: str, files: Mapping[str, bytes]) -> None:
+        """Artifacts at their paths in the run, uploaded in one call (one request to a server)."""
         with tempfile.TemporaryDirectory() as scratch:
-            local = Path(scratch) / name
-            local.write_bytes(data)
-            self.call(
-                f"log {path}",
-                lambda: self.client.log_artifact(run_id, str(local), folder or None),
-            )
+            for path, data in files.items():
+                local = Path(scratch, path)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(data)
+            shown = ", ".join(sorted(files))
+            self.call(f"log {shown}", lambda: self.client.log_artifacts(run_id, scratch))
 
     def log_dataset(
         self, run_id: str, frame: pd.DataFrame, *, name: str, source: str, context: str

@@ -172,7 +172,9 @@ def test_the_graph_fans_every_sleeves_backtest_and_portfolio_into_meta_portfolio
     }
 
 
-def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lake_root, instance):
+def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(
+    lake_root, instance, tmp_path
+):
     decided(instance, lake_root, AS_OF)
     result = run_meta(lake_root, instance)
     assert result.success
@@ -208,7 +210,16 @@ def test_meta_portfolio_allocates_across_the_sleeves_and_passes_its_contract(lak
     artifacts = {
         a.path for a in tracker.client.list_artifacts(tracked.info.run_id, "meta_portfolio")
     }
-    assert {"meta_portfolio/holdings.csv", "meta_portfolio/equity_vs_baseline.png"} <= artifacts
+    assert {
+        "meta_portfolio/holdings.csv",
+        "meta_portfolio/equity_curve.png",
+        "meta_portfolio/drawdown.png",
+    } <= artifacts
+    # The equity curve is rendered once, by the asset: the run logs the file beside the value.
+    logged = tracker.client.download_artifacts(
+        tracked.info.run_id, "meta_portfolio/equity_curve.png", str(tmp_path)
+    )
+    assert Path(logged).read_bytes() == Path(shown["equity_curve_file"]).read_bytes()
 
 
 def test_on_a_sunday_the_weekday_sleeves_friday_decision_holds(lake_root, instance, capsys):

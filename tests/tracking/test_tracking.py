@@ -253,6 +253,9 @@ def test_the_artifacts_are_present_and_readable(tracked_graph):
             run_id=run_id, artifact_path=f"backtest/{figure}.png", tracking_uri=tracker.uri
         )
         assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+        if figure == "equity_curve":  # the asset's own rendering, stored beside the value
+            stored = lake.location(["backtest"], KEY).with_suffix(".png")
+            assert Path(local).read_bytes() == stored.read_bytes()
 
 
 @pytest.mark.slow

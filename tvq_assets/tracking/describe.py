@@ -17,11 +17,11 @@ import pandas as pd
 
 from tvq_assets.catalog import Sleeve
 from tvq_assets.partitions import catalog
-from tvq_assets.plots import equity_plot
 from tvq_assets.quant import meta as meta_engine
 from tvq_assets.quant import metrics as performance
 from tvq_assets.tracking.tear_sheet import BASELINES, tear_sheet
 from tvq_assets.tracking.values import StageRecord, csv_tables, tables_of
+from tvq_resources.lake import ParquetLake
 
 META_STAGE = "meta_portfolio"
 Describer = Callable[[str, object, Sleeve, pd.Timestamp], StageRecord]
@@ -118,6 +118,19 @@ AS_PROMOTED_METRICS = (
     "as_promoted_days",
     "as_promoted_switches",
 )
+
+
+# The figure an asset stores beside its value (``ParquetLake.figure``: the equity curve of
+# ``backtest`` and ``meta_portfolio``), logged under this name.
+STORED_FIGURE = "equity_curve.png"
+
+
+def stored_figures(lake: ParquetLake, stage: str, partition: str | None) -> dict[str, bytes]:
+    """The figure the asset rendered and stored beside its value, as the artifact
+    ``<stage>/equity_curve.png`` (none when it stored none): a figure is rendered once, by its
+    asset, and the tracking logs that file."""
+    path = lake.figure([stage], partition)
+    return {f"{stage}/{STORED_FIGURE}": path.read_bytes()} if path.exists() else {}
 
 
 def describe_backtest(stage, value, sleeve, as_of):
@@ -261,7 +274,4 @@ def meta_record(value, as_of: pd.Timestamp) -> StageRecord:
                 returns, tables["turnover"], champion=meta_engine.META, title=title
             ).items()
         }
-        record.figures[f"{META_STAGE}/equity_vs_baseline.png"] = equity_plot(
-            returns, champion=meta_engine.META, baselines=[meta_engine.BASELINE], title=title
-        )
     return record

@@ -100,9 +100,22 @@ class Tracked:
     url: str
 
 
+# The MLflow runs this process has opened, by tracking URI and Dagster run × partition: every
+# stage of a run logs to its partition's run, which is found (and reopened, and given its params)
+# once per process.
+_OPENED: dict[tuple[str, Identity], Tracked] = {}
+
+
 def open_run(tracker: MlflowTracker, identity: Identity) -> Tracked:
     """The partition's MLflow run, created with its identity and params on first use; a later
     Dagster run of the same root (re-execution) reopens it and is recorded as the newest."""
+    key = (tracker.uri, identity)
+    if key not in _OPENED:
+        _OPENED[key] = _open_run(tracker, identity)
+    return _OPENED[key]
+
+
+def _open_run(tracker: MlflowTracker, identity: Identity) -> Tracked:
     experiment_id = tracker.experiment_id(identity.experiment)
     run = tracker.find_or_create_run(
         experiment_id, identity=identity.key, name=identity.name, tags=identity.tags(tracker)
@@ -130,19 +143,20 @@ def record_stage(
     ``source`` is where the stage's value is stored (the dataset inputs name it)."""
     tracked = open_run(tracker, identity)
     run_id = tracked.run_id
+    digests = {
+        f"tvq.{stage}.digest": tracker.log_dataset(
+            run_id, frame, name=name, source=source or f"lake:{stage}", context="training"
+        )
+        for name, frame in record.datasets.items()
+    }
     tracker.log(
         run_id,
         params=record.params,
         metrics=record.metrics,
-        tags={**record.tags, f"tvq.stage.{stage}": identity.dagster_run_id},
+        tags={**record.tags, f"tvq.stage.{stage}": identity.dagster_run_id, **digests},
         tables=record.tables,
         figures=record.figures,
     )
-    for name, frame in record.datasets.items():
-        digest = tracker.log_dataset(
-            run_id, frame, name=name, source=source or f"lake:{stage}", context="training"
-        )
-        tracker.log(run_id, tags={f"tvq.{stage}.digest": digest})
     if record.children:
         _record_children(tracker, tracked, identity, record.children)
     return tracked

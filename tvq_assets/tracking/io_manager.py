@@ -16,7 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from tvq_assets.partitions import catalog, is_run_key, split_run_key
-from tvq_assets.tracking.describe import META_STAGE, describe
+from tvq_assets.tracking.describe import META_STAGE, describe, stored_figures
 from tvq_assets.tracking.diff import changes_since_previous
 from tvq_assets.tracking.identity import identity_of, record_stage
 from tvq_assets.tracking.meta_run import track_meta
@@ -42,17 +42,21 @@ class TrackedIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         self.store.handle_output(context, obj)
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        if context.asset_key.to_user_string() == META_STAGE and partition:
-            tracked = track_meta(self.mlflow, context.step_context.dagster_run, partition, obj)
+        stage = context.asset_key.to_user_string()
+        figures = stored_figures(self.store.lake, stage, partition)
+        if stage == META_STAGE and partition:
+            tracked = track_meta(
+                self.mlflow, context.step_context.dagster_run, partition, obj, figures=figures
+            )
             context.add_output_metadata({"mlflow_run": dg.MetadataValue.url(tracked.url)})
             return
         if not is_run_key(partition):
             return
         started = time.perf_counter()
-        stage = context.asset_key.to_user_string()
         home = home_of(op_of(context))
         as_of, sleeve_name = split_run_key(partition)
         record = describe(stage, obj, catalog.sleeve(sleeve_name), as_of, home=home)
+        record.figures.update(figures)
         identity = identity_of(context.step_context.dagster_run, partition)
         changes = changes_since_previous(self.store.lake, stage, partition, obj, home=home)
         source = self.store.lake.location(context.asset_key.path, partition)

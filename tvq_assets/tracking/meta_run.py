@@ -31,9 +31,17 @@ def meta_run(tracker: MlflowTracker, run: dg.DagsterRun, partition: str):
     return experiment_id, found
 
 
-def track_meta(tracker: MlflowTracker, run: dg.DagsterRun, partition: str, value) -> Tracked:
+def track_meta(
+    tracker: MlflowTracker,
+    run: dg.DagsterRun,
+    partition: str,
+    value,
+    *,
+    figures: dict[str, bytes] | None = None,
+) -> Tracked:
     """Log a meta-portfolio value on its own MLflow run (experiment ``tvq-meta``, one run per
-    Dagster root run × date), finished once logged: the value is already in the lake."""
+    Dagster root run × date), finished once logged: the value is already in the lake.
+    ``figures``: those the asset stored beside the value, logged with the tear sheet's."""
     as_of = pd.Timestamp(partition)
     experiment_id, found = meta_run(tracker, run, partition)
     run_id = found.info.run_id
@@ -45,7 +53,7 @@ def track_meta(tracker: MlflowTracker, run: dg.DagsterRun, partition: str, value
         metrics=record.metrics,
         tags=record.tags,
         tables=record.tables,
-        figures=record.figures,
+        figures={**record.figures, **(figures or {})},
     )
     tracker.finish(run_id, "FINISHED")
     return Tracked(experiment_id, run_id, tracker.run_url(experiment_id, run_id))

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from tvq_assets.partitions import catalog, run_key
-from tvq_assets.tracking.describe import describe
+from tvq_assets.tracking.describe import describe, stored_figures
 from tvq_assets.tracking.identity import (
     PARTITION_TAG,
     Identity,
@@ -66,6 +66,7 @@ def replay(
         for stage in missing:
             value = lake.read([stage], partition)
             record = describe(stage, value, sleeve, day, home=homes[stage])
+            record.figures.update(stored_figures(lake, stage, partition))
             source = str(lake.location([stage], partition))
             register_decision(
                 tracker,

@@ -21,8 +21,10 @@ def _png(figure) -> bytes:
 def tear_sheet(
     returns: pd.DataFrame, turnover: pd.DataFrame | None, *, champion: str, title: str
 ) -> dict[str, bytes]:
-    """PNG figures of the out-of-sample returns: equity with the underwater panel, drawdown,
-    rolling Sharpe (63 periods), monthly returns of the champion and its turnover per rebalance."""
+    """PNG figures of the out-of-sample returns: drawdown, rolling Sharpe (63 periods), monthly
+    returns of the champion and its turnover per rebalance. The equity curve is not among them:
+    the asset renders it once, beside its value, and the IO manager logs that file
+    (``tracking.io_manager.stored_figures``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,21 +34,6 @@ def tear_sheet(
     equity = (1 + returns[shown].fillna(0.0)).cumprod()
     underwater = equity / equity.cummax() - 1
     figures = {}
-
-    figure, (top, bottom) = pyplot.subplots(
-        2, 1, figsize=(8, 5.5), dpi=90, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    for name in shown:
-        top.plot(equity.index, equity[name], linewidth=2.0 if name == champion else 1.2, label=name)
-    top.set_title(title)
-    top.set_ylabel("growth of 1 (net of costs)")
-    top.legend(loc="upper left", fontsize=8)
-    top.grid(alpha=0.3)
-    bottom.fill_between(underwater.index, underwater[champion], 0, color="tab:red", alpha=0.4)
-    bottom.set_ylabel("drawdown")
-    bottom.grid(alpha=0.3)
-    figure.autofmt_xdate()
-    figures["backtest/equity_curve.png"] = _png(figure)
 
     figure, axes = pyplot.subplots(figsize=(8, 3), dpi=90)
     for name in shown:

@@ -30,6 +30,7 @@ path operations that ``UPath`` also supports are used here (``/``, ``open``, ``e
 ``iterdir``).
 """
 
+import dataclasses
 import io
 import json
 import time
@@ -773,7 +774,7 @@ class Plan:
 
     sleeve: str
     since: pd.Timestamp | None  # the delivery holds the source's bars dated after it (None: all)
-    cleaned: bar_lake.Cleaned  # the delivery, cleaned (defects of the delivered rows only)
+    defects: pd.DataFrame  # the delivery's defects (of the delivered rows only)
     update: bar_lake.Refresh  # the merge of the delivery into the stored tail
     frame: pd.DataFrame  # the bars the contract sees: stored context + merged tail, sorted
     rows: np.ndarray  # mask of ``frame``: the rows this refresh adds or revises
@@ -876,11 +877,17 @@ def prepare(
             incoming, calendar=calendar, policy=bar_policy, now=now, superseded=batch.superseded
         )
     update = bar_lake.refresh(stored, cleaned, seen_at=now)
-    frame = _sorted(pd.concat([before, update.history.bars], ignore_index=True))
     changed = update.changed
-    rows = pd.MultiIndex.from_frame(frame[["symbol", "date"]]).isin(
-        pd.MultiIndex.from_frame(changed[["symbol", "date"]])
-    )
+    if before.empty:  # nothing stored before the delivery: the history is sorted already
+        frame = update.history.bars
+    else:
+        frame = _sorted(pd.concat([before, update.history.bars], ignore_index=True))
+    if changed is frame:  # a first load: every row is new
+        rows = np.ones(len(frame), dtype=bool)
+    else:
+        rows = pd.MultiIndex.from_frame(frame[["symbol", "date"]]).isin(
+            pd.MultiIndex.from_frame(changed[["symbol", "date"]])
+        )
     symbols = dict(current.symbols) if current is not None and since is not None else {}
     if len(frame):
         span = frame.groupby("symbol", sort=True)["date"].agg(["min", "max"])
@@ -905,7 +912,7 @@ def prepare(
     plan = Plan(
         sleeve=sleeve,
         since=since,
-        cleaned=cleaned,
+        defects=cleaned.defects,
         update=update,
         frame=frame,
         rows=np.asarray(rows, dtype=bool),
@@ -925,7 +932,9 @@ def prepare(
             "checksums": checked - merged,
         },
     )
-    return plan, batch
+    # The delivery's bars are in the plan, cleaned: the batch keeps what the run reports of it
+    # (load errors, duplicates, the source's metadata), not a second copy of every bar.
+    return plan, dataclasses.replace(batch, bars=batch.bars.iloc[:0])
 
 
 def _after(batch, since: pd.Timestamp):

@@ -170,7 +170,7 @@ def _bars_metadata(
     fanout: ray_fanout.TaskMap,
 ) -> dict[str, object]:
     plan, written, batch = refreshed.plan, refreshed.written, refreshed.batch
-    update, defects = plan.update, plan.cleaned.defects
+    update, defects = plan.update, plan.defects
     load_errors = _load_errors(refreshed)
     return {
         "symbols": len(plan.symbols),
@@ -224,7 +224,7 @@ def _bars_check_results(refreshed: bar_store.Refreshed):
     )
     yield checks.result(BARS_QUALITY, refreshed.warnings, severity=dg.AssetCheckSeverity.WARN)
     yield _source_readable(refreshed)
-    yield _bar_defects(plan.cleaned.defects)
+    yield _bar_defects(plan.defects)
     yield _bar_revisions(plan)
 
 

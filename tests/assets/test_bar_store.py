@@ -184,7 +184,7 @@ def test_a_filler_copy_of_the_last_stored_bar_is_caught_across_the_refresh_bound
     plan, _ = refresh(
         lake, lambda since: Batch(bars=delivered), calendar="crypto", now="2025-03-03"
     )
-    found = plan.cleaned.defects
+    found = plan.defects
     assert found[["symbol", "rule"]].values.tolist() == [[last["symbol"], "filler_bar"]]
     assert plan.update.added == 0
 

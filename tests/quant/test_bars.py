@@ -301,3 +301,34 @@ def test_bars_without_quote_volume_keep_exactly_their_ohlcv_columns(first_source
     merged = refresh(None, cleaned, seen_at=pd.Timestamp("2030-01-01"))
     assert tuple(merged.history.bars.columns) == BAR_COLUMNS
     assert tuple(merged.changed.columns) == BAR_COLUMNS
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 12), st.integers(5, 40), st.randoms(use_true_random=False))
+def test_a_first_load_is_the_same_whatever_order_the_delivery_comes_in(symbols, days, shuffle):
+    """A sorted first delivery is taken as the history itself (no merge, no copy); a shuffled one
+    goes through the merge: both give the same history, changed rows and counts."""
+    market = generate_market(
+        n_symbols=symbols, n_clusters=1, start="2025-01-01", end="2025-03-01", seed=3
+    )
+    raw = market[market["date"] < market["date"].min() + pd.Timedelta(days=days)]
+    cleaned = clean(raw, calendar="crypto", policy=BarPolicy(), now=NOW)
+    order = list(range(len(cleaned.bars)))
+    shuffle.shuffle(order)
+    shuffled = Cleaned(
+        bars=cleaned.bars.iloc[order].reset_index(drop=True), defects=cleaned.defects
+    )
+    sorted_first = refresh(None, cleaned, seen_at=NOW)
+    merged_first = refresh(None, shuffled, seen_at=NOW)
+    pd.testing.assert_frame_equal(sorted_first.history.bars, merged_first.history.bars)
+    pd.testing.assert_frame_equal(
+        sorted_first.changed,
+        merged_first.changed.sort_values(KEYS, ignore_index=True),
+    )
+    assert sorted_first.changed is sorted_first.history.bars  # one frame, not two copies
+    assert (sorted_first.added, sorted_first.revised, sorted_first.removed) == (
+        merged_first.added,
+        merged_first.revised,
+        merged_first.removed,
+    )
+    pd.testing.assert_frame_equal(sorted_first.history.defects, merged_first.history.defects)

@@ -320,12 +320,11 @@ def clean(
     filler = quality.filler_bars(frame)
     handle(filler, "filler_bar", frame["close"].to_numpy(), "zero-volume copy of the previous bar")
     partial, usual = _partial_last_bars(frame)
-    handle(
-        partial,
-        "partial_last_bar",
-        frame["volume"].to_numpy(dtype=float),
-        np.char.add("last volume vs median ", usual.astype(str)),
-    )
+    # Text only for the flagged rows: a string per row of the whole history is the largest
+    # allocation of a first load (hundreds of bytes a row).
+    detail = np.full(len(frame), "", dtype=object)
+    detail[partial] = np.char.add("last volume vs median ", usual[partial].astype(str))
+    handle(partial, "partial_last_bar", frame["volume"].to_numpy(dtype=float), detail)
 
     found = _defect_table(defects)
     return Cleaned(bars=frame[bar_columns(frame)].reset_index(drop=True), defects=found)
@@ -390,6 +389,18 @@ def _ohlc(frame: pd.DataFrame, policy: BarPolicy, defects: list[pd.DataFrame]) -
     if action != "repair":
         frame = frame[~large].reset_index(drop=True)
     return frame
+
+
+def is_key_sorted(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` is in (symbol, date) order with no key twice, on a RangeIndex."""
+    index = frame.index
+    if not isinstance(index, pd.RangeIndex) or (index.start, index.step) != (0, 1):
+        return False
+    symbols = frame["symbol"].to_numpy(dtype=object)
+    dates = frame["date"].to_numpy(dtype="datetime64[ns]")
+    after = symbols[1:] > symbols[:-1]
+    same = symbols[1:] == symbols[:-1]
+    return bool((after | (same & (dates[1:] > dates[:-1]))).all())
 
 
 def _key_mask(frame: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
@@ -478,12 +489,16 @@ def refresh(
         )
     else:
         base, old_defects, old_revisions = _typed(stored.bars), stored.defects, stored.revisions
-    joined = incoming.merge(base, on=keys, how="left", suffixes=("", "_old"), indicator=True)
-    overlap = joined[joined["_merge"] == "both"]
+    if base.empty:  # a first load: every delivered row is new, no stored value to compare
+        joined = pd.DataFrame({"_merge": np.full(len(incoming), "left_only")})
+        overlap = incoming.iloc[:0]
+    else:
+        joined = incoming.merge(base, on=keys, how="left", suffixes=("", "_old"), indicator=True)
+        overlap = joined[joined["_merge"] == "both"]
     revisions = []
     revised_rows = np.zeros(len(overlap), dtype=bool)
     filled_rows = np.zeros(len(overlap), dtype=bool)
-    for column in value_columns(incoming):
+    for column in value_columns(incoming) if len(overlap) else ():
         new = overlap[column].to_numpy(float)
         old = (
             overlap[f"{column}_old"].to_numpy(float)
@@ -528,11 +543,14 @@ def refresh(
     if removal is not None:
         removed_keys = kept_old.loc[removal, keys].reset_index(drop=True)
         kept_old = kept_old[~removal]
-    bars = (
-        pd.concat([kept_old, incoming], ignore_index=True)
-        .sort_values(keys, ignore_index=True, kind="stable")[bar_columns(kept_old, incoming)]
-        .reset_index(drop=True)
-    )
+    if kept_old.empty and is_key_sorted(incoming):
+        bars = incoming  # a first load as cleaned: nothing to merge, already in key order
+    else:
+        bars = (
+            pd.concat([kept_old, incoming], ignore_index=True)
+            .sort_values(keys, ignore_index=True, kind="stable")[bar_columns(kept_old, incoming)]
+            .reset_index(drop=True)
+        )
     # Unfinished bars are held back, not history: they are reported by the delivery only.
     found = cleaned.defects[cleaned.defects["rule"] != UNFINISHED]
     if len(old_defects) and (len(found) or len(cleaned.bars)):
@@ -561,6 +579,10 @@ def refresh(
         settled = transient & _key_mask(defects, bars)
         defects = defects[~settled].reset_index(drop=True)
     new_symbols = tuple(sorted(set(incoming["symbol"]) - set(base["symbol"])))
+    # A first load: every row changed, and the history is the delivery itself (one frame, not
+    # two copies of a whole history).
+    first_load = base.empty and bars is incoming
+    changed_rows = bars if first_load else incoming[changed].reset_index(drop=True)
     return Refresh(
         history=BarHistory(bars=bars, defects=defects, revisions=all_revisions),
         added=int(fresh.sum()),
@@ -568,7 +590,7 @@ def refresh(
         removed=removed,
         new_symbols=new_symbols,
         new_revisions=new_revisions.reset_index(drop=True),
-        changed=incoming[changed].reset_index(drop=True),
+        changed=changed_rows,
         removed_keys=removed_keys,
     )
 

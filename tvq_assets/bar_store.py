@@ -166,24 +166,50 @@ def _segment_frame(
     bars: pd.DataFrame, removed: pd.DataFrame | None = None, *, version: int
 ) -> pa.Table:
     """Rows (and tombstones for ``removed`` keys) as a segment of ``version``, sorted by (date,
-    symbol); rows that already carry a ``version`` (a compaction) keep theirs."""
+    symbol); rows that already carry a ``version`` (a compaction) keep theirs.
+
+    Built column by column (one sort order, one Arrow column at a time): a first load writes the
+    whole history as one segment, and copies of the frame are what its memory peaks on."""
     bar_columns = bar_lake.bar_columns(bars)
-    columns = [*bar_columns, *(c for c in ("removed", "version") if c in bars)]
-    frame = bars[columns]
-    if "removed" not in frame:
-        frame = frame.assign(removed=False)
-    if "version" not in frame:
-        frame = frame.assign(version=version)
-    if removed is not None and len(removed):
-        values = bar_columns[2:]
-        stones = removed[["symbol", "date"]].assign(
-            **{name: np.nan for name in values}, removed=True, version=version
-        )
-        frame = pd.concat([frame, stones[frame.columns]], ignore_index=True)
-    frame = frame[[*bar_columns, "removed", "version"]]
-    frame = frame.sort_values(["date", "symbol", "version"], ignore_index=True, kind="stable")
-    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
-    return pa.Table.from_pandas(frame, schema=_schema(bar_columns), preserve_index=False)
+    stones = removed[["symbol", "date"]] if removed is not None and len(removed) else None
+    parts = [bars] if stones is None else [bars, stones]
+
+    def joined(name: str, dtype, missing) -> np.ndarray:
+        """The column of the rows then the tombstones (``missing`` where a part lacks it)."""
+        arrays = [
+            part[name].to_numpy(dtype=dtype)
+            if name in part
+            else np.full(len(part), missing, dtype=dtype)
+            for part in parts
+        ]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    symbols = joined("symbol", object, None)
+    dates = pd.to_datetime(joined("date", "datetime64[ns]", np.datetime64("NaT"))).to_numpy(
+        dtype="datetime64[ns]"
+    )
+    versions = (
+        bars["version"].to_numpy(dtype=np.int64)
+        if "version" in bars
+        else np.full(len(bars), version, dtype=np.int64)
+    )
+    flags = bars["removed"].to_numpy(dtype=bool) if "removed" in bars else np.zeros(len(bars), bool)
+    if stones is not None:
+        versions = np.concatenate([versions, np.full(len(stones), version, dtype=np.int64)])
+        flags = np.concatenate([flags, np.ones(len(stones), dtype=bool)])
+    codes, _ = pd.factorize(symbols, sort=True)
+    order = np.lexsort((versions, codes, dates.view(np.int64)))  # (date, symbol, version), stable
+    schema = _schema(bar_columns)
+    columns = {
+        "symbol": symbols[order],
+        "date": dates[order],
+        **{name: joined(name, float, np.nan)[order] for name in bar_columns[2:]},
+        "removed": flags[order],
+        "version": versions[order],
+    }
+    return pa.Table.from_arrays(
+        [pa.array(columns[field.name], type=field.type) for field in schema], schema=schema
+    )
 
 
 def _schema(bar_columns: Sequence[str]) -> pa.Schema:

@@ -728,3 +728,52 @@ def test_the_resolved_bars_are_the_newest_version_of_each_key_whatever_the_segme
     for column in bars.columns[2:]:
         expected = [row.get(column, np.nan) for _, row in kept]
         np.testing.assert_array_equal(bars[column].to_numpy(), np.asarray(expected, dtype=float))
+
+
+def reference_segment(bars, removed, version):
+    """A segment built by sorting whole frames (what the store wrote before it built segments
+    column by column): the reference the column-wise build must equal."""
+    columns = bar_lake.bar_columns(bars)
+    frame = bars[[*columns, *(c for c in ("removed", "version") if c in bars)]]
+    if "removed" not in frame:
+        frame = frame.assign(removed=False)
+    if "version" not in frame:
+        frame = frame.assign(version=version)
+    if removed is not None and len(removed):
+        stones = removed[["symbol", "date"]].assign(
+            **{name: np.nan for name in columns[2:]}, removed=True, version=version
+        )
+        frame = pd.concat([frame, stones[frame.columns]], ignore_index=True)
+    frame = frame[[*columns, "removed", "version"]]
+    return frame.sort_values(["date", "symbol", "version"], ignore_index=True, kind="stable")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(segment_rows.filter(len), min_size=1, max_size=2),
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 9),
+)
+def test_a_segment_is_its_rows_and_tombstones_sorted_by_date_symbol_and_version(
+    parts, quote_volume, carry_version, version
+):
+    rows = [row for part in parts for row in part]
+    bars = pd.DataFrame(
+        {
+            "symbol": pd.Series([r[0] for r in rows], dtype=object),
+            "date": pd.to_datetime([r[1] for r in rows], unit="D").astype("datetime64[ns]"),
+            **{c: [r[4] for r in rows] for c in ("open", "high", "low", "close", "volume")},
+        }
+    )
+    if quote_volume:
+        bars["quote_volume"] = bars["close"] * 3
+    if carry_version:  # a compaction's rows keep their versions and tombstones
+        bars["removed"] = [r[3] for r in rows]
+        bars["version"] = np.asarray([r[2] for r in rows], dtype=np.int64)
+    removed = bars[["symbol", "date"]].iloc[::3].reset_index(drop=True)
+    for stones in (None, removed):
+        table = bar_store._segment_frame(bars, stones, version=version)
+        expected = reference_segment(bars, stones, version)
+        assert table.schema.names == list(expected.columns)
+        pd.testing.assert_frame_equal(table.to_pandas(), expected)

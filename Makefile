@@ -97,14 +97,16 @@ DAYS ?= 14
 soak: $(STAMP)
 	cd $(ROOT) && $(PY) -m tvq_assets.soak --days $(DAYS) $(SOAK_ARGS)
 
-## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold), one table
-## with the previous figures and goals, then the exchange source's refreshes at 300 markets of a
-## local Binance replay (--exchange 0 skips them); BENCH_ARGS="--sizes 1000 3000 --engine" adds
-## the engine stages
+## bench: the real jobs at 1000 symbols (D, D+1 cold and warm) and 3000 (cold): wall, CPU, peak
+## memory, validation share, source and engine CPU and the ratio to the engine, beside the
+## previous figures and goals; then the exchange source's refreshes at 300 markets of a local
+## Binance replay (--exchange 0 skips them); BENCH_ARGS="--sizes 1000 3000 --engine" adds the
+## engine stages
 bench: $(STAMP)
 	cd $(ROOT) && $(PY) -m benchmarks.bench $(BENCH_ARGS)
 
-## bench-large: refresh_bars + daily at 1000 and 10,000 symbols, seconds and memory per stage
+## bench-large: D and D+1 (bars, then daily) at 1000 and 10,000 symbols: seconds per stage and
+## the rows of make bench at both sizes
 bench-large: $(STAMP)
 	cd $(ROOT) && $(PY) -m benchmarks.bench --large $(BENCH_ARGS)
 

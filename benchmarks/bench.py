@@ -19,10 +19,11 @@ plot all run.
 then D+1 cold (a lake holding only the bars of D) and the cold ``daily`` at 3000 symbols. Every
 row shows the runs' wall seconds, the same from fresh processes (each run's import of the code
 location included, as a run worker pays it), CPU seconds, peak memory (``ru_maxrss``), the
-validation share (every ``*_violations`` contract, timed around the call) and the engine: the CPU
-seconds spent inside the engine's functions that the assets call (``ENGINE_MODULES``: the
-tournament, features, scorers, clusters, selection, optimiser, the portfolio), measured in the
-same runs, and the runs' CPU over it. Beside them, the figures measured before this work and the
+validation share (every ``*_violations`` contract, timed around the call), the source (CPU
+seconds inside ``MarketData.fetch``: the synthetic market is simulated whole for every refresh)
+and the engine: the CPU seconds spent inside the engine's functions that the assets call
+(``ENGINE_MODULES``: the tournament, features, scorers, clusters, selection, optimiser, the
+portfolio), measured in the same runs, and the runs' CPU over it. Beside them, the figures measured before this work and the
 goals (quoted, not re-measured). A second section times the engine stages in-process
 (``benchmarks.bench_engine``) when ``--engine`` is given.
 

@@ -383,11 +383,11 @@ def read_window(
         parts.append(
             _read_segment(base / segment.file, what=what, since=since, version=segment.version)
         )
-    bars, _ = _resolve(parts)
     if since is not None and last_bars:
         ended = {s: last for s, (_, last) in current.symbols.items() if pd.Timestamp(last) < since}
-        if ended:
-            bars = _with_last_bars(bars, ended, lake, sleeve, current)
+        if ended:  # their keys are all before the window: resolved with it, in one sort
+            parts.extend(_last_bar_parts(ended, lake, sleeve, current))
+    bars, _ = _resolve(parts)
     if not tables:
         return bar_lake.BarHistory(
             bars=bars, defects=bar_lake.empty_defects(), revisions=bar_lake.empty_revisions()
@@ -460,10 +460,11 @@ def as_known(
     return bar_lake.BarHistory(bars=bars, defects=defects, revisions=revisions)
 
 
-def _with_last_bars(
-    bars: pd.DataFrame, ended: Mapping[str, str], lake: ParquetLake, sleeve: str, current: State
-) -> pd.DataFrame:
-    """``bars`` plus the stored row of each (symbol, last date) in ``ended``."""
+def _last_bar_parts(
+    ended: Mapping[str, str], lake: ParquetLake, sleeve: str, current: State
+) -> list[pd.DataFrame]:
+    """The stored rows of each (symbol, last date) in ``ended``, one frame per segment holding
+    any (to resolve with the segments' other rows)."""
     base, what = folder(lake, sleeve), _what(sleeve)
     wanted = pd.DataFrame(
         {"symbol": list(ended), "date": pd.to_datetime(list(ended.values())).astype("M8[ns]")}
@@ -492,9 +493,7 @@ def _with_last_bars(
             frame["version"] = np.int64(segment.version)
         # The filter is per column; keep each symbol's own last date only.
         parts.append(frame.merge(wanted, on=["symbol", "date"]))
-    last_rows, _ = _resolve(parts)
-    frame = pd.concat([last_rows, bars], ignore_index=True)
-    return _sorted(frame)
+    return parts
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:

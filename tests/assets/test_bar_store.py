@@ -44,10 +44,14 @@ def refresh(lake: ParquetLake, fetch, *, calendar: str, now, compact_after=bar_s
         return plan, bar_store.commit(lake, plan, compact_after=compact_after)
 
 
-def synthetic(end: str, *, calendar: str = "crypto", start: str = START, **options):
+def synthetic(
+    end: str, *, calendar: str = "crypto", start: str = START, symbols: int = 12, **options
+):
     market = MarketData(
         sources={
-            SLEEVE: synthetic_source(symbols=12, end=end, start=start, calendar=calendar, **options)
+            SLEEVE: synthetic_source(
+                symbols=symbols, end=end, start=start, calendar=calendar, **options
+            )
         }
     )
     return lambda since: market.fetch(SLEEVE, since=since)
@@ -777,3 +781,23 @@ def test_a_segment_is_its_rows_and_tombstones_sorted_by_date_symbol_and_version(
         expected = reference_segment(bars, stones, version)
         assert table.schema.names == list(expected.columns)
         pd.testing.assert_frame_equal(table.to_pandas(), expected)
+
+
+def test_a_window_read_is_the_rows_since_its_start_and_every_symbols_last_bar(tmp_path):
+    """Against the whole store windowed in memory (``_windowed``): a symbol whose bars all end
+    before the window is still seen by its last bar, from whichever segment holds it."""
+    lake = ParquetLake(root=str(tmp_path))
+    for day in ("2025-06-01", "2025-09-01", "2025-09-03", "2025-12-01"):
+        refresh(
+            lake,
+            synthetic(day, start="2022-06-01", symbols=40),
+            calendar="crypto",
+            now=next_day(day),
+        )
+    whole = lake.read(["bars"], SLEEVE)
+    last = whole.bars.groupby("symbol")["date"].max()
+    for since in ("2025-01-01", "2025-08-31", "2025-11-01"):
+        window = bar_store.read_window(lake, SLEEVE, since=pd.Timestamp(since), tables=False)
+        expected = bar_store._windowed(whole, pd.Timestamp(since))
+        pd.testing.assert_frame_equal(window.bars, expected.bars)
+    assert (last < pd.Timestamp("2025-11-01")).any()  # some symbols ended before the last window

@@ -23,9 +23,9 @@ validation share (every ``*_violations`` contract, timed around the call), the s
 seconds inside ``MarketData.fetch``: the synthetic market is simulated whole for every refresh)
 and the engine: the CPU seconds spent inside the engine's functions that the assets call
 (``ENGINE_MODULES``: the tournament, features, scorers, clusters, selection, optimiser, the
-portfolio), measured in the same runs, and the runs' CPU over it. Beside them, the figures measured before this work and the
-goals (quoted, not re-measured). A second section times the engine stages in-process
-(``benchmarks.bench_engine``) when ``--engine`` is given.
+portfolio), measured in the same runs, and the runs' CPU over it. Beside them, the figures
+measured before this work and the goals (quoted, not re-measured). A second section times the
+engine stages in-process (``benchmarks.bench_engine``) when ``--engine`` is given.
 
 ``make bench-large`` runs D and D+1 (bars, then ``daily``) at 1000 and at 10,000 symbols
 (``TVQ_BENCH_LARGE``) and prints the seconds per stage (Dagster step) of the initial bar load and

@@ -171,45 +171,36 @@ def _segment_frame(
     Built column by column (one sort order, one Arrow column at a time): a first load writes the
     whole history as one segment, and copies of the frame are what its memory peaks on."""
     bar_columns = bar_lake.bar_columns(bars)
-    stones = removed[["symbol", "date"]] if removed is not None and len(removed) else None
-    parts = [bars] if stones is None else [bars, stones]
-
-    def joined(name: str, dtype, missing) -> np.ndarray:
-        """The column of the rows then the tombstones (``missing`` where a part lacks it)."""
-        arrays = [
-            part[name].to_numpy(dtype=dtype)
-            if name in part
-            else np.full(len(part), missing, dtype=dtype)
-            for part in parts
-        ]
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-    symbols = joined("symbol", object, None)
-    dates = pd.to_datetime(joined("date", "datetime64[ns]", np.datetime64("NaT"))).to_numpy(
-        dtype="datetime64[ns]"
-    )
-    versions = (
-        bars["version"].to_numpy(dtype=np.int64)
-        if "version" in bars
-        else np.full(len(bars), version, dtype=np.int64)
-    )
-    flags = bars["removed"].to_numpy(dtype=bool) if "removed" in bars else np.zeros(len(bars), bool)
-    if stones is not None:
-        versions = np.concatenate([versions, np.full(len(stones), version, dtype=np.int64)])
-        flags = np.concatenate([flags, np.ones(len(stones), dtype=bool)])
+    parts = [bars]
+    if removed is not None and len(removed):
+        parts.append(removed[["symbol", "date"]].assign(removed=True))
+    symbols = _joined(parts, "symbol", object, None)
+    dates = _joined(parts, "date", "datetime64[ns]", np.datetime64("NaT", "ns"))
+    versions = _joined(parts, "version", np.int64, version)
+    flags = _joined(parts, "removed", bool, False)
     codes, _ = pd.factorize(symbols, sort=True)
     order = np.lexsort((versions, codes, dates.view(np.int64)))  # (date, symbol, version), stable
     schema = _schema(bar_columns)
     columns = {
         "symbol": symbols[order],
         "date": dates[order],
-        **{name: joined(name, float, np.nan)[order] for name in bar_columns[2:]},
+        **{name: _joined(parts, name, float, np.nan)[order] for name in bar_columns[2:]},
         "removed": flags[order],
         "version": versions[order],
     }
     return pa.Table.from_arrays(
         [pa.array(columns[field.name], type=field.type) for field in schema], schema=schema
     )
+
+
+def _joined(parts: Sequence[pd.DataFrame], name: str, dtype, missing) -> np.ndarray:
+    """Column ``name`` of the frames one after another, as ``dtype``; a frame without it holds
+    ``missing`` (segments written before an optional column was kept, tombstones' values)."""
+    arrays = [
+        part[name].to_numpy(dtype=dtype) if name in part else np.full(len(part), missing, dtype)
+        for part in parts
+    ]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _schema(bar_columns: Sequence[str]) -> pa.Schema:
@@ -265,27 +256,17 @@ def _resolve(segments: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
     parts = [s for s in segments if len(s)]
     if not parts:
         return bar_lake.empty_bars(), 0
-
-    def joined(name: str, dtype, missing) -> np.ndarray:
-        """The column over every segment; a segment without it holds ``missing``."""
-        return np.concatenate(
-            [
-                p[name].to_numpy(dtype=dtype) if name in p else np.full(len(p), missing, dtype)
-                for p in parts
-            ]
-        )
-
     order_of_segment = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
-    versions = joined("version", np.int64, 0)
-    symbols = joined("symbol", object, None)
+    versions = _joined(parts, "version", np.int64, 0)
+    symbols = _joined(parts, "symbol", object, None)
     codes, _ = pd.factorize(symbols, sort=True)
-    dates = joined("date", "datetime64[ns]", np.datetime64("NaT", "ns"))
+    dates = _joined(parts, "date", "datetime64[ns]", np.datetime64("NaT", "ns"))
     order = np.lexsort((order_of_segment, versions, dates.view(np.int64), codes))
     codes, ordered_dates = codes[order], dates.view(np.int64)[order]
     newest = np.ones(len(order), dtype=bool)
     newest[:-1] = (codes[1:] != codes[:-1]) | (ordered_dates[1:] != ordered_dates[:-1])
     chosen = order[newest]
-    removed = joined("removed", bool, False)[chosen]  # a segment without the column: no tombstone
+    removed = _joined(parts, "removed", bool, False)[chosen]  # no column: no tombstone
     kept = chosen[~removed]
     # Segments without an optional column (written before it was kept, or by a source without
     # it) hold it as missing: the column is read when any segment holds it.
@@ -294,7 +275,7 @@ def _resolve(segments: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
         {
             "symbol": symbols[kept],
             "date": dates[kept],
-            **{name: joined(name, float, np.nan)[kept] for name in columns[2:]},
+            **{name: _joined(parts, name, float, np.nan)[kept] for name in columns[2:]},
         },
         columns=columns,
     )

@@ -490,15 +490,16 @@ def refresh(
     else:
         base, old_defects, old_revisions = _typed(stored.bars), stored.defects, stored.revisions
     if base.empty:  # a first load: every delivered row is new, no stored value to compare
-        joined = pd.DataFrame({"_merge": np.full(len(incoming), "left_only")})
+        fresh = np.ones(len(incoming), dtype=bool)
         overlap = incoming.iloc[:0]
     else:
         joined = incoming.merge(base, on=keys, how="left", suffixes=("", "_old"), indicator=True)
-        overlap = joined[joined["_merge"] == "both"]
+        fresh = (joined["_merge"] == "left_only").to_numpy()
+        overlap = joined[~fresh]
     revisions = []
     revised_rows = np.zeros(len(overlap), dtype=bool)
     filled_rows = np.zeros(len(overlap), dtype=bool)
-    for column in value_columns(incoming) if len(overlap) else ():
+    for column in value_columns(incoming):
         new = overlap[column].to_numpy(float)
         old = (
             overlap[f"{column}_old"].to_numpy(float)
@@ -532,7 +533,6 @@ def refresh(
         if revisions
         else empty_revisions()
     )
-    fresh = (joined["_merge"] == "left_only").to_numpy()
     changed = fresh.copy()
     changed[np.flatnonzero(~fresh)[revised_rows | filled_rows]] = True
     removed_keys = cleaned.defects[cleaned.defects["action"].isin(["dropped", "quarantined"])]

@@ -24,7 +24,7 @@ def tear_sheet(
     """PNG figures of the out-of-sample returns: drawdown, rolling Sharpe (63 periods), monthly
     returns of the champion and its turnover per rebalance. The equity curve is not among them:
     the asset renders it once, beside its value, and the IO manager logs that file
-    (``tracking.io_manager.stored_figures``)."""
+    (``tracking.describe.stored_figures``)."""
     import matplotlib
 
     matplotlib.use("Agg")
